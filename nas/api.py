@@ -1,0 +1,31 @@
+"""The Python API behind the CLI: submit, run, resume, query."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .driver import Driver, Progress
+from .spec import JobSpec, load_spec_file, parse_spec
+from .storage import Storage
+
+
+def submit(storage: Storage, spec: JobSpec | dict[str, Any]) -> int:
+    """Validate (if needed) and store a job; returns its id. Nothing is written on error."""
+    if not isinstance(spec, JobSpec):
+        spec = parse_spec(spec)
+    return storage.create_job(spec.to_dict(), spec.name, spec.seed)
+
+
+def submit_file(storage: Storage, path: str | Path, overrides: list[str] | None = None) -> int:
+    return submit(storage, load_spec_file(path, overrides))
+
+
+def run(storage: Storage, job_id: int, *, ray_address: str | None = None,
+        progress: Progress | None = None, **driver_args: Any) -> str:
+    """Run or resume a job in this process until its budget is spent; returns its status."""
+    return Driver(storage, job_id, ray_address=ray_address, progress=progress,
+                  **driver_args).run()
+
+
+resume = run

@@ -1,0 +1,465 @@
+"""The `nas` command line (typer + rich). Every user error: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import NasError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Neural architecture search: submit jobs, follow them, query and export "
+                       "the architectures they found.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+app.add_typer(db_app, name="db")
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+class Context:
+    def __init__(self, db: str, ray_address: str | None) -> None:
+        self.db = db
+        self.ray_address = ray_address
+        self._storage = None
+
+    def storage(self):  # noqa: ANN201
+        from .storage import Storage
+
+        if self._storage is None:
+            self._storage = Storage(self.db)
+        return self._storage
+
+
+def handle_errors(command):  # noqa: ANN001, ANN201
+    """Turn user errors into one clear line and exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            return command(*args, **kwargs)
+        except NasError as exc:
+            err.print(f"error: {exc}", markup=False)
+            raise typer.Exit(2) from None
+        except OperationalError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            err.print(f"error: database: {first}", markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    db: str = typer.Option("sqlite:///nas.db", "--db", envvar="NAS_DB_URL",
+                           help="Database URL: sqlite:///FILE or postgresql://USER@HOST/DB."),
+    ray_address: str | None = typer.Option(None, "--ray-address", envvar="NAS_RAY_ADDRESS",
+                                           help="Ray cluster address (default: a local Ray)."),
+) -> None:
+    ctx.obj = Context(db, ray_address)
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _positive_job(job: int) -> int:
+    if job < 1:
+        raise NasError(f"JOB must be a positive job id, got {job}")
+    return job
+
+
+# ---- running jobs -------------------------------------------------------------------------
+def _drive(ctx: Context, job_id: int, show_progress: bool) -> str:
+    from . import api
+
+    if not show_progress:
+        return api.run(ctx.storage(), job_id, ray_address=ctx.ray_address)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("job {task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("best {task.fields[best]}"), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task("search", total=None, job=job_id, best="-")
+
+        def update(done: int, total: int | None, best: float | None) -> None:
+            bar.update(task, completed=done, total=total,
+                       best="-" if best is None else f"{best:.4g}")
+
+        return api.run(ctx.storage(), job_id, ray_address=ctx.ray_address, progress=update)
+
+
+def _spawn_driver(ctx: Context, job_id: int) -> Path:
+    """Run the job in a detached `nas` process; returns its log file."""
+    log_dir = Path("nas-artifacts") / f"job-{job_id}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / "driver.log"
+    command = [sys.executable, "-m", "nas", "--db", ctx.db]
+    if ctx.ray_address:
+        command += ["--ray-address", ctx.ray_address]
+    command += ["drive", str(job_id)]
+    with open(log, "ab") as handle:
+        subprocess.Popen(command, stdout=handle, stderr=handle, stdin=subprocess.DEVNULL,
+                         start_new_session=True, env=os.environ.copy())
+    return log
+
+
+def _finish(ctx: Context, job_id: int, status: str, as_json: bool) -> None:
+    if as_json:
+        _emit_json(_status_data(ctx, job_id))
+    else:
+        out.print(f"job {job_id} {status}")
+    if status not in ("completed",):
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def submit(
+    ctx: typer.Context,
+    spec_file: Path = typer.Argument(..., help="Job spec (YAML)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a field: KEY=VALUE."),
+    wait: bool = typer.Option(False, "--wait", help="Run the job here, with a progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Validate and submit a job; prints its id. Without --wait a background driver runs it."""
+    from .spec import load_spec_file
+
+    spec = load_spec_file(spec_file, overrides)  # validated before the database is touched
+    c: Context = ctx.obj
+    from . import api
+
+    job_id = api.submit(c.storage(), spec)
+    if wait:
+        status = _drive(c, job_id, show_progress=not as_json)
+        _finish(c, job_id, status, as_json)
+        return
+    log = _spawn_driver(c, job_id)
+    if as_json:
+        _emit_json({"job": job_id, "status": "pending", "log": str(log)})
+    else:
+        out.print(f"job {job_id} submitted; driver log: {log}")
+
+
+@app.command(hidden=True)
+@handle_errors
+def drive(ctx: typer.Context, job: int = typer.Argument(...)) -> None:
+    """Run a job in this process (used by detached drivers)."""
+    status = _drive(ctx.obj, _positive_job(job), show_progress=False)
+    out.print(f"job {job} {status}")
+
+
+@app.command()
+@handle_errors
+def resume(
+    ctx: typer.Context,
+    job: int = typer.Argument(..., help="Job id."),
+    wait: bool = typer.Option(False, "--wait", help="Run here, with a progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Finish an interrupted job from the database, without losing or repeating work."""
+    c: Context = ctx.obj
+    job_info = c.storage().get_job(_positive_job(job))
+    if job_info["status"] == "completed":
+        raise NasError(f"job {job} is already completed")
+    if wait:
+        _finish(c, job, _drive(c, job, show_progress=not as_json), as_json)
+        return
+    from .storage import Storage
+
+    # refuse now, not in the background, when a live driver holds the lease
+    probe = Storage.new_owner()
+    c.storage().acquire_lease(job, probe, ttl_s=5.0)
+    c.storage().set_status(job, job_info["status"], owner=probe, error=job_info["error"])
+    log = _spawn_driver(c, job)
+    if as_json:
+        _emit_json({"job": job, "status": "resuming", "log": str(log)})
+    else:
+        out.print(f"job {job} resuming; driver log: {log}")
+
+
+@app.command()
+@handle_errors
+def cancel(ctx: typer.Context, job: int = typer.Argument(..., help="Job id.")) -> None:
+    """Cancel a job (its driver stops at its next heartbeat)."""
+    state = ctx.obj.storage().request_cancel(_positive_job(job))
+    out.print(f"job {job} {state}")
+
+
+# ---- looking at jobs ------------------------------------------------------------------------
+def _status_data(ctx: Context, job_id: int) -> dict[str, Any]:
+    from .storage import best_trials
+
+    storage = ctx.storage()
+    job = storage.get_job(job_id)
+    spec = job["spec"]
+    best = best_trials(storage, job_id, top=1)
+    counts = storage.trial_counts(job_id)
+    return {
+        "id": job["id"], "name": job["name"], "status": job["status"],
+        "space": spec["space"], "strategy": spec["strategy"], "budget": spec["budget"],
+        "trials": {s: counts.get(s, 0) for s in ("queued", "running", "completed", "failed")},
+        "best": _trial_json(best[0], spec) if best else None,
+        "elapsed_s": round(job["elapsed_s"] or 0.0, 3),
+        "lease_owner": job["lease_owner"], "lease_expires_at": job["lease_expires_at"],
+        "created_at": job["created_at"], "updated_at": job["updated_at"],
+        "note": job["note"], "error": job["error"],
+    }
+
+
+def _trial_json(row: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    data = {
+        "trial": row["number"], "key": row["key"], "arch": row["arch"],
+        "objectives": {o["metric"]: v for o, v in zip(spec["objectives"],
+                                                      row["objectives"] or [], strict=False)},
+        "score": row["score"], "feasible": row["feasible"], "metrics": row["metrics"],
+        "params": row["params"], "flops": row["flops"],
+    }
+    if "device_value" in row:
+        data["device_value"] = row["device_value"]
+        data["device_source"] = row["device_source"]
+    return data
+
+
+@app.command()
+@handle_errors
+def status(ctx: typer.Context, job: int = typer.Argument(..., help="Job id."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """A job's status, trial counts and best trial so far."""
+    data = _status_data(ctx.obj, _positive_job(job))
+    if as_json:
+        _emit_json(data)
+        return
+    t = data["trials"]
+    out.print(f"job {data['id']} [{data['name']}]: {data['status']}  space={data['space']} "
+              f"strategy={data['strategy']} budget={data['budget']}")
+    out.print(f"trials: {t['completed']} completed, {t['failed']} failed, "
+              f"{t['running']} running, {t['queued']} queued  ({data['elapsed_s']:.1f}s)")
+    if data["best"]:
+        b = data["best"]
+        out.print(f"best: trial {b['trial']} {b['objectives']} {b['key']}")
+    for label in ("note", "error"):
+        if data[label]:
+            out.print(f"{label}: {data[label]}")
+
+
+@app.command("list")
+@handle_errors
+def list_jobs(ctx: typer.Context,
+              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """All jobs in the database."""
+    jobs = ctx.obj.storage().list_jobs()
+    rows = [{"id": j["id"], "name": j["name"], "status": j["status"],
+             "space": j["spec"]["space"], "strategy": j["spec"]["strategy"],
+             "trials": j["trials"], "created_at": j["created_at"]} for j in jobs]
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("id", "name", "status", "space", "strategy", "completed", "failed", "created")
+    for r in rows:
+        table.add_row(str(r["id"]), r["name"], r["status"], r["space"], r["strategy"],
+                      str(r["trials"].get("completed", 0)), str(r["trials"].get("failed", 0)),
+                      r["created_at"].strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+def _device_options(device: str | None, max_latency: float | None) -> None:
+    if max_latency is not None and device is None:
+        raise NasError("--max-latency-ms needs --device")
+    if max_latency is not None and max_latency <= 0:
+        raise NasError(f"--max-latency-ms must be positive, got {max_latency}")
+
+
+@app.command()
+@handle_errors
+def best(
+    ctx: typer.Context,
+    job: int = typer.Argument(..., help="Job id."),
+    top: int = typer.Option(5, "--top", help="How many."),
+    device: str | None = typer.Option(None, "--device", help="Device of the latency budget."),
+    max_latency_ms: float | None = typer.Option(None, "--max-latency-ms",
+                                                help="Latency budget on --device."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The best architectures of a job, optionally under a latency budget on a device."""
+    from .storage import best_trials, unknown_measurement_count
+
+    _device_options(device, max_latency_ms)
+    storage = ctx.obj.storage()
+    spec = storage.get_job(_positive_job(job))["spec"]
+    rows = best_trials(storage, job, top=top, device=device, max_value=max_latency_ms)
+    unknown = unknown_measurement_count(storage, job, device) if device else 0
+    if as_json:
+        _emit_json({"job": job, "device": device, "max_latency_ms": max_latency_ms,
+                    "unknown_latency": unknown,
+                    "results": [_trial_json(r, spec) for r in rows]})
+        return
+    _print_trials(rows, spec, device, title=f"job {job}: best {top}" + (
+        f" under {max_latency_ms} ms on {device}" if max_latency_ms else ""))
+    if unknown:
+        out.print(f"{unknown} completed trials have no latency on {device} (not ranked)")
+
+
+def _print_trials(rows: list[dict[str, Any]], spec: dict[str, Any], device: str | None,
+                  title: str) -> None:
+    metrics = [o["metric"] for o in spec["objectives"]]
+    columns = ["#", "trial", *metrics]
+    if device:
+        columns += [f"latency ms ({device})", "source"]
+    table = Table(*columns, "params (M)", title=title)
+    table.add_column("architecture", overflow="fold")
+    for rank, r in enumerate(rows, 1):
+        values = [f"{v:.4g}" for v in (r["objectives"] or [])]
+        extra = [f"{r['device_value']:.3f}", r["device_source"]] if device else []
+        params = f"{r['params'] / 1e6:.3f}" if r["params"] is not None else "-"
+        table.add_row(str(rank), str(r["number"]), *values, *extra, params, r["key"])
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def pareto(
+    ctx: typer.Context,
+    job: int = typer.Argument(..., help="Job id."),
+    device: str = typer.Option(..., "--device", help="Device whose latency is traded off."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of the front."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The Pareto front of the primary objective against latency on a device."""
+    from .storage import pareto_front, trials_with_device_value
+
+    storage = ctx.obj.storage()
+    spec = storage.get_job(_positive_job(job))["spec"]
+    if plot is not None and not plot.parent.resolve().is_dir():
+        raise NasError(f"--plot: folder {str(plot.parent)!r} does not exist")
+    rows = trials_with_device_value(storage, job, device)
+    if not rows:
+        raise NasError(f"job {job} has no completed trial with a latency on device {device!r}")
+    front = pareto_front(rows)
+    if plot is not None:
+        _plot_front(rows, front, spec, device, plot)
+    if as_json:
+        _emit_json({"job": job, "device": device, "points": len(rows),
+                    "front": [_trial_json(r, spec) for r in front]})
+        return
+    _print_trials(front, spec, device, title=f"job {job}: Pareto front on {device} "
+                                             f"({len(front)} of {len(rows)} trials)")
+    if plot is not None:
+        out.print(f"plot: {plot}")
+
+
+def _plot_front(rows: list[dict[str, Any]], front: list[dict[str, Any]],
+                spec: dict[str, Any], device: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = spec["objectives"][0]["metric"]
+    value = (lambda r: r["objectives"][0])  # noqa: E731
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.scatter([r["device_value"] for r in rows], [value(r) for r in rows], s=8,
+               color="0.7", label=f"trials ({len(rows)})")
+    ax.step([r["device_value"] for r in front], [value(r) for r in front], where="post",
+            color="C3", marker="o", ms=4, label=f"Pareto front ({len(front)})")
+    ax.set_xlabel(f"latency on {device} (ms)")
+    ax.set_ylabel(metric)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@app.command()
+@handle_errors
+def export(
+    ctx: typer.Context,
+    job: int = typer.Argument(..., help="Job id."),
+    trial: int | None = typer.Option(None, "--trial", help="Trial number to export."),
+    best_: bool = typer.Option(False, "--best", help="Export the best trial."),
+    fmt: str = typer.Option("json", "--format", help="json | torchscript | onnx"),
+    output: Path = typer.Option(..., "-o", "--output", help="File to write."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Write the best (or a given) architecture as JSON, TorchScript or ONNX."""
+    from .export import FORMATS, export_trial
+
+    if fmt not in FORMATS:
+        raise NasError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if (trial is None) == (not best_):
+        raise NasError("give exactly one of --trial N or --best")
+    summary = export_trial(ctx.obj.storage(), _positive_job(job), trial, fmt, str(output))
+    if as_json:
+        _emit_json(summary)
+    else:
+        out.print(f"exported trial {summary['trial']} of job {job} ({summary['key']}) "
+                  f"as {fmt} to {output}")
+
+
+# ---- registries and the database --------------------------------------------------------------
+@app.command()
+def spaces(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Registered search spaces."""
+    from search_spaces import get_space, list_spaces
+
+    rows = [get_space(name).describe() for name in list_spaces()]
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("space", "size", "decisions", "description")
+    for r in rows:
+        table.add_row(r["name"], f"{r['size']:,}", str(r["decisions"]), r["description"])
+    out.print(table)
+
+
+@app.command()
+def strategies(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Registered search strategies."""
+    from .strategies import list_strategies, strategy_class
+
+    rows = [{"name": n, "description": strategy_class(n).description} for n in list_strategies()]
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("strategy", "description")
+    for r in rows:
+        table.add_row(r["name"], r["description"])
+    out.print(table)
+
+
+@db_app.command("upgrade")
+@handle_errors
+def db_upgrade(ctx: typer.Context) -> None:
+    """Apply the schema migrations to the database (--db)."""
+    from .storage import current_revision, make_engine, upgrade
+
+    engine = make_engine(ctx.obj.db)
+    upgrade(engine)
+    out.print(f"database at revision {current_revision(engine)}")
+
+
+def main() -> None:
+    app(prog_name="nas")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+"""The driver loop: ask -> store -> dispatch -> store results -> tell, crash-safe.
+
+Determinism: the strategy is told results strictly in trial-number order, and after each
+tell the window of in-flight trials is refilled (`window = parallelism x batch_size`). So
+the sequence of ask/tell calls depends only on the seed and the results, never on timing,
+and a resumed job replays it exactly: it restores the last strategy snapshot and walks
+forward over the stored trials, re-asking (the proposals match the stored rows) and
+re-telling stored results, dispatching only the trials that never finished.
+
+Each loop step writes one transaction: new trial rows, finished results, trials marked as
+dispatched and, every `snapshot_every` tells, the strategy state with its cursors. A kill at
+any instant leaves the database at a step boundary.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from search_spaces import Arch, SearchSpace, get_space
+from workers import EvaluatorSpec, TrialResult, TrialTask
+from workers.evaluators import list_evaluators
+
+from .errors import LeaseHeldError, NasError
+from .spec import JobSpec, parse_spec
+from .storage import NewTrial, Storage, StoredResult
+from .strategies import Strategy, TrialView, get_strategy
+
+Progress = Callable[[int, "int | None", "float | None"], None]
+FINISHED = ("completed", "failed")
+
+
+@dataclass
+class _Slot:
+    """A trial of the current window."""
+
+    number: int
+    key: str
+    arch: Arch
+    trial_id: int = 0
+    architecture_id: int = 0
+    attempt: int = 0
+
+
+def score_result(spec: JobSpec, result: TrialResult) -> tuple[str, str | None, float | None,
+                                                               list[float] | None, bool | None]:
+    """(status, error, score, objective values, feasible) of a worker's result.
+
+    feasible is False when a known value violates a constraint, None when a constrained
+    value is unknown (it is not guessed), True otherwise.
+    """
+    if result.status != "completed":
+        return "failed", result.error, None, None, None
+    missing = [o.metric for o in spec.objectives if o.metric not in result.metrics]
+    if missing:
+        return "failed", f"evaluator reported no {missing[0]!r} metric", None, None, None
+    values = [float(result.metrics[o.metric]) for o in spec.objectives]
+    feasible: bool | None = True
+    for constraint in spec.constraints:
+        value = _constrained_value(result, constraint.metric, constraint.device)
+        if value is None:
+            feasible = None if feasible else feasible
+        elif not constraint.satisfied(value):
+            feasible = False
+            break
+    return "completed", None, spec.objectives[0].score(values[0]), values, feasible
+
+
+def _constrained_value(result: TrialResult, metric: str, device: str | None) -> float | None:
+    if device is None:
+        return result.metrics.get(metric)
+    for m in sorted(result.measurements, key=lambda m: m["source"] != "measured"):
+        if m["device"] == device and m["metric"] == metric:
+            return float(m["value"])
+    return None
+
+
+def make_executor(spec: JobSpec, evaluator_spec: EvaluatorSpec, ray_address: str | None):
+    from workers.executors import LocalExecutor, RayExecutor
+
+    if spec.executor == "local":
+        return LocalExecutor(evaluator_spec, slots=spec.parallelism)
+    return RayExecutor(evaluator_spec, slots=spec.parallelism, address=ray_address,
+                       max_attempts=spec.max_attempts)
+
+
+def default_batch_size(spec: JobSpec) -> int:
+    """Cheap evaluators (table look-ups) send 32 trials per worker task, others one."""
+    from workers.evaluators._base import _REGISTRY
+
+    if spec.batch_size is not None:
+        return spec.batch_size
+    assert spec.evaluator in list_evaluators()
+    return 32 if _REGISTRY[spec.evaluator].cheap else 1
+
+
+class Driver:
+    """Runs (or resumes) one job to completion under a lease."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        job_id: int,
+        *,
+        ray_address: str | None = None,
+        lease_ttl_s: float = 30.0,
+        heartbeat_s: float = 2.0,
+        progress: Progress | None = None,
+        max_duplicate_proposals: int = 2000,
+        executor_factory: Callable[[JobSpec, EvaluatorSpec], Any] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.job_id = job_id
+        self.ray_address = ray_address
+        self.lease_ttl_s = lease_ttl_s
+        self.heartbeat_s = heartbeat_s
+        self.progress = progress
+        self.max_duplicate_proposals = max_duplicate_proposals
+        self.executor_factory = executor_factory
+        self.owner = Storage.new_owner()
+
+    # ---- entry point ----------------------------------------------------------------------
+    def run(self) -> str:
+        """Run to the end of the budget; returns the job's final status."""
+        job = self.storage.get_job(self.job_id)
+        if job["status"] == "completed":
+            raise NasError(f"job {self.job_id} is already completed")
+        spec = parse_spec(job["spec"], check_components=False)
+        self.storage.acquire_lease(self.job_id, self.owner, self.lease_ttl_s)
+        try:
+            self.storage.start_running(self.job_id, self.owner)
+            status, note = _Run(self, spec, job).execute()
+        except LeaseHeldError:
+            raise
+        except KeyboardInterrupt:
+            self.storage.set_status(self.job_id, "paused", owner=self.owner,
+                                    error="interrupted; `nas resume` continues it")
+            raise
+        except BaseException as exc:
+            self.storage.set_status(self.job_id, "failed", owner=self.owner,
+                                    error=f"{type(exc).__name__}: {exc}")
+            raise
+        self.storage.set_status(self.job_id, status, owner=self.owner, note=note)
+        return status
+
+
+class _Run:
+    """The state of one driver session over one job."""
+
+    def __init__(self, driver: Driver, spec: JobSpec, job: dict[str, Any]) -> None:
+        self.d = driver
+        self.storage = driver.storage
+        self.spec = spec
+        self.job_id = driver.job_id
+        self.space: SearchSpace = get_space(spec.space, **spec.space_args)
+        self.strategy: Strategy = get_strategy(spec.strategy, self.space, seed=spec.seed,
+                                               **spec.strategy_args)
+        self.evaluator_spec = EvaluatorSpec(spec.space, spec.space_args, spec.evaluator,
+                                            spec.evaluator_args)
+        self.batch = default_batch_size(spec)
+        self.window = spec.parallelism * self.batch
+        self.target = spec.budget_trials if spec.budget_trials is not None else math.inf
+        self.elapsed_before = float(job["elapsed_s"] or 0.0)
+        self.note: str | None = None
+        # cursors: trials 1..told were told to the strategy, 1..asked were proposed
+        self.told = self.asked = 0
+        if job["strategy_state"] is not None:
+            self.strategy.load_state_dict(job["strategy_state"])
+            self.told, self.asked = job["snapshot_told"], job["snapshot_asked"]
+        self.last_snapshot = self.told
+        self.stored = {row["number"]: row for row in self.storage.load_trials(self.job_id)}
+        self.known = {row["key"] for n, row in self.stored.items() if n <= self.asked}
+        self.slots: dict[int, _Slot] = {}
+        self.finished: dict[int, TrialView] = {}
+        self.best: float | None = None
+        # work for the next transaction
+        self.new_trials: list[NewTrial] = []
+        self.results: list[StoredResult] = []
+        self.dispatched: list[tuple[int, int]] = []
+        self.to_dispatch: list[_Slot] = []
+        self.snapshot: tuple[dict[str, Any], int, int] | None = None
+        self._restore_window()
+
+    # ---- restore ---------------------------------------------------------------------------
+    def _restore_window(self) -> None:
+        """Rebuild the in-flight window (told, asked] and the results stored past `told`."""
+        for number, row in self.stored.items():
+            if row["status"] in FINISHED and row["score"] is not None:
+                self.best = max(self.best, row["score"]) if self.best is not None \
+                    else row["score"]
+            if number <= self.told:
+                continue
+            if row["status"] in FINISHED:
+                self.finished[number] = self._view_of_row(row)
+            if number <= self.asked:
+                self._adopt(number, row)
+
+    def _adopt(self, number: int, row: dict[str, Any]) -> None:
+        slot = _Slot(number, row["key"], row["arch"], row["id"], row["architecture_id"],
+                     row["attempt"])
+        self.slots[number] = slot
+        if row["status"] not in FINISHED:
+            self.to_dispatch.append(slot)
+
+    def _view_of_row(self, row: dict[str, Any]) -> TrialView:
+        objectives = tuple(row["objectives"]) if row["objectives"] else None
+        return TrialView(row["number"], row["arch"], row["key"], row["status"],
+                         row["metrics"] or {}, self._strategy_score(row["score"],
+                                                                     row.get("feasible")),
+                         objectives)
+
+    @staticmethod
+    def _strategy_score(score: float | None, feasible: bool | None) -> float | None:
+        return None if feasible is False else score
+
+    # ---- ask -------------------------------------------------------------------------------
+    def _propose(self) -> tuple[str, Arch] | None:
+        """The next non-duplicate proposal, or None when the strategy keeps repeating itself."""
+        for _ in range(self.d.max_duplicate_proposals):
+            arch = self.strategy.ask()
+            key = self.space.key(arch)
+            if key not in self.known:
+                return key, arch
+        return None
+
+    def _fill(self) -> None:
+        """Propose trials until the window is full or the budget is spent."""
+        while self.asked < min(self.told + self.window, self.target):
+            number = self.asked + 1
+            proposal = self._propose()
+            row = self.stored.get(number)
+            if row is not None:  # replaying: the stored trial is the truth
+                if proposal is None or proposal[0] != row["key"]:
+                    self.note = (f"replay diverged at trial {number}; kept the stored trial")
+                self.known.add(row["key"])
+                self.asked = number
+                self._adopt(number, row)
+                continue
+            if proposal is None:
+                self.target = self.asked
+                self.note = (f"stopped after {self.asked} trials: "
+                             f"{self.d.max_duplicate_proposals} proposals in a row were "
+                             "already evaluated (space exhausted?)")
+                return
+            key, arch = proposal
+            self.known.add(key)
+            self.asked = number
+            slot = _Slot(number, key, arch)
+            self.slots[number] = slot
+            self.new_trials.append(NewTrial(number, key, arch))
+
+    # ---- tell ------------------------------------------------------------------------------
+    def _accept(self, result: TrialResult) -> None:
+        slot = self.slots.get(result.number)
+        if slot is None or result.number in self.finished or result.number <= self.told:
+            return  # a stale duplicate of a result already taken
+        status, error, score, values, feasible = score_result(self.spec, result)
+        self.results.append(StoredResult(
+            slot.trial_id, status, result.attempt, result.worker, result.started_at,
+            result.finished_at, result.metrics if status == "completed" else None, score,
+            values, feasible, error, slot.architecture_id, result.params, result.flops,
+            result.measurements if status == "completed" else []))
+        if score is not None:
+            self.best = score if self.best is None else max(self.best, score)
+        self.finished[result.number] = TrialView(
+            result.number, slot.arch, slot.key, status, result.metrics,
+            self._strategy_score(score, feasible), tuple(values) if values else None)
+
+    def _tell_in_order(self) -> None:
+        while self.told + 1 in self.finished:
+            view = self.finished.pop(self.told + 1)
+            self.strategy.tell(view)
+            self.slots.pop(view.number, None)
+            self.told += 1
+            self._fill()
+        if self.told - self.last_snapshot >= self.spec.snapshot_every:
+            self._take_snapshot()
+
+    def _take_snapshot(self) -> None:
+        self.snapshot = (self.strategy.state_dict(), self.told, self.asked)
+        self.last_snapshot = self.told
+
+    # ---- persistence and dispatch ------------------------------------------------------------
+    def _commit(self, elapsed: float | None = None) -> None:
+        created = self.storage.commit_step(
+            self.job_id, self.d.owner, self.space.name, self.new_trials, self.results,
+            self.dispatched, self.snapshot, elapsed)
+        for number, (trial_id, architecture_id) in created.items():
+            slot = self.slots[number]
+            slot.trial_id, slot.architecture_id = trial_id, architecture_id
+            self.to_dispatch.append(slot)
+        self.new_trials, self.results, self.dispatched = [], [], []
+        self.snapshot = None
+
+    def _dispatch(self, executor: Any) -> None:
+        while self.to_dispatch and executor.free_slots() > 0:
+            chunk, self.to_dispatch = self.to_dispatch[:self.batch], self.to_dispatch[self.batch:]
+            tasks = []
+            for slot in chunk:
+                slot.attempt += 1
+                if slot.attempt > self.spec.max_attempts:
+                    self._give_up(slot)
+                    continue
+                tasks.append(TrialTask(slot.number, slot.key, slot.arch, slot.attempt))
+                self.dispatched.append((slot.trial_id, slot.attempt))
+            if tasks:
+                executor.submit(tasks)
+
+    def _give_up(self, slot: _Slot) -> None:
+        now = time.time()
+        self._accept(TrialResult(
+            slot.number, slot.key, "failed", slot.attempt - 1,
+            error=f"abandoned after {slot.attempt - 1} attempts: its driver or worker died "
+                  "each time", started_at=now, finished_at=now))
+
+    # ---- the loop --------------------------------------------------------------------------
+    def execute(self) -> tuple[str, str | None]:
+        start = time.monotonic()
+        executor = (self.d.executor_factory(self.spec, self.evaluator_spec)
+                    if self.d.executor_factory
+                    else make_executor(self.spec, self.evaluator_spec, self.d.ray_address))
+        try:
+            self._tell_in_order()  # results stored past the snapshot are told first
+            self._fill()
+            last_beat = time.monotonic()
+            while True:
+                self._commit()
+                self._dispatch(executor)
+                if self.told >= self.target and executor.in_flight() == 0:
+                    break
+                if not self.to_dispatch and executor.in_flight() == 0 and \
+                        self.told + 1 not in self.finished:
+                    raise NasError(f"job {self.job_id}: no trial in flight but trial "
+                                   f"{self.told + 1} is not finished")
+                for result in executor.poll(timeout=self.d.heartbeat_s):
+                    self._accept(result)
+                self._tell_in_order()
+                elapsed = self.elapsed_before + time.monotonic() - start
+                self._report()
+                if self.spec.budget_seconds is not None and elapsed >= self.spec.budget_seconds:
+                    self.target = min(self.target, self.asked)
+                if time.monotonic() - last_beat >= self.d.heartbeat_s:
+                    last_beat = time.monotonic()
+                    if not self.storage.heartbeat(self.job_id, self.d.owner,
+                                                  self.d.lease_ttl_s, elapsed):
+                        raise LeaseHeldError(f"job {self.job_id}: lease lost; stopping")
+                    if self.storage.cancel_requested(self.job_id):
+                        executor.shutdown()
+                        self._commit(elapsed)
+                        self.storage.requeue_unfinished(self.job_id)
+                        return "cancelled", "cancelled by the user"
+            self._take_snapshot()
+            self._commit(self.elapsed_before + time.monotonic() - start)
+            self._report()
+            return "completed", self.note
+        finally:
+            executor.shutdown()
+
+    def _report(self) -> None:
+        if self.d.progress is not None:
+            total = None if math.isinf(self.target) else int(self.target)
+            self.d.progress(self.told, total, self.best)

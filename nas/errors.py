@@ -1,0 +1,13 @@
+"""Errors the CLI turns into one clear line and exit status 2."""
+
+
+class NasError(Exception):
+    """A user-facing error: bad input, unknown job, refused operation."""
+
+
+class SpecError(NasError):
+    """A job spec field is missing or wrong; the message names the field."""
+
+
+class LeaseHeldError(NasError):
+    """Another live driver holds the job's lease."""

@@ -1,0 +1,73 @@
+"""Hand over a model that runs: the architecture as JSON, TorchScript or ONNX."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from search_spaces import get_space
+
+from .errors import NasError
+from .storage import Storage, best_trials, device_measurements, get_trial
+
+FORMATS = ("json", "torchscript", "onnx")
+
+
+def choose_trial(storage: Storage, job_id: int, number: int | None) -> dict[str, Any]:
+    """A given trial, or the best completed one (feasible first, when constraints exist)."""
+    if number is not None:
+        trial = get_trial(storage, job_id, number)
+        if trial["status"] != "completed":
+            raise NasError(f"trial {number} of job {job_id} is {trial['status']}, not completed")
+        return trial
+    rows = best_trials(storage, job_id, top=1, feasible_only=True) or \
+        best_trials(storage, job_id, top=1)
+    if not rows:
+        raise NasError(f"job {job_id} has no completed trial to export")
+    return rows[0]
+
+
+def export_trial(storage: Storage, job_id: int, number: int | None, fmt: str,
+                 path: str) -> dict[str, Any]:
+    """Write the chosen trial in `fmt` to `path`; returns a summary of what was written."""
+    if fmt not in FORMATS:
+        raise NasError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    target = Path(path)
+    if not target.parent.resolve().is_dir():
+        raise NasError(f"-o: folder {str(target.parent)!r} does not exist")
+    job = storage.get_job(job_id)
+    spec = job["spec"]
+    trial = choose_trial(storage, job_id, number)
+    space = get_space(spec["space"], **spec.get("space_args", {}))
+    summary = {
+        "job": job_id, "trial": trial["number"], "space": spec["space"],
+        "space_args": spec.get("space_args", {}), "key": trial["key"], "arch": trial["arch"],
+        "metrics": trial["metrics"], "params": trial["params"], "flops": trial["flops"],
+        "measurements": device_measurements(storage, [trial["key"]], spec["space"]).get(
+            trial["key"], []),
+        "format": fmt, "path": str(target),
+    }
+    if fmt == "json":
+        target.write_text(json.dumps(summary, indent=2) + "\n")
+    else:
+        _export_model(space, trial["arch"], fmt, target)
+    storage.add_artifact(job_id, f"export-{fmt}", str(target.resolve()))
+    return summary
+
+
+def _export_model(space: Any, arch: dict[str, Any], fmt: str, target: Path) -> None:
+    import torch
+
+    model = space.build(arch).eval()
+    example = torch.randn(1, *space.input_shape())
+    if fmt == "torchscript":
+        with torch.no_grad():
+            torch.jit.trace(model, example).save(str(target))
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(target), dynamo=False, input_names=["input"],
+                          output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})

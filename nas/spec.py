@@ -1,0 +1,312 @@
+"""Job specs: parsed from YAML, every field validated before anything touches the database."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SpecError
+
+FIELDS = (
+    "name", "space", "space_args", "strategy", "strategy_args", "evaluator", "evaluator_args",
+    "objectives", "constraints", "budget", "parallelism", "batch_size", "executor",
+    "max_attempts", "snapshot_every", "seed",
+)
+EXECUTORS = ("ray", "local")
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    mode: str  # max | min
+
+    def score(self, value: float) -> float:
+        """Higher is better."""
+        return value if self.mode == "max" else -value
+
+
+@dataclass(frozen=True)
+class Constraint:
+    metric: str
+    device: str | None = None
+    max: float | None = None
+    min: float | None = None
+
+    def satisfied(self, value: float) -> bool:
+        return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    space: str
+    strategy: str
+    evaluator: str
+    objectives: tuple[Objective, ...]
+    budget_trials: int | None
+    budget_seconds: float | None
+    space_args: dict[str, Any] = field(default_factory=dict)
+    strategy_args: dict[str, Any] = field(default_factory=dict)
+    evaluator_args: dict[str, Any] = field(default_factory=dict)
+    constraints: tuple[Constraint, ...] = ()
+    parallelism: int = 1
+    batch_size: int | None = None
+    executor: str = "ray"
+    max_attempts: int = 3
+    snapshot_every: int = 50
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical form stored in the database (round-trips through `parse_spec`)."""
+        data = asdict(self)
+        budget = {}
+        if self.budget_trials is not None:
+            budget["trials"] = data.pop("budget_trials")
+        else:
+            data.pop("budget_trials")
+        if self.budget_seconds is not None:
+            budget["seconds"] = data.pop("budget_seconds")
+        else:
+            data.pop("budget_seconds")
+        data["budget"] = budget
+        data["objectives"] = [asdict(o) for o in self.objectives]
+        data["constraints"] = [
+            {k: v for k, v in asdict(c).items() if v is not None} for c in self.constraints
+        ]
+        if self.batch_size is None:
+            data.pop("batch_size")
+        return data
+
+
+# ---- field checks -----------------------------------------------------------------------
+def _fail(path: str, expected: str, got: Any) -> SpecError:
+    return SpecError(f"spec field '{path}': expected {expected}, got {got!r}")
+
+
+def _int(path: str, value: Any, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise _fail(path, f"an integer >= {minimum}", value)
+    return value
+
+
+def _number(path: str, value: Any, positive: bool = False) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (positive and value <= 0):
+        raise _fail(path, "a positive number" if positive else "a finite number", value)
+    return float(value)
+
+
+def _str(path: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(path, "a non-empty string", value)
+    return value
+
+
+def _mapping(path: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(path, "a mapping", value)
+    return dict(value)
+
+
+def _only_keys(path: str, data: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in allowed:
+            raise SpecError(f"spec field '{path}.{key}': unknown field; "
+                            f"expected one of {', '.join(allowed)}")
+
+
+def _objectives(value: Any) -> tuple[Objective, ...]:
+    if value is None:
+        raise SpecError("spec field 'objectives': required (e.g. [{metric: valid_acc, mode: max}])")
+    if not isinstance(value, list) or not value:
+        raise _fail("objectives", "a non-empty list of {metric, mode}", value)
+    found = []
+    for i, item in enumerate(value):
+        path = f"objectives[{i}]"
+        item = _mapping(path, item)
+        _only_keys(path, item, ("metric", "mode"))
+        metric = _str(f"{path}.metric", item.get("metric"))
+        mode = item.get("mode", "max")
+        if mode not in ("max", "min"):
+            raise _fail(f"{path}.mode", "'max' or 'min'", mode)
+        found.append(Objective(metric, mode))
+    return tuple(found)
+
+
+def _constraints(value: Any) -> tuple[Constraint, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _fail("constraints", "a list of {metric, device, max|min}", value)
+    found = []
+    for i, item in enumerate(value):
+        path = f"constraints[{i}]"
+        item = _mapping(path, item)
+        _only_keys(path, item, ("metric", "device", "max", "min"))
+        metric = _str(f"{path}.metric", item.get("metric"))
+        device = _str(f"{path}.device", item["device"]) if "device" in item else None
+        upper = _number(f"{path}.max", item["max"]) if "max" in item else None
+        lower = _number(f"{path}.min", item["min"]) if "min" in item else None
+        if upper is None and lower is None:
+            raise SpecError(f"spec field '{path}': needs 'max' or 'min'")
+        found.append(Constraint(metric, device, upper, lower))
+    return tuple(found)
+
+
+def _budget(value: Any) -> tuple[int | None, float | None]:
+    budget = _mapping("budget", value)
+    if not budget:
+        raise SpecError("spec field 'budget': required, with 'trials' and/or 'seconds'")
+    _only_keys("budget", budget, ("trials", "seconds"))
+    trials = _int("budget.trials", budget["trials"], 1) if "trials" in budget else None
+    seconds = _number("budget.seconds", budget["seconds"], True) if "seconds" in budget else None
+    return trials, seconds
+
+
+def _build_components(spec: JobSpec) -> None:
+    """Instantiate space, strategy and evaluator once, so their own argument checks run."""
+    from search_spaces import get_space, list_spaces
+    from workers.evaluators import get_evaluator, list_evaluators
+
+    from .strategies import get_strategy, list_strategies
+
+    if spec.space not in list_spaces():
+        raise _fail("space", f"one of {', '.join(list_spaces())}", spec.space)
+    if spec.strategy not in list_strategies():
+        raise _fail("strategy", f"one of {', '.join(list_strategies())}", spec.strategy)
+    if spec.evaluator not in list_evaluators():
+        raise _fail("evaluator", f"one of {', '.join(list_evaluators())}", spec.evaluator)
+    space = _construct("space_args", lambda: get_space(spec.space, **spec.space_args))
+    _construct("strategy_args",
+               lambda: get_strategy(spec.strategy, space, seed=spec.seed, **spec.strategy_args))
+    evaluator = _construct(
+        "evaluator_args", lambda: get_evaluator(spec.evaluator, space, **spec.evaluator_args))
+    known = evaluator.metric_names()
+    if known is not None:
+        for i, objective in enumerate(spec.objectives):
+            if objective.metric not in known:
+                raise _fail(f"objectives[{i}].metric",
+                            f"a metric of the {spec.evaluator} evaluator "
+                            f"({', '.join(sorted(known))})", objective.metric)
+    devices = evaluator.devices()
+    for i, constraint in enumerate(spec.constraints):
+        if constraint.device is None:
+            if known is not None and constraint.metric not in known:
+                raise _fail(f"constraints[{i}].metric", f"one of {', '.join(sorted(known))}",
+                            constraint.metric)
+        elif constraint.device not in devices:
+            hint = ", ".join(sorted(devices)) or "none: set evaluator_args.latency_table"
+            raise _fail(f"constraints[{i}].device", f"a device the evaluator reports ({hint})",
+                        constraint.device)
+
+
+def _construct(path: str, make: Any) -> Any:
+    try:
+        return make()
+    except TypeError as exc:  # an unexpected keyword argument
+        message = str(exc)
+        if "unexpected keyword argument" in message:
+            name = message.rsplit("argument", 1)[1].strip(" '\"")
+            raise SpecError(f"spec field '{path}.{name}': unknown field") from None
+        raise SpecError(f"spec field '{path}': {message}") from None
+    except (ValueError, KeyError) as exc:
+        text = str(exc).strip("'\"")
+        if text.startswith(path):
+            raise SpecError(f"spec field '{text.split(' ', 1)[0]}': {text.split(' ', 1)[1]}") \
+                from None
+        raise SpecError(f"spec field '{path}': {text}") from None
+
+
+def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
+    """Validate a spec mapping; raise `SpecError` naming the first wrong field."""
+    if not isinstance(data, dict):
+        raise SpecError(f"a job spec must be a mapping of fields, got {type(data).__name__}")
+    for key in data:
+        if key not in FIELDS:
+            raise SpecError(f"spec field '{key}': unknown field; expected one of "
+                            f"{', '.join(FIELDS)}")
+    for required in ("space", "strategy", "evaluator"):
+        if required not in data:
+            raise SpecError(f"spec field '{required}': required")
+    trials, seconds = _budget(data.get("budget"))
+    executor = data.get("executor", "ray")
+    if executor not in EXECUTORS:
+        raise _fail("executor", "'ray' or 'local'", executor)
+    batch = data.get("batch_size")
+    space = _str("space", data["space"])
+    strategy = _str("strategy", data["strategy"])
+    spec = JobSpec(
+        name=_str("name", data.get("name") or f"{space}-{strategy}"),
+        space=space,
+        strategy=strategy,
+        evaluator=_str("evaluator", data["evaluator"]),
+        objectives=_objectives(data.get("objectives")),
+        budget_trials=trials,
+        budget_seconds=seconds,
+        space_args=_mapping("space_args", data.get("space_args")),
+        strategy_args=_mapping("strategy_args", data.get("strategy_args")),
+        evaluator_args=_mapping("evaluator_args", data.get("evaluator_args")),
+        constraints=_constraints(data.get("constraints")),
+        parallelism=_int("parallelism", data.get("parallelism", 1), 1),
+        batch_size=None if batch is None else _int("batch_size", batch, 1),
+        executor=executor,
+        max_attempts=_int("max_attempts", data.get("max_attempts", 3), 1),
+        snapshot_every=_int("snapshot_every", data.get("snapshot_every", 50), 1),
+        seed=_int("seed", data.get("seed", 0), 0),
+    )
+    if check_components:
+        _build_components(spec)
+    return spec
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`--set strategy_args.population=50`: the value is parsed as YAML."""
+    data = dict(data)
+    for item in overrides:
+        path, sep, raw = item.partition("=")
+        if not sep or not path.strip():
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. strategy_args.population=50")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise SpecError(f"--set {item!r}: the value is not valid YAML") from None
+        keys = path.strip().split(".")
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise SpecError(f"--set {item!r}: '{key}' is not a mapping")
+            node[key] = child = dict(child)
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def load_spec_file(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read, override and validate a YAML spec file; SpecError on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"spec file {str(path)!r} does not exist") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise SpecError(f"spec file {str(path)!r} cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"spec file {str(path)!r} is not valid YAML{where}") from None
+    if data is None:
+        raise SpecError(f"spec file {str(path)!r} is empty")
+    if isinstance(data, dict) and overrides:
+        data = apply_overrides(data, overrides)
+    return parse_spec(data)

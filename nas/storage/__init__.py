@@ -1,0 +1,18 @@
+"""SQL storage: the single source of truth for jobs, trials and measurements."""
+
+from ._engine import DEFAULT_URL, current_revision, head_revision, make_engine, upgrade
+from ._queries import (
+    best_trials,
+    device_measurements,
+    get_trial,
+    pareto_front,
+    trials_with_device_value,
+    unknown_measurement_count,
+)
+from ._storage import NewTrial, Storage, StoredResult, as_utc, utcnow
+
+__all__ = [
+    "DEFAULT_URL", "NewTrial", "Storage", "StoredResult", "as_utc", "best_trials",
+    "current_revision", "device_measurements", "get_trial", "head_revision", "make_engine",
+    "pareto_front", "trials_with_device_value", "unknown_measurement_count", "upgrade", "utcnow",
+]

@@ -1,0 +1,122 @@
+"""Engines and schema versions: SQLite (WAL, busy timeout) or PostgreSQL by URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+from ..errors import NasError
+
+DEFAULT_URL = "sqlite:///nas.db"
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalise_url(url: str) -> str:
+    """Accept `postgresql://` (use psycopg 3) and plain file paths (as SQLite)."""
+    if "://" not in url:
+        raise NasError(f"--db: {url!r} is not a database URL "
+                       "(expected e.g. sqlite:///nas.db or postgresql://user@host/db)")
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise NasError(f"--db: cannot parse database URL {url!r}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise NasError(f"--db: unsupported database {backend!r} (use sqlite or postgresql)")
+    try:
+        if backend == "sqlite":
+            return _sqlite_engine(url, parsed.database)
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise NasError(f"--db: no driver for {url!r}: {exc}") from None
+
+
+def _sqlite_engine(url: str, database: str | None) -> Engine:
+    in_memory = database in (None, "", ":memory:")
+    if not in_memory:
+        folder = Path(database).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise NasError(f"--db: folder {str(folder)!r} of the SQLite file does not exist")
+    kwargs = {"poolclass": StaticPool} if in_memory else {}
+    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
+                           **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record):  # noqa: ANN001 - DBAPI callback
+        dbapi_connection.isolation_level = None  # let SQLAlchemy's BEGIN below take over
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):  # noqa: ANN001 - take the write lock up front: no upgrade deadlocks
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _alembic_config(connection):  # noqa: ANN001, ANN202
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply Alembic migrations up to `revision` (what `nas db upgrade` runs)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), revision)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the schema in an empty database; refuse a database at an unknown revision."""
+    try:
+        revision = current_revision(engine)
+    except OperationalError as exc:
+        raise NasError(f"--db: cannot connect: {str(exc.orig).strip().splitlines()[0]}") from None
+    if revision is None:
+        tables = set(inspect(engine).get_table_names())
+        if tables & {"jobs", "trials"}:
+            raise NasError("--db: the database has nas tables but no schema version; "
+                           "it was not created by nas")
+        upgrade(engine)
+        return
+    head = head_revision()
+    if revision != head:
+        raise NasError(f"--db: schema revision {revision} differs from this version's {head}; "
+                       "run `nas db upgrade`")

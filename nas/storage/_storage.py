@@ -1,0 +1,324 @@
+"""`Storage`: every read and write of jobs, trials and measurements goes through here."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..errors import LeaseHeldError, NasError
+from ._engine import ensure_schema, make_engine
+from .schema import SOURCE_RANK, architectures, artifacts, jobs, measurements, trials
+
+_CHUNK = 500
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; they were written in UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
+
+
+def _epoch(value: float | None) -> datetime | None:
+    return None if not value else datetime.fromtimestamp(value, timezone.utc)
+
+
+@dataclass
+class NewTrial:
+    number: int
+    key: str
+    arch: dict[str, Any]
+
+
+@dataclass
+class StoredResult:
+    trial_id: int
+    status: str
+    attempt: int
+    worker: str
+    started_at: float
+    finished_at: float
+    metrics: dict[str, float] | None
+    score: float | None
+    objectives: list[float] | None
+    feasible: bool | None
+    error: str | None
+    architecture_id: int
+    params: int | None
+    flops: int | None
+    measurements: list[dict[str, Any]]
+
+
+class Storage:
+    """A database of jobs and trials (SQLite file by default, PostgreSQL by URL)."""
+
+    def __init__(self, url: str, engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine or make_engine(url)
+        ensure_schema(self.engine)
+        self.dialect = self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _insert_ignore(self, table):  # noqa: ANN001, ANN202
+        if self.dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+    # ---- jobs -----------------------------------------------------------------------------
+    def create_job(self, spec: dict[str, Any], name: str, seed: int) -> int:
+        now = utcnow()
+        with self.engine.begin() as conn:
+            return conn.execute(
+                insert(jobs).returning(jobs.c.id),
+                {"name": name, "spec": spec, "status": "pending", "seed": seed,
+                 "created_at": now, "updated_at": now, "snapshot_told": 0,
+                 "snapshot_asked": 0, "elapsed_s": 0.0, "cancel_requested": False},
+            ).scalar_one()
+
+    def get_job(self, job_id: int) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+        if row is None:
+            raise NasError(f"no job {job_id} in {self.url}")
+        job = dict(row)
+        for column in ("created_at", "updated_at", "lease_expires_at"):
+            job[column] = as_utc(job[column])
+        return job
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        counts = (
+            select(trials.c.job_id, trials.c.status, func.count().label("n"))
+            .group_by(trials.c.job_id, trials.c.status)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.id, jobs.c.name, jobs.c.status, jobs.c.created_at,
+                                       jobs.c.spec).order_by(jobs.c.id)).mappings().all()
+            per_job: dict[int, dict[str, int]] = {}
+            for job_id, status, n in conn.execute(counts):
+                per_job.setdefault(job_id, {})[status] = n
+        return [{**dict(r), "created_at": as_utc(r["created_at"]),
+                 "trials": per_job.get(r["id"], {})} for r in rows]
+
+    def trial_counts(self, job_id: int) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(trials.c.status, func.count()).where(
+                trials.c.job_id == job_id).group_by(trials.c.status)).all()
+        return {status: n for status, n in rows}
+
+    def set_status(self, job_id: int, status: str, *, error: str | None = None,
+                   note: str | None = None, owner: str | None = None) -> None:
+        """Set the job's status; with `owner`, also release that driver's lease."""
+        values: dict[str, Any] = {"status": status, "updated_at": utcnow(), "error": error}
+        if note is not None:
+            values["note"] = note
+        if owner is not None:
+            values.update(lease_owner=None, lease_expires_at=None)
+        condition = jobs.c.id == job_id
+        if owner is not None:
+            condition = and_(condition, jobs.c.lease_owner == owner)
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(condition).values(**values))
+
+    def request_cancel(self, job_id: int) -> str:
+        """Cancel a job: at once if no driver runs it, else the driver stops at its next
+        heartbeat. Returns the status the job has now."""
+        job = self.get_job(job_id)
+        if job["status"] in ("completed", "failed", "cancelled"):
+            raise NasError(f"job {job_id} is already {job['status']}")
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id)
+                         .values(cancel_requested=True, updated_at=now))
+            live = conn.execute(update(jobs).where(
+                jobs.c.id == job_id, jobs.c.lease_owner.is_not(None),
+                jobs.c.lease_expires_at >= now).values(updated_at=now)).rowcount
+            if not live:
+                conn.execute(update(jobs).where(jobs.c.id == job_id)
+                             .values(status="cancelled", lease_owner=None,
+                                     lease_expires_at=None))
+        return "cancelling" if live else "cancelled"
+
+    # ---- leases ---------------------------------------------------------------------------
+    @staticmethod
+    def new_owner() -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+    @staticmethod
+    def _owner_is_dead_here(owner: str) -> bool:
+        """A lease held by a process of this host that no longer exists can be taken now."""
+        host, _, rest = owner.partition(":")
+        pid_text = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid_text.isdigit():
+            return False
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def acquire_lease(self, job_id: int, owner: str, ttl_s: float) -> None:
+        """Take the job's lease, or raise LeaseHeldError naming the live holder."""
+        now = utcnow()
+        expires = now + timedelta(seconds=ttl_s)
+        with self.engine.begin() as conn:
+            taken = conn.execute(update(jobs).where(
+                jobs.c.id == job_id,
+                or_(jobs.c.lease_owner.is_(None), jobs.c.lease_owner == owner,
+                    jobs.c.lease_expires_at < now),
+            ).values(lease_owner=owner, lease_expires_at=expires, updated_at=now)).rowcount
+            if taken:
+                return
+            holder, until = conn.execute(select(jobs.c.lease_owner, jobs.c.lease_expires_at)
+                                         .where(jobs.c.id == job_id)).one()
+            if self._owner_is_dead_here(holder):
+                taken = conn.execute(update(jobs).where(
+                    jobs.c.id == job_id, jobs.c.lease_owner == holder,
+                ).values(lease_owner=owner, lease_expires_at=expires, updated_at=now)).rowcount
+                if taken:
+                    return
+        left = (as_utc(until) - now).total_seconds()
+        raise LeaseHeldError(
+            f"job {job_id} is being run by driver {holder} (lease live for another "
+            f"{left:.0f}s); refusing to run it twice")
+
+    def heartbeat(self, job_id: int, owner: str, ttl_s: float, elapsed_s: float) -> bool:
+        """Extend the lease; False if it was lost (another driver took over)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            return bool(conn.execute(update(jobs).where(
+                jobs.c.id == job_id, jobs.c.lease_owner == owner,
+            ).values(lease_expires_at=now + timedelta(seconds=ttl_s), updated_at=now,
+                     elapsed_s=elapsed_s)).rowcount)
+
+    def cancel_requested(self, job_id: int) -> bool:
+        with self.engine.connect() as conn:
+            return bool(conn.execute(select(jobs.c.cancel_requested)
+                                     .where(jobs.c.id == job_id)).scalar_one())
+
+    def start_running(self, job_id: int, owner: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+                         .values(status="running", cancel_requested=False, error=None,
+                                 updated_at=utcnow()))
+
+    # ---- trials ---------------------------------------------------------------------------
+    def load_trials(self, job_id: int) -> list[dict[str, Any]]:
+        query = (
+            select(trials.c.id, trials.c.number, trials.c.status, trials.c.attempt,
+                   trials.c.metrics, trials.c.score, trials.c.objectives, trials.c.feasible,
+                   trials.c.architecture_id, architectures.c.key, architectures.c.arch)
+            .join(architectures, architectures.c.id == trials.c.architecture_id)
+            .where(trials.c.job_id == job_id).order_by(trials.c.number)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def _architecture_ids(self, conn, space: str, new: Sequence[NewTrial]) -> dict[str, int]:  # noqa: ANN001
+        keys = sorted({t.key for t in new})
+        rows = [{"space": space, "key": t.key, "arch": t.arch} for t in new]
+        conn.execute(self._insert_ignore(architectures), rows)
+        ids: dict[str, int] = {}
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start:start + _CHUNK]
+            ids.update(conn.execute(select(architectures.c.key, architectures.c.id).where(
+                architectures.c.space == space, architectures.c.key.in_(chunk))).all())
+        return ids
+
+    def commit_step(
+        self,
+        job_id: int,
+        owner: str,
+        space: str,
+        new_trials: Sequence[NewTrial] = (),
+        results: Sequence[StoredResult] = (),
+        dispatched: Iterable[tuple[int, int]] = (),
+        snapshot: tuple[dict[str, Any], int, int] | None = None,
+        elapsed_s: float | None = None,
+    ) -> dict[int, tuple[int, int]]:
+        """One transaction of the driver loop: new trial rows, finished results, trials sent
+        to workers (id, attempt), and optionally the strategy snapshot (state, told, asked).
+
+        Raises LeaseHeldError if this driver no longer holds the lease (nothing is written).
+        Returns number -> (trial id, architecture id) of the new trials.
+        """
+        created: dict[int, tuple[int, int]] = {}
+        now = utcnow()
+        with self.engine.begin() as conn:
+            job_update = update(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+            values: dict[str, Any] = {"updated_at": now}
+            if snapshot is not None:
+                values.update(strategy_state=snapshot[0], snapshot_told=snapshot[1],
+                              snapshot_asked=snapshot[2])
+            if elapsed_s is not None:
+                values["elapsed_s"] = elapsed_s
+            if not conn.execute(job_update.values(**values)).rowcount:
+                raise LeaseHeldError(f"job {job_id}: this driver lost its lease; stopping")
+            if new_trials:
+                arch_ids = self._architecture_ids(conn, space, new_trials)
+                rows = [{"job_id": job_id, "number": t.number, "architecture_id": arch_ids[t.key],
+                         "status": "queued", "attempt": 0} for t in new_trials]
+                inserted = conn.execute(insert(trials).returning(
+                    trials.c.id, trials.c.number, trials.c.architecture_id,
+                    sort_by_parameter_order=True), rows).all()
+                created = {number: (tid, aid) for tid, number, aid in inserted}
+            dispatched = list(dispatched)
+            if dispatched:
+                conn.execute(
+                    update(trials).where(trials.c.id == bindparam("tid"))
+                    .values(status="running", attempt=bindparam("att")),
+                    [{"tid": tid, "att": attempt} for tid, attempt in dispatched])
+            if results:
+                self._store_results(conn, results, now)
+        return created
+
+    def _store_results(self, conn, results: Sequence[StoredResult], now: datetime) -> None:  # noqa: ANN001
+        conn.execute(
+            update(trials).where(trials.c.id == bindparam("tid")).values(
+                status=bindparam("st"), attempt=bindparam("att"), worker=bindparam("wk"),
+                started_at=bindparam("t0"), finished_at=bindparam("t1"),
+                metrics=bindparam("mx"), score=bindparam("sc"), objectives=bindparam("ob"),
+                feasible=bindparam("fe"), error=bindparam("er")),
+            [{"tid": r.trial_id, "st": r.status, "att": r.attempt, "wk": r.worker,
+              "t0": _epoch(r.started_at), "t1": _epoch(r.finished_at), "mx": r.metrics,
+              "sc": r.score, "ob": r.objectives, "fe": r.feasible, "er": r.error}
+             for r in results])
+        sized = [{"aid": r.architecture_id, "p": r.params, "f": r.flops} for r in results
+                 if r.params is not None or r.flops is not None]
+        if sized:
+            conn.execute(update(architectures).where(architectures.c.id == bindparam("aid"))
+                         .values(params=bindparam("p"), flops=bindparam("f")), sized)
+        rows = [{"architecture_id": r.architecture_id, "device": m["device"],
+                 "metric": m["metric"], "value": m["value"], "source": m["source"],
+                 "source_rank": SOURCE_RANK.get(m["source"], 9), "created_at": now}
+                for r in results for m in r.measurements]
+        if rows:
+            conn.execute(self._insert_ignore(measurements), rows)
+
+    def requeue_unfinished(self, job_id: int) -> None:
+        """Trials left running by a cancelled driver go back to queued."""
+        with self.engine.begin() as conn:
+            conn.execute(update(trials).where(trials.c.job_id == job_id,
+                                              trials.c.status == "running")
+                         .values(status="queued"))
+
+    # ---- artifacts ------------------------------------------------------------------------
+    def add_artifact(self, job_id: int, kind: str, path: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(artifacts).values(job_id=job_id, kind=kind, path=path,
+                                                  created_at=utcnow()))

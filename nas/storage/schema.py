@@ -1,0 +1,104 @@
+"""The relational schema (SQLAlchemy Core). Alembic migrations create and evolve it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+JOB_STATUSES = ("pending", "running", "paused", "completed", "failed", "cancelled")
+TRIAL_STATUSES = ("queued", "running", "completed", "failed")
+#: Preference when several sources give one (architecture, device, metric): lower wins.
+SOURCE_RANK = {"measured": 0, "imported": 1, "benchmark": 2, "predicted": 3}
+
+jobs = Table(
+    "jobs", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("seed", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("lease_owner", String(200)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("strategy_state", JSON),
+    Column("snapshot_told", Integer, nullable=False, default=0),
+    Column("snapshot_asked", Integer, nullable=False, default=0),
+    Column("elapsed_s", Float, nullable=False, default=0.0),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("note", Text),
+    Column("error", Text),
+)
+
+architectures = Table(
+    "architectures", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("space", String(64), nullable=False),
+    Column("key", String(1000), nullable=False),
+    Column("arch", JSON, nullable=False),
+    Column("params", BigInteger),
+    Column("flops", BigInteger),
+    UniqueConstraint("space", "key", name="uq_architectures_space_key"),
+)
+
+trials = Table(
+    "trials", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("architecture_id", Integer, ForeignKey("architectures.id"), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("worker", String(200)),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("metrics", JSON),
+    Column("score", Float),
+    Column("objectives", JSON),
+    Column("feasible", Boolean),
+    Column("error", Text),
+    UniqueConstraint("job_id", "number", name="uq_trials_job_number"),
+    UniqueConstraint("job_id", "architecture_id", name="uq_trials_job_architecture"),
+    Index("ix_trials_job_status_score", "job_id", "status", "score"),
+)
+
+measurements = Table(
+    "measurements", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("architecture_id", Integer, ForeignKey("architectures.id"), nullable=False),
+    Column("device", String(200), nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("source_rank", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("architecture_id", "device", "metric", "source",
+                     name="uq_measurements_arch_device_metric_source"),
+    Index("ix_measurements_lookup", "architecture_id", "device", "metric", "source_rank"),
+)
+
+artifacts = Table(
+    "artifacts", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("kind", String(64), nullable=False),
+    Column("path", String(1000), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

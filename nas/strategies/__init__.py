@@ -1,0 +1,17 @@
+"""Ask/tell search strategies, registered by name (spec field `strategy`)."""
+
+from ._base import (
+    Strategy,
+    TrialView,
+    get_strategy,
+    list_strategies,
+    register_strategy,
+    strategy_class,
+)
+from .evolution import RegularizedEvolution
+from .random import RandomSearch
+
+__all__ = [
+    "RandomSearch", "RegularizedEvolution", "Strategy", "TrialView", "get_strategy",
+    "list_strategies", "register_strategy", "strategy_class",
+]

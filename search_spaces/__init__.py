@@ -1,0 +1,12 @@
+"""What can be searched: symbolic spaces and the torch modules they build.
+
+Nothing here imports ray or sqlalchemy; torch is imported only by `build()`.
+"""
+
+from ._base import Arch, SearchSpace, get_space, list_spaces, register_space, space_class
+from .nb201 import NB201Space
+
+__all__ = [
+    "Arch", "SearchSpace", "NB201Space", "get_space", "list_spaces", "register_space",
+    "space_class",
+]

@@ -1,0 +1,1 @@
+"""Reusable torch building blocks of the spaces (imported lazily: torch is heavy)."""

@@ -1,0 +1,152 @@
+"""NAS-Bench-201 cell space (Dong & Yang, ICLR 2020): 6 edges x 5 operations = 15,625 cells.
+
+An architecture is `{"ops": [op(0->1), op(0->2), op(1->2), op(0->3), op(1->3), op(2->3)]}`:
+the edges in the order of the NAS-Bench-201 cell string, which is the canonical key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._base import Arch, SearchSpace, register_space
+
+OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+# (source node, target node) of each edge, in cell-string order.
+EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
+_OP_INDEX = {op: i for i, op in enumerate(OPS)}
+_CONV_KERNEL = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}
+
+
+def cell_string(ops: list[str]) -> str:
+    """`|op~0|+|op~0|op~1|+|op~0|op~1|op~2|` from six ops in edge order."""
+    nodes = []
+    for target in (1, 2, 3):
+        parts = [f"{ops[e]}~{src}" for e, (src, dst) in enumerate(EDGES) if dst == target]
+        nodes.append("|" + "|".join(parts) + "|")
+    return "+".join(nodes)
+
+
+def parse_cell_string(key: str) -> list[str]:
+    """Inverse of `cell_string`, by structure (split on separators), with precise errors."""
+    nodes = key.split("+")
+    if len(nodes) != 3:
+        raise ValueError(f"NAS-Bench-201 cell string needs 3 nodes separated by '+': {key!r}")
+    ops: dict[tuple[int, int], str] = {}
+    for target, node in enumerate(nodes, start=1):
+        if not (node.startswith("|") and node.endswith("|")):
+            raise ValueError(f"node {target} of {key!r} must be wrapped in '|'")
+        parts = node[1:-1].split("|")
+        if len(parts) != target:
+            raise ValueError(f"node {target} of {key!r} needs {target} inputs, got {len(parts)}")
+        for src, part in enumerate(parts):
+            op, sep, idx = part.partition("~")
+            if sep != "~" or idx != str(src):
+                raise ValueError(f"edge {part!r} of {key!r} must read 'op~{src}'")
+            if op not in _OP_INDEX:
+                raise ValueError(f"unknown operation {op!r} in {key!r}; known: {', '.join(OPS)}")
+            ops[(src, target)] = op
+    return [ops[e] for e in EDGES]
+
+
+@register_space
+class NB201Space(SearchSpace):
+    """The NAS-Bench-201 topology space with its macro skeleton (CIFAR-shaped input)."""
+
+    name = "nb201"
+    description = "NAS-Bench-201 cell: 6 edges x 5 ops (15,625 cells), ResNet-like skeleton"
+
+    def __init__(
+        self,
+        channels: int = 16,
+        cells_per_stage: int = 5,
+        num_classes: int = 10,
+        input_size: int = 32,
+    ) -> None:
+        for field, value in (("channels", channels), ("cells_per_stage", cells_per_stage),
+                             ("num_classes", num_classes), ("input_size", input_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"space_args.{field} must be a positive integer, got {value!r}")
+        if input_size % 4:
+            raise ValueError(f"space_args.input_size must be a multiple of 4, got {input_size}")
+        self.channels = channels
+        self.cells_per_stage = cells_per_stage
+        self.num_classes = num_classes
+        self.input_size = input_size
+
+    def template(self) -> Any:
+        import pyglove as pg
+
+        return pg.Dict(ops=pg.List([pg.oneof(list(OPS)) for _ in EDGES]))
+
+    def choice_counts(self) -> list[int]:
+        return [len(OPS)] * len(EDGES)
+
+    def to_dna(self, arch: Arch) -> list[int]:
+        ops = arch.get("ops") if isinstance(arch, dict) else None
+        if not isinstance(ops, list) or len(ops) != len(EDGES):
+            raise ValueError("an nb201 architecture is {'ops': [six operation names]}")
+        try:
+            return [_OP_INDEX[op] for op in ops]
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown operation in {ops!r}; known: {', '.join(OPS)}") from None
+
+    def from_dna(self, dna: list[int]) -> Arch:
+        return {"ops": [OPS[i] for i in dna]}
+
+    def key(self, arch: Arch) -> str:
+        return cell_string(arch["ops"])
+
+    def from_key(self, key: str) -> Arch:
+        return {"ops": parse_cell_string(key)}
+
+    def input_shape(self) -> tuple[int, ...]:
+        return (3, self.input_size, self.input_size)
+
+    def build(self, arch: Arch, **kwargs: Any) -> Any:
+        from .layers.nb201_net import NB201Network
+
+        self.to_dna(arch)  # validates
+        return NB201Network(
+            arch["ops"],
+            channels=kwargs.get("channels", self.channels),
+            cells_per_stage=kwargs.get("cells_per_stage", self.cells_per_stage),
+            num_classes=kwargs.get("num_classes", self.num_classes),
+        )
+
+    # ---- analytic cost model (exact for the network `build` returns) ---------------------
+    def _stages(self) -> list[tuple[int, int]]:
+        """(channels, spatial side) of each of the three stages."""
+        c, s = self.channels, self.input_size
+        return [(c, s), (2 * c, s // 2), (4 * c, s // 4)]
+
+    def params(self, arch: Arch) -> int:
+        self.to_dna(arch)
+        c0 = self.channels
+        total = 3 * c0 * 9 + 2 * c0  # stem conv + BN
+        stages = self._stages()
+        for i, (c, _) in enumerate(stages):
+            cell = sum(c * c * _CONV_KERNEL[op] ** 2 + 2 * c for op in arch["ops"]
+                       if op in _CONV_KERNEL)
+            total += self.cells_per_stage * cell
+            if i < 2:  # residual reduction block c -> 2c
+                c2 = 2 * c
+                total += c * c2 * 9 + 2 * c2 + c2 * c2 * 9 + 2 * c2 + c * c2
+        c_last = stages[-1][0]
+        total += 2 * c_last + c_last * self.num_classes + self.num_classes
+        return total
+
+    def flops(self, arch: Arch) -> int:
+        """2 x MACs of convolutions and the classifier (the `torch.utils.flop_counter` rule)."""
+        self.to_dna(arch)
+        c0, s0 = self.channels, self.input_size
+        macs = 3 * c0 * 9 * s0 * s0
+        stages = self._stages()
+        for i, (c, s) in enumerate(stages):
+            cell = sum(c * c * _CONV_KERNEL[op] ** 2 * s * s for op in arch["ops"]
+                       if op in _CONV_KERNEL)
+            macs += self.cells_per_stage * cell
+            if i < 2:
+                c2, s2 = 2 * c, s // 2
+                macs += c * c2 * 9 * s2 * s2 + c2 * c2 * 9 * s2 * s2 + c * c2 * s2 * s2
+        macs += stages[-1][0] * self.num_classes
+        return 2 * macs

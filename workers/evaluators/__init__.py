@@ -1,0 +1,15 @@
+from ._base import (
+    Evaluation,
+    EvaluationError,
+    Evaluator,
+    Measurement,
+    get_evaluator,
+    list_evaluators,
+    register_evaluator,
+)
+from .benchmark import BenchmarkEvaluator
+
+__all__ = [
+    "BenchmarkEvaluator", "Evaluation", "EvaluationError", "Evaluator", "Measurement",
+    "get_evaluator", "list_evaluators", "register_evaluator",
+]

@@ -1,0 +1,72 @@
+"""The `Evaluator` contract: an architecture in, metrics and measurements out, on a worker."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from search_spaces import Arch, SearchSpace
+
+_REGISTRY: dict[str, type[Evaluator]] = {}
+
+
+class EvaluationError(Exception):
+    """The architecture cannot be evaluated; the trial is recorded as failed with this text."""
+
+
+@dataclass
+class Measurement:
+    device: str
+    metric: str
+    value: float
+    source: str  # measured | benchmark | predicted | imported
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    measurements: list[Measurement] = field(default_factory=list)
+    params: int | None = None
+    flops: int | None = None
+
+
+class Evaluator(abc.ABC):
+    """Built once per worker process from (space, evaluator_args); `evaluate` per trial."""
+
+    name: ClassVar[str] = ""
+    #: Cheap evaluators (table look-ups) are sent to workers in batches of many trials.
+    cheap: ClassVar[bool] = False
+
+    def __init__(self, space: SearchSpace, **args: Any) -> None:
+        self.space = space
+
+    @abc.abstractmethod
+    def evaluate(self, arch: Arch, key: str) -> Evaluation:
+        """Metrics of one architecture; raise `EvaluationError` for an expected failure."""
+
+    def metric_names(self) -> set[str] | None:
+        """Metrics this evaluator can report (None: not known before evaluating)."""
+        return None
+
+    def devices(self) -> set[str]:
+        """Devices whose latency this evaluator reports."""
+        return set()
+
+
+def register_evaluator(cls: type[Evaluator]) -> type[Evaluator]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_evaluators() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_evaluator(name: str, space: SearchSpace, **args: Any) -> Evaluator:
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(list_evaluators())
+        raise KeyError(f"unknown evaluator {name!r}; known: {known}") from None
+    return cls(space, **args)

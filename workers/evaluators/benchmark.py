@@ -1,0 +1,90 @@
+"""`benchmark` evaluator: look an architecture up in a tabular benchmark."""
+
+from __future__ import annotations
+
+import time
+
+from search_spaces import Arch, SearchSpace
+
+from ..latency import device_key, measure_latency_ms
+from ..tables import load_table
+from ._base import Evaluation, EvaluationError, Evaluator, Measurement, register_evaluator
+
+DEFAULT_TABLES = {"nb201": "nb201-cifar10"}
+_DEVICE_SUFFIXES = {"_latency_ms": "latency_ms", "_energy_mj": "energy_mj"}
+
+
+def _split_device_column(column: str) -> tuple[str, str] | None:
+    for suffix, metric in _DEVICE_SUFFIXES.items():
+        if column.endswith(suffix) and len(column) > len(suffix):
+            return column[: -len(suffix)], metric
+    return None
+
+
+@register_evaluator
+class BenchmarkEvaluator(Evaluator):
+    """Metrics from the numeric columns of a table with an `arch` column.
+
+    `latency_table` adds device measurements (`<device>_latency_ms`, `<device>_energy_mj`
+    columns, source `benchmark`); `measure_latency` times the built model on this worker's
+    CPU (source `measured`). `delay_s` simulates the cost of a real evaluation (demos,
+    fault-injection tests).
+    """
+
+    name = "benchmark"
+    cheap = True
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        table: str | None = None,
+        latency_table: str | None = None,
+        measure_latency: bool = False,
+        delay_s: float = 0.0,
+    ) -> None:
+        super().__init__(space)
+        table = table or DEFAULT_TABLES.get(space.name)
+        if table is None:
+            raise ValueError(f"evaluator_args.table is required for space {space.name!r}")
+        if not isinstance(delay_s, int | float) or delay_s < 0:
+            raise ValueError(f"evaluator_args.delay_s must be a number >= 0, got {delay_s!r}")
+        self.table = load_table(table)
+        self.latency = load_table(latency_table) if latency_table else None
+        self.measure_latency = bool(measure_latency)
+        self.delay_s = float(delay_s)
+
+    def metric_names(self) -> set[str]:
+        return set(self.table.columns) | {"params", "flops"}
+
+    def devices(self) -> set[str]:
+        found = set()
+        if self.latency is not None:
+            found |= {d for c in self.latency.columns if (d := _split_device_column(c))}
+        if self.measure_latency:
+            found.add((device_key(), "latency_ms"))
+        return {device for device, _ in found}
+
+    def evaluate(self, arch: Arch, key: str) -> Evaluation:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        row = self.table.rows.get(key)
+        if row is None:
+            raise EvaluationError(f"architecture {key} is not in table {self.table.source}")
+        metrics = dict(row)
+        params = self.space.params(arch)
+        flops = self.space.flops(arch)
+        metrics["params"] = float(params)
+        metrics["flops"] = float(flops)
+        return Evaluation(metrics, self._measurements(arch, key), params, flops)
+
+    def _measurements(self, arch: Arch, key: str) -> list[Measurement]:
+        found = []
+        if self.latency is not None:
+            for column, value in self.latency.rows.get(key, {}).items():
+                split = _split_device_column(column)
+                if split:
+                    found.append(Measurement(split[0], split[1], value, "benchmark"))
+        if self.measure_latency:
+            timing = measure_latency_ms(self.space.build(arch), self.space.input_shape())
+            found.append(Measurement(device_key(), "latency_ms", timing["median_ms"], "measured"))
+        return found

@@ -1,0 +1,33 @@
+"""The `Executor` contract: the driver submits batches of trials and polls for results."""
+
+from __future__ import annotations
+
+import abc
+
+from ..task import EvaluatorSpec, TrialResult, TrialTask
+
+
+class Executor(abc.ABC):
+    """Runs batches of trials somewhere; at most `slots` batches are in flight at once."""
+
+    def __init__(self, spec: EvaluatorSpec, slots: int) -> None:
+        self.spec = spec
+        self.slots = slots
+
+    @abc.abstractmethod
+    def submit(self, batch: list[TrialTask]) -> None:
+        """Start evaluating a batch (the caller respects `free_slots`)."""
+
+    @abc.abstractmethod
+    def poll(self, timeout: float) -> list[TrialResult]:
+        """Results finished so far (waiting up to `timeout` seconds for the first one)."""
+
+    @abc.abstractmethod
+    def in_flight(self) -> int:
+        """Batches submitted and not yet returned by `poll`."""
+
+    def free_slots(self) -> int:
+        return self.slots - self.in_flight()
+
+    def shutdown(self) -> None:  # noqa: B027 - optional hook
+        """Release resources; batches still in flight are abandoned."""

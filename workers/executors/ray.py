@@ -1,0 +1,90 @@
+"""Ray executor: one Ray task per batch of trials; batches whose worker died are retried."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..task import EvaluatorSpec, TrialResult, TrialTask, evaluate_batch
+from ._base import Executor
+
+
+def connect_ray(address: str | None = None) -> Any:
+    """`ray.init` on a local instance (address None) or an existing cluster."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            ignore_reinit_error=True,
+        )
+    return ray
+
+
+class RayExecutor(Executor):
+    """`max_attempts` bounds how often a trial is run when its worker process dies."""
+
+    def __init__(
+        self,
+        spec: EvaluatorSpec,
+        slots: int,
+        address: str | None = None,
+        max_attempts: int = 3,
+        num_cpus: float = 1.0,
+    ) -> None:
+        super().__init__(spec, slots)
+        self.ray = connect_ray(address)
+        self.max_attempts = max_attempts
+        self._remote = self.ray.remote(num_cpus=num_cpus, max_retries=0)(evaluate_batch)
+        self._spec_ref = self.ray.put(spec)
+        self._batches: dict[Any, list[TrialTask]] = {}
+
+    def submit(self, batch: list[TrialTask]) -> None:
+        ref = self._remote.remote(self._spec_ref, batch)
+        self._batches[ref] = batch
+
+    def in_flight(self) -> int:
+        return len(self._batches)
+
+    def poll(self, timeout: float) -> list[TrialResult]:
+        if not self._batches:
+            return []
+        ready, _ = self.ray.wait(list(self._batches), num_returns=1, timeout=timeout)
+        if ready:  # collect everything else that is already done, without waiting
+            ready, _ = self.ray.wait(list(self._batches), num_returns=len(self._batches),
+                                     timeout=0)
+        results: list[TrialResult] = []
+        for ref in ready:
+            batch = self._batches.pop(ref)
+            try:
+                results.extend(self.ray.get(ref))
+            except (self.ray.exceptions.WorkerCrashedError,
+                    self.ray.exceptions.NodeDiedError,
+                    self.ray.exceptions.ObjectLostError,
+                    self.ray.exceptions.RayTaskError) as exc:
+                results.extend(self._retry_or_fail(batch, exc))
+        return results
+
+    def _retry_or_fail(self, batch: list[TrialTask], exc: Exception) -> list[TrialResult]:
+        """Resubmit the trials of a lost batch, or fail those out of attempts."""
+        reason = type(exc).__name__
+        retry = [TrialTask(t.number, t.key, t.arch, t.attempt + 1) for t in batch
+                 if t.attempt < self.max_attempts]
+        if retry:
+            self.submit(retry)
+        now = time.time()
+        return [
+            TrialResult(t.number, t.key, "failed", t.attempt,
+                        error=f"worker lost ({reason}) on attempt {t.attempt} of "
+                              f"{self.max_attempts}: {str(exc).splitlines()[0][:300]}",
+                        started_at=now, finished_at=now)
+            for t in batch if t.attempt >= self.max_attempts
+        ]
+
+    def shutdown(self) -> None:
+        for ref in list(self._batches):
+            self.ray.cancel(ref, force=True)
+        self._batches.clear()

@@ -1,0 +1,104 @@
+"""What travels between the driver and a worker: plain, picklable records."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from search_spaces import get_space
+
+from .evaluators import EvaluationError, Evaluator, get_evaluator
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec:
+    """Everything a worker needs to build the job's evaluator."""
+
+    space: str
+    space_args: dict[str, Any]
+    evaluator: str
+    evaluator_args: dict[str, Any]
+
+    def cache_key(self) -> str:
+        import json
+
+        return json.dumps([self.space, self.space_args, self.evaluator, self.evaluator_args],
+                          sort_keys=True)
+
+
+@dataclass
+class TrialTask:
+    number: int
+    key: str
+    arch: dict[str, Any]
+    attempt: int = 1
+
+
+@dataclass
+class TrialResult:
+    number: int
+    key: str
+    status: str  # completed | failed
+    attempt: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    measurements: list[dict[str, Any]] = field(default_factory=list)
+    params: int | None = None
+    flops: int | None = None
+    error: str | None = None
+    worker: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+
+_EVALUATORS: dict[str, Evaluator] = {}
+
+
+def build_evaluator(spec: EvaluatorSpec) -> Evaluator:
+    """The evaluator of a spec, built once per process (tables load once per worker)."""
+    key = spec.cache_key()
+    evaluator = _EVALUATORS.get(key)
+    if evaluator is None:
+        space = get_space(spec.space, **spec.space_args)
+        evaluator = get_evaluator(spec.evaluator, space, **spec.evaluator_args)
+        _EVALUATORS[key] = evaluator
+    return evaluator
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def evaluate_one(evaluator: Evaluator, task: TrialTask) -> TrialResult:
+    """Evaluate a task; any exception becomes a failed result carrying its message."""
+    started = time.time()
+    result = TrialResult(task.number, task.key, "completed", task.attempt, worker=worker_name(),
+                         started_at=started)
+    try:
+        evaluation = evaluator.evaluate(task.arch, task.key)
+    except EvaluationError as exc:
+        result.status, result.error = "failed", str(exc)
+    except Exception as exc:  # a bug or a resource error in one trial must not stop the job
+        result.status = "failed"
+        result.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+    else:
+        result.metrics = evaluation.metrics
+        result.measurements = [vars(m) for m in evaluation.measurements]
+        result.params, result.flops = evaluation.params, evaluation.flops
+    result.finished_at = time.time()
+    return result
+
+
+def evaluate_batch(spec: EvaluatorSpec, tasks: list[TrialTask]) -> list[TrialResult]:
+    """Run on a worker: evaluate a batch of trials with the job's evaluator."""
+    try:
+        evaluator = build_evaluator(spec)
+    except Exception as exc:
+        now = time.time()
+        return [TrialResult(t.number, t.key, "failed", t.attempt,
+                            error=f"cannot build evaluator: {exc}", worker=worker_name(),
+                            started_at=now, finished_at=now) for t in tasks]
+    return [evaluate_one(evaluator, task) for task in tasks]
