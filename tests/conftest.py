@@ -1,0 +1,102 @@
+"""Shared fixtures: the real benchmark data, real SQLite files and a real PostgreSQL.
+
+Tests that need `../shared/data` or PostgreSQL skip with a reason when those are absent
+(a user's fresh clone); under CI (`CI=true`) such a skip is turned into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+PG_ADMIN_URL = os.environ.get("NAS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a developer's machine; fail under CI, where everything must run."""
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "nb201" / "nb201-cifar10.csv").is_file():
+        skip_or_fail(f"benchmark data not found at {SHARED_DATA} (see shared/data/README.md)")
+    return SHARED_DATA
+
+
+def _pg_admin_engine():
+    from sqlalchemy import create_engine
+
+    url = PG_ADMIN_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+    return create_engine(url, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> str:
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        with _pg_admin_engine().connect() as conn:
+            conn.execute(text("select 1"))
+    except OperationalError as exc:
+        skip_or_fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: "
+                     f"{str(exc.orig).splitlines()[0]}")
+    return PG_ADMIN_URL
+
+
+@pytest.fixture
+def pg_url(pg_available: str):
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    from sqlalchemy import text
+
+    name = f"nas_test_{uuid.uuid4().hex[:10]}"
+    admin = _pg_admin_engine()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base = pg_available.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'nas.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Run a storage test against a real SQLite file and a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'nas.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def nb201_spec(**overrides) -> dict:
+    """A small, valid NB201 job spec (local executor) for tests to adapt."""
+    spec = {
+        "name": "test-nb201",
+        "space": "nb201",
+        "strategy": "evolution",
+        "strategy_args": {"population": 10, "sample": 3},
+        "evaluator": "benchmark",
+        "evaluator_args": {"table": "nb201-cifar10", "latency_table": "hw-nas-bench-cifar10"},
+        "objectives": [{"metric": "valid_acc", "mode": "max"}],
+        "budget": {"trials": 40},
+        "executor": "local",
+        "parallelism": 2,
+        "batch_size": 4,
+        "seed": 0,
+    }
+    spec.update(overrides)
+    return spec

@@ -1,0 +1,88 @@
+"""The driver loop end to end on real storage, with the in-process executor."""
+
+from __future__ import annotations
+
+from nas import api
+from nas.storage import Storage, best_trials
+from tests.conftest import nb201_spec
+
+
+def _completed_keys(storage: Storage, job_id: int) -> list[str]:
+    return [r["key"] for r in storage.load_trials(job_id) if r["status"] == "completed"]
+
+
+def test_job_runs_to_budget_and_stores_every_trial(db_url):
+    storage = Storage(db_url)
+    job = api.submit(storage, nb201_spec())
+    assert api.run(storage, job) == "completed"
+    rows = storage.load_trials(job)
+    assert [r["number"] for r in rows] == list(range(1, 41))
+    assert all(r["status"] == "completed" for r in rows)
+    assert len({r["key"] for r in rows}) == 40  # no architecture evaluated twice
+    assert storage.get_job(job)["status"] == "completed"
+    assert storage.get_job(job)["lease_owner"] is None
+
+
+def test_same_seed_same_search_different_seed_different_search(sqlite_url):
+    storage = Storage(sqlite_url)
+    a = api.submit(storage, nb201_spec(seed=3))
+    b = api.submit(storage, nb201_spec(seed=3, parallelism=1, batch_size=8))
+    c = api.submit(storage, nb201_spec(seed=4))
+    for job in (a, b, c):
+        api.run(storage, job)
+    assert _completed_keys(storage, a) == _completed_keys(storage, b)
+    assert _completed_keys(storage, a) != _completed_keys(storage, c)
+
+
+def test_missing_architecture_is_a_failed_trial_and_search_goes_on(sqlite_url, tmp_path):
+    import csv
+    import gzip
+    from importlib import resources
+
+    data = resources.files("workers").joinpath("data", "nb201-cifar10.csv.gz").read_bytes()
+    rows = list(csv.DictReader(gzip.decompress(data).decode().splitlines()))
+    partial = tmp_path / "half.csv"
+    with open(partial, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[::2])
+    storage = Storage(sqlite_url)
+    job = api.submit(storage, nb201_spec(evaluator_args={"table": str(partial)},
+                                         budget={"trials": 30}))
+    assert api.run(storage, job) == "completed"
+    trials = storage.load_trials(job)
+    failed = [t for t in trials if t["status"] == "failed"]
+    assert len(trials) == 30 and failed and len(failed) < 30
+    with storage.engine.connect() as conn:
+        from sqlalchemy import select
+
+        from nas.storage.schema import trials as trials_table
+
+        errors = conn.execute(select(trials_table.c.error).where(
+            trials_table.c.status == "failed")).scalars().all()
+    assert all("is not in table" in e for e in errors)
+
+
+def test_constraint_violations_are_flagged_and_best_respects_budget(db_url):
+    storage = Storage(db_url)
+    spec = nb201_spec(constraints=[{"metric": "latency_ms", "device": "pixel3", "max": 16.0}],
+                      budget={"trials": 60})
+    job = api.submit(storage, spec)
+    api.run(storage, job)
+    under = best_trials(storage, job, top=100, device="pixel3", max_value=16.0)
+    assert under and all(r["device_value"] <= 16.0 for r in under)
+    assert all(r["feasible"] is True for r in under)
+    scores = [r["score"] for r in under]
+    assert scores == sorted(scores, reverse=True)
+    over = best_trials(storage, job, top=100, device="pixel3")
+    assert any(r["feasible"] is False for r in over if r["device_value"] > 16.0)
+
+
+def test_time_budget_stops_the_search(sqlite_url):
+    storage = Storage(sqlite_url)
+    spec = nb201_spec(budget={"seconds": 1.0}, evaluator_args={"delay_s": 0.05},
+                      parallelism=1, batch_size=1)
+    job = api.submit(storage, spec)
+    assert api.run(storage, job) == "completed"
+    done = storage.trial_counts(job).get("completed", 0)
+    assert 5 <= done <= 40
