@@ -1,0 +1,331 @@
+"""`check_space`: the conformance suite every registered search space must pass.
+
+In the spirit of scikit-learn's `check_estimator`: each check exercises one promise of the
+`SearchSpace` contract on a sample of architectures (plus the all-first and all-last
+candidate DNAs, the usual corner cases) and raises AssertionError naming the space, the
+check and the offending architecture. The fast DNA paths (`from_dna`, `choice_counts`) are
+compared with PyGlove's own decode of `template()`; `params()` and `flops()` with the model
+that `build()` returns, measured by torch.
+
+torch and pyglove are imported inside the checks, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._base import Arch, SearchSpace, get_space
+
+_NOT_A_CANDIDATE = "__not_a_candidate__"
+
+
+def check_space(
+    space: SearchSpace | str,
+    n: int = 20,
+    *,
+    seed: int = 0,
+    build_n: int = 3,
+    batch_size: int = 2,
+) -> None:
+    """Run every conformance check on `space` (an instance or a registered name).
+
+    `n` architectures are sampled (plus two corner cases) for the DNA-level checks; the
+    first `build_n` of them (the corner cases first) are built and run through torch.
+    Raises AssertionError with a message naming the failed check.
+    """
+    if isinstance(space, str):
+        space = get_space(space)
+    if not isinstance(space, SearchSpace):
+        raise AssertionError(f"check_space needs a SearchSpace, got {type(space).__name__}")
+    if n < 2:
+        raise ValueError(f"check_space: n must be at least 2, got {n}")
+    name = space.name or type(space).__name__
+
+    def run(check: Callable[..., None], *args: Any) -> None:
+        label = check.__name__.removeprefix("_check_").replace("_", " ")
+        try:
+            check(space, *args)
+        except AssertionError as exc:
+            raise AssertionError(f"space {name!r} fails check '{label}': {exc}") from None
+        except Exception as exc:  # a crash is a failure of the contract too
+            raise AssertionError(f"space {name!r} fails check '{label}': raised "
+                                 f"{type(exc).__name__}: {exc}") from exc
+
+    run(_check_choice_counts)
+    archs = _corner_archs(space) + [space.sample(np.random.default_rng(seed + i))
+                                    for i in range(n)]
+    run(_check_json_archs, archs)
+    run(_check_key_round_trip, archs)
+    run(_check_dna_round_trip, archs)
+    run(_check_pyglove_decode, archs)
+    run(_check_encoding, archs)
+    run(_check_mutate, archs, seed)
+    run(_check_seeded_sampling, n, seed)
+    run(_check_validate_accepts, archs)
+    run(_check_validate_rejects, archs)
+    for arch in archs[:build_n]:
+        run(_check_build_forward_backward, arch, batch_size)
+        run(_check_params, arch)
+        run(_check_flops, arch)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def _corner_archs(space: SearchSpace) -> list[Arch]:
+    counts = space.choice_counts()
+    return [space.from_dna([0] * len(counts)), space.from_dna([c - 1 for c in counts])]
+
+
+def _dna_spec(space: SearchSpace) -> Any:
+    import pyglove as pg
+
+    return pg.dna_spec(space.template())
+
+
+def _leaf_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Paths (dict keys / list indices) of the scalar leaves of a JSON value."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _leaf_paths(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _leaf_paths(v, (*path, i))]
+    return [path]
+
+
+def _list_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [path] if isinstance(value, list) else []
+    if isinstance(value, dict):
+        found += [p for k, v in value.items() for p in _list_paths(v, (*path, k))]
+    elif isinstance(value, list):
+        found += [p for i, v in enumerate(value) for p in _list_paths(v, (*path, i))]
+    return found
+
+
+def _replaced(value: Any, path: tuple[Any, ...], new: Callable[[Any], Any]) -> Any:
+    """A deep copy of `value` with the node at `path` replaced by `new(node)`."""
+    copy = json.loads(json.dumps(value))
+    if not path:
+        return new(copy)
+    parent = copy
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = new(parent[path[-1]])
+    return copy
+
+
+def _expect_value_error(space: SearchSpace, bad: Any, what: str) -> None:
+    try:
+        space.validate(bad)
+    except ValueError:
+        return
+    except Exception as exc:
+        raise AssertionError(f"validate() of {what} ({bad!r}) raised {type(exc).__name__}: "
+                             f"{exc}, expected ValueError") from None
+    raise AssertionError(f"validate() accepted {what}: {bad!r}")
+
+
+# ---- the checks ----------------------------------------------------------------------------
+def _check_choice_counts(space: SearchSpace) -> None:
+    counts = space.choice_counts()
+    assert counts, "choice_counts() is empty: a space needs at least one decision"
+    assert all(isinstance(c, int | np.integer) and c >= 1 for c in counts), \
+        f"choice_counts() must be positive integers, got {counts}"
+    assert any(c > 1 for c in counts), f"no decision has two candidates: {counts}"
+    spec = _dna_spec(space)
+    points = spec.decision_points
+    kinds = {type(p).__name__ for p in points}
+    assert all(getattr(p, "num_choices", None) == 1 for p in points), \
+        f"the template has decision points other than single choices ({kinds}); the flat " \
+        "DNA of SearchSpace cannot express them"
+    pg_counts = [len(p.candidates) for p in points]
+    assert [int(c) for c in counts] == pg_counts, \
+        f"choice_counts() {counts} differs from pg.dna_spec(template()) {pg_counts}"
+    expected = int(np.prod([int(c) for c in counts], dtype=object))
+    assert space.size() == expected, f"size() {space.size()} != product of choice counts " \
+                                     f"{expected}"
+    assert space.size() == spec.space_size, \
+        f"size() {space.size()} != PyGlove's space_size {spec.space_size}"
+
+
+def _check_json_archs(space: SearchSpace, archs: list[Arch]) -> None:
+    for arch in archs:
+        assert isinstance(arch, dict), f"an architecture must be a dict, got {arch!r}"
+        assert json.loads(json.dumps(arch)) == arch, \
+            f"architecture is not a plain JSON value: {arch!r}"
+
+
+def _check_key_round_trip(space: SearchSpace, archs: list[Arch]) -> None:
+    keys: dict[str, tuple[int, ...]] = {}
+    for arch in archs:
+        key = space.key(arch)
+        assert isinstance(key, str) and key, f"key() must be a non-empty string, got {key!r}"
+        assert space.key(json.loads(json.dumps(arch))) == key, \
+            f"key() is not stable (a copy of {arch!r} has another key)"
+        back = space.from_key(key)
+        assert back == arch, f"from_key(key(a)) != a: key {key!r} gives {back!r}, a = {arch!r}"
+        assert space.key(back) == key, f"key(from_key(k)) != k for k = {key!r}"
+        dna = tuple(space.to_dna(arch))
+        assert keys.setdefault(key, dna) == dna, \
+            f"two different DNAs {keys[key]} and {dna} share the key {key!r}"
+
+
+def _check_dna_round_trip(space: SearchSpace, archs: list[Arch]) -> None:
+    counts = space.choice_counts()
+    for arch in archs:
+        dna = space.to_dna(arch)
+        assert len(dna) == len(counts), \
+            f"to_dna() has {len(dna)} decisions, choice_counts() {len(counts)}: {arch!r}"
+        assert all(isinstance(v, int | np.integer) and 0 <= v < c for v, c in zip(dna, counts)), \
+            f"to_dna() {dna} is out of range of choice_counts() {counts}"
+        back = space.from_dna(list(dna))
+        assert back == arch, f"from_dna(to_dna(a)) != a: {back!r} vs {arch!r}"
+        assert list(space.to_dna(back)) == list(dna), f"to_dna(from_dna(d)) != d for d = {dna}"
+
+
+def _check_pyglove_decode(space: SearchSpace, archs: list[Arch]) -> None:
+    import pyglove as pg
+
+    template = pg.template(space.template())
+    for arch in archs:
+        dna = [int(v) for v in space.to_dna(arch)]
+        expected = template.decode(pg.DNA(dna)).to_json()
+        assert space.from_dna(dna) == expected, \
+            f"from_dna({dna}) = {space.from_dna(dna)!r} but PyGlove decodes {expected!r}"
+        encoded = template.encode(pg.from_json(expected))
+        assert encoded.to_numbers() == dna, \
+            f"PyGlove encodes {expected!r} as {encoded.to_numbers()}, to_dna() says {dna}"
+
+
+def _check_encoding(space: SearchSpace, archs: list[Arch]) -> None:
+    counts = space.choice_counts()
+    length = int(sum(counts))
+    seen: dict[bytes, str] = {}
+    for arch in archs:
+        vec = space.encode(arch)
+        assert isinstance(vec, np.ndarray) and vec.ndim == 1, \
+            f"encode() must return a 1-d numpy array, got {type(vec).__name__}"
+        assert vec.shape == (length,), f"encode() length {vec.shape[0]} != sum of choice " \
+                                       f"counts {length}"
+        assert np.array_equal(vec, space.encode(json.loads(json.dumps(arch)))), \
+            f"encode() is not deterministic for {arch!r}"
+        assert np.isin(vec, (0.0, 1.0)).all(), f"encode() is not 0/1: {vec}"
+        dna = space.to_dna(arch)
+        offset = 0
+        for i, (value, count) in enumerate(zip(dna, counts)):
+            block = vec[offset:offset + count]
+            assert block.sum() == 1 and block[value] == 1, \
+                f"decision {i} of {arch!r}: one-hot block {block} does not mark choice {value}"
+            offset += count
+        key = space.key(arch)
+        assert seen.setdefault(vec.tobytes(), key) == key, \
+            f"architectures {seen[vec.tobytes()]!r} and {key!r} share one encoding"
+
+
+def _check_mutate(space: SearchSpace, archs: list[Arch], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for arch in archs:
+        before = json.dumps(arch, sort_keys=True)
+        for _ in range(5):
+            child = space.mutate(arch, rng)
+            assert json.dumps(arch, sort_keys=True) == before, \
+                f"mutate() modified its argument {before}"
+            parent_dna, child_dna = space.to_dna(arch), space.to_dna(child)
+            changed = [i for i, (a, b) in enumerate(zip(parent_dna, child_dna)) if a != b]
+            assert len(changed) == 1, \
+                f"mutate() changed decisions {changed} of {parent_dna} (got {child_dna}); " \
+                "it must change exactly one"
+            assert space.validate(child) == child, f"mutate() gave a non-canonical {child!r}"
+            assert space.key(child) != space.key(arch), "mutate() kept the key"
+    a = space.mutate(archs[0], np.random.default_rng(seed))
+    b = space.mutate(archs[0], np.random.default_rng(seed))
+    assert a == b, "mutate() with equally seeded generators differs"
+
+
+def _check_seeded_sampling(space: SearchSpace, n: int, seed: int) -> None:
+    def draw(s: int) -> list[str]:
+        rng = np.random.default_rng(s)
+        return [space.key(space.sample(rng)) for _ in range(n)]
+
+    first, again, other = draw(seed), draw(seed), draw(seed + 1)
+    assert first == again, "sample() with the same seed gave different architectures"
+    if space.size() > 1:
+        assert first != other, f"sample() with seeds {seed} and {seed + 1} gave the same " \
+                               f"{n} architectures"
+    for key in first:
+        arch = space.from_key(key)
+        assert space.validate(arch) == arch, f"sample() gave an invalid {arch!r}"
+
+
+def _check_validate_accepts(space: SearchSpace, archs: list[Arch]) -> None:
+    for arch in archs:
+        assert space.validate(arch) == arch, f"validate() changed a canonical {arch!r}"
+        assert space.validate(space.key(arch)) == arch, \
+            f"validate() of the key of {arch!r} differs from it"
+
+
+def _check_validate_rejects(space: SearchSpace, archs: list[Arch]) -> None:
+    for bad in (None, 42, 1.5, True, [], ["x"], {}, {"__not_a_decision__": 1}):
+        _expect_value_error(space, bad, f"a {type(bad).__name__}")
+    for text in ("", "not a key", "|||", "+"):
+        _expect_value_error(space, text, "a malformed key string")
+    arch = archs[-1]
+    key = space.key(arch)
+    _expect_value_error(space, key + "\x00trailing", "a key with trailing garbage")
+    _expect_value_error(space, key[:-1] if len(key) > 1 else "", "a truncated key")
+    for path in _leaf_paths(arch):
+        bad = _replaced(arch, path, lambda _old: _NOT_A_CANDIDATE)
+        _expect_value_error(space, bad, f"an architecture with a bogus value at {list(path)}")
+    for path in _list_paths(arch):
+        shorter = _replaced(arch, path, lambda old: old[:-1])
+        _expect_value_error(space, shorter, f"an architecture with list {list(path)} too short")
+        longer = _replaced(arch, path, lambda old: [*old, old[-1] if old else None])
+        _expect_value_error(space, longer, f"an architecture with list {list(path)} too long")
+
+
+def _check_build_forward_backward(space: SearchSpace, arch: Arch, batch_size: int) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = space.build(arch)
+    assert isinstance(model, torch.nn.Module), f"build() returned {type(model).__name__}"
+    model.train()
+    x = torch.randn(batch_size, *space.input_shape())
+    out = model(x)
+    num_classes = getattr(space, "num_classes", None)
+    expected = (batch_size, num_classes) if num_classes else (batch_size, out.shape[-1])
+    assert tuple(out.shape) == expected, \
+        f"forward of {arch!r} gave shape {tuple(out.shape)}, expected {expected}"
+    assert torch.isfinite(out).all(), f"forward of {arch!r} gave non-finite outputs"
+    target = torch.arange(batch_size) % out.shape[-1]
+    loss = torch.nn.functional.cross_entropy(out, target)
+    loss.backward()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert params, f"the model of {arch!r} has no trainable parameters"
+    missing = [n for n, p in params if p.grad is None]
+    assert not missing, f"backward of {arch!r} left parameters without gradient: {missing[:5]}"
+    bad = [n for n, p in params if not torch.isfinite(p.grad).all()]
+    assert not bad, f"backward of {arch!r} gave non-finite gradients in {bad[:5]}"
+    assert any(p.grad.abs().sum() > 0 for _, p in params), \
+        f"backward of {arch!r} gave all-zero gradients"
+
+
+def _check_params(space: SearchSpace, arch: Arch) -> None:
+    model = space.build(arch)
+    counted = sum(p.numel() for p in model.parameters())
+    assert space.params(arch) == counted, \
+        f"params() = {space.params(arch)} but the built model of {arch!r} has {counted}"
+
+
+def _check_flops(space: SearchSpace, arch: Arch) -> None:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = space.build(arch).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, *space.input_shape()))
+    counted = counter.get_total_flops()
+    assert space.flops(arch) == counted, \
+        f"flops() = {space.flops(arch)} but FlopCounterMode counts {counted} for {arch!r}"

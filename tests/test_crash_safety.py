@@ -1,0 +1,123 @@
+"""kill -9 of the driver at random moments: `nas resume` finishes the job exactly.
+
+The driver is deterministic (results are told in trial order), so an interrupted job must
+end with the very same trials as an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import select
+
+from nas import api
+from nas.errors import LeaseHeldError
+from nas.storage import Storage
+from nas.storage.schema import trials as trials_table
+from tests.conftest import ROOT, nb201_spec
+
+BUDGET = 200
+
+
+def _spec() -> dict:
+    # 15 ms per trial and a window of 4 stretch the job to a few seconds, so kills land
+    # mid-flight: while trials are dispatched, stored, told and snapshotted.
+    return nb201_spec(budget={"trials": BUDGET}, evaluator_args={"delay_s": 0.015},
+                      parallelism=2, batch_size=2, snapshot_every=7, seed=11)
+
+
+def _driver(url: str, job: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nas", "--db", url, "drive", str(job)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _completed(storage: Storage, job: int) -> dict[int, tuple[str, str]]:
+    with storage.engine.connect() as conn:
+        rows = conn.execute(select(trials_table.c.number, trials_table.c.architecture_id,
+                                   trials_table.c.metrics)
+                            .where(trials_table.c.job_id == job,
+                                   trials_table.c.status == "completed")).all()
+    return {n: (a, json.dumps(m, sort_keys=True)) for n, a, m in rows}
+
+
+def _wait_for_progress(storage: Storage, job: int, proc: subprocess.Popen, at_least: int) -> int:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        done = len(_completed(storage, job))
+        if done >= at_least or proc.poll() is not None:
+            return done
+        time.sleep(0.02)
+    raise AssertionError("driver made no progress in 60 s")
+
+
+def test_kill_9_at_random_moments_then_resume(db_url):
+    storage = Storage(db_url)
+    reference = api.submit(storage, _spec())
+    api.run(storage, reference)
+    expected = [(r["number"], r["key"]) for r in storage.load_trials(reference)]
+
+    job = api.submit(storage, _spec())
+    rng = random.Random(20261121)
+    kills, seen = 0, {}
+    while kills < 6:
+        proc = _driver(db_url, job)
+        done = _wait_for_progress(storage, job, proc, len(seen) + rng.randint(5, 25))
+        time.sleep(rng.uniform(0.0, 0.15))
+        if proc.poll() is not None:
+            break  # finished before we could kill it
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        now = _completed(storage, job)
+        lost = {n: v for n, v in seen.items() if now.get(n) != v}
+        assert not lost, f"completed trials changed or vanished after kill {kills}: {lost}"
+        assert len(now) >= done
+        seen = now
+    assert kills >= 5, f"only {kills} kills landed before the job finished"
+
+    result = subprocess.run([sys.executable, "-m", "nas", "--db", db_url, "resume", str(job),
+                             "--wait", "--json"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["trials"]["completed"] == BUDGET
+
+    rows = storage.load_trials(job)
+    assert [r["number"] for r in rows] == list(range(1, BUDGET + 1))
+    assert all(r["status"] == "completed" for r in rows)
+    assert len({r["key"] for r in rows}) == BUDGET
+    final = _completed(storage, job)
+    assert all(final[n] == v for n, v in seen.items()), "a completed trial was lost or redone"
+    assert [(r["number"], r["key"]) for r in rows] == expected
+    best = max(rows, key=lambda r: r["score"])
+    ref_best = max(storage.load_trials(reference), key=lambda r: r["score"])
+    assert best["key"] == ref_best["key"]
+
+
+def test_second_driver_is_refused_while_the_lease_is_live(sqlite_url):
+    storage = Storage(sqlite_url)
+    job = api.submit(storage, nb201_spec(budget={"trials": 400},
+                                         evaluator_args={"delay_s": 0.02},
+                                         parallelism=1, batch_size=1))
+    proc = _driver(sqlite_url, job)
+    try:
+        _wait_for_progress(storage, job, proc, 3)
+        with pytest.raises(LeaseHeldError, match="being run by driver"):
+            api.run(storage, job)
+        result = subprocess.run([sys.executable, "-m", "nas", "--db", sqlite_url, "resume",
+                                 str(job)], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "being run by driver" in lines[0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert storage.get_job(job)["status"] == "paused"
+    assert api.run(storage, job) == "completed"
+    assert storage.trial_counts(job) == {"completed": 400}
