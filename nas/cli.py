@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,16 +17,54 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+try:  # recent typer versions vendor click
+    from typer._click import Context as ClickContext
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - typer on top of the click package
+    from click import Context as ClickContext
+    from click import exceptions as click_exceptions
 
 from .errors import NasError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+MAX_ID = 2**31 - 1  # job ids and trial numbers are 32-bit integer columns
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+@contextmanager
+def _one_line_usage_errors() -> Iterator[None]:
+    """Click's usage errors (missing argument, bad option value, unknown command) as one line
+    on stderr with exit status 2, instead of a multi-line box."""
+    try:
+        yield
+    except getattr(click_exceptions, "NoArgsIsHelpError", ()):
+        raise  # `nas` alone prints the help
+    except click_exceptions.UsageError as exc:
+        message = " ".join(exc.format_message().split())
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        err.print(f"error: {message}{hint}", markup=False)
+        raise typer.Exit(2) from None
+
+
+class _Group(TyperGroup):
+    def make_context(self, *args: Any, **kwargs: Any) -> ClickContext:
+        with _one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: ClickContext) -> Any:
+        with _one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
                   help="Neural architecture search: submit jobs, follow them, query and export "
                        "the architectures they found.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 out = Console(highlight=False, soft_wrap=True, markup=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+if not out.is_terminal:  # piped or logged: no terminal width to fit, keep keys on one line
+    out = Console(highlight=False, soft_wrap=True, markup=False, width=220)
 
 
 class Context:
@@ -32,12 +73,30 @@ class Context:
         self.ray_address = ray_address
         self._storage = None
 
-    def storage(self):  # noqa: ANN201
+    def storage(self, existing: bool = False):  # noqa: ANN201
+        """The database; with `existing`, refuse to create a new SQLite file (a command about
+        a job that cannot be in a database that does not exist)."""
         from .storage import Storage
 
         if self._storage is None:
+            if existing:
+                self._refuse_missing_sqlite_file()
             self._storage = Storage(self.db)
         return self._storage
+
+    def _refuse_missing_sqlite_file(self) -> None:
+        from sqlalchemy.engine import make_url
+
+        from .storage._engine import normalise_url
+
+        try:
+            parsed = make_url(normalise_url(self.db))
+        except (ValueError, TypeError):
+            return  # make_engine reports it
+        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+            return
+        if not Path(parsed.database).expanduser().exists():
+            raise NasError(f"--db: SQLite file {parsed.database!r} does not exist")
 
 
 def handle_errors(command):  # noqa: ANN001, ANN201
@@ -82,7 +141,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _positive_job(job: int) -> int:
-    if job < 1:
+    if not 1 <= job <= MAX_ID:
         raise NasError(f"JOB must be a positive job id, got {job}")
     return job
 
@@ -177,7 +236,7 @@ def resume(
 ) -> None:
     """Finish an interrupted job from the database, without losing or repeating work."""
     c: Context = ctx.obj
-    job_info = c.storage().get_job(_positive_job(job))
+    job_info = c.storage(existing=True).get_job(_positive_job(job))
     if job_info["status"] == "completed":
         raise NasError(f"job {job} is already completed")
     if wait:
@@ -200,15 +259,26 @@ def resume(
 @handle_errors
 def cancel(ctx: typer.Context, job: int = typer.Argument(..., help="Job id.")) -> None:
     """Cancel a job (its driver stops at its next heartbeat)."""
-    state = ctx.obj.storage().request_cancel(_positive_job(job))
+    job = _positive_job(job)
+    state = ctx.obj.storage(existing=True).request_cancel(job)
     out.print(f"job {job} {state}")
 
 
 # ---- looking at jobs ------------------------------------------------------------------------
+def _driver_alive(job: dict[str, Any]) -> bool:
+    """A live lease whose owner is not a dead process of this host."""
+    from .storage import Storage, utcnow
+
+    owner, expires = job["lease_owner"], job["lease_expires_at"]
+    if owner is None or expires is None or expires < utcnow():
+        return False
+    return not Storage._owner_is_dead_here(owner)
+
+
 def _status_data(ctx: Context, job_id: int) -> dict[str, Any]:
     from .storage import best_trials
 
-    storage = ctx.storage()
+    storage = ctx.storage(existing=True)
     job = storage.get_job(job_id)
     spec = job["spec"]
     best = best_trials(storage, job_id, top=1)
@@ -220,7 +290,8 @@ def _status_data(ctx: Context, job_id: int) -> dict[str, Any]:
         "best": _trial_json(best[0], spec) if best else None,
         "elapsed_s": round(job["elapsed_s"] or 0.0, 3),
         "lease_owner": job["lease_owner"], "lease_expires_at": job["lease_expires_at"],
-        "created_at": job["created_at"], "updated_at": job["updated_at"],
+        "driver_alive": _driver_alive(job), "created_at": job["created_at"],
+        "updated_at": job["updated_at"],
         "note": job["note"], "error": job["error"],
     }
 
@@ -249,7 +320,10 @@ def status(ctx: typer.Context, job: int = typer.Argument(..., help="Job id."),
         _emit_json(data)
         return
     t = data["trials"]
-    out.print(f"job {data['id']} [{data['name']}]: {data['status']}  space={data['space']} "
+    state = data["status"]
+    if state in ("running", "pending") and data["lease_owner"] and not data["driver_alive"]:
+        state += " (its driver is gone: `nas resume` continues it)"
+    out.print(f"job {data['id']} [{data['name']}]: {state}  space={data['space']} "
               f"strategy={data['strategy']} budget={data['budget']}")
     out.print(f"trials: {t['completed']} completed, {t['failed']} failed, "
               f"{t['running']} running, {t['queued']} queued  ({data['elapsed_s']:.1f}s)")
@@ -284,8 +358,8 @@ def list_jobs(ctx: typer.Context,
 def _device_options(device: str | None, max_latency: float | None) -> None:
     if max_latency is not None and device is None:
         raise NasError("--max-latency-ms needs --device")
-    if max_latency is not None and max_latency <= 0:
-        raise NasError(f"--max-latency-ms must be positive, got {max_latency}")
+    if max_latency is not None and not (math.isfinite(max_latency) and max_latency > 0):
+        raise NasError(f"--max-latency-ms must be a positive number, got {max_latency}")
 
 
 @app.command()
@@ -303,9 +377,12 @@ def best(
     from .storage import best_trials, unknown_measurement_count
 
     _device_options(device, max_latency_ms)
-    storage = ctx.obj.storage()
+    if top < 1:
+        raise NasError(f"--top must be at least 1, got {top}")
+    storage = ctx.obj.storage(existing=True)
     spec = storage.get_job(_positive_job(job))["spec"]
-    rows = best_trials(storage, job, top=top, device=device, max_value=max_latency_ms)
+    rows = best_trials(storage, job, top=min(top, MAX_ID), device=device,
+                       max_value=max_latency_ms)
     unknown = unknown_measurement_count(storage, job, device) if device else 0
     if as_json:
         _emit_json({"job": job, "device": device, "max_latency_ms": max_latency_ms,
@@ -346,10 +423,15 @@ def pareto(
     """The Pareto front of the primary objective against latency on a device."""
     from .storage import pareto_front, trials_with_device_value
 
-    storage = ctx.obj.storage()
+    if plot is not None:
+        if plot.suffix.lower() != ".png":
+            raise NasError(f"--plot: expected a .png file name, got {str(plot)!r}")
+        if not plot.parent.resolve().is_dir():
+            raise NasError(f"--plot: folder {str(plot.parent)!r} does not exist")
+        if plot.is_dir():
+            raise NasError(f"--plot: {str(plot)!r} is a folder")
+    storage = ctx.obj.storage(existing=True)
     spec = storage.get_job(_positive_job(job))["spec"]
-    if plot is not None and not plot.parent.resolve().is_dir():
-        raise NasError(f"--plot: folder {str(plot.parent)!r} does not exist")
     rows = trials_with_device_value(storage, job, device)
     if not rows:
         raise NasError(f"job {job} has no completed trial with a latency on device {device!r}")
@@ -407,7 +489,10 @@ def export(
         raise NasError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if (trial is None) == (not best_):
         raise NasError("give exactly one of --trial N or --best")
-    summary = export_trial(ctx.obj.storage(), _positive_job(job), trial, fmt, str(output))
+    if trial is not None and not 1 <= trial <= MAX_ID:
+        raise NasError(f"--trial must be a positive trial number, got {trial}")
+    job = _positive_job(job)
+    summary = export_trial(ctx.obj.storage(existing=True), job, trial, fmt, str(output))
     if as_json:
         _emit_json(summary)
     else:
