@@ -156,14 +156,20 @@ def _drive(ctx: Context, job_id: int, show_progress: bool) -> str:
 
     columns = (TextColumn("job {task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("best {task.fields[best]}"), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task("search", total=None, job=job_id, best="-")
+    bar = Progress(*columns, console=err, transient=False)
+    task = bar.add_task("search", total=None, job=job_id, best="-")
 
-        def update(done: int, total: int | None, best: float | None) -> None:
-            bar.update(task, completed=done, total=total,
-                       best="-" if best is None else f"{best:.4g}")
+    def update(done: int, total: int | None, best: float | None) -> None:
+        if not bar.live.is_started:  # only once the job runs: a refusal stays one line
+            bar.start()
+        bar.update(task, completed=done, total=total,
+                   best="-" if best is None else f"{best:.4g}")
 
+    try:
         return api.run(ctx.storage(), job_id, ray_address=ctx.ray_address, progress=update)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def _spawn_driver(ctx: Context, job_id: int) -> Path:

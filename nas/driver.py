@@ -328,6 +328,7 @@ class _Run:
             last_beat = time.monotonic()
             while True:
                 self._commit()
+                self._report()  # after the commit: what it counts is stored
                 self._dispatch(executor)
                 if self.told >= self.target and executor.in_flight() == 0:
                     break
@@ -339,7 +340,6 @@ class _Run:
                     self._accept(result)
                 self._tell_in_order()
                 elapsed = self.elapsed_before + time.monotonic() - start
-                self._report()
                 if self.spec.budget_seconds is not None and elapsed >= self.spec.budget_seconds:
                     self.target = min(self.target, self.asked)
                 if time.monotonic() - last_beat >= self.d.heartbeat_s:

@@ -37,6 +37,8 @@ def export_trial(storage: Storage, job_id: int, number: int | None, fmt: str,
     target = Path(path)
     if not target.parent.resolve().is_dir():
         raise NasError(f"-o: folder {str(target.parent)!r} does not exist")
+    if target.is_dir():
+        raise NasError(f"-o: {str(target)!r} is a folder; give a file name")
     job = storage.get_job(job_id)
     spec = job["spec"]
     trial = choose_trial(storage, job_id, number)
@@ -52,16 +54,19 @@ def export_trial(storage: Storage, job_id: int, number: int | None, fmt: str,
     if fmt == "json":
         target.write_text(json.dumps(summary, indent=2) + "\n")
     else:
-        _export_model(space, trial["arch"], fmt, target)
+        _export_model(space, trial["arch"], fmt, target, seed=int(spec.get("seed", 0)))
     storage.add_artifact(job_id, f"export-{fmt}", str(target.resolve()))
     return summary
 
 
-def _export_model(space: Any, arch: dict[str, Any], fmt: str, target: Path) -> None:
+def _export_model(space: Any, arch: dict[str, Any], fmt: str, target: Path, seed: int) -> None:
     import torch
 
-    model = space.build(arch).eval()
-    example = torch.randn(1, *space.input_shape())
+    # the weights are an initialisation: seed it, so every export of a trial is the same model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = space.build(arch).eval()
+        example = torch.randn(1, *space.input_shape())
     if fmt == "torchscript":
         with torch.no_grad():
             torch.jit.trace(model, example).save(str(target))

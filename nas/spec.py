@@ -17,6 +17,8 @@ FIELDS = (
     "max_attempts", "snapshot_every", "seed",
 )
 EXECUTORS = ("ray", "local")
+MAX_NAME = 200  # jobs.name is VARCHAR(200)
+MAX_SEED = 2**63 - 1  # jobs.seed is BIGINT
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,11 @@ def _fail(path: str, expected: str, got: Any) -> SpecError:
     return SpecError(f"spec field '{path}': expected {expected}, got {got!r}")
 
 
-def _int(path: str, value: Any, minimum: int) -> int:
+def _int(path: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise _fail(path, f"an integer >= {minimum}", value)
+    if maximum is not None and value > maximum:
+        raise _fail(path, f"an integer <= {maximum}", value)
     return value
 
 
@@ -100,9 +104,12 @@ def _number(path: str, value: Any, positive: bool = False) -> float:
     return float(value)
 
 
-def _str(path: str, value: Any) -> str:
+def _str(path: str, value: Any, max_length: int | None = None) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _fail(path, "a non-empty string", value)
+    if max_length is not None and len(value) > max_length:
+        raise SpecError(f"spec field '{path}': expected at most {max_length} characters, "
+                        f"got {len(value)}")
     return value
 
 
@@ -242,7 +249,7 @@ def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
     space = _str("space", data["space"])
     strategy = _str("strategy", data["strategy"])
     spec = JobSpec(
-        name=_str("name", data.get("name") or f"{space}-{strategy}"),
+        name=_str("name", data.get("name") or f"{space}-{strategy}", MAX_NAME),
         space=space,
         strategy=strategy,
         evaluator=_str("evaluator", data["evaluator"]),
@@ -258,7 +265,7 @@ def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
         executor=executor,
         max_attempts=_int("max_attempts", data.get("max_attempts", 3), 1),
         snapshot_every=_int("snapshot_every", data.get("snapshot_every", 50), 1),
-        seed=_int("seed", data.get("seed", 0), 0),
+        seed=_int("seed", data.get("seed", 0), 0, MAX_SEED),
     )
     if check_components:
         _build_components(spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -13,6 +13,7 @@ from ..errors import NasError
 
 DEFAULT_URL = "sqlite:///nas.db"
 _MIGRATIONS = Path(__file__).parent / "migrations"
+_READ_ONLY = "nas_read_only"
 
 
 def normalise_url(url: str) -> str:
@@ -29,7 +30,7 @@ def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
         raise NasError(f"--db: cannot parse database URL {url!r}") from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
@@ -65,9 +66,17 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn):  # noqa: ANN001 - take the write lock up front: no upgrade deadlocks
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # ... except for reads (`read_connection`): under WAL they never wait or block
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def read_connection(engine: Engine) -> Connection:
+    """A connection for reads only. On SQLite its transaction is deferred: it takes no write
+    lock, so readers never wait for the driver's writes nor hold them up (WAL)."""
+    return engine.connect().execution_options(**{_READ_ONLY: True})
 
 
 def _alembic_config(connection):  # noqa: ANN001, ANN202
@@ -91,7 +100,7 @@ def head_revision() -> str:
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    with engine.connect() as conn:
+    with read_connection(engine) as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
