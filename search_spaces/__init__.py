@@ -8,6 +8,6 @@ from .checks import check_space
 from .nb201 import NB201Space
 
 __all__ = [
-    "Arch", "SearchSpace", "NB201Space", "check_space", "get_space", "list_spaces", "register_space",
-    "space_class",
+    "Arch", "SearchSpace", "NB201Space", "check_space", "get_space", "list_spaces",
+    "register_space", "space_class",
 ]

@@ -12,8 +12,9 @@ torch and pyglove are imported inside the checks, so importing this module stays
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -67,13 +68,27 @@ def check_space(
     run(_check_seeded_sampling, n, seed)
     run(_check_validate_accepts, archs)
     run(_check_validate_rejects, archs)
-    for arch in archs[:build_n]:
-        run(_check_build_forward_backward, arch, batch_size)
-        run(_check_params, arch)
-        run(_check_flops, arch)
+    with _one_torch_thread():
+        for arch in archs[:build_n]:
+            run(_check_build_forward_backward, arch, batch_size)
+            run(_check_params, arch)
+            run(_check_flops, arch)
 
 
 # ---- helpers -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny batches run fastest on one thread (and immune to a busy machine's contention)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _corner_archs(space: SearchSpace) -> list[Arch]:
     counts = space.choice_counts()
     return [space.from_dna([0] * len(counts)), space.from_dna([c - 1 for c in counts])]
@@ -177,8 +192,9 @@ def _check_dna_round_trip(space: SearchSpace, archs: list[Arch]) -> None:
         dna = space.to_dna(arch)
         assert len(dna) == len(counts), \
             f"to_dna() has {len(dna)} decisions, choice_counts() {len(counts)}: {arch!r}"
-        assert all(isinstance(v, int | np.integer) and 0 <= v < c for v, c in zip(dna, counts)), \
-            f"to_dna() {dna} is out of range of choice_counts() {counts}"
+        in_range = all(isinstance(v, int | np.integer) and 0 <= v < c
+                       for v, c in zip(dna, counts, strict=True))
+        assert in_range, f"to_dna() {dna} is out of range of choice_counts() {counts}"
         back = space.from_dna(list(dna))
         assert back == arch, f"from_dna(to_dna(a)) != a: {back!r} vs {arch!r}"
         assert list(space.to_dna(back)) == list(dna), f"to_dna(from_dna(d)) != d for d = {dna}"
@@ -213,7 +229,7 @@ def _check_encoding(space: SearchSpace, archs: list[Arch]) -> None:
         assert np.isin(vec, (0.0, 1.0)).all(), f"encode() is not 0/1: {vec}"
         dna = space.to_dna(arch)
         offset = 0
-        for i, (value, count) in enumerate(zip(dna, counts)):
+        for i, (value, count) in enumerate(zip(dna, counts, strict=True)):
             block = vec[offset:offset + count]
             assert block.sum() == 1 and block[value] == 1, \
                 f"decision {i} of {arch!r}: one-hot block {block} does not mark choice {value}"
@@ -232,7 +248,8 @@ def _check_mutate(space: SearchSpace, archs: list[Arch], seed: int) -> None:
             assert json.dumps(arch, sort_keys=True) == before, \
                 f"mutate() modified its argument {before}"
             parent_dna, child_dna = space.to_dna(arch), space.to_dna(child)
-            changed = [i for i, (a, b) in enumerate(zip(parent_dna, child_dna)) if a != b]
+            pairs = enumerate(zip(parent_dna, child_dna, strict=True))
+            changed = [i for i, (a, b) in pairs if a != b]
             assert len(changed) == 1, \
                 f"mutate() changed decisions {changed} of {parent_dna} (got {child_dna}); " \
                 "it must change exactly one"

@@ -88,13 +88,26 @@ def _alembic_config(connection):  # noqa: ANN001, ANN202
     return config
 
 
-def head_revision() -> str:
+def _scripts():  # noqa: ANN202
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
-    return ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(config)
+
+
+def head_revision() -> str:
+    return _scripts().get_current_head()
+
+
+def _known_revision(revision: str) -> bool:
+    from alembic.util import CommandError
+
+    try:
+        return _scripts().get_revision(revision) is not None
+    except CommandError:
+        return False
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -107,9 +120,13 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply Alembic migrations up to `revision` (what `nas db upgrade` runs)."""
     from alembic import command
+    from alembic.util import CommandError
 
-    with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), revision)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), revision)
+    except CommandError as exc:  # e.g. the database is at a revision this nas does not know
+        raise NasError(f"--db: cannot upgrade the schema: {exc}") from None
 
 
 def ensure_schema(engine: Engine) -> None:
@@ -126,6 +143,10 @@ def ensure_schema(engine: Engine) -> None:
         upgrade(engine)
         return
     head = head_revision()
+    if revision != head and not _known_revision(revision):
+        raise NasError(f"--db: schema revision {revision} is unknown to this version of nas "
+                       f"(newest {head}): the database was made by a newer nas; upgrade nas, "
+                       "then run `nas db upgrade`")
     if revision != head:
         raise NasError(f"--db: schema revision {revision} differs from this version's {head}; "
                        "run `nas db upgrade`")

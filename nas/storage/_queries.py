@@ -50,7 +50,7 @@ def best_trials(storage, job_id: int, top: int = 5, device: str | None = None,  
     if feasible_only:
         query = query.where(trials.c.feasible.is_(True))
     query = query.order_by(trials.c.score.desc(), trials.c.number).limit(top)
-    with storage.engine.connect() as conn:
+    with storage.read() as conn:
         return [dict(r) for r in conn.execute(query).mappings()]
 
 
@@ -62,7 +62,7 @@ def unknown_measurement_count(storage, job_id: int, device: str,  # noqa: ANN001
         measurements.c.device == device, measurements.c.metric == metric).exists()
     query = select(func.count()).select_from(trials).where(
         trials.c.job_id == job_id, trials.c.status == "completed", ~known)
-    with storage.engine.connect() as conn:
+    with storage.read() as conn:
         return int(conn.execute(query).scalar_one())
 
 
@@ -77,7 +77,7 @@ def trials_with_device_value(storage, job_id: int, device: str,  # noqa: ANN001
         .where(trials.c.job_id == job_id, trials.c.status == "completed",
                trials.c.score.is_not(None), value.is_not(None))
     )
-    with storage.engine.connect() as conn:
+    with storage.read() as conn:
         return [dict(r) for r in conn.execute(query).mappings()]
 
 
@@ -96,7 +96,7 @@ def get_trial(storage, job_id: int, number: int) -> dict[str, Any]:  # noqa: ANN
     query = (select(*_trial_columns())
              .join(architectures, architectures.c.id == trials.c.architecture_id)
              .where(trials.c.job_id == job_id, trials.c.number == number))
-    with storage.engine.connect() as conn:
+    with storage.read() as conn:
         row = conn.execute(query).mappings().first()
     if row is None:
         raise NasError(f"job {job_id} has no trial {number}")
@@ -112,7 +112,7 @@ def device_measurements(storage, architecture_keys: list[str], space: str,  # no
              .where(architectures.c.space == space, architectures.c.key.in_(architecture_keys))
              .order_by(measurements.c.device, measurements.c.metric, measurements.c.source_rank))
     found: dict[str, list[dict[str, Any]]] = {}
-    with storage.engine.connect() as conn:
+    with storage.read() as conn:
         for row in conn.execute(query).mappings():
             found.setdefault(row["key"], []).append(
                 {k: row[k] for k in ("device", "metric", "value", "source")})

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import LeaseHeldError, NasError
-from ._engine import ensure_schema, make_engine
+from ._engine import ensure_schema, make_engine, read_connection
 from .schema import SOURCE_RANK, architectures, artifacts, jobs, measurements, trials
 
 _CHUNK = 500
@@ -72,6 +72,10 @@ class Storage:
     def close(self) -> None:
         self.engine.dispose()
 
+    def read(self) -> Connection:
+        """A connection for reads (see `read_connection`); writes use `engine.begin()`."""
+        return read_connection(self.engine)
+
     # ---- helpers ------------------------------------------------------------------------
     def _insert_ignore(self, table):  # noqa: ANN001, ANN202
         if self.dialect == "postgresql":
@@ -90,7 +94,7 @@ class Storage:
             ).scalar_one()
 
     def get_job(self, job_id: int) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
         if row is None:
             raise NasError(f"no job {job_id} in {self.url}")
@@ -104,7 +108,7 @@ class Storage:
             select(trials.c.job_id, trials.c.status, func.count().label("n"))
             .group_by(trials.c.job_id, trials.c.status)
         )
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             rows = conn.execute(select(jobs.c.id, jobs.c.name, jobs.c.status, jobs.c.created_at,
                                        jobs.c.spec).order_by(jobs.c.id)).mappings().all()
             per_job: dict[int, dict[str, int]] = {}
@@ -114,7 +118,7 @@ class Storage:
                  "trials": per_job.get(r["id"], {})} for r in rows]
 
     def trial_counts(self, job_id: int) -> dict[str, int]:
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             rows = conn.execute(select(trials.c.status, func.count()).where(
                 trials.c.job_id == job_id).group_by(trials.c.status)).all()
         return {status: n for status, n in rows}
@@ -143,9 +147,11 @@ class Storage:
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id)
                          .values(cancel_requested=True, updated_at=now))
-            live = conn.execute(update(jobs).where(
+            holder = conn.execute(select(jobs.c.lease_owner).where(
                 jobs.c.id == job_id, jobs.c.lease_owner.is_not(None),
-                jobs.c.lease_expires_at >= now).values(updated_at=now)).rowcount
+                jobs.c.lease_expires_at >= now)).scalar()
+            # a driver that died on this host never sees the request: cancel now
+            live = holder is not None and not self._owner_is_dead_here(holder)
             if not live:
                 conn.execute(update(jobs).where(jobs.c.id == job_id)
                              .values(status="cancelled", lease_owner=None,
@@ -186,13 +192,15 @@ class Storage:
                 return
             holder, until = conn.execute(select(jobs.c.lease_owner, jobs.c.lease_expires_at)
                                          .where(jobs.c.id == job_id)).one()
-            if self._owner_is_dead_here(holder):
-                taken = conn.execute(update(jobs).where(
-                    jobs.c.id == job_id, jobs.c.lease_owner == holder,
-                ).values(lease_owner=owner, lease_expires_at=expires, updated_at=now)).rowcount
+            # PostgreSQL: the holder may have released it since the UPDATE (holder None)
+            if holder is None or self._owner_is_dead_here(holder):
+                same = jobs.c.lease_owner.is_(None) if holder is None \
+                    else jobs.c.lease_owner == holder
+                taken = conn.execute(update(jobs).where(jobs.c.id == job_id, same).values(
+                    lease_owner=owner, lease_expires_at=expires, updated_at=now)).rowcount
                 if taken:
                     return
-        left = (as_utc(until) - now).total_seconds()
+        left = (as_utc(until) - now).total_seconds() if until is not None else 0.0
         raise LeaseHeldError(
             f"job {job_id} is being run by driver {holder} (lease live for another "
             f"{left:.0f}s); refusing to run it twice")
@@ -207,7 +215,7 @@ class Storage:
                      elapsed_s=elapsed_s)).rowcount)
 
     def cancel_requested(self, job_id: int) -> bool:
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             return bool(conn.execute(select(jobs.c.cancel_requested)
                                      .where(jobs.c.id == job_id)).scalar_one())
 
@@ -226,7 +234,7 @@ class Storage:
             .join(architectures, architectures.c.id == trials.c.architecture_id)
             .where(trials.c.job_id == job_id).order_by(trials.c.number)
         )
-        with self.engine.connect() as conn:
+        with self.read() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def _architecture_ids(self, conn, space: str, new: Sequence[NewTrial]) -> dict[str, int]:  # noqa: ANN001

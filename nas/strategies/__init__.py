@@ -8,10 +8,11 @@ from ._base import (
     register_strategy,
     strategy_class,
 )
+from .checks import check_strategy
 from .evolution import RegularizedEvolution
 from .random import RandomSearch
 
 __all__ = [
-    "RandomSearch", "RegularizedEvolution", "Strategy", "TrialView", "get_strategy",
-    "list_strategies", "register_strategy", "strategy_class",
+    "RandomSearch", "RegularizedEvolution", "Strategy", "TrialView", "check_strategy",
+    "get_strategy", "list_strategies", "register_strategy", "strategy_class",
 ]
