@@ -87,14 +87,21 @@ def make_executor(spec: JobSpec, evaluator_spec: EvaluatorSpec, ray_address: str
                        max_attempts=spec.max_attempts)
 
 
+#: Trials per worker task for cheap evaluators. The strategy is told results in order, so
+#: `parallelism x batch_size` proposals are made before the first of them is told: a large
+#: window turns evolution into random search (measured on NB201 at 100 trials, 30 seeds:
+#: window 1 -> 94.12 test acc, 8 -> 94.17, 16 -> 94.04, 64 -> 93.82, random 93.81).
+CHEAP_BATCH = 4
+
+
 def default_batch_size(spec: JobSpec) -> int:
-    """Cheap evaluators (table look-ups) send 32 trials per worker task, others one."""
+    """Cheap evaluators (table look-ups) send `CHEAP_BATCH` trials per worker task, others 1."""
     from workers.evaluators._base import _REGISTRY
 
     if spec.batch_size is not None:
         return spec.batch_size
     assert spec.evaluator in list_evaluators()
-    return 32 if _REGISTRY[spec.evaluator].cheap else 1
+    return CHEAP_BATCH if _REGISTRY[spec.evaluator].cheap else 1
 
 
 class Driver:
