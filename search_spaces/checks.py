@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._base import Arch, SearchSpace, get_space
+from ._conformance import check_runner
 
 _NOT_A_CANDIDATE = "__not_a_candidate__"
 
@@ -46,15 +47,7 @@ def check_space(
         raise ValueError(f"check_space: n must be at least 2, got {n}")
     name = space.name or type(space).__name__
 
-    def run(check: Callable[..., None], *args: Any) -> None:
-        label = check.__name__.removeprefix("_check_").replace("_", " ")
-        try:
-            check(space, *args)
-        except AssertionError as exc:
-            raise AssertionError(f"space {name!r} fails check '{label}': {exc}") from None
-        except Exception as exc:  # a crash is a failure of the contract too
-            raise AssertionError(f"space {name!r} fails check '{label}': raised "
-                                 f"{type(exc).__name__}: {exc}") from exc
+    run = check_runner("space", name, space)
 
     run(_check_choice_counts)
     archs = _corner_archs(space) + [space.sample(np.random.default_rng(seed + i))

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces import SearchSpace
+from search_spaces._conformance import check_runner
 
 from ._base import Strategy, TrialView
 
@@ -54,15 +55,7 @@ def check_strategy(
         raise AssertionError(f"the factory built a {type(probe).__name__}, not a Strategy")
     name = probe.name or type(probe).__name__
 
-    def run(check: Callable[..., None], *args: Any) -> None:
-        label = check.__name__.removeprefix("_check_").replace("_", " ")
-        try:
-            check(strategy_factory, *args)
-        except AssertionError as exc:
-            raise AssertionError(f"strategy {name!r} fails check '{label}': {exc}") from None
-        except Exception as exc:  # a crash is a failure of the contract too
-            raise AssertionError(f"strategy {name!r} fails check '{label}': raised "
-                                 f"{type(exc).__name__}: {exc}") from exc
+    run = check_runner("strategy", name, strategy_factory)
 
     run(_check_ask_tell_contract, trials, window, seed)
     run(_check_state_dict_is_json, trials, window, seed)
