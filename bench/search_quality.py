@@ -122,19 +122,21 @@ def plot(curves: dict[str, list[list[float]]], budgets: list[int], path: Path,
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = {"random": "tab:blue", "evolution": "tab:orange"}
+    low = reference
     for strategy, per_seed in curves.items():
         data = np.asarray(per_seed)
         x = np.arange(1, data.shape[1] + 1)
         mean, std = data.mean(axis=0), data.std(axis=0, ddof=1 if len(data) > 1 else 0)
         ax.plot(x, mean, label=f"{strategy} (n={len(data)} seeds)", color=colours[strategy])
         ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=colours[strategy])
+        low = min(low, float((mean - std)[9:].min()))  # what is visible from 10 trials on
     ax.axhline(reference, color="grey", ls="--", lw=1,
                label=f"best-by-valid cell #{BEST_VALID_INDEX} ({reference:.2f})")
     for b in budgets:
         ax.axvline(b, color="lightgrey", lw=0.8, zorder=0)
     ax.set_xscale("log")
     ax.set_xlim(10, max(budgets))
-    ax.set_ylim(88, 95)
+    ax.set_ylim(low - 0.2, reference + 0.3)
     ax.set_xlabel("trials")
     ax.set_ylabel("test acc. of best-by-valid_acc trial (%)")
     ax.set_title("NAS-Bench-201 CIFAR-10: mean ± std over seeds")

@@ -75,7 +75,9 @@ trials = Table(
     Column("error", Text),
     UniqueConstraint("job_id", "number", name="uq_trials_job_number"),
     UniqueConstraint("job_id", "architecture_id", name="uq_trials_job_architecture"),
-    Index("ix_trials_job_status_score", "job_id", "status", "score"),
+    # covering for `best`: its walk down the score index reads no table rows
+    Index("ix_trials_job_status_score", "job_id", "status", "score", "number",
+          "architecture_id"),
 )
 
 measurements = Table(
@@ -90,7 +92,11 @@ measurements = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("architecture_id", "device", "metric", "source",
                      name="uq_measurements_arch_device_metric_source"),
-    Index("ix_measurements_lookup", "architecture_id", "device", "metric", "source_rank"),
+    # the preferred measurement of an architecture (covering: `value` read from the index)
+    Index("ix_measurements_lookup", "architecture_id", "device", "metric", "source_rank",
+          "value"),
+    # `best` under a device budget: the architectures within it, by an index-only range
+    Index("ix_measurements_device_value", "device", "metric", "value", "architecture_id"),
 )
 
 artifacts = Table(

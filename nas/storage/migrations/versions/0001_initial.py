@@ -67,7 +67,8 @@ def upgrade() -> None:
         sa.UniqueConstraint("job_id", "number", name="uq_trials_job_number"),
         sa.UniqueConstraint("job_id", "architecture_id", name="uq_trials_job_architecture"),
     )
-    op.create_index("ix_trials_job_status_score", "trials", ["job_id", "status", "score"])
+    op.create_index("ix_trials_job_status_score", "trials",
+                    ["job_id", "status", "score", "number", "architecture_id"])
     op.create_table(
         "measurements",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -83,7 +84,9 @@ def upgrade() -> None:
                             name="uq_measurements_arch_device_metric_source"),
     )
     op.create_index("ix_measurements_lookup", "measurements",
-                    ["architecture_id", "device", "metric", "source_rank"])
+                    ["architecture_id", "device", "metric", "source_rank", "value"])
+    op.create_index("ix_measurements_device_value", "measurements",
+                    ["device", "metric", "value", "architecture_id"])
     op.create_table(
         "artifacts",
         sa.Column("id", sa.Integer, primary_key=True),
