@@ -67,9 +67,10 @@ DECISIONS, CHOICES = 9, 5  # 5^9 = 1,953,125 >= 10^6 distinct architectures
 class Data:
     """The generated search, as arrays indexed by architecture id - 1 (= trial number - 1)."""
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    def __init__(self, n: int, seed: int = 0, jobs: int = 1) -> None:
         rng = np.random.default_rng(seed)
         self.n = n
+        self.jobs = jobs  # trial i belongs to job i % jobs; the queried job is the first
         self.order = rng.permutation(5 ** DECISIONS)[:n]  # which DNA each architecture has
         # pixel3 latency: log-normal around 15 ms. Accuracy-like score: a quality q that
         # correlates 0.7 with log latency, mapped to a long left tail below a ceiling of 92
@@ -100,13 +101,13 @@ class Data:
 
     def expected(self, top: int, max_value: float | None) -> list[int]:
         """Brute force: trial numbers of the answer (score desc, number asc)."""
-        ok = ~self.failed
+        ok = ~self.failed & (np.arange(self.n) % self.jobs == 0)
         if max_value is not None:
             value = self.preferred_pixel3()
             ok &= ~np.isnan(value) & (np.nan_to_num(value, nan=np.inf) <= max_value)
         numbers = np.nonzero(ok)[0]
         ranked = numbers[np.lexsort((numbers, -self.score[numbers]))][:top]
-        return [int(i) + 1 for i in ranked]
+        return [int(i) // self.jobs + 1 for i in ranked]
 
 
 def fill(storage: Storage, data: Data) -> int:
@@ -116,11 +117,13 @@ def fill(storage: Storage, data: Data) -> int:
             "evaluator": "benchmark", "objectives": [{"metric": "valid_acc", "mode": "max"}],
             "budget": {"trials": data.n}, "executor": "ray", "seed": 0}
     with storage.engine.begin() as conn:
-        job = conn.execute(insert(jobs).returning(jobs.c.id), {
-            "name": "bench-query", "spec": spec, "status": "completed", "seed": 0,
-            "created_at": now, "updated_at": now, "snapshot_told": data.n,
-            "snapshot_asked": data.n, "elapsed_s": 3600.0, "cancel_requested": False,
-        }).scalar_one()
+        job_ids = [conn.execute(insert(jobs).returning(jobs.c.id), {
+            "name": f"bench-query-{j}", "spec": spec, "status": "completed", "seed": j,
+            "created_at": now, "updated_at": now, "snapshot_told": data.n // data.jobs,
+            "snapshot_asked": data.n // data.jobs, "elapsed_s": 3600.0,
+            "cancel_requested": False,
+        }).scalar_one() for j in range(data.jobs)]
+    job = job_ids[0]
     # an unrelated job sharing the first 1% of the architectures (the filter must hold)
     with storage.engine.begin() as conn:
         other = conn.execute(insert(jobs).returning(jobs.c.id), {
@@ -140,7 +143,8 @@ def fill(storage: Storage, data: Data) -> int:
             t0 = now + timedelta(seconds=0.5 * i)
             score = None if failed else float(data.score[i])
             trial_rows.append({
-                "id": aid, "job_id": job, "number": aid, "architecture_id": aid,
+                "id": aid, "job_id": job_ids[i % data.jobs], "number": i // data.jobs + 1,
+                "architecture_id": aid,
                 "status": "failed" if failed else "completed", "attempt": 1,
                 "worker": "bench:1", "started_at": t0, "finished_at": t0 + timedelta(0.4),
                 "metrics": None if failed else {"valid_acc": score},
@@ -290,18 +294,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="timed repeats per query (default 9)")
     parser.add_argument("--explain", action="store_true", help="print the query plans")
     parser.add_argument("--only", choices=("sqlite", "postgresql"), help="one database only")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="spread the trials over this many jobs (default 1: the worst "
+                             "case, every trial in the queried job)")
     args = parser.parse_args()
     n = args.trials or (100_000 if args.quick else 1_000_000)
     repeats = args.repeats or (5 if args.quick else 9)
 
     t0 = time.perf_counter()
-    data = Data(n)
+    data = Data(n, jobs=args.jobs)
     value = data.preferred_pixel3()
     known = value[~np.isnan(value) & ~data.failed]
     # tight / medium / loose = the 1st / 50th / 90th percentile of the stored pixel3
     # latencies, with the 5th, 10th and 25th between them (the hard region for one plan)
     budgets = {f"p{q}": float(np.quantile(known, q / 100)) for q in PERCENTILES}
-    print(f"{n:,} trials generated in {time.perf_counter() - t0:.1f} s; pixel3 budgets "
+    print(f"{n:,} trials in {args.jobs} job(s), generated in {time.perf_counter() - t0:.1f} s; pixel3 budgets "
           "(percentiles of the stored latencies; tight p1, medium p50, loose p90): "
           + ", ".join(f"{k} {v:.2f} ms" for k, v in budgets.items()))
 
