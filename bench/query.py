@@ -308,7 +308,8 @@ def main() -> None:
     # tight / medium / loose = the 1st / 50th / 90th percentile of the stored pixel3
     # latencies, with the 5th, 10th and 25th between them (the hard region for one plan)
     budgets = {f"p{q}": float(np.quantile(known, q / 100)) for q in PERCENTILES}
-    print(f"{n:,} trials in {args.jobs} job(s), generated in {time.perf_counter() - t0:.1f} s; pixel3 budgets "
+    print(f"{n:,} trials in {args.jobs} job(s), generated in "
+          f"{time.perf_counter() - t0:.1f} s; pixel3 budgets "
           "(percentiles of the stored latencies; tight p1, medium p50, loose p90): "
           + ", ".join(f"{k} {v:.2f} ms" for k, v in budgets.items()))
 

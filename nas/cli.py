@@ -278,7 +278,7 @@ def _driver_alive(job: dict[str, Any]) -> bool:
     owner, expires = job["lease_owner"], job["lease_expires_at"]
     if owner is None or expires is None or expires < utcnow():
         return False
-    return not Storage._owner_is_dead_here(owner)
+    return not Storage.owner_is_dead_here(owner)
 
 
 def _status_data(ctx: Context, job_id: int) -> dict[str, Any]:

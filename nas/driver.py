@@ -22,7 +22,7 @@ from typing import Any
 
 from search_spaces import Arch, SearchSpace, get_space
 from workers import EvaluatorSpec, TrialResult, TrialTask
-from workers.evaluators import list_evaluators
+from workers.evaluators import evaluator_class
 
 from .errors import LeaseHeldError, NasError
 from .spec import JobSpec, parse_spec
@@ -96,12 +96,9 @@ CHEAP_BATCH = 4
 
 def default_batch_size(spec: JobSpec) -> int:
     """Cheap evaluators (table look-ups) send `CHEAP_BATCH` trials per worker task, others 1."""
-    from workers.evaluators._base import _REGISTRY
-
     if spec.batch_size is not None:
         return spec.batch_size
-    assert spec.evaluator in list_evaluators()
-    return CHEAP_BATCH if _REGISTRY[spec.evaluator].cheap else 1
+    return CHEAP_BATCH if evaluator_class(spec.evaluator).cheap else 1
 
 
 class Driver:

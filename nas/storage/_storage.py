@@ -151,7 +151,7 @@ class Storage:
                 jobs.c.id == job_id, jobs.c.lease_owner.is_not(None),
                 jobs.c.lease_expires_at >= now)).scalar()
             # a driver that died on this host never sees the request: cancel now
-            live = holder is not None and not self._owner_is_dead_here(holder)
+            live = holder is not None and not self.owner_is_dead_here(holder)
             if not live:
                 conn.execute(update(jobs).where(jobs.c.id == job_id)
                              .values(status="cancelled", lease_owner=None,
@@ -164,7 +164,7 @@ class Storage:
         return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
 
     @staticmethod
-    def _owner_is_dead_here(owner: str) -> bool:
+    def owner_is_dead_here(owner: str) -> bool:
         """A lease held by a process of this host that no longer exists can be taken now."""
         host, _, rest = owner.partition(":")
         pid_text = rest.partition(":")[0]
@@ -193,7 +193,7 @@ class Storage:
             holder, until = conn.execute(select(jobs.c.lease_owner, jobs.c.lease_expires_at)
                                          .where(jobs.c.id == job_id)).one()
             # PostgreSQL: the holder may have released it since the UPDATE (holder None)
-            if holder is None or self._owner_is_dead_here(holder):
+            if holder is None or self.owner_is_dead_here(holder):
                 same = jobs.c.lease_owner.is_(None) if holder is None \
                     else jobs.c.lease_owner == holder
                 taken = conn.execute(update(jobs).where(jobs.c.id == job_id, same).values(

@@ -3,6 +3,7 @@ from ._base import (
     EvaluationError,
     Evaluator,
     Measurement,
+    evaluator_class,
     get_evaluator,
     list_evaluators,
     register_evaluator,
@@ -11,5 +12,5 @@ from .benchmark import BenchmarkEvaluator
 
 __all__ = [
     "BenchmarkEvaluator", "Evaluation", "EvaluationError", "Evaluator", "Measurement",
-    "get_evaluator", "list_evaluators", "register_evaluator",
+    "evaluator_class", "get_evaluator", "list_evaluators", "register_evaluator",
 ]

@@ -63,10 +63,13 @@ def list_evaluators() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_evaluator(name: str, space: SearchSpace, **args: Any) -> Evaluator:
+def evaluator_class(name: str) -> type[Evaluator]:
     try:
-        cls = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         known = ", ".join(list_evaluators())
         raise KeyError(f"unknown evaluator {name!r}; known: {known}") from None
-    return cls(space, **args)
+
+
+def get_evaluator(name: str, space: SearchSpace, **args: Any) -> Evaluator:
+    return evaluator_class(name)(space, **args)
