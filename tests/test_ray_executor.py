@@ -72,24 +72,25 @@ def test_batch_results_come_back_with_worker_and_measurements(ray_local):
     assert {m["device"] for m in results[0].measurements} >= {"pixel3", "edgegpu"}
 
 
-def test_trial_whose_worker_died_is_retried(ray_local):
-    executor = RayExecutor(_spec(delay=3.0), slots=1, max_attempts=3)
+def _results_with_worker_killed(max_attempts: int) -> list:
+    """Run one slow trial and SIGKILL the worker running it once."""
+    executor = RayExecutor(_spec(delay=3.0), slots=1, max_attempts=max_attempts)
     executor.submit([_task()])
     killer = threading.Thread(target=_kill_worker_running_batch)
     killer.start()
     results = _poll_all(executor)
     killer.join()
+    return results
+
+
+def test_trial_whose_worker_died_is_retried(ray_local):
+    results = _results_with_worker_killed(max_attempts=3)
     assert len(results) == 1
     assert results[0].status == "completed" and results[0].attempt == 2
 
 
 def test_trial_out_of_attempts_fails_with_a_clear_error(ray_local):
-    executor = RayExecutor(_spec(delay=3.0), slots=1, max_attempts=1)
-    executor.submit([_task()])
-    killer = threading.Thread(target=_kill_worker_running_batch)
-    killer.start()
-    results = _poll_all(executor)
-    killer.join()
+    results = _results_with_worker_killed(max_attempts=1)
     assert len(results) == 1 and results[0].status == "failed"
     assert "worker lost" in results[0].error and "attempt 1 of 1" in results[0].error
 
