@@ -74,29 +74,12 @@ class Context:
         self._storage = None
 
     def storage(self, existing: bool = False):  # noqa: ANN201
-        """The database; with `existing`, refuse to create a new SQLite file (a command about
-        a job that cannot be in a database that does not exist)."""
+        """The database; with `existing`, a SQLite file must exist already."""
         from .storage import Storage
 
         if self._storage is None:
-            if existing:
-                self._refuse_missing_sqlite_file()
-            self._storage = Storage(self.db)
+            self._storage = Storage(self.db, create=not existing)
         return self._storage
-
-    def _refuse_missing_sqlite_file(self) -> None:
-        from sqlalchemy.engine import make_url
-
-        from .storage._engine import normalise_url
-
-        try:
-            parsed = make_url(normalise_url(self.db))
-        except (ValueError, TypeError):
-            return  # make_engine reports it
-        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-            return
-        if not Path(parsed.database).expanduser().exists():
-            raise NasError(f"--db: SQLite file {parsed.database!r} does not exist")
 
 
 def handle_errors(command):  # noqa: ANN001, ANN201

@@ -26,7 +26,8 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, create: bool = True) -> Engine:
+    """An engine for `url`; with `create=False` a SQLite file must exist already."""
     url = normalise_url(url)
     try:
         parsed = make_url(url)
@@ -37,14 +38,16 @@ def make_engine(url: str) -> Engine:
         raise NasError(f"--db: unsupported database {backend!r} (use sqlite or postgresql)")
     try:
         if backend == "sqlite":
-            return _sqlite_engine(url, parsed.database)
+            return _sqlite_engine(url, parsed.database, create)
         return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise NasError(f"--db: no driver for {url!r}: {exc}") from None
 
 
-def _sqlite_engine(url: str, database: str | None) -> Engine:
+def _sqlite_engine(url: str, database: str | None, create: bool) -> Engine:
     in_memory = database in (None, "", ":memory:")
+    if not in_memory and not create and not Path(database).expanduser().exists():
+        raise NasError(f"--db: SQLite file {database!r} does not exist")
     if not in_memory:
         folder = Path(database).expanduser().resolve().parent
         if not folder.is_dir():

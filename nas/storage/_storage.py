@@ -63,9 +63,11 @@ class StoredResult:
 class Storage:
     """A database of jobs and trials (SQLite file by default, PostgreSQL by URL)."""
 
-    def __init__(self, url: str, engine: Engine | None = None) -> None:
+    def __init__(self, url: str, engine: Engine | None = None, create: bool = True) -> None:
+        """`create=False`: refuse to create a new SQLite file (for commands about a job
+        that cannot be in a database that does not exist)."""
         self.url = url
-        self.engine = engine or make_engine(url)
+        self.engine = engine or make_engine(url, create=create)
         ensure_schema(self.engine)
         self.dialect = self.engine.dialect.name
 
