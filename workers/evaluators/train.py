@@ -1,0 +1,172 @@
+"""`train` evaluator: a short, seeded training run of the candidate on a real dataset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from search_spaces import Arch, SearchSpace
+
+from ..datasets import Dataset, DatasetSpec, parse_dataset
+from ..latency import device_key, measure_latency_ms
+from ..training import TrainConfig, TrainingDiverged, evaluate_model, train_model
+from ._base import Evaluation, EvaluationError, Evaluator, Measurement, register_evaluator
+
+_CONFIG_FIELDS = set(TrainConfig.__dataclass_fields__)
+#: Training examples the INT8 conversion calibrates its activation ranges on.
+CALIBRATION_EXAMPLES = 128
+
+
+def arch_input_shape(space: SearchSpace, arch: Arch | None = None) -> tuple[int, ...]:
+    """The input shape an architecture expects (per-arch where the resolution is searched)."""
+    try:
+        return tuple(space.input_shape(arch))
+    except TypeError:  # TODO: drop once every space takes the arch
+        return tuple(space.input_shape())
+
+
+@register_evaluator
+class TrainEvaluator(Evaluator):
+    """Builds the candidate, trains it for a few epochs, reports validation figures.
+
+    Metrics: `val_acc` (%), `val_loss`, `train_loss`, `train_time_s`, `params`, `flops`,
+    `test_acc` when the dataset has a test split; for spaces that can produce an INT8 model
+    (`quant`), `int8_val_acc` too. The eval-mode latency of the trained model is measured on
+    this worker (batch 1, one thread, median; source `measured`) and, for INT8 models, under
+    the device key suffixed `-int8`. A diverging run (NaN loss) fails the trial.
+    """
+
+    name = "train"
+
+    def __init__(self, space: SearchSpace, dataset: Any = None, measure_latency: bool = True,
+                 latency_repeats: int = 20, int8: bool | None = None, **train_args: Any) -> None:
+        super().__init__(space)
+        unknown = sorted(set(train_args) - _CONFIG_FIELDS)
+        if unknown:
+            known = ", ".join(sorted(_CONFIG_FIELDS | {"dataset", "measure_latency",
+                                                       "latency_repeats", "int8"}))
+            raise ValueError(f"evaluator_args has unknown field {unknown[0]!r} for the train "
+                             f"evaluator; known: {known}")
+        self.config = TrainConfig(**train_args)
+        self.dataset_spec: DatasetSpec = parse_dataset(dataset)
+        if isinstance(latency_repeats, bool) or not isinstance(latency_repeats, int) \
+                or latency_repeats < 3:
+            raise ValueError("evaluator_args.latency_repeats must be an integer >= 3, got "
+                             f"{latency_repeats!r}")
+        self.measure_latency = bool(measure_latency)
+        self.latency_repeats = latency_repeats
+        can_int8 = callable(getattr(space, "int8_model", None))
+        if int8 and not can_int8:
+            raise ValueError(f"evaluator_args.int8: space {space.name!r} cannot produce an "
+                             "INT8 model")
+        self.int8 = can_int8 if int8 is None else bool(int8)
+        self._check_input_shape()
+        self._data: Dataset | None = None
+
+    def _check_input_shape(self) -> None:
+        data_shape = self.dataset_spec.known_input_shape()
+        if data_shape is None:
+            return
+        space_shape = arch_input_shape(self.space)
+        if tuple(space_shape) != tuple(data_shape):
+            c, h, w = data_shape
+            raise ValueError(
+                f"space {self.space.name!r} expects inputs {tuple(space_shape)} but dataset "
+                f"{self.dataset_spec.describe()} has {tuple(data_shape)}: set space_args "
+                f"input_channels: {c}, input_size: {h}")
+
+    def metric_names(self) -> set[str]:
+        names = {"val_acc", "val_loss", "train_loss", "train_time_s", "params", "flops",
+                 "test_acc"}
+        return names | ({"int8_val_acc"} if self.int8 else set())
+
+    def devices(self) -> set[str]:
+        if not self.measure_latency:
+            return set()
+        base = device_key()
+        return {base} | ({f"{base}-int8"} if self.int8 else set())
+
+    def data(self) -> Dataset:
+        """The dataset, loaded once per worker process."""
+        if self._data is None:
+            data = self.dataset_spec.load()
+            classes = getattr(self.space, "num_classes", None)
+            if classes is not None and data.num_classes > classes:
+                raise EvaluationError(f"dataset {data.name} has {data.num_classes} classes but "
+                                      f"the space builds {classes} outputs: set "
+                                      f"space_args.num_classes: {data.num_classes}")
+            self._data = data
+        return self._data
+
+    def evaluate(self, arch: Arch, key: str) -> Evaluation:
+        import torch
+
+        data = self.data()
+        torch.manual_seed(self.config.seed)
+        net = self.space.build(arch)
+        shape = arch_input_shape(self.space, arch)
+        model = _fit_input(net, data.input_shape, shape)
+        try:
+            result = train_model(model, data, self.config)
+        except TrainingDiverged as exc:
+            raise EvaluationError(str(exc)) from None
+        params, flops = self.space.params(arch), self.space.flops(arch)
+        metrics = {"val_acc": result.val_acc, "val_loss": result.val_loss,
+                   "train_loss": result.train_loss, "train_time_s": result.train_time_s,
+                   "params": float(params), "flops": float(flops)}
+        if result.test_acc is not None:
+            metrics["test_acc"] = result.test_acc
+        measurements = []
+        if self.measure_latency:
+            measurements.append(self._latency(net, shape, device_key()))
+        if self.int8:
+            metrics["int8_val_acc"], int8_latency = self._int8(arch, net, data)
+            if int8_latency is not None:
+                measurements.append(int8_latency)
+        return Evaluation(metrics, measurements, params, flops)
+
+    def _latency(self, model: Any, input_shape: tuple[int, ...], device: str) -> Measurement:
+        timing = measure_latency_ms(model, input_shape, threads=1, repeats=self.latency_repeats)
+        return Measurement(device, "latency_ms", timing["median_ms"], "measured")
+
+    def _int8(self, arch: Arch, net: Any, data: Dataset) -> tuple[float, Measurement | None]:
+        """Convert the trained model to INT8 (calibrated on training data) and measure it."""
+        import torch
+
+        shape = arch_input_shape(self.space, arch)
+        calibration = torch.from_numpy(data.x_train[:CALIBRATION_EXAMPLES])
+        if tuple(shape) != data.input_shape:
+            calibration = torch.nn.functional.interpolate(calibration, size=shape[1:],
+                                                          mode="bilinear")
+        int8 = self.space.int8_model(arch, calibration, model=net)
+        accuracy = evaluate_model(_fit_input(int8, data.input_shape, shape), data.x_val,
+                                  data.y_val, self.config.eval_batch_size)[1]
+        latency = None
+        if self.measure_latency:
+            latency = self._latency(int8, shape, f"{device_key()}-int8")
+        return accuracy, latency
+
+
+def _fit_input(model: Any, data_shape: tuple[int, ...], arch_shape: tuple[int, ...]) -> Any:
+    """Wrap `model` so inputs of the dataset's size are resized to the arch's resolution
+    (spaces with a searchable input resolution); the identity when they already agree."""
+    if tuple(data_shape) == tuple(arch_shape):
+        return model
+    if data_shape[0] != arch_shape[0]:
+        raise EvaluationError(f"the dataset has {data_shape[0]} input channels, the "
+                              f"architecture expects {arch_shape[0]}")
+    return _Resized(model, tuple(arch_shape[1:]))
+
+
+def _Resized(model: Any, size: tuple[int, ...]) -> Any:  # noqa: N802 (a module factory)
+    import torch
+    import torch.nn.functional as F
+
+    class Resized(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+
+    return Resized()

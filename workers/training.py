@@ -1,0 +1,172 @@
+"""The short training loop of the `train` evaluator: seeded, cosine schedule, NaN-guarded."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .datasets import Dataset
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the trial fails with this message."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0
+    grad_clip: float | None = 5.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    threads: int = 1
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("threads", self.threads)
+        _positive_int("eval_batch_size", self.eval_batch_size)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"evaluator_args.optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
+        _non_negative("lr", self.lr, strict=True)
+        _non_negative("momentum", self.momentum)
+        _non_negative("weight_decay", self.weight_decay)
+        _non_negative("warmup_epochs", self.warmup_epochs)
+        _non_negative("label_smoothing", self.label_smoothing)
+        if self.label_smoothing >= 1:
+            raise ValueError("evaluator_args.label_smoothing must be below 1")
+        if self.grad_clip is not None:
+            _non_negative("grad_clip", self.grad_clip, strict=True)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"evaluator_args.seed must be an integer, got {self.seed!r}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"evaluator_args.{name} must be a positive integer, got {value!r}")
+
+
+def _non_negative(name: str, value: Any, strict: bool = False) -> None:
+    bad = isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+    if bad or value < 0 or (strict and value == 0):
+        bound = "> 0" if strict else ">= 0"
+        raise ValueError(f"evaluator_args.{name} must be a number {bound}, got {value!r}")
+
+
+@dataclass
+class TrainResult:
+    train_loss: float
+    val_loss: float
+    val_acc: float  # percent
+    train_time_s: float
+    steps: int
+    test_acc: float | None = None
+
+
+def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
+    """Linear warm-up then cosine decay to zero over `total` steps."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
+
+
+def train_model(model: Any, data: Dataset, config: TrainConfig) -> TrainResult:
+    """Train `model` on `data.train` and report the validation (and test) figures."""
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(model, data, config)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _optimizer(model: Any, config: TrainConfig) -> Any:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _train(model: Any, data: Dataset, config: TrainConfig) -> TrainResult:
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(config.seed)
+    x_train = torch.from_numpy(data.x_train)
+    y_train = torch.from_numpy(data.y_train)
+    n = len(x_train)
+    steps_per_epoch = max(1, math.ceil(n / config.batch_size))
+    total = steps_per_epoch * config.epochs
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    optimizer = _optimizer(model, config)
+    started = time.perf_counter()
+    step, running, seen = 0, 0.0, 0
+    model.train()
+    for epoch in range(config.epochs):
+        order = torch.randperm(n, generator=generator)
+        running, seen = 0.0, 0
+        for start in range(0, n, config.batch_size):
+            index = order[start:start + config.batch_size]
+            if len(index) < 2 and n > 1:  # BatchNorm cannot train on a batch of one
+                continue
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, warmup, config.lr)
+            logits = model(x_train[index])
+            loss = F.cross_entropy(logits, y_train[index],
+                                   label_smoothing=config.label_smoothing)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"training diverged: loss is {loss.item()} at epoch "
+                                       f"{epoch + 1}, step {step + 1} (try a lower lr)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            running += loss.item() * len(index)
+            seen += len(index)
+            step += 1
+    train_time = time.perf_counter() - started
+    val_loss, val_acc = evaluate_model(model, data.x_val, data.y_val, config.eval_batch_size)
+    if not math.isfinite(val_loss):
+        raise TrainingDiverged(f"training diverged: validation loss is {val_loss}")
+    test_acc = None
+    if data.x_test is not None:
+        test_acc = evaluate_model(model, data.x_test, data.y_test, config.eval_batch_size)[1]
+    return TrainResult(running / max(seen, 1), val_loss, val_acc, train_time, step, test_acc)
+
+
+def evaluate_model(model: Any, x: np.ndarray, y: np.ndarray,
+                   batch_size: int = 256) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy in percent) of `model` in eval mode."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size]))
+            yb = torch.from_numpy(np.ascontiguousarray(y[start:start + batch_size]))
+            logits = model(xb)
+            total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct += int((logits.argmax(dim=1) == yb).sum())
+    return total_loss / len(x), 100.0 * correct / len(x)
