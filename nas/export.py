@@ -66,7 +66,7 @@ def _export_model(space: Any, arch: dict[str, Any], fmt: str, target: Path, seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = space.build(arch).eval()
-        example = torch.randn(1, *space.input_shape())
+        example = torch.randn(1, *space.input_shape(arch))
     if fmt == "torchscript":
         with torch.no_grad():
             torch.jit.trace(model, example).save(str(target))

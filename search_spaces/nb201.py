@@ -61,9 +61,11 @@ class NB201Space(SearchSpace):
         cells_per_stage: int = 5,
         num_classes: int = 10,
         input_size: int = 32,
+        input_channels: int = 3,
     ) -> None:
         for field, value in (("channels", channels), ("cells_per_stage", cells_per_stage),
-                             ("num_classes", num_classes), ("input_size", input_size)):
+                             ("num_classes", num_classes), ("input_size", input_size),
+                             ("input_channels", input_channels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"space_args.{field} must be a positive integer, got {value!r}")
         if input_size % 4:
@@ -72,6 +74,7 @@ class NB201Space(SearchSpace):
         self.cells_per_stage = cells_per_stage
         self.num_classes = num_classes
         self.input_size = input_size
+        self.input_channels = input_channels
 
     def template(self) -> Any:
         import pyglove as pg
@@ -99,8 +102,8 @@ class NB201Space(SearchSpace):
     def from_key(self, key: str) -> Arch:
         return {"ops": parse_cell_string(key)}
 
-    def input_shape(self) -> tuple[int, ...]:
-        return (3, self.input_size, self.input_size)
+    def input_shape(self, arch: Arch | None = None) -> tuple[int, ...]:
+        return (self.input_channels, self.input_size, self.input_size)
 
     def build(self, arch: Arch, **kwargs: Any) -> Any:
         from .layers.nb201_net import NB201Network
@@ -111,6 +114,7 @@ class NB201Space(SearchSpace):
             channels=kwargs.get("channels", self.channels),
             cells_per_stage=kwargs.get("cells_per_stage", self.cells_per_stage),
             num_classes=kwargs.get("num_classes", self.num_classes),
+            input_channels=self.input_channels,
         )
 
     # ---- analytic cost model (exact for the network `build` returns) ---------------------
@@ -122,7 +126,7 @@ class NB201Space(SearchSpace):
     def params(self, arch: Arch) -> int:
         self.to_dna(arch)
         c0 = self.channels
-        total = 3 * c0 * 9 + 2 * c0  # stem conv + BN
+        total = self.input_channels * c0 * 9 + 2 * c0  # stem conv + BN
         stages = self._stages()
         for i, (c, _) in enumerate(stages):
             cell = sum(c * c * _CONV_KERNEL[op] ** 2 + 2 * c for op in arch["ops"]
@@ -139,7 +143,7 @@ class NB201Space(SearchSpace):
         """2 x MACs of convolutions and the classifier (the `torch.utils.flop_counter` rule)."""
         self.to_dna(arch)
         c0, s0 = self.channels, self.input_size
-        macs = 3 * c0 * 9 * s0 * s0
+        macs = self.input_channels * c0 * 9 * s0 * s0
         stages = self._stages()
         for i, (c, s) in enumerate(stages):
             cell = sum(c * c * _CONV_KERNEL[op] ** 2 * s * s for op in arch["ops"]

@@ -72,11 +72,12 @@ class ResidualReduction(nn.Module):
 
 class NB201Network(nn.Module):
     def __init__(
-        self, ops: list[str], channels: int = 16, cells_per_stage: int = 5, num_classes: int = 10
+        self, ops: list[str], channels: int = 16, cells_per_stage: int = 5,
+        num_classes: int = 10, input_channels: int = 3,
     ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
+            nn.Conv2d(input_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)
         )
         layers: list[nn.Module] = []
         c = channels

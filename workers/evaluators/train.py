@@ -18,10 +18,7 @@ CALIBRATION_EXAMPLES = 128
 
 def arch_input_shape(space: SearchSpace, arch: Arch | None = None) -> tuple[int, ...]:
     """The input shape an architecture expects (per-arch where the resolution is searched)."""
-    try:
-        return tuple(space.input_shape(arch))
-    except TypeError:  # TODO: drop once every space takes the arch
-        return tuple(space.input_shape())
+    return tuple(space.input_shape(arch))
 
 
 @register_evaluator
