@@ -5,10 +5,13 @@ Nothing here imports ray or sqlalchemy; torch is imported only by `build()`.
 
 from ._base import Arch, SearchSpace, get_space, list_spaces, register_space, space_class
 from .checks import check_space
+from .darts import DartsSpace
 from .hybrid import HybridSpace
+from .mbconv import MBConvSpace
 from .nb201 import NB201Space
+from .quant import QuantSpace
 
 __all__ = [
-    "Arch", "SearchSpace", "HybridSpace", "NB201Space", "check_space", "get_space", "list_spaces",
-    "register_space", "space_class",
+    "Arch", "DartsSpace", "HybridSpace", "MBConvSpace", "NB201Space", "QuantSpace", "SearchSpace",
+    "check_space", "get_space", "list_spaces", "register_space", "space_class",
 ]

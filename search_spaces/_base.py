@@ -4,11 +4,19 @@ An architecture is a plain JSON value (a dict). A space owns a PyGlove symbolic 
 that defines its decisions; the hot paths (sample, mutate, key, encode) work on the DNA,
 a list of integer choices, because PyGlove's generic decode costs milliseconds per call.
 `check_space` proves that the fast paths agree with PyGlove's own decode.
+
+Conditional decisions (OFA's convention): a space may have decisions that other decisions
+make irrelevant (the kernel of a block beyond a stage's depth). Such a space sets
+`conditional = True` and overrides `active(dna)` and `size()`. The architecture and the DNA
+still hold every decision; the canonical form sets each inactive decision to its first
+candidate, `from_dna` always returns the canonical form, and the generic operators below
+(sample, mutate, encode, enumerate) respect activity. An ordinary space needs none of this.
 """
 
 from __future__ import annotations
 
 import abc
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -24,6 +32,8 @@ class SearchSpace(abc.ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # True when some decisions can be inactive (see the module docstring)
+    conditional: ClassVar[bool] = False
 
     # ---- the symbolic definition -------------------------------------------------------
     @abc.abstractmethod
@@ -40,7 +50,8 @@ class SearchSpace(abc.ABC):
 
     @abc.abstractmethod
     def from_dna(self, dna: list[int]) -> Arch:
-        """The architecture a DNA stands for (the JSON form of PyGlove's decode)."""
+        """The canonical architecture a DNA stands for (the JSON form of PyGlove's decode of
+        `canonical_dna(dna)`)."""
 
     @abc.abstractmethod
     def key(self, arch: Arch) -> str:
@@ -62,48 +73,73 @@ class SearchSpace(abc.ABC):
         """Forward FLOPs (2 x multiply-accumulates) of the built model for one input."""
         raise NotImplementedError
 
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input sample (without the batch dimension)."""
+    def input_shape(self, arch: Arch | None = None) -> tuple[int, ...]:
+        """Shape of one input sample (without the batch dimension) of `arch`'s model; without
+        an arch, the shape of the data the space is configured for (`input_size`). They differ
+        only in spaces that search the input resolution."""
         raise NotImplementedError
+
+    # ---- conditional decisions ------------------------------------------------------------
+    def active(self, dna: list[int]) -> list[bool]:
+        """Which decisions of `dna` matter (all of them, unless the space is conditional).
+
+        Activity must depend only on active decisions, so that `canonical_dna` keeps it."""
+        return [True] * len(dna)
+
+    def canonical_dna(self, dna: list[int]) -> list[int]:
+        """`dna` with every inactive decision set to its first candidate (0)."""
+        if not self.conditional:
+            return list(dna)
+        return [int(v) if on else 0 for v, on in zip(dna, self.active(dna), strict=True)]
 
     # ---- generic operators on the DNA -----------------------------------------------
     def size(self) -> int:
-        return int(np.prod([int(c) for c in self.choice_counts()], dtype=object))
+        """Number of distinct (canonical) architectures."""
+        if self.conditional:
+            raise NotImplementedError(
+                f"conditional space {self.name!r} must override size() with the exact number "
+                "of canonical architectures")
+        return _product(self.choice_counts())
 
     def sample(self, rng: np.random.Generator) -> Arch:
+        """Uniform DNA, then canonical: for a conditional space every controlling decision
+        (e.g. a depth) is uniform, and so is each decision it makes active (OFA's sampling)."""
         counts = self.choice_counts()
-        return self.from_dna([int(rng.integers(c)) for c in counts])
+        return self.from_dna(self.canonical_dna([int(rng.integers(c)) for c in counts]))
 
     def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
-        """Change exactly one decision to a different candidate."""
-        dna = list(self.to_dna(arch))
+        """Change exactly one active decision to a different candidate (then canonicalise: a
+        smaller depth resets the blocks it drops)."""
+        dna = self.canonical_dna(list(self.to_dna(arch)))
         counts = self.choice_counts()
-        mutable = [i for i, c in enumerate(counts) if c > 1]
+        active = self.active(dna)
+        mutable = [i for i, c in enumerate(counts) if c > 1 and active[i]]
         i = mutable[int(rng.integers(len(mutable)))]
         new = int(rng.integers(counts[i] - 1))
         dna[i] = new if new < dna[i] else new + 1
-        return self.from_dna(dna)
+        return self.from_dna(self.canonical_dna(dna))
 
     def encode(self, arch: Arch) -> np.ndarray:
-        """Fixed-length one-hot feature vector (for predictors)."""
+        """Fixed-length one-hot feature vector (for predictors); the block of an inactive
+        decision is all zero."""
         dna = self.to_dna(arch)
         counts = self.choice_counts()
+        active = self.active(list(dna))
         out = np.zeros(sum(counts), dtype=np.float32)
         offset = 0
-        for value, count in zip(dna, counts, strict=True):
-            out[offset + value] = 1.0
+        for value, count, on in zip(dna, counts, active, strict=True):
+            if on:
+                out[offset + value] = 1.0
             offset += count
         return out
 
     def enumerate(self) -> Iterator[Arch]:
-        """Every architecture, in DNA order (only sensible for small spaces)."""
-        counts = self.choice_counts()
-        for flat in range(self.size()):
-            dna = []
-            for c in reversed(counts):
-                flat, r = divmod(flat, c)
-                dna.append(r)
-            yield self.from_dna(list(reversed(dna)))
+        """Every (canonical) architecture, in DNA order (only sensible for small spaces)."""
+        for combo in itertools.product(*(range(c) for c in self.choice_counts())):
+            dna = list(combo)
+            if self.conditional and self.canonical_dna(dna) != dna:
+                continue
+            yield self.from_dna(dna)
 
     def validate(self, arch: Any) -> Arch:
         """Return the canonical form of `arch` (dict or key string); ValueError if invalid."""
@@ -148,3 +184,8 @@ def get_space(name: str, **kwargs: Any) -> SearchSpace:
 
 
 SpaceFactory = Callable[..., SearchSpace]
+
+
+def _product(counts: list[int]) -> int:
+    """Product of choice counts as an exact Python int (spaces can exceed 2**63)."""
+    return int(np.prod([int(c) for c in counts], dtype=object))

@@ -5,7 +5,9 @@ In the spirit of scikit-learn's `check_estimator`: each check exercises one prom
 candidate DNAs, the usual corner cases) and raises AssertionError naming the space, the
 check and the offending architecture. The fast DNA paths (`from_dna`, `choice_counts`) are
 compared with PyGlove's own decode of `template()`; `params()` and `flops()` with the model
-that `build()` returns, measured by torch.
+that `build()` returns, measured by torch. A conditional space (`conditional = True`) is held
+to the conditional contract as well: canonical DNAs, mutations and encodings that respect
+which decisions are active, and an exact `size()`.
 
 torch and pyglove are imported inside the checks, so importing this module stays cheap.
 """
@@ -13,6 +15,7 @@ torch and pyglove are imported inside the checks, so importing this module stays
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +26,9 @@ from ._base import Arch, SearchSpace, get_space
 from ._conformance import check_runner
 
 _NOT_A_CANDIDATE = "__not_a_candidate__"
+# a conditional space's size() is compared with a count of its canonical DNAs up to this many
+# DNAs (the product of its choice counts)
+_ENUMERATE_LIMIT = 200_000
 
 
 def check_space(
@@ -55,6 +61,7 @@ def check_space(
     run(_check_json_archs, archs)
     run(_check_key_round_trip, archs)
     run(_check_dna_round_trip, archs)
+    run(_check_conditional_decisions, archs, seed)
     run(_check_pyglove_decode, archs)
     run(_check_encoding, archs)
     run(_check_mutate, archs, seed)
@@ -123,6 +130,13 @@ def _replaced(value: Any, path: tuple[Any, ...], new: Callable[[Any], Any]) -> A
     return copy
 
 
+def _active(space: SearchSpace, dna: list[int]) -> list[bool]:
+    active = space.active(list(dna))
+    assert len(active) == len(dna) and all(isinstance(a, bool) for a in active), \
+        f"active({list(dna)}) must be one bool per decision, got {active!r}"
+    return list(active)
+
+
 def _expect_value_error(space: SearchSpace, bad: Any, what: str) -> None:
     try:
         space.validate(bad)
@@ -151,10 +165,27 @@ def _check_choice_counts(space: SearchSpace) -> None:
     assert [int(c) for c in counts] == pg_counts, \
         f"choice_counts() {counts} differs from pg.dna_spec(template()) {pg_counts}"
     expected = int(np.prod([int(c) for c in counts], dtype=object))
-    assert space.size() == expected, f"size() {space.size()} != product of choice counts " \
-                                     f"{expected}"
-    assert space.size() == spec.space_size, \
-        f"size() {space.size()} != PyGlove's space_size {spec.space_size}"
+    assert expected == spec.space_size, \
+        f"product of choice counts {expected} != PyGlove's space_size {spec.space_size}"
+    if not space.conditional:
+        assert space.size() == expected, f"size() {space.size()} != product of choice counts " \
+                                         f"{expected}"
+        assert space.size() == spec.space_size, \
+            f"size() {space.size()} != PyGlove's space_size {spec.space_size}"
+        return
+    size = space.size()
+    assert isinstance(size, int | np.integer) and 1 <= size <= expected, \
+        f"size() of a conditional space must be an int in [1, {expected}] (the product of " \
+        f"choice counts), got {size!r}"
+    if expected <= _ENUMERATE_LIMIT:
+        ranges = [range(int(c)) for c in counts]
+        canonical = {tuple(space.canonical_dna(list(d))) for d in itertools.product(*ranges)}
+        assert size == len(canonical), \
+            f"size() {size} != {len(canonical)}, the number of distinct canonical DNAs"
+        keys = [space.key(arch) for arch in space.enumerate()]
+        assert len(keys) == size == len(set(keys)), \
+            f"enumerate() gave {len(keys)} architectures ({len(set(keys))} distinct keys), " \
+            f"size() is {size}"
 
 
 def _check_json_archs(space: SearchSpace, archs: list[Arch]) -> None:
@@ -191,6 +222,40 @@ def _check_dna_round_trip(space: SearchSpace, archs: list[Arch]) -> None:
         back = space.from_dna(list(dna))
         assert back == arch, f"from_dna(to_dna(a)) != a: {back!r} vs {arch!r}"
         assert list(space.to_dna(back)) == list(dna), f"to_dna(from_dna(d)) != d for d = {dna}"
+        canonical = space.canonical_dna(list(dna))
+        assert canonical == list(dna), \
+            f"{arch!r} is not canonical: its DNA {list(dna)} canonicalises to {canonical}"
+
+
+def _check_conditional_decisions(space: SearchSpace, archs: list[Arch], seed: int) -> None:
+    """`active` and `canonical_dna` agree; `from_dna` canonicalises any DNA. An ordinary
+    space must report every decision active."""
+    counts = space.choice_counts()
+    if not space.conditional:
+        for arch in archs[:3]:
+            dna = list(space.to_dna(arch))
+            assert all(_active(space, dna)), \
+                f"space is not conditional but active({dna}) reports inactive decisions"
+        return
+    rng = np.random.default_rng(seed)
+    dnas = [[int(rng.integers(c)) for c in counts] for _ in range(len(archs))]
+    dnas.append([int(c) - 1 for c in counts])
+    for dna in dnas:
+        active = _active(space, dna)
+        canonical = space.canonical_dna(list(dna))
+        expected = [v if on else 0 for v, on in zip(dna, active, strict=True)]
+        assert canonical == expected, \
+            f"canonical_dna({dna}) = {canonical}, but active() says {expected}"
+        assert _active(space, canonical) == active, \
+            f"activity changes under canonical_dna: active({dna}) = {active}, " \
+            f"active({canonical}) = {_active(space, canonical)}"
+        arch = space.from_dna(list(dna))
+        assert arch == space.from_dna(canonical), \
+            f"from_dna({dna}) = {arch!r} differs from from_dna(canonical_dna) = " \
+            f"{space.from_dna(canonical)!r}"
+        assert list(space.to_dna(arch)) == canonical, \
+            f"to_dna(from_dna({dna})) = {list(space.to_dna(arch))}, expected the canonical " \
+            f"{canonical}"
 
 
 def _check_pyglove_decode(space: SearchSpace, archs: list[Arch]) -> None:
@@ -220,12 +285,18 @@ def _check_encoding(space: SearchSpace, archs: list[Arch]) -> None:
         assert np.array_equal(vec, space.encode(json.loads(json.dumps(arch)))), \
             f"encode() is not deterministic for {arch!r}"
         assert np.isin(vec, (0.0, 1.0)).all(), f"encode() is not 0/1: {vec}"
-        dna = space.to_dna(arch)
+        dna = list(space.to_dna(arch))
+        active = _active(space, dna)
         offset = 0
-        for i, (value, count) in enumerate(zip(dna, counts, strict=True)):
+        for i, (value, count, on) in enumerate(zip(dna, counts, active, strict=True)):
             block = vec[offset:offset + count]
-            assert block.sum() == 1 and block[value] == 1, \
-                f"decision {i} of {arch!r}: one-hot block {block} does not mark choice {value}"
+            if on:
+                assert block.sum() == 1 and block[value] == 1, \
+                    f"decision {i} of {arch!r}: one-hot block {block} does not mark choice " \
+                    f"{value}"
+            else:
+                assert block.sum() == 0, \
+                    f"decision {i} of {arch!r} is inactive but its block {block} is not all zero"
             offset += count
         key = space.key(arch)
         assert seen.setdefault(vec.tobytes(), key) == key, \
@@ -240,12 +311,18 @@ def _check_mutate(space: SearchSpace, archs: list[Arch], seed: int) -> None:
             child = space.mutate(arch, rng)
             assert json.dumps(arch, sort_keys=True) == before, \
                 f"mutate() modified its argument {before}"
-            parent_dna, child_dna = space.to_dna(arch), space.to_dna(child)
-            pairs = enumerate(zip(parent_dna, child_dna, strict=True))
-            changed = [i for i, (a, b) in pairs if a != b]
+            parent_dna, child_dna = list(space.to_dna(arch)), list(space.to_dna(child))
+            both = [a and b for a, b in zip(_active(space, parent_dna),
+                                            _active(space, child_dna), strict=True)]
+            pairs = enumerate(zip(parent_dna, child_dna, both, strict=True))
+            changed = [i for i, (a, b, on) in pairs if on and a != b]
             assert len(changed) == 1, \
                 f"mutate() changed decisions {changed} of {parent_dna} (got {child_dna}); " \
-                "it must change exactly one"
+                "it must change exactly one (active in parent and child)"
+            idle = [i for i, (v, on) in enumerate(zip(child_dna, _active(space, child_dna),
+                                                      strict=True)) if not on and v != 0]
+            assert not idle, f"mutate() gave {child_dna}, whose inactive decisions {idle} " \
+                             "are not 0"
             assert space.validate(child) == child, f"mutate() gave a non-canonical {child!r}"
             assert space.key(child) != space.key(arch), "mutate() kept the key"
     a = space.mutate(archs[0], np.random.default_rng(seed))
@@ -301,7 +378,7 @@ def _check_build_forward_backward(space: SearchSpace, arch: Arch, batch_size: in
     model = space.build(arch)
     assert isinstance(model, torch.nn.Module), f"build() returned {type(model).__name__}"
     model.train()
-    x = torch.randn(batch_size, *space.input_shape())
+    x = torch.randn(batch_size, *space.input_shape(arch))
     out = model(x)
     num_classes = getattr(space, "num_classes", None)
     expected = (batch_size, num_classes) if num_classes else (batch_size, out.shape[-1])
@@ -335,7 +412,7 @@ def _check_flops(space: SearchSpace, arch: Arch) -> None:
     model = space.build(arch).eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model(torch.zeros(1, *space.input_shape()))
+        model(torch.zeros(1, *space.input_shape(arch)))
     counted = counter.get_total_flops()
     assert space.flops(arch) == counted, \
         f"flops() = {space.flops(arch)} but FlopCounterMode counts {counted} for {arch!r}"

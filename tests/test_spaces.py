@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import search_spaces
-from search_spaces import NB201Space, check_space, get_space, list_spaces
+from search_spaces import NB201Space, SearchSpace, check_space, get_space, list_spaces
 from search_spaces.nb201 import OPS, cell_string, parse_cell_string
 from workers.tables import load_table
 
@@ -99,6 +99,182 @@ def test_check_space_catches_a_broken_space(broken, check):
     """The suite is not vacuous: each seeded bug fails its check, by name."""
     with pytest.raises(AssertionError, match=f"fails check '{check}'"):
         check_space(broken(channels=4, cells_per_stage=1, input_size=8), n=8, build_n=2)
+
+
+# ---- conditional decisions ----------------------------------------------------------------
+def _pick(candidates, value, what):
+    if type(value) is not int or value not in candidates:
+        raise ValueError(f"{what} must be one of {list(candidates)}, got {value!r}")
+    return candidates.index(value)
+
+
+def _parse_int(candidates, text, what):
+    by_text = {str(c): c for c in candidates}
+    if text not in by_text:
+        raise ValueError(f"{what} {text!r} is not one of {list(by_text)}")
+    return by_text[text]
+
+
+class _ToyConditional(SearchSpace):
+    """A conditional MLP on 1 x side x side inputs: `side` in {4, 6} (a per-arch input shape),
+    `depth` in {1, 2, 3} and a width in {4, 8} for each of 3 hidden layers, of which only the
+    first `depth` exist. Arch: {"side": 4, "depth": 2, "widths": [8, 4, 4]}; key "s4|8,4"."""
+
+    name = "toy-conditional"
+    conditional = True
+    SIDES, DEPTHS, WIDTHS = (4, 6), (1, 2, 3), (4, 8)
+    num_classes = 3
+
+    def template(self):
+        import pyglove as pg
+
+        return pg.Dict(side=pg.oneof(list(self.SIDES)), depth=pg.oneof(list(self.DEPTHS)),
+                       widths=pg.List([pg.oneof(list(self.WIDTHS)) for _ in range(3)]))
+
+    def choice_counts(self):
+        return [len(self.SIDES), len(self.DEPTHS)] + [len(self.WIDTHS)] * 3
+
+    def active(self, dna):
+        return [True, True] + [j < self.DEPTHS[dna[1]] for j in range(3)]
+
+    def size(self):
+        return len(self.SIDES) * sum(len(self.WIDTHS) ** d for d in self.DEPTHS)
+
+    def to_dna(self, arch):
+        if not isinstance(arch, dict) or set(arch) != {"side", "depth", "widths"}:
+            raise ValueError("a toy architecture is {'side', 'depth', 'widths'}")
+        widths = arch["widths"]
+        if not isinstance(widths, list) or len(widths) != 3:
+            raise ValueError("widths must be a list of 3")
+        return [_pick(self.SIDES, arch["side"], "side"),
+                _pick(self.DEPTHS, arch["depth"], "depth"),
+                *(_pick(self.WIDTHS, w, "width") for w in widths)]
+
+    def from_dna(self, dna):
+        dna = self.canonical_dna(dna)
+        return {"side": self.SIDES[dna[0]], "depth": self.DEPTHS[dna[1]],
+                "widths": [self.WIDTHS[i] for i in dna[2:]]}
+
+    def key(self, arch):
+        widths = arch["widths"][:arch["depth"]]
+        return f"s{arch['side']}|" + ",".join(str(w) for w in widths)
+
+    def from_key(self, key):
+        head, sep, body = key.partition("|")
+        if sep != "|" or not head.startswith("s"):
+            raise ValueError(f"a toy key reads 's<side>|<width>,...': {key!r}")
+        side = _parse_int(self.SIDES, head[1:], "side")
+        widths = [_parse_int(self.WIDTHS, w, "width") for w in body.split(",")]
+        if len(widths) not in self.DEPTHS:
+            raise ValueError(f"{key!r} has {len(widths)} layers")
+        padded = widths + [self.WIDTHS[0]] * (3 - len(widths))
+        return self.from_dna(self.to_dna({"side": side, "depth": len(widths), "widths": padded}))
+
+    def input_shape(self, arch=None):
+        side = arch["side"] if arch is not None else self.SIDES[0]
+        return (1, side, side)
+
+    def _layers(self, arch):
+        sizes = [arch["side"] ** 2, *arch["widths"][:arch["depth"]], self.num_classes]
+        return list(zip(sizes[:-1], sizes[1:], strict=True))
+
+    def build(self, arch, **kwargs):
+        from torch import nn
+
+        layers = [nn.Flatten()]
+        for c_in, c_out in self._layers(self.validate(arch)):
+            layers += [nn.Linear(c_in, c_out), nn.ReLU()]
+        return nn.Sequential(*layers[:-1])
+
+    def params(self, arch):
+        return sum(c_in * c_out + c_out for c_in, c_out in self._layers(self.validate(arch)))
+
+    def flops(self, arch):
+        return sum(2 * c_in * c_out for c_in, c_out in self._layers(self.validate(arch)))
+
+
+def test_a_conditional_space_passes_check_space():
+    check_space(_ToyConditional(), n=10, build_n=4)
+
+
+def test_conditional_operators_respect_activity():
+    space = _ToyConditional()
+    archs = list(space.enumerate())
+    assert len(archs) == space.size() == 28 < 48 == int(np.prod(space.choice_counts()))
+    assert len({space.key(a) for a in archs}) == 28
+    assert all(space.canonical_dna(space.to_dna(a)) == space.to_dna(a) for a in archs)
+    # a non-canonical arch is accepted and canonicalised; its key ignores the idle layers
+    loose = {"side": 6, "depth": 1, "widths": [8, 8, 8]}
+    assert space.validate(loose) == {"side": 6, "depth": 1, "widths": [8, 4, 4]}
+    assert space.key(space.validate(loose)) == "s6|8"
+    assert space.encode(loose).tolist() == [0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0]
+    # OFA's sampling: the depth is uniform, and so is each active width
+    rng = np.random.default_rng(0)
+    samples = [space.sample(rng) for _ in range(3000)]
+    depths = np.bincount([a["depth"] for a in samples], minlength=4)[1:] / 3000
+    assert np.allclose(depths, 1 / 3, atol=0.04), depths
+    last = [a["widths"][2] for a in samples if a["depth"] == 3]
+    assert abs(np.mean(np.array(last) == 8) - 0.5) < 0.06
+    assert all(a["widths"][1:] == [4, 4] for a in samples if a["depth"] == 1)
+    # mutation: a smaller depth resets the dropped layers; only active decisions change
+    parent = {"side": 4, "depth": 3, "widths": [8, 8, 8]}
+    for _ in range(50):
+        child = space.mutate(parent, rng)
+        assert space.validate(child) == child
+        if child["depth"] < 3:
+            assert child["widths"][child["depth"]:] == [4] * (3 - child["depth"])
+
+
+class _ToySizeNotOverridden(_ToyConditional):
+    size = SearchSpace.size
+
+
+class _ToySizeIsTheProduct(_ToyConditional):
+    def size(self):
+        return int(np.prod(self.choice_counts()))
+
+
+class _ToyMutateFlipsInactive(_ToyConditional):
+    def mutate(self, arch, rng):
+        dna = self.to_dna(arch)
+        idle = [i for i, on in enumerate(self.active(dna)) if not on]
+        if not idle:
+            return super().mutate(arch, rng)
+        dna[idle[0]] = 1 - dna[idle[0]]
+        return {"side": self.SIDES[dna[0]], "depth": self.DEPTHS[dna[1]],
+                "widths": [self.WIDTHS[i] for i in dna[2:]]}
+
+
+class _ToyEncodeMarksInactive(_ToyConditional):
+    def encode(self, arch):
+        out = np.zeros(sum(self.choice_counts()), dtype=np.float32)
+        offsets = np.cumsum([0, *self.choice_counts()[:-1]])
+        out[offsets + np.array(self.to_dna(arch))] = 1.0
+        return out
+
+
+class _ToyFromDnaKeepsInactive(_ToyConditional):
+    def from_dna(self, dna):
+        return {"side": self.SIDES[dna[0]], "depth": self.DEPTHS[dna[1]],
+                "widths": [self.WIDTHS[i] for i in dna[2:]]}
+
+
+class _ToyInputShapeIgnoresArch(_ToyConditional):
+    def input_shape(self, arch=None):
+        return (1, 4, 4)
+
+
+@pytest.mark.parametrize("broken, check, message", [
+    (_ToySizeNotOverridden, "choice counts", "must override size()"),
+    (_ToySizeIsTheProduct, "choice counts", "number of distinct canonical DNAs"),
+    (_ToyMutateFlipsInactive, "mutate", "it must change exactly one"),
+    (_ToyEncodeMarksInactive, "encoding", "is inactive but its block"),
+    (_ToyFromDnaKeepsInactive, "conditional decisions", "differs from from_dna"),
+    (_ToyInputShapeIgnoresArch, "build forward backward", "raised RuntimeError"),
+])
+def test_check_space_catches_a_broken_conditional_space(broken, check, message):
+    with pytest.raises(AssertionError, match=f"fails check '{check}'.*{re.escape(message)}"):
+        check_space(broken(), n=8, build_n=2)
 
 
 def test_checks_do_not_import_torch_at_import_time():

@@ -1,0 +1,261 @@
+"""Torch modules of the `quant` space: fusable conv-BN-act blocks with fake quantization.
+
+Fake quantization is written in plain torch ops (round, clamp, amax, where) with the
+straight-through estimator `x + (q - x).detach()`, so the trainable model exports to ONNX
+and FlopCounterMode sees only its convolutions and the classifier.
+
+- Weights: symmetric, per output channel, at the block's searched bit-width (2, 4 or 8),
+  scale = max|w| / (2^(b-1) - 1). Attached as a `torch.nn.utils.parametrize`
+  parametrization, so the conv stays a plain `nn.Conv2d` that eager-mode fusion recognises.
+  The stem and the classifier are kept at 8 bits (the usual first/last layer rule).
+- Activations: 8 bits everywhere (what the INT8 deployment runs), per tensor, after every
+  activation function (unsigned) and on the network input and each block output (signed
+  where the tensor can be negative). The range of a ReLU6 output is fixed to [0, 6]; other
+  ranges follow an exponential moving average of the batch maximum, kept in buffers.
+- BN is not folded during training; `to_int8` folds it and requantizes the (already
+  fake-quantized) weights to int8 per channel, so a 2-bit layer stays exactly ternary and
+  4/8-bit layers are approximated within half an int8 step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+ACT_BITS = 8
+EDGE_BITS = 8  # weights of the stem and the classifier
+
+
+# ---- fake quantization ---------------------------------------------------------------------
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Round `x / scale` onto the integer grid [qmin, qmax]; the gradient passes straight
+    through (identity), as in the STE of Bengio et al. 2013."""
+    q = torch.clamp(torch.round(x / scale), qmin, qmax) * scale
+    return x + (q - x).detach()
+
+
+class WeightFakeQuant(nn.Module):
+    """Parametrization: symmetric per-output-channel fake quantization of a weight."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        qmax = 2 ** (self.bits - 1) - 1
+        dims = tuple(range(1, w.dim()))
+        scale = w.detach().abs().amax(dim=dims, keepdim=True).clamp_min(1e-8) / qmax
+        return fake_quantize(w, scale, -qmax, qmax)
+
+
+class ActFakeQuant(nn.Module):
+    """Per-tensor fake quantization of an activation.
+
+    `fixed_max` pins the range (ReLU6 -> 6); otherwise the range is a moving average of
+    the batch maximum (of |x| when `signed`), updated in training. Before the first
+    training batch the module falls back to the current maximum, chosen with `torch.where`
+    so that tracing (ONNX export) needs no Python branch on a tensor.
+    """
+
+    def __init__(self, signed: bool, fixed_max: float | None = None, bits: int = ACT_BITS,
+                 momentum: float = 0.1) -> None:
+        super().__init__()
+        self.signed = signed
+        self.fixed_max = fixed_max
+        self.bits = bits
+        self.momentum = momentum
+        self.register_buffer("running_max", torch.zeros(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def _range(self, x: torch.Tensor) -> torch.Tensor:
+        current = (x.detach().abs() if self.signed else x.detach()).amax()
+        if self.training:
+            with torch.no_grad():
+                ema = (1 - self.momentum) * self.running_max + self.momentum * current
+                self.running_max.copy_(torch.where(self.initialized, ema, current))
+                self.initialized.fill_(True)
+            return self.running_max.clone()
+        return torch.where(self.initialized, self.running_max, current)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.signed:
+            qmin, qmax = -(2 ** (self.bits - 1) - 1), 2 ** (self.bits - 1) - 1
+        else:
+            qmin, qmax = 0, 2**self.bits - 1
+        top = torch.full((), self.fixed_max) if self.fixed_max is not None else self._range(x)
+        return fake_quantize(x, top.clamp_min(1e-8) / qmax, qmin, qmax)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, signed={self.signed}, fixed_max={self.fixed_max}"
+
+
+def act_quant(fake_quant: bool, signed: bool, act: str | None = None) -> nn.Module:
+    if not fake_quant:
+        return nn.Identity()
+    return ActFakeQuant(signed, fixed_max=6.0 if act == "relu6" else None)
+
+
+def quantize_weight(module: nn.Module, bits: int, fake_quant: bool) -> nn.Module:
+    if fake_quant:
+        parametrize.register_parametrization(module, "weight", WeightFakeQuant(bits))
+    return module
+
+
+# ---- blocks --------------------------------------------------------------------------------
+class ConvBNAct(nn.Sequential):
+    """conv -> BN [-> ReLU/ReLU6 -> activation fake quant]: the fusable unit.
+
+    The children are named `conv`, `bn`, `act` so that `fusion_groups` can list them.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, act: str | None,
+                 bits: int, fake_quant: bool, groups: int = 1) -> None:
+        conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2,
+                         groups=groups, bias=False)
+        parts: list[tuple[str, nn.Module]] = [
+            ("conv", quantize_weight(conv, bits, fake_quant)), ("bn", nn.BatchNorm2d(c_out))]
+        if act is not None:
+            parts += [("act", ACTIVATIONS[act]()), ("fq", act_quant(fake_quant, False, act))]
+        super().__init__(OrderedDict(parts))
+
+
+class DepthwiseSeparable(nn.Sequential):
+    """k x k depthwise conv-BN-act, then 1 x 1 pointwise conv-BN-act."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, act: str, bits: int,
+                 fake_quant: bool) -> None:
+        super().__init__(OrderedDict([
+            ("dw", ConvBNAct(c_in, c_in, kernel, stride, act, bits, fake_quant, groups=c_in)),
+            ("pw", ConvBNAct(c_in, c_out, 1, 1, act, bits, fake_quant)),
+        ]))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand-BN-act, kxk depthwise-BN-act, 1x1 project-BN, plus the
+    identity when shapes allow. The add is a `FloatFunctional` so eager-mode quantization
+    can observe and convert it."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, act: str, bits: int,
+                 fake_quant: bool, expand: int) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        self.expand = ConvBNAct(c_in, hidden, 1, 1, act, bits, fake_quant)
+        self.dw = ConvBNAct(hidden, hidden, kernel, stride, act, bits, fake_quant, groups=hidden)
+        self.project = ConvBNAct(hidden, c_out, 1, 1, None, bits, fake_quant)
+        self.residual = stride == 1 and c_in == c_out
+        if self.residual:
+            self.skip_add = torch.ao.nn.quantized.FloatFunctional()
+        self.out_fq = act_quant(fake_quant, True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.dw(self.expand(x)))
+        if self.residual:
+            y = self.skip_add.add(x, y)
+        return self.out_fq(y)
+
+
+def make_block(op: str, c_in: int, c_out: int, kernel: int, stride: int, act: str, bits: int,
+               fake_quant: bool) -> nn.Module:
+    if op == "conv":
+        return ConvBNAct(c_in, c_out, kernel, stride, act, bits, fake_quant)
+    if op == "dwsep":
+        return DepthwiseSeparable(c_in, c_out, kernel, stride, act, bits, fake_quant)
+    if op.startswith("ir") and op[2:].isdigit():
+        return InvertedResidual(c_in, c_out, kernel, stride, act, bits, fake_quant,
+                                expand=int(op[2:]))
+    raise ValueError(f"unknown quant-space operation {op!r}")
+
+
+class QuantNetwork(nn.Module):
+    """input fake quant -> 3x3 stem -> searched blocks -> global pool -> linear."""
+
+    def __init__(self, layers: list[dict[str, Any]], strides: list[int], input_channels: int,
+                 stem_width: int, num_classes: int, fake_quant: bool = True) -> None:
+        super().__init__()
+        self.fake_quant = fake_quant
+        self.input_fq = act_quant(fake_quant, True)
+        self.stem = ConvBNAct(input_channels, stem_width, 3, 1, "relu", EDGE_BITS, fake_quant)
+        blocks = []
+        c = stem_width
+        for layer, stride in zip(layers, strides, strict=True):
+            blocks.append(make_block(layer["op"], c, layer["width"], layer["kernel"], stride,
+                                     layer["act"], layer["bits"], fake_quant))
+            c = layer["width"]
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.classifier = quantize_weight(nn.Linear(c, num_classes), EDGE_BITS, fake_quant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(self.input_fq(x)))
+        return self.classifier(self.flatten(self.pool(x)))
+
+
+# ---- INT8 deployment -----------------------------------------------------------------------
+def quantized_engine() -> str:
+    """The first of x86 / fbgemm / qnnpack that this torch build supports."""
+    supported = torch.backends.quantized.supported_engines
+    for engine in ("x86", "fbgemm", "qnnpack"):
+        if engine in supported:
+            return engine
+    raise RuntimeError(f"no quantized engine among {supported}")
+
+
+def strip_fake_quant(model: nn.Module) -> nn.Module:
+    """In place: bake the fake-quantized weights into plain parameters and replace every
+    activation fake quant with an identity. The result is the plain FP32 network."""
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ActFakeQuant):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, nn.Identity())
+    if isinstance(model, QuantNetwork):
+        model.fake_quant = False
+    return model
+
+
+def fusion_groups(model: nn.Module, prefix: str = "") -> list[list[str]]:
+    """Names to pass to `fuse_modules`: conv+bn(+relu) of every `ConvBNAct`.
+
+    ReLU6 has no eager-mode fused kernel, so it stays a separate (quantized) module.
+    """
+    groups = []
+    for name, module in model.named_modules(prefix=prefix.rstrip(".")):
+        if isinstance(module, ConvBNAct):
+            group = [f"{name}.conv", f"{name}.bn"]
+            if isinstance(getattr(module, "act", None), nn.ReLU):
+                group.append(f"{name}.act")
+            groups.append(group)
+    return groups
+
+
+def to_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
+    """A real INT8 copy of `model` with eager-mode `torch.ao.quantization`.
+
+    Steps: copy, strip fake quantization, fuse conv-BN(-ReLU), wrap in Quant/DeQuant stubs,
+    prepare with the engine's default static qconfig (per-channel int8 weights, histogram
+    observers for activations), calibrate on `calibration`, convert. Sets
+    `torch.backends.quantized.engine` (process-wide) to the engine used.
+    """
+    from torch.ao import quantization as tq
+
+    engine = quantized_engine()
+    torch.backends.quantized.engine = engine
+    float_model = strip_fake_quant(copy.deepcopy(model)).eval()
+    tq.fuse_modules(float_model, fusion_groups(float_model), inplace=True)
+    wrapped = tq.QuantWrapper(float_model).eval()
+    wrapped.qconfig = tq.get_default_qconfig(engine)
+    tq.prepare(wrapped, inplace=True)
+    with torch.no_grad():
+        wrapped(calibration)
+    tq.convert(wrapped, inplace=True)
+    return wrapped.eval()
