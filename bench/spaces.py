@@ -63,30 +63,22 @@ def _time_space(name: str, n: int, seed: int, repeats: int) -> dict:
 
 
 def _int8_ratio(space, archs: list[dict], repeats: int) -> dict:
-    """Median INT8/FP32 latency ratio of freshly built models (calibrated on noise)."""
+    """Median INT8/FP32 latency ratio: the INT8 model (calibrated on noise) against the same
+    architecture's plain FP32 network (fake quantization off), batch 1, one thread."""
     ratios, fp32, int8 = [], [], []
-    shape = space.input_shape()
     for arch in archs:
+        shape = space.input_shape(arch)
         torch.manual_seed(0)
         model = space.build(arch).eval()
-        calibration = torch.randn(32, *shape)
-        quantized = space.int8_model(arch, calibration, model=model)
-        fp = measure_latency_ms(space.build(arch, fake_quant=False).eval()
-                                if _takes_fake_quant(space) else model, shape,
-                                warmup=3, repeats=repeats)["median_ms"]
+        quantized = space.int8_model(arch, torch.randn(32, *shape), model=model)
+        plain = space.build(arch, fake_quant=False).eval()
+        fp = measure_latency_ms(plain, shape, warmup=3, repeats=repeats)["median_ms"]
         q = measure_latency_ms(quantized, shape, warmup=3, repeats=repeats)["median_ms"]
         fp32.append(fp)
         int8.append(q)
         ratios.append(q / fp)
     return {"int8_fp32_ratio": statistics.median(ratios), "fp32_ms": statistics.median(fp32),
             "int8_ms": statistics.median(int8), "int8_n": len(archs)}
-
-
-def _takes_fake_quant(space) -> bool:
-    import inspect
-
-    return "fake_quant" in inspect.signature(space.build).parameters or \
-        any(p.kind is p.VAR_KEYWORD for p in inspect.signature(space.build).parameters.values())
 
 
 def _print(rows: list[dict]) -> None:

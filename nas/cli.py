@@ -485,8 +485,9 @@ def export(
     if as_json:
         _emit_json(summary)
     else:
+        weights = f" with {summary['weights']} weights" if "weights" in summary else ""
         out.print(f"exported trial {summary['trial']} of job {job} ({summary['key']}) "
-                  f"as {fmt} to {output}")
+                  f"as {fmt}{weights} to {output}")
 
 
 # ---- registries and the database --------------------------------------------------------------
@@ -499,9 +500,11 @@ def spaces(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     if as_json:
         _emit_json(rows)
         return
-    table = Table("space", "size", "decisions", "description")
+    table = Table("space", "size", "decisions", "input", "description")
     for r in rows:
-        table.add_row(r["name"], f"{r['size']:,}", str(r["decisions"]), r["description"])
+        size = f"{r['size']:,}" if r["size"] < 10**9 else f"{r['size']:.2e}"
+        table.add_row(r["name"], size, str(r["decisions"]), "x".join(map(str, r["input_shape"])),
+                      r["description"])
     out.print(table)
 
 

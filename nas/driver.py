@@ -266,7 +266,8 @@ class _Run:
             slot.trial_id, status, result.attempt, result.worker, result.started_at,
             result.finished_at, result.metrics if status == "completed" else None, score,
             values, feasible, error, slot.architecture_id, result.params, result.flops,
-            result.measurements if status == "completed" else []))
+            result.measurements if status == "completed" else [],
+            result.weights if status == "completed" else None))
         if score is not None:
             self.best = score if self.best is None else max(self.best, score)
         self.finished[result.number] = TrialView(
@@ -291,7 +292,7 @@ class _Run:
     def _commit(self, elapsed: float | None = None) -> None:
         created = self.storage.commit_step(
             self.job_id, self.d.owner, self.space.name, self.new_trials, self.results,
-            self.dispatched, self.snapshot, elapsed)
+            self.dispatched, self.snapshot, elapsed, keep_weights=self.spec.keep_weights)
         for number, (trial_id, architecture_id) in created.items():
             slot = self.slots[number]
             slot.trial_id, slot.architecture_id = trial_id, architecture_id

@@ -51,22 +51,33 @@ def export_trial(storage: Storage, job_id: int, number: int | None, fmt: str,
             trial["key"], []),
         "format": fmt, "path": str(target),
     }
+    weights = storage.get_weights(job_id, trial["number"]) if fmt != "json" else None
+    if fmt != "json":
+        summary["weights"] = "trained" if weights else "initialised"
     if fmt == "json":
         target.write_text(json.dumps(summary, indent=2) + "\n")
     else:
-        _export_model(space, trial["arch"], fmt, target, seed=int(spec.get("seed", 0)))
+        _export_model(space, trial["arch"], fmt, target, seed=int(spec.get("seed", 0)),
+                      weights=weights)
     storage.add_artifact(job_id, f"export-{fmt}", str(target.resolve()))
     return summary
 
 
-def _export_model(space: Any, arch: dict[str, Any], fmt: str, target: Path, seed: int) -> None:
+def _export_model(space: Any, arch: dict[str, Any], fmt: str, target: Path, seed: int,
+                  weights: bytes | None = None) -> None:
+    """Build the model with the trial's trained weights where they were kept, else with a
+    seeded initialisation (so every export of a trial is the same model)."""
+    import io
+
     import torch
 
-    # the weights are an initialisation: seed it, so every export of a trial is the same model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = space.build(arch).eval()
+        model = space.build(arch)
         example = torch.randn(1, *space.input_shape(arch))
+    if weights:
+        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+    model.eval()
     if fmt == "torchscript":
         with torch.no_grad():
             torch.jit.trace(model, example).save(str(target))

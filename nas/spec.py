@@ -14,7 +14,7 @@ from .errors import SpecError
 FIELDS = (
     "name", "space", "space_args", "strategy", "strategy_args", "evaluator", "evaluator_args",
     "objectives", "constraints", "budget", "parallelism", "batch_size", "executor",
-    "max_attempts", "snapshot_every", "seed",
+    "max_attempts", "snapshot_every", "keep_weights", "seed",
 )
 EXECUTORS = ("ray", "local")
 MAX_NAME = 200  # jobs.name is VARCHAR(200)
@@ -60,6 +60,7 @@ class JobSpec:
     executor: str = "ray"
     max_attempts: int = 3
     snapshot_every: int = 50
+    keep_weights: int = 10
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,6 +266,7 @@ def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
         executor=executor,
         max_attempts=_int("max_attempts", data.get("max_attempts", 3), 1),
         snapshot_every=_int("snapshot_every", data.get("snapshot_every", 50), 1),
+        keep_weights=_int("keep_weights", data.get("keep_weights", 10), 0),
         seed=_int("seed", data.get("seed", 0), 0, MAX_SEED),
     )
     if check_components:

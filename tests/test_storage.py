@@ -45,7 +45,8 @@ from search_spaces import NB201Space
 from tests.conftest import nb201_spec
 
 SPACE = NB201Space()
-TABLES = {"jobs", "architectures", "trials", "measurements", "artifacts", "alembic_version"}
+TABLES = {"jobs", "architectures", "trials", "measurements", "artifacts", "trial_weights",
+          "alembic_version"}
 
 
 @pytest.fixture
@@ -118,7 +119,7 @@ def test_schema_is_created_on_first_open_at_alembic_head(db_url):
     storage = Storage(db_url)
     try:
         assert set(inspect(storage.engine).get_table_names()) == TABLES
-        assert current_revision(storage.engine) == head_revision() == "0001"
+        assert current_revision(storage.engine) == head_revision() == "0002"
         assert storage.list_jobs() == []
     finally:
         storage.close()
@@ -163,7 +164,7 @@ def test_unknown_revision_is_refused_with_upgrade_advice(db_url):
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     storage.close()
     with pytest.raises(NasError, match=r"schema revision 9999 is unknown to this version of "
-                                        r"nas \(newest 0001\).*run `nas db upgrade`"):
+                                        r"nas \(newest 0002\).*run `nas db upgrade`"):
         Storage(db_url)
     # upgrading cannot help until nas itself is newer: a clear error, not a traceback
     from nas.storage import make_engine, upgrade
@@ -177,15 +178,30 @@ def test_unknown_revision_is_refused_with_upgrade_advice(db_url):
         engine.dispose()
 
 
-def test_older_known_revision_asks_for_upgrade(db_url, monkeypatch):
-    """A database at an older revision this nas knows: `nas db upgrade` brings it to head."""
-    from nas.storage import _engine
+def test_older_known_revision_asks_for_upgrade_and_upgrade_keeps_the_data(db_url):
+    """A database made by the previous schema (0001, before trained weights were stored):
+    refused with advice; `upgrade` (what `nas db upgrade` runs) brings it to head in place."""
+    from sqlalchemy import inspect
 
-    Storage(db_url).close()
-    monkeypatch.setattr(_engine, "head_revision", lambda: "0002")
+    from nas.storage import make_engine, upgrade
+
+    engine = make_engine(db_url)
+    upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO jobs (name, spec, status, seed, created_at, updated_at, "
+                          "snapshot_told, snapshot_asked, elapsed_s, cancel_requested) "
+                          "VALUES ('old', '{}', 'completed', 0, CURRENT_TIMESTAMP, "
+                          "CURRENT_TIMESTAMP, 0, 0, 0, false)"))
+    assert "trial_weights" not in inspect(engine).get_table_names()
     with pytest.raises(NasError, match=r"schema revision 0001 differs from this version's "
                                         r"0002; run `nas db upgrade`"):
         Storage(db_url)
+    upgrade(engine)
+    assert current_revision(engine) == "0002"
+    assert "trial_weights" in inspect(engine).get_table_names()
+    engine.dispose()
+    storage = Storage(db_url)
+    assert [j["name"] for j in storage.list_jobs()] == ["old"]
 
 
 def test_foreign_tables_without_version_are_refused(db_url):

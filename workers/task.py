@@ -49,6 +49,7 @@ class TrialResult:
     params: int | None = None
     flops: int | None = None
     error: str | None = None
+    weights: bytes | None = None
     worker: str = ""
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -88,6 +89,7 @@ def evaluate_one(evaluator: Evaluator, task: TrialTask) -> TrialResult:
         result.metrics = evaluation.metrics
         result.measurements = [vars(m) for m in evaluation.measurements]
         result.params, result.flops = evaluation.params, evaluation.flops
+        result.weights = evaluation.weights
     result.finished_at = time.time()
     return result
 

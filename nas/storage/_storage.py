@@ -9,12 +9,32 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import LeaseHeldError, NasError
 from ._engine import ensure_schema, make_engine, read_connection
-from .schema import SOURCE_RANK, architectures, artifacts, jobs, measurements, trials
+from .schema import (
+    SOURCE_RANK,
+    architectures,
+    artifacts,
+    jobs,
+    measurements,
+    trial_weights,
+    trials,
+)
 
 _CHUNK = 500
 
@@ -58,6 +78,7 @@ class StoredResult:
     params: int | None
     flops: int | None
     measurements: list[dict[str, Any]]
+    weights: bytes | None = None  # a torch state_dict, kept for the job's best trials
 
 
 class Storage:
@@ -260,9 +281,11 @@ class Storage:
         dispatched: Iterable[tuple[int, int]] = (),
         snapshot: tuple[dict[str, Any], int, int] | None = None,
         elapsed_s: float | None = None,
+        keep_weights: int = 0,
     ) -> dict[int, tuple[int, int]]:
         """One transaction of the driver loop: new trial rows, finished results, trials sent
         to workers (id, attempt), and optionally the strategy snapshot (state, told, asked).
+        Trained weights that come with results are kept for the `keep_weights` best trials.
 
         Raises LeaseHeldError if this driver no longer holds the lease (nothing is written).
         Returns number -> (trial id, architecture id) of the new trials.
@@ -295,7 +318,37 @@ class Storage:
                     [{"tid": tid, "att": attempt} for tid, attempt in dispatched])
             if results:
                 self._store_results(conn, results, now)
+                self._store_weights(conn, job_id, results, keep_weights, now)
         return created
+
+    def _store_weights(self, conn, job_id: int, results: Sequence[StoredResult],  # noqa: ANN001
+                       keep: int, now: datetime) -> None:
+        """Insert the weights of completed results, then keep only the `keep` best trials'
+        (feasible first, by score, earlier trial on ties): the database stays small."""
+        rows = [{"trial_id": r.trial_id, "job_id": job_id, "format": "torch-state-dict",
+                 "size_bytes": len(r.weights), "data": r.weights, "created_at": now}
+                for r in results if r.weights and r.status == "completed"]
+        if not rows or keep <= 0:
+            return
+        conn.execute(insert(trial_weights), rows)
+        infeasible_last = case((trials.c.feasible.is_(False), 1), else_=0)
+        ranked = (select(trial_weights.c.trial_id)
+                  .join(trials, trials.c.id == trial_weights.c.trial_id)
+                  .where(trial_weights.c.job_id == job_id)
+                  .order_by(infeasible_last, trials.c.score.desc().nulls_last(), trials.c.number)
+                  .offset(keep))
+        losers = conn.execute(ranked).scalars().all()
+        if losers:
+            conn.execute(delete(trial_weights).where(trial_weights.c.trial_id.in_(losers)))
+
+    def get_weights(self, job_id: int, number: int) -> bytes | None:
+        """The stored trained weights of a trial, if it is among the kept best."""
+        query = (select(trial_weights.c.data)
+                 .join(trials, trials.c.id == trial_weights.c.trial_id)
+                 .where(trials.c.job_id == job_id, trials.c.number == number))
+        with self.read() as conn:
+            data = conn.execute(query).scalar()
+        return bytes(data) if data is not None else None
 
     def _store_results(self, conn, results: Sequence[StoredResult], now: datetime) -> None:  # noqa: ANN001
         conn.execute(

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -97,6 +98,19 @@ measurements = Table(
           "value"),
     # `best` under a device budget: the architectures within it, by an index-only range
     Index("ix_measurements_device_value", "device", "metric", "value", "architecture_id"),
+)
+
+#: Trained weights (a torch state_dict) of the best trials of a job, so that `nas export`
+#: hands over the trained model from any machine that reaches the database.
+trial_weights = Table(
+    "trial_weights", metadata,
+    Column("trial_id", Integer, ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("format", String(32), nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 artifacts = Table(

@@ -29,6 +29,8 @@ class Evaluation:
     measurements: list[Measurement] = field(default_factory=list)
     params: int | None = None
     flops: int | None = None
+    #: The trained model's `state_dict`, serialised with `torch.save` (trained evaluators).
+    weights: bytes | None = None
 
 
 class Evaluator(abc.ABC):

@@ -85,6 +85,6 @@ class BenchmarkEvaluator(Evaluator):
                 if split:
                     found.append(Measurement(split[0], split[1], value, "benchmark"))
         if self.measure_latency:
-            timing = measure_latency_ms(self.space.build(arch), self.space.input_shape())
+            timing = measure_latency_ms(self.space.build(arch), self.space.input_shape(arch))
             found.append(Measurement(device_key(), "latency_ms", timing["median_ms"], "measured"))
         return found

@@ -29,18 +29,21 @@ class TrainEvaluator(Evaluator):
     `test_acc` when the dataset has a test split; for spaces that can produce an INT8 model
     (`quant`), `int8_val_acc` too. The eval-mode latency of the trained model is measured on
     this worker (batch 1, one thread, median; source `measured`) and, for INT8 models, under
-    the device key suffixed `-int8`. A diverging run (NaN loss) fails the trial.
+    the device key suffixed `-int8`. The trained weights travel back with the result (the
+    driver keeps the job's `keep_weights` best). A diverging run (NaN loss) fails the trial.
     """
 
     name = "train"
 
     def __init__(self, space: SearchSpace, dataset: Any = None, measure_latency: bool = True,
-                 latency_repeats: int = 20, int8: bool | None = None, **train_args: Any) -> None:
+                 latency_repeats: int = 20, int8: bool | None = None, save_weights: bool = True,
+                 **train_args: Any) -> None:
         super().__init__(space)
         unknown = sorted(set(train_args) - _CONFIG_FIELDS)
         if unknown:
             known = ", ".join(sorted(_CONFIG_FIELDS | {"dataset", "measure_latency",
-                                                       "latency_repeats", "int8"}))
+                                                       "latency_repeats", "int8",
+                                                       "save_weights"}))
             raise ValueError(f"evaluator_args has unknown field {unknown[0]!r} for the train "
                              f"evaluator; known: {known}")
         self.config = TrainConfig(**train_args)
@@ -50,6 +53,7 @@ class TrainEvaluator(Evaluator):
             raise ValueError("evaluator_args.latency_repeats must be an integer >= 3, got "
                              f"{latency_repeats!r}")
         self.measure_latency = bool(measure_latency)
+        self.save_weights = bool(save_weights)
         self.latency_repeats = latency_repeats
         can_int8 = callable(getattr(space, "int8_model", None))
         if int8 and not can_int8:
@@ -119,7 +123,8 @@ class TrainEvaluator(Evaluator):
             metrics["int8_val_acc"], int8_latency = self._int8(arch, net, data)
             if int8_latency is not None:
                 measurements.append(int8_latency)
-        return Evaluation(metrics, measurements, params, flops)
+        weights = _serialise(net) if self.save_weights else None
+        return Evaluation(metrics, measurements, params, flops, weights)
 
     def _latency(self, model: Any, input_shape: tuple[int, ...], device: str) -> Measurement:
         timing = measure_latency_ms(model, input_shape, threads=1, repeats=self.latency_repeats)
@@ -141,6 +146,16 @@ class TrainEvaluator(Evaluator):
         if self.measure_latency:
             latency = self._latency(int8, shape, f"{device_key()}-int8")
         return accuracy, latency
+
+
+def _serialise(model: Any) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
 
 
 def _fit_input(model: Any, data_shape: tuple[int, ...], arch_shape: tuple[int, ...]) -> Any:
