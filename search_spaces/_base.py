@@ -156,6 +156,8 @@ class SearchSpace(abc.ABC):
             "size": self.size(),
             "decisions": len(self.choice_counts()),
             "encoding_length": int(sum(self.choice_counts())),
+            "conditional": self.conditional,
+            "input_shape": list(self.input_shape()),
         }
 
 
