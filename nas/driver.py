@@ -26,8 +26,15 @@ from workers.evaluators import evaluator_class
 
 from .errors import LeaseHeldError, NasError
 from .spec import JobSpec, parse_spec
-from .storage import NewTrial, Storage, StoredResult
-from .strategies import Strategy, TrialView, get_strategy
+from .storage import NewTrial, Storage, StoredResult, preferred_device_values
+from .strategies import (
+    ConstraintInfo,
+    ObjectiveInfo,
+    SearchContext,
+    Strategy,
+    TrialView,
+    get_strategy,
+)
 
 Progress = Callable[[int, "int | None", "float | None"], None]
 FINISHED = ("completed", "failed")
@@ -54,10 +61,12 @@ def score_result(spec: JobSpec, result: TrialResult) -> tuple[str, str | None, f
     """
     if result.status != "completed":
         return "failed", result.error, None, None, None
-    missing = [o.metric for o in spec.objectives if o.metric not in result.metrics]
+    missing = [o.metric for o in spec.objectives
+               if o.device is None and o.metric not in result.metrics]
     if missing:
         return "failed", f"evaluator reported no {missing[0]!r} metric", None, None, None
-    values = [float(result.metrics[o.metric]) for o in spec.objectives]
+    # a device objective may be unknown (no latency for this architecture): value None
+    values = [_constrained_value(result, o.metric, o.device) for o in spec.objectives]
     feasible: bool | None = True
     for constraint in spec.constraints:
         value = _constrained_value(result, constraint.metric, constraint.device)
@@ -66,12 +75,14 @@ def score_result(spec: JobSpec, result: TrialResult) -> tuple[str, str | None, f
         elif not constraint.satisfied(value):
             feasible = False
             break
-    return "completed", None, spec.objectives[0].score(values[0]), values, feasible
+    score = spec.objectives[0].score(values[0]) if values[0] is not None else None
+    return "completed", None, score, values, feasible
 
 
 def _constrained_value(result: TrialResult, metric: str, device: str | None) -> float | None:
     if device is None:
-        return result.metrics.get(metric)
+        value = result.metrics.get(metric)
+        return float(value) if value is not None else None
     for m in sorted(result.measurements, key=lambda m: m["source"] != "measured"):
         if m["device"] == device and m["metric"] == metric:
             return float(m["value"])
@@ -151,6 +162,56 @@ class Driver:
         return status
 
 
+class KnownValues:
+    """Values a strategy may know before evaluating an architecture: analytic params/FLOPs,
+    the evaluator's device tables (e.g. HW-NAS-Bench latencies) and measurements stored by
+    other jobs (measured, imported or predicted; read once at driver start).
+
+    This job's own results are left out on purpose: they only concern architectures the job
+    already has, and leaving them out keeps a resumed job's proposals identical to the
+    interrupted run's (a value learned after an ask must not change that ask on replay).
+    """
+
+    def __init__(self, spec: JobSpec, space: SearchSpace, storage: Storage,
+                 job_keys: set[str]) -> None:
+        self.space = space
+        self.tables: dict[tuple[str, str], dict[str, float]] = {}
+        self._analytic: dict[tuple[str, str], float] = {}
+        pairs = {(c.device, c.metric) for c in spec.constraints if c.device} | \
+            {(o.device, o.metric) for o in spec.objectives if o.device}
+        if not pairs:
+            return
+        from workers.evaluators import get_evaluator
+
+        evaluator = get_evaluator(spec.evaluator, space, **spec.evaluator_args)
+        for device, metric in sorted(pairs):
+            values = dict(evaluator.known_values(device, metric) or {})
+            stored = preferred_device_values(storage, space.name, device, metric)
+            values.update((k, v) for k, v in stored.items() if k not in job_keys)
+            self.tables[(device, metric)] = values
+
+    def __call__(self, key: str, metric: str, device: str | None) -> float | None:
+        if device is not None:
+            return self.tables.get((device, metric), {}).get(key)
+        if metric not in ("params", "flops"):
+            return None
+        cached = self._analytic.get((key, metric))
+        if cached is None:
+            arch = self.space.from_key(key)
+            cached = float(self.space.params(arch) if metric == "params"
+                           else self.space.flops(arch))
+            self._analytic[(key, metric)] = cached
+        return cached
+
+
+def search_context(spec: JobSpec, values: KnownValues, known: set[str]) -> SearchContext:
+    return SearchContext(
+        objectives=tuple(ObjectiveInfo(o.metric, o.mode, o.device) for o in spec.objectives),
+        constraints=tuple(ConstraintInfo(c.metric, c.device, c.max, c.min)
+                          for c in spec.constraints),
+        value_of=values, is_known=known.__contains__)
+
+
 class _Run:
     """The state of one driver session over one job."""
 
@@ -177,6 +238,9 @@ class _Run:
         self.last_snapshot = self.told
         self.stored = {row["number"]: row for row in self.storage.load_trials(self.job_id)}
         self.known = {row["key"] for n, row in self.stored.items() if n <= self.asked}
+        job_keys = {row["key"] for row in self.stored.values()}
+        self.strategy.bind(search_context(spec, KnownValues(spec, self.space, self.storage,
+                                                            job_keys), self.known))
         self.slots: dict[int, _Slot] = {}
         self.finished: dict[int, TrialView] = {}
         self.best: float | None = None

@@ -25,6 +25,7 @@ MAX_SEED = 2**63 - 1  # jobs.seed is BIGINT
 class Objective:
     metric: str
     mode: str  # max | min
+    device: str | None = None  # a device measurement (e.g. latency_ms on edgegpu)
 
     def score(self, value: float) -> float:
         """Higher is better."""
@@ -76,7 +77,9 @@ class JobSpec:
         else:
             data.pop("budget_seconds")
         data["budget"] = budget
-        data["objectives"] = [asdict(o) for o in self.objectives]
+        data["objectives"] = [
+            {k: v for k, v in asdict(o).items() if v is not None} for o in self.objectives
+        ]
         data["constraints"] = [
             {k: v for k, v in asdict(c).items() if v is not None} for c in self.constraints
         ]
@@ -133,17 +136,18 @@ def _objectives(value: Any) -> tuple[Objective, ...]:
     if value is None:
         raise SpecError("spec field 'objectives': required (e.g. [{metric: valid_acc, mode: max}])")
     if not isinstance(value, list) or not value:
-        raise _fail("objectives", "a non-empty list of {metric, mode}", value)
+        raise _fail("objectives", "a non-empty list of {metric, mode[, device]}", value)
     found = []
     for i, item in enumerate(value):
         path = f"objectives[{i}]"
         item = _mapping(path, item)
-        _only_keys(path, item, ("metric", "mode"))
+        _only_keys(path, item, ("metric", "mode", "device"))
         metric = _str(f"{path}.metric", item.get("metric"))
         mode = item.get("mode", "max")
         if mode not in ("max", "min"):
             raise _fail(f"{path}.mode", "'max' or 'min'", mode)
-        found.append(Objective(metric, mode))
+        device = _str(f"{path}.device", item["device"]) if "device" in item else None
+        found.append(Objective(metric, mode, device))
     return tuple(found)
 
 
@@ -196,13 +200,17 @@ def _build_components(spec: JobSpec) -> None:
     evaluator = _construct(
         "evaluator_args", lambda: get_evaluator(spec.evaluator, space, **spec.evaluator_args))
     known = evaluator.metric_names()
-    if known is not None:
-        for i, objective in enumerate(spec.objectives):
-            if objective.metric not in known:
-                raise _fail(f"objectives[{i}].metric",
-                            f"a metric of the {spec.evaluator} evaluator "
-                            f"({', '.join(sorted(known))})", objective.metric)
     devices = evaluator.devices()
+    for i, objective in enumerate(spec.objectives):
+        if objective.device is not None:
+            if objective.device not in devices:
+                hint = ", ".join(sorted(devices)) or "none: set evaluator_args.latency_table"
+                raise _fail(f"objectives[{i}].device",
+                            f"a device the evaluator reports ({hint})", objective.device)
+        elif known is not None and objective.metric not in known:
+            raise _fail(f"objectives[{i}].metric",
+                        f"a metric of the {spec.evaluator} evaluator "
+                        f"({', '.join(sorted(known))})", objective.metric)
     for i, constraint in enumerate(spec.constraints):
         if constraint.device is None:
             if known is not None and constraint.metric not in known:

@@ -161,6 +161,8 @@ SPEC_CASES = [
     pytest.param(spec_with(parallelism=0), [], ["'parallelism'", "0"], id="parallelism-0"),
     pytest.param(spec_with(batch_size=0), [], ["'batch_size'", "0"], id="batch-size-0"),
     pytest.param(spec_with(max_attempts=0), [], ["'max_attempts'"], id="max-attempts-0"),
+    pytest.param(spec_with(objectives=[{"metric": "latency_ms", "device": "iphone"}]), [],
+                 ["objectives[0].device", "iphone", "edgegpu"], id="objective-unknown-device"),
     pytest.param(spec_with(keep_weights=-1), [], ["'keep_weights'", "-1"],
                  id="keep-weights-negative"),
     pytest.param(spec_with(evaluator="train", evaluator_args={"dataset": "imagenet"},

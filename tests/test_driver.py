@@ -63,19 +63,42 @@ def test_missing_architecture_is_a_failed_trial_and_search_goes_on(sqlite_url, t
     assert all("is not in table" in e for e in errors)
 
 
-def test_constraint_violations_are_flagged_and_best_respects_budget(db_url):
+def test_no_budget_is_spent_on_known_violations_and_best_respects_budget(db_url):
+    """HW-NAS-Bench gives every cell's Pixel 3 latency before evaluation: the strategy skips
+    cells over the budget (only cells with no latency in the table can still be over)."""
     storage = Storage(db_url)
     spec = nb201_spec(constraints=[{"metric": "latency_ms", "device": "pixel3", "max": 16.0}],
                       budget={"trials": 60})
     job = api.submit(storage, spec)
     api.run(storage, job)
+    rows = best_trials(storage, job, top=100, device="pixel3")
+    assert len(rows) == 60 and all(r["device_value"] is None or r["device_value"] <= 16.0
+                                   for r in rows)
+    assert all(r["feasible"] is True for r in rows if r["device_value"] is not None)
     under = best_trials(storage, job, top=100, device="pixel3", max_value=16.0)
-    assert under and all(r["device_value"] <= 16.0 for r in under)
-    assert all(r["feasible"] is True for r in under)
     scores = [r["score"] for r in under]
-    assert scores == sorted(scores, reverse=True)
-    over = best_trials(storage, job, top=100, device="pixel3")
-    assert any(r["feasible"] is False for r in over if r["device_value"] > 16.0)
+    assert under and scores == sorted(scores, reverse=True)
+    # without the constraint the same seed does spend trials over 16 ms
+    free = api.submit(storage, nb201_spec(budget={"trials": 60}))
+    api.run(storage, free)
+    over = [r for r in best_trials(storage, free, top=100, device="pixel3")
+            if r["device_value"] is not None and r["device_value"] > 16.0]
+    assert len(over) > 10
+
+
+def test_violations_only_known_after_evaluation_are_flagged(db_url):
+    """A constraint on a metric the table reports (test_acc) is unknown before evaluation:
+    trials over it are stored as infeasible and the search goes on."""
+    storage = Storage(db_url)
+    spec = nb201_spec(constraints=[{"metric": "test_acc", "max": 90.0}], budget={"trials": 40})
+    job = api.submit(storage, spec)
+    api.run(storage, job)
+    rows = [r for r in storage.load_trials(job) if r["status"] == "completed"]
+    flagged = [r for r in rows if r["feasible"] is False]
+    assert flagged and all(r["metrics"]["test_acc"] > 90.0 for r in flagged)
+    assert all(r["metrics"]["test_acc"] <= 90.0 for r in rows if r["feasible"] is True)
+    best = best_trials(storage, job, top=1, feasible_only=True)[0]
+    assert best["metrics"]["test_acc"] <= 90.0
 
 
 def test_time_budget_stops_the_search(sqlite_url):
@@ -86,3 +109,20 @@ def test_time_budget_stops_the_search(sqlite_url):
     assert api.run(storage, job) == "completed"
     done = storage.trial_counts(job).get("completed", 0)
     assert 5 <= done <= 40
+
+
+def test_a_device_measurement_can_be_an_objective(sqlite_url):
+    storage = Storage(sqlite_url)
+    spec = nb201_spec(objectives=[{"metric": "valid_acc", "mode": "max"},
+                                  {"metric": "latency_ms", "device": "edgegpu", "mode": "min"}],
+                      budget={"trials": 30})
+    job = api.submit(storage, spec)
+    assert api.run(storage, job) == "completed"
+    assert storage.get_job(job)["spec"]["objectives"][1] == \
+        {"metric": "latency_ms", "device": "edgegpu", "mode": "min"}
+    from workers.tables import load_table
+
+    latency = load_table("hw-nas-bench-cifar10").rows
+    for row in storage.load_trials(job):
+        expected = latency.get(row["key"], {}).get("edgegpu_latency_ms")
+        assert row["objectives"] == [row["metrics"]["valid_acc"], expected]

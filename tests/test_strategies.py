@@ -95,7 +95,29 @@ class _ReusesProposal(RandomSearch):
         return self.last
 
 
+class _RepeatsItsBest(RegularizedEvolution):
+    """Re-proposes the best architecture told so far on every third ask."""
+
+    def ask(self):
+        if self.asked % 3 == 2 and self.population:
+            self.asked += 1
+            return max(self.population, key=lambda m: m[1])[0]
+        return super().ask()
+
+
+class _IgnoresConstraints(RandomSearch):
+    """New to the job, but blind to constraints."""
+
+    def ask(self):
+        while True:
+            arch = SPACE.sample(self.rng)
+            if not self.context.is_known(SPACE.key(arch)):
+                return arch
+
+
 @pytest.mark.parametrize("broken, check", [
+    (_RepeatsItsBest, "never reproposes"),
+    (_IgnoresConstraints, "respects constraints"),
     (_ForgetsRng, "state dict round trip"),
     (_GlobalRandom, "deterministic per seed"),
     (_IgnoresSeed, "seeds differ"),

@@ -6,6 +6,7 @@ from ._queries import (
     device_measurements,
     get_trial,
     pareto_front,
+    preferred_device_values,
     trials_with_device_value,
     unknown_measurement_count,
 )
@@ -14,5 +15,6 @@ from ._storage import NewTrial, Storage, StoredResult, as_utc, utcnow
 __all__ = [
     "DEFAULT_URL", "NewTrial", "Storage", "StoredResult", "as_utc", "best_trials",
     "current_revision", "device_measurements", "get_trial", "head_revision", "make_engine",
-    "pareto_front", "trials_with_device_value", "unknown_measurement_count", "upgrade", "utcnow",
+    "pareto_front", "preferred_device_values", "trials_with_device_value",
+    "unknown_measurement_count", "upgrade", "utcnow",
 ]

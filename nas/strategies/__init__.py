@@ -1,6 +1,9 @@
 """Ask/tell search strategies, registered by name (spec field `strategy`)."""
 
 from ._base import (
+    ConstraintInfo,
+    ObjectiveInfo,
+    SearchContext,
     Strategy,
     TrialView,
     get_strategy,
@@ -13,6 +16,7 @@ from .evolution import RegularizedEvolution
 from .random import RandomSearch
 
 __all__ = [
-    "RandomSearch", "RegularizedEvolution", "Strategy", "TrialView", "check_strategy",
-    "get_strategy", "list_strategies", "register_strategy", "strategy_class",
+    "ConstraintInfo", "ObjectiveInfo", "RandomSearch", "RegularizedEvolution", "SearchContext",
+    "Strategy", "TrialView", "check_strategy", "get_strategy", "list_strategies",
+    "register_strategy", "strategy_class",
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,6 +32,59 @@ class TrialView:
     objectives: tuple[float, ...] | None = None
 
 
+@dataclass(frozen=True)
+class ObjectiveInfo:
+    """An objective of the job: a metric (or, with `device`, a device measurement)."""
+
+    metric: str
+    mode: str = "max"  # max | min
+    device: str | None = None
+
+    def better(self, value: float) -> float:
+        """The value turned into "higher is better"."""
+        return value if self.mode == "max" else -value
+
+
+@dataclass(frozen=True)
+class ConstraintInfo:
+    """A hard limit on a metric or a device measurement (e.g. latency_ms on pixel3)."""
+
+    metric: str
+    device: str | None = None
+    max: float | None = None
+    min: float | None = None
+
+    def satisfied(self, value: float) -> bool:
+        return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
+
+
+def _no_value(key: str, metric: str, device: str | None) -> float | None:
+    return None
+
+
+def _nothing_known(key: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What the driver tells a strategy about the job, bound before the first `ask`.
+
+    `value_of(key, metric, device)` is a value known before evaluating (a benchmark's latency
+    table, a stored measured/imported/predicted latency, analytic params/FLOPs) or None;
+    `is_known(key)` says whether the job already proposed that architecture.
+    """
+
+    objectives: tuple[ObjectiveInfo, ...] = (ObjectiveInfo("score"),)
+    constraints: tuple[ConstraintInfo, ...] = ()
+    value_of: Callable[[str, str, str | None], float | None] = field(default=_no_value)
+    is_known: Callable[[str], bool] = field(default=_nothing_known)
+
+
+#: Proposals a strategy draws before it gives up looking for an acceptable one.
+ACCEPTABLE_TRIES = 200
+
+
 class Strategy(abc.ABC):
     """Proposes architectures. The driver deduplicates proposals and counts the budget."""
 
@@ -40,6 +94,39 @@ class Strategy(abc.ABC):
     def __init__(self, space: SearchSpace, seed: int = 0) -> None:
         self.space = space
         self.rng = np.random.default_rng(seed)
+        self.context = SearchContext()
+
+    def bind(self, context: SearchContext) -> None:
+        """Receive the job's objectives, constraints and look-ups (before the first ask)."""
+        self.context = context
+
+    # ---- helpers for subclasses --------------------------------------------------------------
+    def violates(self, arch: Arch, key: str | None = None) -> bool:
+        """True when a value known before evaluation breaks a constraint."""
+        if not self.context.constraints:
+            return False
+        key = self.space.key(arch) if key is None else key
+        for constraint in self.context.constraints:
+            value = self.context.value_of(key, constraint.metric, constraint.device)
+            if value is not None and not constraint.satisfied(value):
+                return True
+        return False
+
+    def acceptable(self, arch: Arch, key: str | None = None) -> bool:
+        """Worth a trial: not proposed before in this job and not known to be infeasible."""
+        key = self.space.key(arch) if key is None else key
+        return not self.context.is_known(key) and not self.violates(arch, key)
+
+    def draw_acceptable(self, propose: Callable[[], Arch],
+                        tries: int = ACCEPTABLE_TRIES) -> Arch:
+        """The first acceptable of up to `tries` calls of `propose`, else the last one (the
+        driver then discards a duplicate; a space with nothing acceptable left ends there)."""
+        arch = propose()
+        for _ in range(tries - 1):
+            if self.acceptable(arch):
+                return arch
+            arch = propose()
+        return arch
 
     @abc.abstractmethod
     def ask(self) -> Arch:

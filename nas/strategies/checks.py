@@ -14,7 +14,10 @@ Promises checked:
   called on the way (it has no side effects), and different seeds give different ones;
 - `state_dict` is strict JSON (no NaN: PostgreSQL's json type rejects it), `load_state_dict`
   of its JSON round trip into a fresh strategy reproduces it, and the restored strategy
-  proposes exactly what the original does from there on, at any point of the search.
+  proposes exactly what the original does from there on, at any point of the search;
+- it never proposes an architecture the job already has (`SearchContext.is_known`);
+- under a constraint whose value is known before evaluation (a synthetic device latency
+  that rules out about half the space), it proposes no architecture known to violate it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 from search_spaces import SearchSpace
 from search_spaces._conformance import check_runner
 
-from ._base import Strategy, TrialView
+from ._base import ConstraintInfo, ObjectiveInfo, SearchContext, Strategy, TrialView
 
 StrategyFactory = Callable[[int], Strategy]
 MAX_DUPLICATES = 2000  # as the driver: a strategy that only repeats itself is stuck
@@ -62,6 +65,8 @@ def check_strategy(
     run(_check_deterministic_per_seed, trials, window, seed)
     run(_check_seeds_differ, trials, window, seed)
     run(_check_state_dict_round_trip, trials, window, seed)
+    run(_check_never_reproposes, trials, window, seed)
+    run(_check_respects_constraints, trials, window, seed)
 
 
 # ---- a driver-like loop ---------------------------------------------------------------------
@@ -81,9 +86,24 @@ def synthetic_result(space: SearchSpace, number: int, arch: dict[str, Any]) -> T
     return TrialView(number, copy, key, "completed", {"objective": value}, value, (value,))
 
 
+SYNTHETIC_DEVICE = "synthetic-device"
+SYNTHETIC_LIMIT = 0.5
+
+
+def synthetic_latency(key: str, metric: str, device: str | None) -> float | None:
+    """A latency in [0, 1) known before evaluation, a fixed function of the key (so about
+    half of any space is over `SYNTHETIC_LIMIT`)."""
+    if device != SYNTHETIC_DEVICE or metric != "latency_ms":
+        return None
+    import zlib
+
+    return (zlib.crc32(key.encode()) % 10007) / 10007
+
+
 @dataclass
 class DriverLoop:
-    """Ask/tell as the driver does; `log` holds every proposal's key, duplicates included."""
+    """Ask/tell as the driver does; `log` holds every proposal's key, duplicates included.
+    With `constrained`, the bound context carries a synthetic latency constraint."""
 
     strategy: Strategy
     trials: int
@@ -95,11 +115,23 @@ class DriverLoop:
     number: int = 0
     told: int = 0
     on_tell: Callable[[DriverLoop], None] | None = None
+    constrained: bool = False
+
+    def __post_init__(self) -> None:
+        self.strategy.bind(self.context())
+
+    def context(self) -> SearchContext:
+        constraints = (ConstraintInfo("latency_ms", SYNTHETIC_DEVICE, max=SYNTHETIC_LIMIT),) \
+            if self.constrained else ()
+        return SearchContext(objectives=(ObjectiveInfo("objective", "max"),),
+                             constraints=constraints, value_of=synthetic_latency,
+                             is_known=self.known.__contains__)
 
     def clone_with(self, strategy: Strategy) -> DriverLoop:
+        # the clone's context must see the clone's own `known` set
         return DriverLoop(strategy, self.trials, self.window, set(self.known),
                           deque(self.pending), list(self.asked), list(self.log), self.number,
-                          self.told)
+                          self.told, constrained=self.constrained)
 
     def _ask(self) -> tuple[str, dict[str, Any]]:
         space = self.strategy.space
@@ -209,6 +241,23 @@ def _check_state_dict_round_trip(factory: StrategyFactory, trials: int, window: 
         _same(reference.log, original.log, f"pausing after {pause} tells changed the search;")
         _same(original.log, restored.log,
               f"a strategy restored from the state_dict taken after {pause} tells")
+
+
+def _check_never_reproposes(factory: StrategyFactory, trials: int, window: int,
+                            seed: int) -> None:
+    loop = DriverLoop(factory(seed), trials, window).run()
+    repeats = len(loop.log) - len(set(loop.log))
+    assert repeats == 0, f"{repeats} of {len(loop.log)} proposals repeated an architecture " \
+                         "the job already had (SearchContext.is_known says so)"
+
+
+def _check_respects_constraints(factory: StrategyFactory, trials: int, window: int,
+                                seed: int) -> None:
+    loop = DriverLoop(factory(seed), trials, window, constrained=True).run()
+    over = [k for k in loop.log
+            if synthetic_latency(k, "latency_ms", SYNTHETIC_DEVICE) > SYNTHETIC_LIMIT]
+    assert not over, f"{len(over)} of {len(loop.log)} proposals break a constraint known " \
+                     f"before evaluation (latency_ms <= {SYNTHETIC_LIMIT}), e.g. {over[0]}"
 
 
 def _same(a: list[str], b: list[str], what: str) -> None:

@@ -41,10 +41,13 @@ class RegularizedEvolution(Strategy):
     def ask(self) -> Arch:
         self.asked += 1
         if self.asked <= self.population_size or not self.population:
-            return self.space.sample(self.rng)
+            return self.draw_acceptable(lambda: self.space.sample(self.rng))
         k = min(self.sample_size, len(self.population))
         picks = self.rng.choice(len(self.population), size=k, replace=False)
         parent = max((self.population[int(i)] for i in picks), key=lambda m: m[1])[0]
+        return self.draw_acceptable(lambda: self._mutant(parent))
+
+    def _mutant(self, parent: Arch) -> Arch:
         child = parent
         for _ in range(self.mutations):
             child = self.space.mutate(child, self.rng)

@@ -55,6 +55,11 @@ class Evaluator(abc.ABC):
         """Devices whose latency this evaluator reports."""
         return set()
 
+    def known_values(self, device: str, metric: str) -> dict[str, float] | None:
+        """Values of a device metric known without evaluating (e.g. a latency table), by
+        architecture key; strategies use them to skip candidates that break a constraint."""
+        return None
+
 
 def register_evaluator(cls: type[Evaluator]) -> type[Evaluator]:
     _REGISTRY[cls.name] = cls

@@ -64,6 +64,15 @@ class BenchmarkEvaluator(Evaluator):
             found.add((device_key(), "latency_ms"))
         return {device for device, _ in found}
 
+    def known_values(self, device: str, metric: str) -> dict[str, float] | None:
+        if self.latency is None:
+            return None
+        suffix = next((s for s, m in _DEVICE_SUFFIXES.items() if m == metric), None)
+        if suffix is None or f"{device}{suffix}" not in self.latency.columns:
+            return None
+        column = f"{device}{suffix}"
+        return {key: row[column] for key, row in self.latency.rows.items() if column in row}
+
     def evaluate(self, arch: Arch, key: str) -> Evaluation:
         if self.delay_s:
             time.sleep(self.delay_s)
