@@ -1,4 +1,5 @@
-"""Search quality on NAS-Bench-201 CIFAR-10: random search vs regularized evolution.
+"""Search quality on NAS-Bench-201 CIFAR-10: every strategy (and the GBDT variants) against
+random search.
 
 The honest protocol: every strategy selects on `valid_acc`; we report the `test_acc` of the
 trial with the best `valid_acc` seen so far (ties go to the earlier trial, as `nas best`
@@ -7,8 +8,9 @@ orders them). Each (strategy, seed) runs once end to end through the real driver
 for the largest budget; smaller budgets are prefixes of that run, because with a window of
 one trial the driver's ask/tell sequence depends only on the seed and the results.
 
-    python bench/search_quality.py            # 100 seeds, budgets 100/300/1000
-    python bench/search_quality.py --quick    # CI smoke test: 10 seeds, budget 300
+    python bench/search_quality.py            # 30 seeds, budgets 50/100/300, all variants
+    python bench/search_quality.py --seeds 100 --budgets 100,300,1000 --variants random,evolution
+    python bench/search_quality.py --quick    # CI smoke test: 4 seeds, budget 100
 
 Writes search_quality.json and search_quality.png to bench/results/ (`--out` to change;
 `--quick` writes to a fresh temporary folder, so it never overwrites the reference figures).
@@ -38,10 +40,18 @@ from nas.storage import Storage  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 TABLE = "nb201-cifar10"
 BEST_VALID_INDEX = 6111  # the cell with the highest valid_acc (91.6067), per the data README
-STRATEGIES = {
-    "random": {},
-    "evolution": {"population": 20, "sample": 5},
+#: name -> (registered strategy, strategy_args); settings chosen once on this table, never
+#: per seed. Variants whose strategy is not registered are left out.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "random": ("random", {}),
+    "evolution": ("evolution", {"population": 20, "sample": 5}),
+    "gbdt": ("gbdt", {}),
+    "gbdt+prune": ("gbdt", {"prune": True}),
+    "gbdt+pretrain": ("gbdt", {"pretrain": True}),
+    "gbdt+prune+pretrain": ("gbdt", {"prune": True, "pretrain": True}),
+    "tpe": ("tpe", {}),
 }
+QUICK_VARIANTS = ("random", "evolution", "gbdt", "tpe")
 
 
 def load_nb201() -> tuple[dict[str, int], dict[str, dict[str, float]]]:
@@ -56,12 +66,22 @@ def load_nb201() -> tuple[dict[str, int], dict[str, dict[str, float]]]:
     return index, rows
 
 
-def job_spec(strategy: str, seed: int, trials: int) -> dict:
+def available_variants(names: list[str]) -> list[str]:
+    from nas.strategies import list_strategies
+
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    return [n for n in names if VARIANTS[n][0] in list_strategies()]
+
+
+def job_spec(variant: str, seed: int, trials: int) -> dict:
+    strategy, args = VARIANTS[variant]
     return {
-        "name": f"bench-quality-{strategy}-{seed}",
+        "name": f"bench-quality-{variant}-{seed}",
         "space": "nb201",
         "strategy": strategy,
-        "strategy_args": STRATEGIES[strategy],
+        "strategy_args": args,
         "evaluator": "benchmark",
         "evaluator_args": {"table": TABLE},
         "objectives": [{"metric": "valid_acc", "mode": "max"}],
@@ -120,8 +140,9 @@ def plot(curves: dict[str, list[list[float]]], budgets: list[int], path: Path,
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {"random": "tab:blue", "evolution": "tab:orange"}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    palette = plt.get_cmap("tab10")
+    colours = {name: palette(i) for i, name in enumerate(VARIANTS)}
     low = reference
     for strategy, per_seed in curves.items():
         data = np.asarray(per_seed)
@@ -150,14 +171,20 @@ def plot(curves: dict[str, list[list[float]]], budgets: list[int], path: Path,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke test (< 60 s)")
-    parser.add_argument("--seeds", type=int, help="number of seeds (default 100, quick 10)")
+    parser.add_argument("--seeds", type=int, help="number of seeds (default 30, quick 4)")
+    parser.add_argument("--budgets", help="comma-separated trial budgets (default 50,100,300)")
+    parser.add_argument("--variants", help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--out", type=Path,
                         help="folder for the JSON and PNG (default bench/results; quick: a "
                              "temporary folder)")
     args = parser.parse_args()
-    seeds = args.seeds or (10 if args.quick else 100)
-    budgets = [100, 300] if args.quick else [100, 300, 1000]
+    seeds = args.seeds or (4 if args.quick else 30)
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else \
+        ([50, 100] if args.quick else [50, 100, 300])
     horizon = max(budgets)
+    names = args.variants.split(",") if args.variants else \
+        list(QUICK_VARIANTS if args.quick else VARIANTS)
+    variants = available_variants(names)
 
     index_of, table = load_nb201()
     best_key = max(table, key=lambda k: table[k]["valid_acc"])
@@ -167,13 +194,13 @@ def main() -> None:
           f"{table[best_key]['valid_acc']:.4f} = cell #{BEST_VALID_INDEX}, "
           f"test_acc {reference_test:.4f}; max test_acc "
           f"{max(r['test_acc'] for r in table.values()):.4f}")
-    print(f"{seeds} seeds x {len(STRATEGIES)} strategies, {horizon} trials each, "
+    print(f"{seeds} seeds x {len(variants)} variants, {horizon} trials each, "
           "driver end to end (local executor, parallelism 1, batch 1, in-memory SQLite)\n")
 
     curves: dict[str, list[list[float]]] = {}
     found: dict[str, list[list[bool]]] = {}
     seconds: dict[str, list[float]] = {}
-    for strategy in STRATEGIES:
+    for strategy in variants:
         curves[strategy], found[strategy], seconds[strategy] = [], [], []
         for seed in range(seeds):
             t0 = time.perf_counter()
@@ -186,9 +213,9 @@ def main() -> None:
               f" s per {horizon}-trial run", flush=True)
 
     summary: dict[str, dict[str, dict[str, float]]] = {}
-    print(f"\n{'strategy':<10} {'trials':>6}  {'test_acc mean ± std':>20}  {'median':>7}  "
+    print(f"\n{'variant':<20} {'trials':>6}  {'test_acc mean ± std':>20}  {'median':>7}  "
           f"{'found #' + str(BEST_VALID_INDEX):>12}")
-    for strategy in STRATEGIES:
+    for strategy in variants:
         summary[strategy] = {}
         for b in budgets:
             values = [c[b - 1] for c in curves[strategy]]
@@ -198,12 +225,15 @@ def main() -> None:
                      "max": max(values), "found_best_valid": hits / seeds,
                      "found_best_valid_count": hits}
             summary[strategy][str(b)] = entry
-            print(f"{strategy:<10} {b:>6}  {entry['mean']:>11.2f} ± {entry['std']:<6.2f}  "
+            print(f"{strategy:<20} {b:>6}  {entry['mean']:>11.2f} ± {entry['std']:<6.2f}  "
                   f"{entry['median']:>7.2f}  {hits:>4}/{seeds:<3} {100 * hits / seeds:>3.0f}%")
     print()
-    for b in budgets:
-        gap = summary["evolution"][str(b)]["mean"] - summary["random"][str(b)]["mean"]
-        print(f"evolution - random at {b:>4} trials: {gap:+.2f} points of test_acc")
+    if "random" in summary:
+        for strategy in (v for v in variants if v != "random"):
+            gaps = [summary[strategy][str(b)]["mean"] - summary["random"][str(b)]["mean"]
+                    for b in budgets]
+            print(f"{strategy} - random: " + ", ".join(
+                f"{g:+.2f} at {b}" for g, b in zip(gaps, budgets, strict=True)))
 
     out = args.out or (Path(tempfile.mkdtemp(prefix="nas-bench-")) if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +243,8 @@ def main() -> None:
         "seeds": seeds, "budgets": budgets,
         "protocol": "nas driver end to end: executor local, parallelism 1, batch_size 1, "
                     "in-memory SQLite; budgets are prefixes of one run per seed",
-        "strategies": STRATEGIES,
+        "variants": {v: {"strategy": VARIANTS[v][0], "strategy_args": VARIANTS[v][1]}
+                     for v in variants},
         "best_valid_cell": {"index": BEST_VALID_INDEX, "key": best_key,
                             "valid_acc": table[best_key]["valid_acc"],
                             "test_acc": reference_test},
