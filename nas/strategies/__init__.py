@@ -13,10 +13,11 @@ from ._base import (
 )
 from .checks import check_strategy
 from .evolution import RegularizedEvolution
+from .moevo import MultiObjectiveEvolution
 from .random import RandomSearch
 
 __all__ = [
-    "ConstraintInfo", "ObjectiveInfo", "RandomSearch", "RegularizedEvolution", "SearchContext",
-    "Strategy", "TrialView", "check_strategy", "get_strategy", "list_strategies",
-    "register_strategy", "strategy_class",
+    "ConstraintInfo", "MultiObjectiveEvolution", "ObjectiveInfo", "RandomSearch",
+    "RegularizedEvolution", "SearchContext", "Strategy", "TrialView", "check_strategy",
+    "get_strategy", "list_strategies", "register_strategy", "strategy_class",
 ]
