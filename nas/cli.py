@@ -62,6 +62,9 @@ app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
                        "the architectures they found.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
+latency_app = typer.Typer(no_args_is_help=True,
+                          help="Device latency: measure here, import, predict the rest.")
+app.add_typer(latency_app, name="latency")
 out = Console(highlight=False, soft_wrap=True, markup=False)
 if not out.is_terminal:  # piped or logged: no terminal width to fit, keep keys on one line
     out = Console(highlight=False, soft_wrap=True, markup=False, width=220)
@@ -532,6 +535,110 @@ def db_upgrade(ctx: typer.Context) -> None:
     engine = make_engine(ctx.obj.db)
     upgrade(engine)
     out.print(f"database at revision {current_revision(engine)}")
+
+
+@latency_app.command("import")
+@handle_errors
+def latency_import(
+    ctx: typer.Context,
+    path: Path = typer.Argument(..., help="CSV with an `arch` column and a METRIC column."),
+    device: str = typer.Option(..., "--device", help="Device the values were measured on."),
+    space: str = typer.Option("nb201", "--space", help="Space the architectures belong to."),
+    metric: str = typer.Option("latency_ms", "--metric", help="Column to import."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Import measurements made elsewhere (source `imported`; idempotent)."""
+    from .latency import import_csv
+
+    result = import_csv(ctx.obj.storage(), space, device, path, metric)
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(f"imported {result['rows']} {metric} values for {device} ({result['new']} new, "
+              f"{result['updated']} updated, {result['unchanged']} unchanged)")
+
+
+@latency_app.command("fit")
+@handle_errors
+def latency_fit(
+    ctx: typer.Context,
+    device: str = typer.Option(..., "--device", help="Device to predict."),
+    space: str = typer.Option("nb201", "--space", help="Space to predict in."),
+    metric: str = typer.Option("latency_ms", "--metric"),
+    model: str = typer.Option("gbdt", "--model", help="gbdt | lut"),
+    all_archs: bool = typer.Option(False, "--all",
+                                   help="Predict every architecture of an enumerable space."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Fit a latency predictor on the stored values; store predictions for the rest."""
+    from predictors.latency import list_latency_predictors
+
+    from .latency import fit_and_predict
+
+    if model not in list_latency_predictors():
+        raise NasError(f"--model must be one of {', '.join(list_latency_predictors())}, "
+                       f"got {model!r}")
+    result = fit_and_predict(ctx.obj.storage(existing=True), space, device, metric, model,
+                             all_archs)
+    if as_json:
+        _emit_json(result)
+        return
+    held = result["holdout"]
+    out.print(f"{result['model_version']}: trained on {result['trained_on']} {device} values; "
+              f"held-out {100 * held['fraction']:.0f}%: {100 * held['within_10pct']:.1f}% "
+              f"within 10%, Spearman {held['spearman']:.3f}; stored {result['predicted']} "
+              f"predictions ({result['new']} new, {result['updated']} updated)")
+
+
+@latency_app.command("measure")
+@handle_errors
+def latency_measure(
+    ctx: typer.Context,
+    job: int | None = typer.Argument(None, help="Measure this job's completed trials."),
+    space: str | None = typer.Option(None, "--space", help="Or: sample from this space."),
+    sample: int = typer.Option(20, "--sample", help="How many to sample with --space."),
+    device_name: str | None = typer.Option(None, "--device-name",
+                                           help="Device name (default: CPU model + settings)."),
+    runtime: str = typer.Option("eager", "--runtime", help="eager | torchscript | onnx"),
+    batch: int = typer.Option(1, "--batch"),
+    threads: int = typer.Option(1, "--threads"),
+    repeats: int = typer.Option(20, "--repeats"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Measure latency on this machine (median of repeats after warm-up; source `measured`)."""
+    import numpy as np
+
+    from search_spaces import get_space
+
+    from .latency import measure
+
+    if (job is None) == (space is None):
+        raise NasError("give a JOB or --space S (not both)")
+    storage = ctx.obj.storage(existing=job is not None)
+    if job is not None:
+        spec = storage.get_job(_positive_job(job))["spec"]
+        target = get_space(spec["space"], **spec.get("space_args", {}))
+        archs = [r["arch"] for r in storage.load_trials(job) if r["status"] == "completed"]
+        if not archs:
+            raise NasError(f"job {job} has no completed trial to measure")
+    else:
+        from .latency import space_by_name
+
+        if sample < 1:
+            raise NasError(f"--sample must be at least 1, got {sample}")
+        target = space_by_name(space)
+        rng = np.random.default_rng(seed)
+        archs = [target.sample(rng) for _ in range(sample)]
+    result = measure(storage, target, archs, device=device_name, runtime=runtime, batch=batch,
+                     threads=threads, repeats=repeats, seed=seed)
+    if as_json:
+        _emit_json(result)
+        return
+    out.print(f"measured {result['measured']} architectures on {result['device']}: median "
+              f"{result['median_ms']:.3f} ms (range {result['min_ms']:.3f}-"
+              f"{result['max_ms']:.3f}; median relative IQR "
+              f"{100 * result['median_relative_iqr']:.0f}%)")
 
 
 def main() -> None:

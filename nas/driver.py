@@ -27,6 +27,7 @@ from workers.evaluators import evaluator_class
 from .errors import LeaseHeldError, NasError
 from .spec import JobSpec, parse_spec
 from .storage import NewTrial, Storage, StoredResult, preferred_device_values
+from .storage.schema import SOURCE_RANK
 from .strategies import (
     ConstraintInfo,
     ObjectiveInfo,
@@ -184,10 +185,14 @@ class KnownValues:
         from workers.evaluators import get_evaluator
 
         evaluator = get_evaluator(spec.evaluator, space, **spec.evaluator_args)
+        benchmark = SOURCE_RANK["benchmark"]
         for device, metric in sorted(pairs):
             values = dict(evaluator.known_values(device, metric) or {})
             stored = preferred_device_values(storage, space.name, device, metric)
-            values.update((k, v) for k, v in stored.items() if k not in job_keys)
+            for key, (value, rank) in stored.items():
+                # the evaluator's table is a `benchmark` source: a prediction never beats it
+                if key not in job_keys and (key not in values or rank < benchmark):
+                    values[key] = value
             self.tables[(device, metric)] = values
 
     def __call__(self, key: str, metric: str, device: str | None) -> float | None:

@@ -149,6 +149,12 @@ class SearchSpace(abc.ABC):
             raise ValueError(f"an architecture of space {self.name!r} must be a dict or key string")
         return self.from_dna(self.to_dna(arch))
 
+    def latency_encoding(self, arch: Arch) -> np.ndarray:
+        """Features for latency predictors. The default is `encode`; a space whose built
+        network drops dead code (an operation on no input-to-output path) returns the
+        encoding of the operations that actually run, so that predictors see the work."""
+        return self.encode(arch)
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -26,9 +26,14 @@ def cpu_name() -> str:
     return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "cpu"
 
 
-def device_key(threads: int = 1, batch: int = 1) -> str:
-    """The device a measurement belongs to: hardware plus the settings that change it."""
-    return f"cpu-{cpu_name()}-t{threads}-b{batch}"
+RUNTIMES = ("eager", "torchscript", "onnx")
+
+
+def device_key(threads: int = 1, batch: int = 1, runtime: str = "eager") -> str:
+    """The device a measurement belongs to: hardware plus the settings that change it
+    (`cpu-<model>-t<threads>-b<batch>`, with `-ts` / `-ort` for TorchScript / ONNX Runtime)."""
+    suffix = {"eager": "", "torchscript": "-ts", "onnx": "-ort"}[runtime]
+    return f"cpu-{cpu_name()}-t{threads}-b{batch}{suffix}"
 
 
 def measure_latency_ms(
@@ -39,24 +44,57 @@ def measure_latency_ms(
     threads: int = 1,
     warmup: int = 5,
     repeats: int = 20,
+    runtime: str = "eager",
 ) -> dict[str, float]:
-    """Median and spread (IQR) in milliseconds of `repeats` timed forward passes."""
+    """Median and spread (IQR) in milliseconds of `repeats` timed forward passes, in torch
+    eager mode, as a traced TorchScript module or in ONNX Runtime."""
     import torch
 
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         model.eval()
         x = torch.randn(batch, *input_shape)
+        run = _runner(model, x, runtime, threads)
         timings = []
         with torch.inference_mode():
             for _ in range(warmup):
-                model(x)
+                run()
             for _ in range(repeats):
                 start = time.perf_counter()
-                model(x)
+                run()
                 timings.append((time.perf_counter() - start) * 1000.0)
     finally:
         torch.set_num_threads(previous)
     quartiles = statistics.quantiles(timings, n=4)
     return {"median_ms": statistics.median(timings), "iqr_ms": quartiles[2] - quartiles[0]}
+
+
+def _runner(model: Any, x: Any, runtime: str, threads: int) -> Any:
+    """A no-argument callable running one forward pass of `model` on `x` in `runtime`."""
+    import torch
+
+    if runtime == "eager":
+        return lambda: model(x)
+    if runtime == "torchscript":
+        with torch.no_grad():
+            traced = torch.jit.freeze(torch.jit.trace(model, x))
+        return lambda: traced(x)
+    import io
+    import warnings
+
+    import onnxruntime
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["input"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(buffer.getvalue(), options,
+                                           providers=["CPUExecutionProvider"])
+    feed = {"input": x.numpy()}
+    return lambda: session.run(None, feed)

@@ -10,10 +10,10 @@ from ._queries import (
     trials_with_device_value,
     unknown_measurement_count,
 )
-from ._storage import NewTrial, Storage, StoredResult, as_utc, utcnow
+from ._storage import MeasurementRow, NewTrial, Storage, StoredResult, as_utc, utcnow
 
 __all__ = [
-    "DEFAULT_URL", "NewTrial", "Storage", "StoredResult", "as_utc", "best_trials",
+    "DEFAULT_URL", "MeasurementRow", "NewTrial", "Storage", "StoredResult", "as_utc", "best_trials",
     "current_revision", "device_measurements", "get_trial", "head_revision", "make_engine",
     "pareto_front", "preferred_device_values", "trials_with_device_value",
     "unknown_measurement_count", "upgrade", "utcnow",

@@ -199,16 +199,16 @@ def get_trial(storage, job_id: int, number: int) -> dict[str, Any]:  # noqa: ANN
 
 
 def preferred_device_values(storage, space: str, device: str,  # noqa: ANN001
-                            metric: str) -> dict[str, float]:
+                            metric: str) -> dict[str, tuple[float, int]]:
     """Every stored value of one device metric in a space, by architecture key, from the
-    preferred source (measured < imported < benchmark < predicted)."""
-    query = (select(architectures.c.key, measurements.c.value)
+    preferred source (measured < imported < benchmark < predicted): (value, source rank)."""
+    query = (select(architectures.c.key, measurements.c.value, measurements.c.source_rank)
              .join(measurements, measurements.c.architecture_id == architectures.c.id)
              .where(architectures.c.space == space, measurements.c.device == device,
                     measurements.c.metric == metric)
              .order_by(measurements.c.source_rank.desc()))
     with storage.read() as conn:
-        return {key: float(value) for key, value in conn.execute(query)}
+        return {key: (float(value), rank) for key, value, rank in conn.execute(query)}
 
 
 def device_measurements(storage, architecture_keys: list[str], space: str,  # noqa: ANN001

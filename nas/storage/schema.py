@@ -91,6 +91,8 @@ measurements = Table(
     Column("source", String(16), nullable=False),
     Column("source_rank", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # the model that made a `predicted` value (kind and fingerprint of its training data)
+    Column("model_version", String(100)),
     UniqueConstraint("architecture_id", "device", "metric", "source",
                      name="uq_measurements_arch_device_metric_source"),
     # the preferred measurement of an architecture (covering: `value` read from the index)
