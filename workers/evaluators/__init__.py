@@ -9,9 +9,11 @@ from ._base import (
     register_evaluator,
 )
 from .benchmark import BenchmarkEvaluator
+from .proxy import ProxyEvaluator
 from .train import TrainEvaluator
 
 __all__ = [
     "BenchmarkEvaluator", "Evaluation", "EvaluationError", "Evaluator", "Measurement",
-    "TrainEvaluator", "evaluator_class", "get_evaluator", "list_evaluators", "register_evaluator",
+    "ProxyEvaluator", "TrainEvaluator", "evaluator_class", "get_evaluator", "list_evaluators",
+    "register_evaluator",
 ]

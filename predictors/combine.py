@@ -1,0 +1,184 @@
+"""Combining training-free proxies into one score.
+
+Proxies live on unrelated scales (synflow spans 30 orders of magnitude, NASWOT is a
+log-determinant), so they are combined after a monotone transform (`transform`: the log of
+positive-scale proxies) either by ranks or by z-scores:
+
+- `mean_rank(scores)`: a population's mean normalised rank over proxies (rank voting);
+- `zscore_mean(scores)`: a population's mean (clipped) z-score of the transformed proxies;
+- `percentile_against(values, reference)`: one architecture's mean percentile within a
+  reference population of scores (the population-free use of `mean_rank`);
+- `fixed_score(values)`: one architecture alone, its mean percentile in reference quantiles
+  measured once on NAS-Bench-201 (`NB201_QUANTILES`); the `proxy` evaluator's `score`.
+
+Every function here treats larger as better for every proxy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+#: Proxies whose values are positive magnitudes spanning orders of magnitude: compared by log.
+LOG_PROXIES = frozenset({"synflow", "snip", "grad_norm", "fisher", "params", "flops"})
+#: z-scores are clipped to this magnitude, so that one degenerate value (synflow = 0 for a
+#: network whose output ignores its input) cannot outvote every other proxy.
+Z_CLIP = 5.0
+_TINY = 1e-300
+
+#: Reference distribution of each proxy on NAS-Bench-201: the 0%, 5%, ..., 100% quantiles of
+#: `transform(name, value)` over 1,000 cells (300 for grasp and zen) of the CIFAR-10 network
+#: (16 channels, 5 cells per stage), the first 20 CIFAR-10 test images, seed 0; measured by
+#: `bench/proxies.py` (its `reference_quantiles` output). `fixed_score` places one
+#: architecture in it, which reproduces the population's mean rank without a population. On
+#: another space or input size the proxies' scales shift, so percentiles saturate: the
+#: ranking stays monotone in every proxy but the proxies' weights drift; where a population
+#: of the space's own scores exists, use `percentile_against` or `mean_rank` instead.
+NB201_QUANTILES: dict[str, list[float]] = {
+    "fisher": [
+        -8.48596, -3.78056, -3.52741, -3.05175, -2.58654, -2.31095, -1.90949, -1.53305, -1.27928,
+        -1.08463, -0.910433, -0.738552, -0.515616, -0.338986, -0.137391, 0.0576123, 0.327429,
+        0.806063, 1.56412, 2.30968, 6.4827,
+    ],
+    "flops": [
+        16.5606, 16.5606, 16.9695, 17.259, 17.259, 17.6662, 18.2739, 18.361, 18.361, 18.361,
+        18.4412, 18.4412, 18.5154, 18.8725, 18.8725, 18.9214, 18.9214, 18.9679, 19.2444, 19.2784,
+        19.9028,
+    ],
+    "grad_norm": [
+        -690.776, 1.34286, 1.50173, 1.73105, 2.04751, 2.43942, 2.63139, 2.79808, 2.94109, 3.10018,
+        3.25057, 3.40754, 3.50166, 3.60476, 3.71315, 3.84752, 4.06617, 4.2864, 4.68362, 5.08064,
+        6.74149,
+    ],
+    "grasp": [
+        -9.63487, -2.51509, -0.245099, -0.13512, -0.0432994, 0.0374622, 0.749658, 1.29687, 1.58474,
+        1.79374, 1.9892, 2.20628, 2.36437, 2.61154, 2.7079, 2.91547, 3.1752, 3.60125, 4.26767,
+        5.3366, 8.48951,
+    ],
+    "jacov": [
+        -14.5085, -4.95147, -3.78371, -3.47175, -3.18124, -3.0989, -3.05978, -3.04033, -3.02917,
+        -3.01453, -3.00846, -3.00297, -3.00207, -3.00164, -3.00133, -3.00116, -3.00105, -3.00086,
+        -3.0007, -3.00046, -2.99967,
+    ],
+    "nwot": [
+        0.0, 197.255, 225.63, 227.139, 228.899, 229.888, 231.406, 239.39, 240.289, 240.93, 241.495,
+        241.818, 247.11, 247.978, 248.486, 248.812, 249.177, 253.886, 254.226, 254.627, 262.442,
+    ],
+    "params": [
+        11.2024, 11.2024, 11.5259, 11.7699, 11.7699, 12.1298, 12.6646, 12.7494, 12.7494, 12.7494,
+        12.8276, 12.8276, 12.9001, 13.2346, 13.2346, 13.2834, 13.2834, 13.33, 13.5954, 13.6297,
+        14.2418,
+    ],
+    "snip": [
+        -690.776, 1.8434, 2.12991, 2.26965, 2.56754, 3.21942, 3.39621, 3.53225, 3.66824, 3.81621,
+        3.97292, 4.13197, 4.19785, 4.31271, 4.41551, 4.53746, 4.75842, 4.93735, 5.25326, 5.61585,
+        7.17425,
+    ],
+    "synflow": [
+        -690.776, 14.7624, 31.1886, 35.5142, 36.1081, 42.0961, 47.3759, 49.0574, 49.6801, 51.8699,
+        54.3161, 58.0243, 60.118, 64.1691, 65.9555, 68.9528, 71.829, 79.8859, 81.9551, 85.7438,
+        114.773,
+    ],
+    "zen": [
+        11.5366, 31.3463, 43.9306, 52.5389, 65.087, 73.716, 82.8023, 93.0396, 100.925, 111.874,
+        118.318, 124.025, 128.918, 136.209, 141.74, 150.988, 159.202, 167.091, 180.377, 202.648,
+        251.003,
+    ],
+}
+
+
+def transform(name: str, value: float) -> float:
+    """A monotone map of a proxy's value onto a roughly Gaussian scale."""
+    value = float(value)
+    if name in LOG_PROXIES:
+        return math.log(max(value, _TINY))
+    if name == "jacov":  # always <= -batch size: -log(-x) keeps the order
+        return -math.log(max(-value, _TINY))
+    if name == "grasp":  # either sign, heavy tails: signed log
+        return math.copysign(math.log1p(abs(value)), value)
+    return value
+
+
+def _matrix(scores: Mapping[str, Sequence[float]]) -> tuple[list[str], np.ndarray]:
+    names = list(scores)
+    if not names:
+        raise ValueError("no proxies to combine")
+    columns = [np.asarray([transform(n, v) for v in scores[n]], dtype=np.float64)
+               for n in names]
+    lengths = {len(c) for c in columns}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError("every proxy needs one score per architecture (same, non-zero count)")
+    return names, np.stack(columns, axis=1)
+
+
+def mean_rank(scores: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """Per architecture, the mean over proxies of its rank in the population scaled to [0, 1]
+    (ties share their average rank)."""
+    from scipy.stats import rankdata
+
+    _, matrix = _matrix(scores)
+    n = matrix.shape[0]
+    ranks = np.stack([rankdata(matrix[:, j]) for j in range(matrix.shape[1])], axis=1)
+    return ((ranks - 1.0) / max(n - 1, 1)).mean(axis=1)
+
+
+def zscore_mean(scores: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """Per architecture, the mean over proxies of the population z-score of the transformed
+    value, clipped to +-Z_CLIP."""
+    _, matrix = _matrix(scores)
+    std = matrix.std(axis=0)
+    std[std == 0] = 1.0
+    z = (matrix - matrix.mean(axis=0)) / std
+    return np.clip(z, -Z_CLIP, Z_CLIP).mean(axis=1)
+
+
+def percentile_against(values: Mapping[str, float],
+                       reference: Mapping[str, Sequence[float]]) -> float:
+    """One architecture's mean percentile (in [0, 1]; ties count half) within a reference
+    population's scores, over the proxies of `values` (each must be in `reference`)."""
+    if not values:
+        raise ValueError("no proxies to combine")
+    total = 0.0
+    for name, value in values.items():
+        if name not in reference or len(reference[name]) == 0:
+            raise ValueError(f"the reference population has no scores for proxy {name!r}")
+        ref = np.asarray([transform(name, v) for v in reference[name]], dtype=np.float64)
+        t = transform(name, value)
+        total += (np.sum(ref < t) + 0.5 * np.sum(ref == t)) / len(ref)
+    return float(total / len(values))
+
+
+def quantile_percentile(quantiles: Sequence[float], value: float) -> float:
+    """Where `value` falls in a distribution given by evenly spaced quantiles, in [0, 1]:
+    linear between neighbouring quantiles, the middle of a run of equal quantiles (ties)."""
+    qs = np.asarray(quantiles, dtype=np.float64)
+    steps = len(qs) - 1
+    lo = int(np.searchsorted(qs, value, side="left"))
+    hi = int(np.searchsorted(qs, value, side="right"))
+    if hi > lo:  # equal to one or more quantiles
+        return (lo + hi - 1) / 2 / steps
+    if lo == 0:
+        return 0.0
+    if lo > steps:
+        return 1.0
+    a, b = qs[lo - 1], qs[lo]
+    return (lo - 1 + (value - a) / (b - a)) / steps
+
+
+def fixed_score(values: Mapping[str, float],
+                quantiles: Mapping[str, Sequence[float]] | None = None) -> float:
+    """The population-free combined score: the mean over proxies of the percentile of
+    `transform(name, value)` in a reference distribution (default: NAS-Bench-201's), i.e. the
+    architecture's mean rank had it been scored among the reference cells."""
+    table = NB201_QUANTILES if quantiles is None else quantiles
+    if not values:
+        raise ValueError("no proxies to combine")
+    total = 0.0
+    for name, value in values.items():
+        if name not in table:
+            raise ValueError(f"no reference quantiles for proxy {name!r}; known: "
+                             f"{', '.join(sorted(table))}")
+        total += quantile_percentile(table[name], transform(name, value))
+    return total / len(values)

@@ -1,0 +1,101 @@
+"""The proxy registry: training-free scores of an untrained network.
+
+A proxy is a function `(model, inputs, targets, loss_fn) -> float`, registered by name with
+`@register_proxy("name")`. Larger is better for every registered proxy (the published sign
+conventions are kept, e.g. GraSP's `-theta * Hg`). A proxy may change the model it is given
+(hooks are removed, but gradients, dtype or weights may not be restored): callers hand each
+proxy a freshly built model, as `compute_proxies` does. Randomness inside a proxy (Zen-score's
+Gaussian inputs) comes from torch's global generator, which `run_proxy` seeds.
+
+This module does not import torch; the proxy families are imported on first use, so that
+`import predictors.proxies` stays cheap for code that only lists names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+ProxyFn = Callable[[Any, Any, Any, Callable[..., Any]], float]
+#: A function computing several proxies from one pass: `(model, inputs, targets, loss_fn) ->
+#: {name: score}` (snip, grad_norm and fisher share one backward pass).
+GroupFn = Callable[[Any, Any, Any, Callable[..., Any]], dict[str, float]]
+
+#: Modules holding the built-in proxies, imported by `load_builtin_proxies`.
+_FAMILIES = ("gradient", "synflow", "activation", "zen", "cost")
+_REGISTRY: dict[str, Proxy] = {}
+_GROUPS: dict[str, GroupFn] = {}
+_loaded = False
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A registered proxy. `data`: whether it reads the minibatch (synflow and zen do not);
+    `group`: a registered group function that computes it together with others in one pass
+    (same values as `fn`)."""
+
+    name: str
+    fn: ProxyFn
+    data: bool = True
+    description: str = ""
+    group: str | None = None
+
+
+def register_proxy(name: str, *, data: bool = True,
+                   group: str | None = None) -> Callable[[ProxyFn], ProxyFn]:
+    """Register `fn` as proxy `name` (the docstring's first line becomes its description)."""
+
+    def wrap(fn: ProxyFn) -> ProxyFn:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"proxy {name!r} is already registered")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = Proxy(name, fn, data, doc[0] if doc else "", group)
+        return fn
+
+    return wrap
+
+
+def register_group(name: str, fn: GroupFn) -> GroupFn:
+    """Register a function computing several proxies at once (see `Proxy.group`)."""
+    _GROUPS[name] = fn
+    return fn
+
+
+def get_group(name: str) -> GroupFn:
+    load_builtin_proxies()
+    return _GROUPS[name]
+
+
+def load_builtin_proxies() -> None:
+    global _loaded
+    if not _loaded:
+        for family in _FAMILIES:
+            importlib.import_module(f"{__package__}.{family}")
+        _loaded = True
+
+
+def list_proxies() -> list[str]:
+    load_builtin_proxies()
+    return sorted(_REGISTRY)
+
+
+def get_proxy(name: str) -> Proxy:
+    load_builtin_proxies()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown proxy {name!r}; known: {', '.join(sorted(_REGISTRY))}") \
+            from None
+
+
+def run_proxy(name: str, model: Any, inputs: Any, targets: Any,
+              loss_fn: Callable[..., Any] | None = None, seed: int = 0) -> float:
+    """One proxy on one model, with torch's generator seeded (deterministic for a seed)."""
+    import torch
+
+    proxy = get_proxy(name)
+    torch.manual_seed(seed)
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    return float(proxy.fn(model, inputs, targets, loss_fn))
