@@ -604,6 +604,7 @@ def latency_measure(
     threads: int = typer.Option(1, "--threads"),
     repeats: int = typer.Option(20, "--repeats"),
     seed: int = typer.Option(0, "--seed"),
+    int8: bool = typer.Option(False, "--int8", help="Time the INT8 model (quant space)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Measure latency on this machine (median of repeats after warm-up; source `measured`)."""
@@ -631,7 +632,7 @@ def latency_measure(
         rng = np.random.default_rng(seed)
         archs = [target.sample(rng) for _ in range(sample)]
     result = measure(storage, target, archs, device=device_name, runtime=runtime, batch=batch,
-                     threads=threads, repeats=repeats, seed=seed)
+                     threads=threads, repeats=repeats, seed=seed, int8=int8)
     if as_json:
         _emit_json(result)
         return

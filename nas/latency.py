@@ -171,31 +171,42 @@ def _targets(storage: Storage, space: SearchSpace, known: dict[str, float],
 # ---- measure here -------------------------------------------------------------------------
 def measure(storage: Storage, space: SearchSpace, archs: list[Arch], *, device: str | None,
             runtime: str = "eager", batch: int = 1, threads: int = 1, repeats: int = 20,
-            seed: int = 0) -> dict[str, Any]:
-    """Time each architecture on this machine and store it (source `measured`)."""
+            seed: int = 0, int8: bool = False) -> dict[str, Any]:
+    """Time each architecture on this machine and store it (source `measured`). With
+    `int8`, the space's INT8 model (calibrated on Gaussian inputs) is timed instead, under
+    the device key suffixed `-int8`."""
     import torch
 
     from workers.latency import RUNTIMES, device_key, measure_latency_ms
 
     if runtime not in RUNTIMES:
         raise NasError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if int8 and not callable(getattr(space, "int8_model", None)):
+        raise NasError(f"--int8: space {space.name!r} cannot produce an INT8 model")
+    if int8 and runtime != "eager":
+        raise NasError("--int8 is measured in torch eager mode only (--runtime eager)")
     for name, value, low in (("--batch", batch, 1), ("--threads", threads, 1),
                              ("--repeats", repeats, 3)):
         if value < low:
             raise NasError(f"{name} must be at least {low}, got {value}")
-    device = device or device_key(threads, batch, runtime)
+    device = device or device_key(threads, batch, runtime) + ("-int8" if int8 else "")
     _check_device(device)
     rows, spreads = [], []
     for arch in archs:
         torch.manual_seed(seed)
-        timing = measure_latency_ms(space.build(arch), space.input_shape(arch), batch=batch,
+        model = space.build(arch)
+        if int8:
+            calibration = torch.randn(32, *space.input_shape(arch))
+            model = space.int8_model(arch, calibration, model=model.eval())
+        timing = measure_latency_ms(model, space.input_shape(arch), batch=batch,
                                     threads=threads, repeats=repeats, runtime=runtime)
         rows.append(MeasurementRow(space.key(arch), arch, device, "latency_ms",
                                    timing["median_ms"], "measured"))
         spreads.append(timing["iqr_ms"] / max(timing["median_ms"], 1e-9))
     counts = storage.put_measurements(space.name, rows)
     values = [r.value for r in rows]
-    return {"space": space.name, "device": device, "runtime": runtime, "measured": len(rows),
+    return {"space": space.name, "device": device, "runtime": runtime, "int8": int8,
+            "measured": len(rows),
             "median_ms": float(np.median(values)) if values else None,
             "min_ms": min(values, default=None), "max_ms": max(values, default=None),
             "median_relative_iqr": float(np.median(spreads)) if spreads else None, **counts}

@@ -230,3 +230,11 @@ def test_measure_here_with_each_runtime(tmp_path):
         assert 0 < result["min_ms"] <= result["max_ms"]
         rows = _rows(url, result["device"])
         assert len(rows) == 2 and {r["source"] for r in rows} == {"measured"}
+    int8 = json.loads(nas("--db", url, "latency", "measure", "--space", "quant", "--sample",
+                          "2", "--repeats", "3", "--int8", "--json").stdout)
+    assert int8["device"].endswith("-t1-b1-int8") and int8["measured"] == 2
+    fp32 = {r["key"]: r["value"] for r in _rows(url, result["device"].removesuffix("-ort"))}
+    assert set(fp32) == {r["key"] for r in _rows(url, int8["device"])}
+    error = runner.invoke(app, ["--db", url, "latency", "measure", "--space", "nb201",
+                                "--int8"])
+    assert_one_line_error(error, "--int8", "nb201")
