@@ -102,8 +102,10 @@ def test_kill_9_at_random_moments_then_resume(db_url):
 
 def test_second_driver_is_refused_while_the_lease_is_live(sqlite_url):
     storage = Storage(sqlite_url)
-    job = api.submit(storage, nb201_spec(budget={"trials": 400},
-                                         evaluator_args={"delay_s": 0.02},
+    # 20 s of work: the refused `nas resume` subprocess must start (seconds on a loaded
+    # 2-core machine) and the driver be interrupted before the job is done
+    job = api.submit(storage, nb201_spec(budget={"trials": 200},
+                                         evaluator_args={"delay_s": 0.1},
                                          parallelism=1, batch_size=1))
     proc = _driver(sqlite_url, job)
     try:
@@ -120,4 +122,4 @@ def test_second_driver_is_refused_while_the_lease_is_live(sqlite_url):
         proc.wait(timeout=30)
     assert storage.get_job(job)["status"] == "paused"
     assert api.run(storage, job) == "completed"
-    assert storage.trial_counts(job) == {"completed": 400}
+    assert storage.trial_counts(job) == {"completed": 200}
