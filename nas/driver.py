@@ -29,8 +29,6 @@ from .spec import JobSpec, parse_spec
 from .storage import NewTrial, Storage, StoredResult, preferred_device_values
 from .storage.schema import SOURCE_RANK
 from .strategies import (
-    ConstraintInfo,
-    ObjectiveInfo,
     SearchContext,
     Strategy,
     TrialView,
@@ -211,9 +209,7 @@ class KnownValues:
 
 def search_context(spec: JobSpec, values: KnownValues, known: set[str]) -> SearchContext:
     return SearchContext(
-        objectives=tuple(ObjectiveInfo(o.metric, o.mode, o.device) for o in spec.objectives),
-        constraints=tuple(ConstraintInfo(c.metric, c.device, c.max, c.min)
-                          for c in spec.constraints),
+        objectives=spec.objectives, constraints=spec.constraints,
         value_of=values, is_known=known.__contains__)
 
 

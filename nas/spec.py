@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from .errors import SpecError
+from .strategies._base import ConstraintInfo, ObjectiveInfo
 
 FIELDS = (
     "name", "space", "space_args", "strategy", "strategy_args", "evaluator", "evaluator_args",
@@ -21,26 +22,9 @@ MAX_NAME = 200  # jobs.name is VARCHAR(200)
 MAX_SEED = 2**63 - 1  # jobs.seed is BIGINT
 
 
-@dataclass(frozen=True)
-class Objective:
-    metric: str
-    mode: str  # max | min
-    device: str | None = None  # a device measurement (e.g. latency_ms on edgegpu)
-
-    def score(self, value: float) -> float:
-        """Higher is better."""
-        return value if self.mode == "max" else -value
-
-
-@dataclass(frozen=True)
-class Constraint:
-    metric: str
-    device: str | None = None
-    max: float | None = None
-    min: float | None = None
-
-    def satisfied(self, value: float) -> bool:
-        return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
+# one definition shared with the strategies, which receive them in their SearchContext
+Objective = ObjectiveInfo
+Constraint = ConstraintInfo
 
 
 @dataclass(frozen=True)

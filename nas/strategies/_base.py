@@ -34,20 +34,22 @@ class TrialView:
 
 @dataclass(frozen=True)
 class ObjectiveInfo:
-    """An objective of the job: a metric (or, with `device`, a device measurement)."""
+    """An objective of the job: a metric (or, with `device`, a device measurement). The job
+    spec uses this class too (`nas.spec.Objective`)."""
 
     metric: str
     mode: str = "max"  # max | min
     device: str | None = None
 
-    def better(self, value: float) -> float:
+    def score(self, value: float) -> float:
         """The value turned into "higher is better"."""
         return value if self.mode == "max" else -value
 
 
 @dataclass(frozen=True)
 class ConstraintInfo:
-    """A hard limit on a metric or a device measurement (e.g. latency_ms on pixel3)."""
+    """A hard limit on a metric or a device measurement (e.g. latency_ms on pixel3); also
+    the job spec's `nas.spec.Constraint`."""
 
     metric: str
     device: str | None = None

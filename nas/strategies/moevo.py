@@ -121,7 +121,7 @@ class MultiObjectiveEvolution(Strategy):
                 value = trial.score if info.mode == "max" else -trial.score
             if value is None or not math.isfinite(value):
                 return None
-            costs.append(-float(info.better(float(value))))
+            costs.append(-float(info.score(float(value))))
         return costs
 
     # ---- state -----------------------------------------------------------------------------
