@@ -133,9 +133,23 @@ def _positive_job(job: int) -> int:
 
 
 # ---- running jobs -------------------------------------------------------------------------
+def _interrupt_pauses() -> None:
+    """SIGINT and SIGTERM pause the job (the driver stops at a step boundary, status
+    `paused`). Set explicitly: a process started in the background by a non-interactive
+    shell inherits SIGINT as ignored, and a container stops its process with SIGTERM."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _drive(ctx: Context, job_id: int, show_progress: bool) -> str:
     from . import api
 
+    _interrupt_pauses()
     if not show_progress:
         return api.run(ctx.storage(), job_id, ray_address=ctx.ray_address)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
