@@ -49,6 +49,7 @@ from sqlalchemy import create_engine, event, insert, text  # noqa: E402
 from sqlalchemy.exc import OperationalError  # noqa: E402
 
 from nas.storage import Storage, best_trials  # noqa: E402
+from nas.storage._device_values import refresh_device_values  # noqa: E402
 from nas.storage.schema import SOURCE_RANK, architectures, jobs, measurements, trials  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("NAS_BENCH_PG_ADMIN",
@@ -175,6 +176,10 @@ def fill(storage: Storage, data: Data) -> int:
              "status": "completed", "attempt": 1, "score": 99.0, "metrics": {"valid_acc": 99.0},
              "objectives": [99.0], "feasible": True}
             for i in range(max(1, data.n // 100))])
+    t0 = time.perf_counter()
+    with storage.engine.begin() as conn:  # what Storage keeps in step as results arrive
+        refresh_device_values(conn)
+    print(f"  trial_device_values rebuilt in {time.perf_counter() - t0:.1f} s", flush=True)
     with storage.engine.begin() as conn:
         if storage.dialect == "postgresql":  # explicit ids: move the sequences past them
             for table in ("architectures", "trials", "measurements"):
@@ -222,36 +227,16 @@ def explain(storage: Storage, job: int, max_value: float) -> str:
 
 
 def plan_of(storage: Storage, budget: float | None) -> str:
-    """The ways `best_trials` tried for this budget, from the SQL it sent (informational):
-    head = the walk down the score index over the job's first best trials, candidates =
-    from the measurements within the budget, rest of walk = the walk on from the head,
-    walk = one walk (no budget, or a small job)."""
-    sent: list[str] = []
-
-    def spy(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
-        sent.append(statement)
-
-    event.listen(storage.engine, "before_cursor_execute", spy)
-    try:
-        best_trials(storage, JOB_ID[0], top=5, device="pixel3" if budget else None,
-                    max_value=budget)
-    finally:
-        event.remove(storage.engine, "before_cursor_execute", spy)
-    steps = []
-    for statement in sent:
-        text_ = " ".join(statement.split())
-        if not text_.upper().startswith(("SELECT", "WITH")) or \
-                text_.startswith(("SELECT count(", "SELECT trials.score, trials.number FROM")):
-            continue  # BEGIN, the capped count, the head's last trial
-        if "within_budget" in text_:
-            steps.append("candidates")
-        elif "trials.score >=" in text_:
-            steps.append("head")
-        elif "trials.score <=" in text_:
-            steps.append("rest of walk")
-        else:
-            steps.append("walk")
-    return ">".join(steps)
+    """Which index of trial_device_values the query read (informational): `value` = the
+    trials within the budget, then the best of them; `score` = down the job's scores,
+    checking each value; `trials` = no budget (the trials' score index)."""
+    if budget is None:
+        return "trials"
+    plan = explain(storage, JOB_ID[0], budget)
+    for name in ("value", "score"):
+        if f"ix_trial_device_values_{name}" in plan:
+            return f"{name} index"
+    return "other"
 
 
 def bench_database(label: str, storage: Storage, data: Data, budgets: dict[str, float],

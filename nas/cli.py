@@ -174,7 +174,9 @@ def _drive(ctx: Context, job_id: int, show_progress: bool) -> str:
 
 def _spawn_driver(ctx: Context, job_id: int) -> Path:
     """Run the job in a detached `nas` process; returns its log file."""
-    log_dir = Path("nas-artifacts") / f"job-{job_id}"
+    from .driver import artifact_dir
+
+    log_dir = artifact_dir(job_id)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "driver.log"
     command = [sys.executable, "-m", "nas", "--db", ctx.db]

@@ -14,19 +14,29 @@ any instant leaves the database at a step boundary.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from search_spaces import Arch, SearchSpace, get_space
 from workers import EvaluatorSpec, TrialResult, TrialTask
-from workers.evaluators import evaluator_class
+from workers.evaluators import Evaluator, evaluator_class, get_evaluator
 
 from .errors import LeaseHeldError, NasError
 from .spec import JobSpec, parse_spec
-from .storage import NewTrial, Storage, StoredResult, preferred_device_values
+from .storage import (
+    MeasurementRow,
+    NewTrial,
+    Storage,
+    StoredResult,
+    preferred_device_values,
+    stored_values,
+)
 from .storage.schema import SOURCE_RANK
 from .strategies import (
     SearchContext,
@@ -34,6 +44,8 @@ from .strategies import (
     TrialView,
     get_strategy,
 )
+from .strategies.proxy import ProxySearch
+from .strategies.weight_sharing import WeightSharingStrategy
 
 Progress = Callable[[int, "int | None", "float | None"], None]
 FINISHED = ("completed", "failed")
@@ -88,6 +100,13 @@ def _constrained_value(result: TrialResult, metric: str, device: str | None) -> 
     return None
 
 
+def artifact_dir(job_id: int) -> Path:
+    """The job's artifact folder (driver log, supernet checkpoints): `$NAS_ARTIFACTS/job-N`,
+    default `./nas-artifacts/job-N`, absolute so that worker processes find it. On a cluster,
+    point NAS_ARTIFACTS at a filesystem every node shares."""
+    return Path(os.environ.get("NAS_ARTIFACTS", "nas-artifacts")).resolve() / f"job-{job_id}"
+
+
 def make_executor(spec: JobSpec, evaluator_spec: EvaluatorSpec, ray_address: str | None):
     from workers.executors import LocalExecutor, RayExecutor
 
@@ -109,6 +128,19 @@ def default_batch_size(spec: JobSpec) -> int:
     if spec.batch_size is not None:
         return spec.batch_size
     return CHEAP_BATCH if evaluator_class(spec.evaluator).cheap else 1
+
+
+def _cache_device(spec: JobSpec, space: SearchSpace) -> str | None:
+    """The job evaluator's cache device (see `Evaluator.cache_device`), if it has one."""
+    if evaluator_class(spec.evaluator).cache_device is Evaluator.cache_device:
+        return None
+    return get_evaluator(spec.evaluator, space, **spec.evaluator_args).cache_device()
+
+
+def _analytic_proxies(space: SearchSpace, arch: Arch, proxies: list[str]) -> dict[str, float]:
+    """params / flops among `proxies`: computed by the space, never stored."""
+    return {p: float(space.params(arch) if p == "params" else space.flops(arch))
+            for p in proxies if p in ("params", "flops")}
 
 
 class Driver:
@@ -228,6 +260,7 @@ class _Run:
                                             spec.evaluator_args)
         self.batch = default_batch_size(spec)
         self.window = spec.parallelism * self.batch
+        self.cache_device = _cache_device(spec, self.space)
         self.target = spec.budget_trials if spec.budget_trials is not None else math.inf
         self.elapsed_before = float(job["elapsed_s"] or 0.0)
         self.note: str | None = None
@@ -327,6 +360,9 @@ class _Run:
         if slot is None or result.number in self.finished or result.number <= self.told:
             return  # a stale duplicate of a result already taken
         status, error, score, values, feasible = score_result(self.spec, result)
+        if status == "completed" and isinstance(self.strategy, WeightSharingStrategy):
+            found = self.strategy.search_metrics(slot.key)  # e.g. the supernet accuracy
+            result.metrics = {**result.metrics, **{f"search.{k}": v for k, v in found.items()}}
         self.results.append(StoredResult(
             slot.trial_id, status, result.attempt, result.worker, result.started_at,
             result.finished_at, result.metrics if status == "completed" else None, score,
@@ -376,6 +412,11 @@ class _Run:
                     continue
                 tasks.append(TrialTask(slot.number, slot.key, slot.arch, slot.attempt))
                 self.dispatched.append((slot.trial_id, slot.attempt))
+            if tasks and self.cache_device is not None:
+                cached = stored_values(self.storage, self.space.name, [t.key for t in tasks],
+                                       self.cache_device)
+                for task in tasks:
+                    task.cached = cached.get(task.key, {})
             if tasks:
                 executor.submit(tasks)
 
@@ -393,6 +434,14 @@ class _Run:
                     if self.d.executor_factory
                     else make_executor(self.spec, self.evaluator_spec, self.d.ray_address))
         try:
+            if isinstance(self.strategy, WeightSharingStrategy) and not self.strategy.searched:
+                stopped = self._run_search(executor, start)
+                if stopped is not None:
+                    return stopped
+            if isinstance(self.strategy, ProxySearch) and not self.strategy.scored:
+                stopped = self._score_pool(start)
+                if stopped is not None:
+                    return stopped
             self._tell_in_order()  # results stored past the snapshot are told first
             self._fill()
             last_beat = time.monotonic()
@@ -428,6 +477,100 @@ class _Run:
             return "completed", self.note
         finally:
             executor.shutdown()
+
+    def _run_search(self, executor: Any, start: float) -> tuple[str, str | None] | None:
+        """Run the weight-sharing strategy's supernet search as one task (it resumes from
+        its checkpoint folder), keeping the lease alive; its result goes into the strategy
+        and is stored with a snapshot, so a resume never trains again. Returns a final
+        status when the job was cancelled meanwhile."""
+        assert isinstance(self.strategy, WeightSharingStrategy)
+        folder = artifact_dir(self.job_id) / "search"
+        executor.start_search(self.strategy.search_task(str(folder), self.spec.space_args))
+        while True:
+            result = executor.poll_search(timeout=self.d.heartbeat_s)
+            elapsed = self.elapsed_before + time.monotonic() - start
+            if result is not None:
+                break
+            if not self.storage.heartbeat(self.job_id, self.d.owner, self.d.lease_ttl_s,
+                                          elapsed):
+                raise LeaseHeldError(f"job {self.job_id}: lease lost; stopping")
+            if self.storage.cancel_requested(self.job_id):
+                executor.stop_search()
+                self._commit(elapsed)
+                return "cancelled", ("cancelled by the user during the supernet search; "
+                                     "`nas resume` continues from its last checkpoint")
+        self.strategy.set_outcome(result)
+        (folder / "history.json").write_text(json.dumps(
+            {"device": result.device, "worker": result.worker, "history": result.history,
+             "derived": [{"key": k, **m} for k, m in zip(result.keys, result.metrics,
+                                                          strict=True)]}, indent=1))
+        self.storage.add_artifact(self.job_id, "search", str(folder))
+        self._take_snapshot()
+        self._commit(elapsed)
+        return None
+
+    def _score_pool(self, start: float) -> tuple[str, str | None] | None:
+        """Score the proxy strategy's candidate pool with the `proxy` evaluator on workers
+        (batches in parallel), reusing and storing scores under its cache device, then hand
+        the scores to the strategy. Returns a final status when the job was cancelled."""
+        strategy = self.strategy
+        assert isinstance(strategy, ProxySearch)
+        pool = strategy.pool_candidates()
+        device = strategy.cache_device
+        stored = stored_values(self.storage, self.space.name, [k for k, _ in pool], device)
+        scores = {key: _analytic_proxies(self.space, arch, strategy.proxies)
+                  | stored.get(key, {}) for key, arch in pool}
+        todo = [(key, arch) for key, arch in pool
+                if any(p not in scores[key] for p in strategy.proxies)]
+        if todo:
+            proxy_spec = EvaluatorSpec(self.spec.space, self.spec.space_args, "proxy",
+                                       strategy.evaluator_args)
+            executor = (self.d.executor_factory(self.spec, proxy_spec)
+                        if self.d.executor_factory
+                        else make_executor(self.spec, proxy_spec, self.d.ray_address))
+            try:
+                stopped = self._score(executor, todo, scores, stored, start)
+            finally:
+                executor.shutdown()
+            if stopped is not None:
+                return stopped
+        strategy.set_scores({k: v for k, v in scores.items()
+                             if all(p in v for p in strategy.proxies)})
+        self._take_snapshot()
+        self._commit(self.elapsed_before + time.monotonic() - start)
+        return None
+
+    def _score(self, executor: Any, todo: list[tuple[str, Arch]],
+               scores: dict[str, dict[str, float]], stored: dict[str, dict[str, float]],
+               start: float) -> tuple[str, str | None] | None:
+        """Evaluate `todo` with the proxy executor, storing each result's scores as they
+        arrive (so a resume only scores what is missing)."""
+        archs = dict(todo)
+        queue = [TrialTask(i, key, arch, 1, stored.get(key, {}))
+                 for i, (key, arch) in enumerate(todo)]
+        size = max(1, min(8, len(queue) // max(1, 4 * self.spec.parallelism)))
+        while queue or executor.in_flight():
+            while queue and executor.free_slots() > 0:
+                executor.submit(queue[:size])
+                queue = queue[size:]
+            rows = []
+            for result in executor.poll(timeout=self.d.heartbeat_s):
+                if result.status != "completed":
+                    continue  # left out of the ranking
+                for m in result.measurements:
+                    scores[result.key][m["metric"]] = float(m["value"])
+                    rows.append(MeasurementRow(result.key, archs[result.key], m["device"],
+                                               m["metric"], float(m["value"]), m["source"]))
+            if rows:
+                self.storage.put_measurements(self.space.name, rows)
+            elapsed = self.elapsed_before + time.monotonic() - start
+            if not self.storage.heartbeat(self.job_id, self.d.owner, self.d.lease_ttl_s,
+                                          elapsed):
+                raise LeaseHeldError(f"job {self.job_id}: lease lost; stopping")
+            if self.storage.cancel_requested(self.job_id):
+                return "cancelled", ("cancelled by the user while scoring the proxy pool; "
+                                     "the scores so far are stored and reused on resume")
+        return None
 
     def _report(self) -> None:
         if self.d.progress is not None:

@@ -211,7 +211,8 @@ def test_proxy_evaluator_on_a_digits_shaped_space():
     assert evaluator.proxies == list(DEFAULT_PROXIES)
     assert evaluator.data_key() == "digits|batch=20|seed=0"
     assert evaluator.metric_names() == ({f"proxy.{p}" for p in DEFAULT_PROXIES}
-                                        | {"score", "params", "flops", "proxy_time_s"})
+                                        | {"score", "params", "flops", "proxy_time_s",
+                                           "proxy_cached"})
     x, y = evaluator.batch()
     assert tuple(x.shape) == (20, 1, 8, 8) and y.dtype == torch.long and int(y.max()) < 10
     key = space.key(CONVS)
@@ -224,6 +225,14 @@ def test_proxy_evaluator_on_a_digits_shaped_space():
     expected = combine.fixed_score({p: result.metrics[f"proxy.{p}"] for p in DEFAULT_PROXIES})
     assert result.metrics["score"] == pytest.approx(expected)
     assert evaluator.proxy_value(CONVS, key, "jacov") == result.metrics["proxy.jacov"]
+    # every computed (not analytic) proxy is a measurement under the cache device
+    assert evaluator.cache_device() == "proxy:digits|batch=20|seed=0"
+    assert {(m.device, m.metric, m.source) for m in result.measurements} == \
+        {(evaluator.cache_device(), p, "measured") for p in DEFAULT_PROXIES if p != "params"}
+    cached = {m.metric: m.value + 1.0 for m in result.measurements}  # marked: reused, not redone
+    reused = evaluator.evaluate_cached(CONVS, key, cached)
+    assert reused.measurements == [] and reused.metrics["proxy_cached"] == len(cached)
+    assert all(reused.metrics[f"proxy.{p}"] == v for p, v in cached.items())
     worse = evaluator.evaluate(ALL_NONE, space.key(ALL_NONE))
     assert worse.metrics["score"] < result.metrics["score"]
 

@@ -36,6 +36,8 @@ class TrialTask:
     key: str
     arch: dict[str, Any]
     attempt: int = 1
+    #: Values stored earlier under the evaluator's `cache_device()` (metric -> value).
+    cached: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,7 +81,8 @@ def evaluate_one(evaluator: Evaluator, task: TrialTask) -> TrialResult:
     result = TrialResult(task.number, task.key, "completed", task.attempt, worker=worker_name(),
                          started_at=started)
     try:
-        evaluation = evaluator.evaluate(task.arch, task.key)
+        evaluation = (evaluator.evaluate_cached(task.arch, task.key, task.cached)
+                      if task.cached else evaluator.evaluate(task.arch, task.key))
     except EvaluationError as exc:
         result.status, result.error = "failed", str(exc)
     except Exception as exc:  # a bug or a resource error in one trial must not stop the job

@@ -7,6 +7,7 @@ from ._queries import (
     get_trial,
     pareto_front,
     preferred_device_values,
+    stored_values,
     trials_with_device_value,
     unknown_measurement_count,
 )
@@ -15,6 +16,6 @@ from ._storage import MeasurementRow, NewTrial, Storage, StoredResult, as_utc, u
 __all__ = [
     "DEFAULT_URL", "MeasurementRow", "NewTrial", "Storage", "StoredResult", "as_utc", "best_trials",
     "current_revision", "device_measurements", "get_trial", "head_revision", "make_engine",
-    "pareto_front", "preferred_device_values", "trials_with_device_value",
+    "pareto_front", "preferred_device_values", "stored_values", "trials_with_device_value",
     "unknown_measurement_count", "upgrade", "utcnow",
 ]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
 from ..errors import NasError
-from .schema import architectures, measurements, trials
+from .schema import architectures, measurements, trial_device_values, trials
 
 
 def _preferred(column, device: str, metric: str):  # noqa: ANN001, ANN202
@@ -23,38 +23,13 @@ def _preferred(column, device: str, metric: str):  # noqa: ANN001, ANN202
     )
 
 
-#: How `best_trials` finds the best trials under a device budget, cheapest way first:
-#: 1. walking down the score index, checking each trial's preferred measurement, as far as
-#:    the job's WALK_FIRST-th best trial (enough when the budget is loose);
-#: 2. when the budget admits fewer than CANDIDATES_BELOW measurements (an index-only count
-#:    on ix_measurements_device_value that stops at the limit), from the architectures
-#:    within it: PostgreSQL looks up each one's trial in the job; SQLite walks the score
-#:    index with their list at hand, or below LOOK_UP_BELOW looks them up too;
-#: 3. else on down the whole score index.
-#: Tuned with bench/query.py (10^5 and 10^6 trials): the walk costs about 3 us a trial on
-#: SQLite and 7 us on PostgreSQL, a look-up about 4 and 5 us a candidate, SQLite's walk
-#: with the list under 1 us a trial.
-WALK_FIRST = {"sqlite": 1_000, "postgresql": 5_000}
-CANDIDATES_BELOW = {"sqlite": 100_000, "postgresql": 50_000}
-LOOK_UP_BELOW = {"sqlite": 20_000}
-#: In way 2 the candidates are architectures with any measurement within the budget; the
-#: preferred one is checked on the best `top + CHECK_SLACK` of them only.
-CHECK_SLACK = 20
-
-
-def _within_budget(device: str, metric: str, max_value: float):  # noqa: ANN202
-    """Architectures with any `metric` measurement on `device` within the budget: a superset
-    of those whose preferred measurement is (the exact check stays in the query)."""
-    return select(measurements.c.architecture_id).where(
-        measurements.c.device == device, measurements.c.metric == metric,
-        measurements.c.value <= max_value)
-
-
-def _count_within_budget(conn, device: str, metric: str, max_value: float,  # noqa: ANN001
-                         limit: int) -> int:
-    """How many measurements are within the budget, counting no further than `limit`."""
-    capped = _within_budget(device, metric, max_value).limit(limit).subquery()
-    return conn.execute(select(func.count()).select_from(capped)).scalar_one()
+#: Under a budget, `best_trials` reads `trial_device_values` either down its score index
+#: (checking each trial's value in the index: cheap when the budget is loose) or along its
+#: value index (the trials within the budget, then the best of them: cheap when it is
+#: tight). It counts the trials within the budget, stopping at RANGE_BELOW, and takes the
+#: value index below that. PostgreSQL's planner makes the same choice from its statistics;
+#: SQLite (no statistics unless ANALYZE ran) is told. Tuned with bench/query.py.
+RANGE_BELOW = 50_000
 
 
 def _trial_columns() -> list[Any]:
@@ -70,6 +45,22 @@ def _candidates(job_id: int, feasible_only: bool):  # noqa: ANN202
         .where(trials.c.job_id == job_id, trials.c.status == "completed",
                trials.c.score.is_not(None))
     return query.where(trials.c.feasible.is_(True)) if feasible_only else query
+
+
+def _within_budget(job_id: int, device: str, metric: str, max_value: float,  # noqa: ANN202
+                   feasible_only: bool):
+    """The job's scored trials (id, score, number) whose preferred value is within budget."""
+    tdv = trial_device_values
+    query = select(tdv.c.trial_id.label("id"), tdv.c.score, tdv.c.number).where(
+        tdv.c.job_id == job_id, tdv.c.device == device, tdv.c.metric == metric,
+        tdv.c.value <= max_value)
+    return query.where(tdv.c.feasible.is_(True)) if feasible_only else query
+
+
+def _count_within_budget(conn, query, limit: int) -> int:  # noqa: ANN001
+    """How many rows `query` has, counting no further than `limit`."""
+    capped = query.limit(limit).subquery()
+    return conn.execute(select(func.count()).select_from(capped)).scalar_one()
 
 
 def _top_rows(conn, ranked, top: int, device: str | None,  # noqa: ANN001
@@ -98,55 +89,12 @@ def best_trials(storage, job_id: int, top: int = 5, device: str | None = None,  
     with storage.read() as conn:
         if device is None or max_value is None:
             return _top_rows(conn, _candidates(job_id, feasible_only), top, device, metric)
-
-        def within(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return [r for r in rows
-                    if r["device_value"] is not None and r["device_value"] <= max_value]
-
-        dialect = conn.dialect.name
-        ranked = _candidates(job_id, feasible_only).with_only_columns(
-            trials.c.id, trials.c.score, trials.c.number)
-
-        def walk(count: int, *where: Any) -> list[dict[str, Any]]:
-            """The best `count` trials within the budget, walking down the score index."""
-            query = ranked.where(*where, _preferred(measurements.c.value, device, metric)
-                                 <= max_value)
-            return _top_rows(conn, query, count, device, metric)
-
-        # 1. the walk down the score index as far as the job's WALK_FIRST-th best trial
-        last = conn.execute(ranked.with_only_columns(trials.c.score, trials.c.number).order_by(
-            trials.c.score.desc(), trials.c.number).offset(
-                WALK_FIRST.get(dialect, 1_000) - 1).limit(1)).first()
-        if last is None:  # a small job: the walk is short
-            return walk(top)
-        rows = walk(top, trials.c.score >= last.score,
-                    or_(trials.c.score > last.score, trials.c.number <= last.number))
-        if len(rows) == top:  # every other trial ranks below them
-            return rows
-        limit = CANDIDATES_BELOW.get(dialect, 0)
-        admitted = _count_within_budget(conn, device, metric, max_value, limit)
-        if admitted < limit:
-            # 2. from the architectures with a measurement within the budget (the preferred
-            # measurement decides: checked on the best few of them)
-            if admitted < LOOK_UP_BELOW.get(dialect, 0):
-                within_budget = _within_budget(device, metric, max_value).distinct().cte(
-                    "within_budget").prefix_with("MATERIALIZED")
-                looked_up = ranked.where(
-                    trials.c.architecture_id == within_budget.c.architecture_id,
-                ).cte("candidate_trials").prefix_with("MATERIALIZED")
-                candidates = select(looked_up.c.id, looked_up.c.score, looked_up.c.number)
-            else:
-                within_budget = _within_budget(device, metric, max_value).cte(
-                    "within_budget").prefix_with("MATERIALIZED")
-                candidates = ranked.where(trials.c.architecture_id.in_(
-                    select(within_budget.c.architecture_id)))
-            found = _top_rows(conn, candidates, top + CHECK_SLACK, device, metric)
-            if len(within(found)) >= top or len(found) < top + CHECK_SLACK:
-                return within(found)[:top]
-        # 3. (or when many candidates' preferred measurements are over the budget) the walk
-        # goes on down the score index
-        return rows + walk(top - len(rows), trials.c.score <= last.score,
-                           or_(trials.c.score < last.score, trials.c.number > last.number))
+        within = _within_budget(job_id, device, metric, max_value, feasible_only)
+        if conn.dialect.name == "sqlite":
+            tight = _count_within_budget(conn, within, RANGE_BELOW) < RANGE_BELOW
+            index = "ix_trial_device_values_value" if tight else "ix_trial_device_values_score"
+            within = within.with_hint(trial_device_values, f"INDEXED BY {index}", "sqlite")
+        return _top_rows(conn, within, top, device, metric)
 
 
 def unknown_measurement_count(storage, job_id: int, device: str,  # noqa: ANN001
@@ -224,4 +172,22 @@ def device_measurements(storage, architecture_keys: list[str], space: str,  # no
         for row in conn.execute(query).mappings():
             found.setdefault(row["key"], []).append(
                 {k: row[k] for k in ("device", "metric", "value", "source")})
+    return found
+
+
+def stored_values(storage, space: str, keys: list[str], device: str,  # noqa: ANN001
+                  ) -> dict[str, dict[str, float]]:
+    """The preferred stored value of every metric of one `device` (e.g. an evaluator's
+    cache device) for some architectures: key -> metric -> value."""
+    found: dict[str, dict[str, float]] = {}
+    with storage.read() as conn:
+        for start in range(0, len(keys), 500):
+            query = (select(architectures.c.key, measurements.c.metric, measurements.c.value)
+                     .join(measurements, measurements.c.architecture_id == architectures.c.id)
+                     .where(architectures.c.space == space,
+                            architectures.c.key.in_(keys[start:start + 500]),
+                            measurements.c.device == device)
+                     .order_by(measurements.c.source_rank.desc()))
+            for key, metric, value in conn.execute(query):
+                found.setdefault(key, {})[metric] = float(value)
     return found

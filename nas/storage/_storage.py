@@ -25,6 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import LeaseHeldError, NasError
+from ._device_values import refresh_device_values
 from ._engine import ensure_schema, make_engine, read_connection
 from .schema import (
     SOURCE_RANK,
@@ -385,6 +386,14 @@ class Storage:
                 for r in results for m in r.measurements]
         if rows:
             conn.execute(self._insert_ignore(measurements), rows)
+        scored = [r.trial_id for r in results if r.status == "completed" and r.score is not None]
+        if rows:  # a result's measurements may change other trials' preferred values too
+            refresh_device_values(conn, architecture_ids={r.architecture_id for r in results
+                                                          if r.measurements})
+            scored = [r.trial_id for r in results if not r.measurements and r.score is not None
+                      and r.status == "completed"]
+        if scored:
+            refresh_device_values(conn, trial_ids=scored)
 
     def requeue_unfinished(self, job_id: int) -> None:
         """Trials left running by a cancelled driver go back to queued."""
@@ -437,6 +446,9 @@ class Storage:
                       "src": u["source"], "val": u["value"], "ver": u["model_version"],
                       "at": now} for u in updates])
             counts["new"], counts["updated"] = len(inserts), len(updates)
+            changed = {row["architecture_id"] for row in inserts + updates}
+            if changed:
+                refresh_device_values(conn, architecture_ids=changed)
         return counts
 
     @staticmethod

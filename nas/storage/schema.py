@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -79,6 +80,8 @@ trials = Table(
     # covering for `best`: its walk down the score index reads no table rows
     Index("ix_trials_job_status_score", "job_id", "status", "score", "number",
           "architecture_id"),
+    # a new measurement updates the device values of every trial of its architecture
+    Index("ix_trials_architecture_id", "architecture_id"),
 )
 
 measurements = Table(
@@ -100,6 +103,30 @@ measurements = Table(
           "value"),
     # `best` under a device budget: the architectures within it, by an index-only range
     Index("ix_measurements_device_value", "device", "metric", "value", "architecture_id"),
+)
+
+#: The preferred device value (measured < imported < benchmark < predicted) of each completed,
+#: scored trial, one row per (trial, device, metric) the trial's architecture has a value for.
+#: A denormalised copy of `measurements` joined to `trials`, kept in step by `Storage` (on
+#: results and on `put_measurements`), so that `best` under a device budget reads one index
+#: instead of looking up the preferred measurement of every trial it passes.
+trial_device_values = Table(
+    "trial_device_values", metadata,
+    Column("trial_id", Integer, ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True),
+    Column("device", String(200), primary_key=True),
+    Column("metric", String(64), primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("feasible", Boolean),
+    Column("value", Float, nullable=False),
+    Column("source", String(16), nullable=False),
+    # walk down the job's scores, reading each trial's value from the index (loose budgets)
+    Index("ix_trial_device_values_score", "job_id", "device", "metric", text("score DESC"),
+          "number", "value", "feasible", "trial_id"),
+    # the range of values within a budget (tight budgets)
+    Index("ix_trial_device_values_value", "job_id", "device", "metric", "value", "score",
+          "number", "feasible", "trial_id"),
 )
 
 #: Trained weights (a torch state_dict) of the best trials of a job, so that `nas export`

@@ -13,13 +13,17 @@ from ._base import (
 )
 from .checks import check_strategy
 from .evolution import RegularizedEvolution
+from .gbdt import GBDTSearch
 from .moevo import MultiObjectiveEvolution
 from .optuna import NSGA2Strategy, TPEStrategy
+from .proxy import ProxySearch
 from .random import RandomSearch
+from .weight_sharing import WeightSharingStrategy
 
 __all__ = [
-    "ConstraintInfo", "MultiObjectiveEvolution", "ObjectiveInfo", "RandomSearch",
+    "ConstraintInfo", "GBDTSearch", "MultiObjectiveEvolution", "ObjectiveInfo", "ProxySearch",
+    "RandomSearch",
     "RegularizedEvolution", "SearchContext", "Strategy", "TrialView", "check_strategy",
     "get_strategy", "list_strategies", "register_strategy", "strategy_class", "NSGA2Strategy",
-    "TPEStrategy",
+    "TPEStrategy", "WeightSharingStrategy",
 ]

@@ -51,6 +51,17 @@ class Evaluator(abc.ABC):
         """Metrics this evaluator can report (None: not known before evaluating)."""
         return None
 
+    # ---- a cache of costly values in the database (proxy scores) ---------------------------------
+    def cache_device(self) -> str | None:
+        """The measurement `device` under which this evaluator stores values worth never
+        computing twice (its measurements with that device); None: no cache."""
+        return None
+
+    def evaluate_cached(self, arch: Arch, key: str, cached: dict[str, float]) -> Evaluation:
+        """`evaluate`, given the values stored earlier under `cache_device()` for this
+        architecture (metric -> value); evaluators without a cache ignore them."""
+        return self.evaluate(arch, key)
+
     def devices(self) -> set[str]:
         """Devices whose latency this evaluator reports."""
         return set()

@@ -25,8 +25,11 @@ the reference is off-scale (percentiles saturate near 0 or 1), so the score stay
 in every proxy but is a cruder vote; a strategy with a population of its own can combine
 `proxy.<name>` metrics with `predictors.combine.mean_rank` instead.
 
-`compute(arch, names)` computes some proxies of one architecture; `proxy_value` one proxy:
-the place for a per-(architecture, proxy, data) cache, `data_key()` naming the data part.
+Cache: every computed proxy is also returned as a measurement of device
+`proxy:<data_key>` (`cache_device()`: the data, batch size and seed the scores depend on),
+metric = the proxy's name, source `measured`; the driver stores them and hands the stored
+ones back with the next evaluation of the same architecture (`evaluate_cached`), in any job,
+so a score is never computed twice for the same (architecture, proxy, data).
 """
 
 from __future__ import annotations
@@ -169,17 +172,33 @@ class ProxyEvaluator(Evaluator):
 
     def metric_names(self) -> set[str]:
         return {f"proxy.{p}" for p in self.proxies} | {"score", "params", "flops",
-                                                       "proxy_time_s"}
+                                                       "proxy_time_s", "proxy_cached"}
+
+    def cache_device(self) -> str:
+        return f"proxy:{self.data_key()}"
 
     def evaluate(self, arch: Arch, key: str) -> Evaluation:
+        return self.evaluate_cached(arch, key, {})
+
+    def evaluate_cached(self, arch: Arch, key: str, cached: dict[str, float]) -> Evaluation:
         from predictors.combine import fixed_score
 
+        from ._base import Measurement
+
         timings: dict[str, float] = {}
-        values = self.compute(arch, self.proxies, timings)
+        reuse = {p: float(cached[p]) for p in self.proxies
+                 if p in cached and p not in _ANALYTIC}
+        todo = [p for p in self.proxies if p not in reuse]
+        computed = self.compute(arch, todo, timings) if todo else {}
+        values = {p: reuse[p] if p in reuse else computed[p] for p in self.proxies}
+        device = self.cache_device()
+        stored = [Measurement(device, p, v, "measured") for p, v in computed.items()
+                  if p not in _ANALYTIC]
         params, flops = self.space.params(arch), self.space.flops(arch)
         metrics = {f"proxy.{name}": value for name, value in values.items()}
         metrics["score"] = fixed_score({p: values[p] for p in self.score_proxies})
         metrics["params"] = float(params)
         metrics["flops"] = float(flops)
         metrics["proxy_time_s"] = float(sum(timings.values()))
-        return Evaluation(metrics, [], params, flops)
+        metrics["proxy_cached"] = float(len(reuse))
+        return Evaluation(metrics, stored, params, flops)

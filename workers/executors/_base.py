@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 
 from ..task import EvaluatorSpec, TrialResult, TrialTask
+from ..weight_sharing.task import SearchResult, SearchTask
 
 
 class Executor(abc.ABC):
@@ -28,6 +29,19 @@ class Executor(abc.ABC):
 
     def free_slots(self) -> int:
         return self.slots - self.in_flight()
+
+    # ---- one long task: a weight-sharing search -------------------------------------------------
+    def start_search(self, task: SearchTask) -> None:
+        """Start a weight-sharing search (one at a time)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run a weight-sharing search")
+
+    def poll_search(self, timeout: float) -> SearchResult | None:
+        """The search's result once it has finished (waiting up to `timeout` seconds);
+        raises the search's error if it failed."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run a weight-sharing search")
+
+    def stop_search(self) -> None:  # noqa: B027 - optional hook
+        """Stop a running search (its last checkpoint stays for a resume)."""
 
     def shutdown(self) -> None:  # noqa: B027 - optional hook
         """Release resources; batches still in flight are abandoned."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 
 from ..task import EvaluatorSpec, TrialResult, TrialTask, evaluate_batch
+from ..weight_sharing.task import SearchResult, SearchTask, run_search
 from ._base import Executor
 
 
@@ -12,6 +14,9 @@ class LocalExecutor(Executor):
     def __init__(self, spec: EvaluatorSpec, slots: int = 1) -> None:
         super().__init__(spec, slots)
         self._queue: deque[list[TrialTask]] = deque()
+        self._search: threading.Thread | None = None
+        self._search_stop = threading.Event()
+        self._search_out: list[SearchResult | BaseException] = []
 
     def submit(self, batch: list[TrialTask]) -> None:
         self._queue.append(batch)
@@ -23,3 +28,39 @@ class LocalExecutor(Executor):
 
     def in_flight(self) -> int:
         return len(self._queue)
+
+    # a search runs in a thread, so the driver keeps its heartbeat while it trains
+    def start_search(self, task: SearchTask) -> None:
+        self._search_stop.clear()
+        self._search_out.clear()
+
+        def target() -> None:
+            try:
+                self._search_out.append(run_search(task, stop=self._search_stop.is_set))
+            except BaseException as exc:  # handed to the driver by poll_search
+                self._search_out.append(exc)
+
+        self._search = threading.Thread(target=target, name="nas-search", daemon=True)
+        self._search.start()
+
+    def poll_search(self, timeout: float) -> SearchResult | None:
+        if self._search is None:
+            raise RuntimeError("no search was started")
+        self._search.join(timeout)
+        if self._search.is_alive():
+            return None
+        self._search = None
+        out = self._search_out.pop()
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def stop_search(self) -> None:
+        """Asks the search to stop after its current epoch and waits for it."""
+        if self._search is not None:
+            self._search_stop.set()
+            self._search.join()
+            self._search = None
+
+    def shutdown(self) -> None:
+        self.stop_search()

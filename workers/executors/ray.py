@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from ..task import EvaluatorSpec, TrialResult, TrialTask, evaluate_batch
+from ..weight_sharing.task import SearchResult, SearchTask, run_search
 from ._base import Executor
 
 
@@ -41,6 +42,7 @@ class RayExecutor(Executor):
         self._remote = self.ray.remote(num_cpus=num_cpus, max_retries=0)(evaluate_batch)
         self._spec_ref = self.ray.put(spec)
         self._batches: dict[Any, list[TrialTask]] = {}
+        self._search: tuple[Any, SearchTask] | None = None
 
     def submit(self, batch: list[TrialTask]) -> None:
         ref = self._remote.remote(self._spec_ref, batch)
@@ -71,7 +73,7 @@ class RayExecutor(Executor):
     def _retry_or_fail(self, batch: list[TrialTask], exc: Exception) -> list[TrialResult]:
         """Resubmit the trials of a lost batch, or fail those out of attempts."""
         reason = type(exc).__name__
-        retry = [TrialTask(t.number, t.key, t.arch, t.attempt + 1) for t in batch
+        retry = [TrialTask(t.number, t.key, t.arch, t.attempt + 1, t.cached) for t in batch
                  if t.attempt < self.max_attempts]
         if retry:
             self.submit(retry)
@@ -84,7 +86,42 @@ class RayExecutor(Executor):
             for t in batch if t.attempt >= self.max_attempts
         ]
 
+    # ---- a weight-sharing search: one task, on a GPU when the cluster has one -------------------
+    def start_search(self, task: SearchTask) -> None:
+        gpus = 1 if self.ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        remote = self.ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(run_search)
+        self._search = (remote.remote(task), task)
+
+    def poll_search(self, timeout: float) -> SearchResult | None:
+        """The result; a search whose worker or node died is started again (it resumes from
+        its last checkpoint) up to `max_attempts` times."""
+        if self._search is None:
+            raise RuntimeError("no search was started")
+        ref, task = self._search
+        ready, _ = self.ray.wait([ref], num_returns=1, timeout=timeout)
+        if not ready:
+            return None
+        self._search = None
+        try:
+            return self.ray.get(ref)
+        except (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.NodeDiedError,
+                self.ray.exceptions.ObjectLostError) as exc:
+            if task.attempt >= self.max_attempts:
+                raise RuntimeError(f"the search's worker was lost {task.attempt} times; last: "
+                                   f"{type(exc).__name__}") from exc
+            self.start_search(SearchTask(**{**task.__dict__, "attempt": task.attempt + 1}))
+            return None
+        except self.ray.exceptions.RayTaskError as exc:
+            raise exc.as_instanceof_cause() from None
+
+    def stop_search(self) -> None:
+        """Kills the search task (its last checkpoint stays for a resume)."""
+        if self._search is not None:
+            self.ray.cancel(self._search[0], force=True)
+            self._search = None
+
     def shutdown(self) -> None:
+        self.stop_search()
         for ref in list(self._batches):
             self.ray.cancel(ref, force=True)
         self._batches.clear()

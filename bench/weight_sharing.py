@@ -1,0 +1,243 @@
+"""DARTS-family weight-sharing searches: cost of a search step, derived cells, FBNet budget.
+
+1. darts vs pc-darts (K=4) on the `darts` space, CIFAR-shaped input (3x32x32, random pixels:
+   content does not change cost), the same batch size: the memory of one search step and the
+   median step time (an architecture step and a weight step). Memory on CUDA is
+   `torch.cuda.max_memory_allocated` over a step; on CPU, where no allocator statistic
+   exists for torch, it is the bytes of the tensors autograd saves for the backward pass
+   during one training forward (`torch.autograd.graph.saved_tensors_hooks`, each storage
+   counted once, parameters excluded): the activation memory, which is what partial
+   channels shrink and what dominates a search step's peak.
+2. nb201 on `digits`: the cell each of darts (1st order), darts (2nd order), pc-darts and
+   rarts derives, its skip-connection count per epoch (collapse to skip connections is the
+   known DARTS failure) and its NAS-Bench-201 CIFAR-10 test accuracy from the shipped table
+   (a proxy task: the search trains on 8x8 digits, the table is CIFAR-10).
+3. fbnet: the per-op latency table measured on this CPU (`workers.latency_lut`, the full
+   NAS-Bench-201 network, batch 1, one thread), a budget (30% of the way from the fastest
+   to the slowest cell), and for a run with the latency penalty and one without it the
+   derived and the argmax cell's table latency and latency measured on this CPU
+   (`workers.latency.measure_latency_ms`).
+
+    python bench/weight_sharing.py           # full (< 20 min on 2 shared CPU cores)
+    python bench/weight_sharing.py --quick   # CI smoke test (< 60 s)
+
+Writes bench/results/weight_sharing.json (`--quick`: a fresh temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from search_spaces import get_space  # noqa: E402
+from workers.latency import measure_latency_ms  # noqa: E402
+from workers.latency_lut import measure_nb201_lut, predict_from_lut  # noqa: E402
+from workers.tables import load_table  # noqa: E402
+from workers.weight_sharing import get_search  # noqa: E402
+from workers.weight_sharing.mixed import nb201_ranked  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+FULL = {"step": {"channels": 8, "cells": 5, "batch": 32, "steps": 5},
+        "nb201": {"epochs": 30, "limit": None, "channels": 8, "cells": 1, "batch": 64},
+        "fbnet": {"epochs": 30, "budget_fraction": 0.3}}
+QUICK = {"step": {"channels": 8, "cells": 3, "batch": 16, "steps": 2},
+         "nb201": {"epochs": 2, "limit": 200, "channels": 8, "cells": 1, "batch": 64},
+         "fbnet": {"epochs": 2, "budget_fraction": 0.3}}
+NB201_METHODS = {"darts-1st": ("darts", {"order": 1}), "darts-2nd": ("darts", {"order": 2}),
+                 "pc-darts": ("pc-darts", {"k": 4}), "rarts": ("rarts", {})}
+
+
+# ---- 1. step memory and time ---------------------------------------------------------------
+def saved_activation_bytes(search) -> int:
+    """Bytes autograd keeps for backward during one training forward (unique storages,
+    parameters excluded)."""
+    params = {p.untyped_storage().data_ptr() for p in search.net.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    x, y = search.split_w[0][:search.batch_size], search.split_w[1][:search.batch_size]
+    search.net.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = search.criterion(search.net(x, search.arch.op_weights(),
+                                           search.arch.edge_weights()), y)
+    loss.backward()
+    search.net.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+def step_cost(name: str, kwargs: dict, settings: dict, data: dict) -> dict:
+    search = get_search(name, get_space("darts"), dataset=data, epochs=1,
+                        batch_size=settings["batch"], channels=settings["channels"],
+                        cells=settings["cells"], **kwargs)
+    search.prepare()
+    b = settings["batch"]
+    xw, yw = search.split_w[0][:b], search.split_w[1][:b]
+    xa, ya = search.split_a[0][:b], search.split_a[1][:b]
+    cuda = search.device.type == "cuda"
+    search.search_step(xw, yw, xa, ya)  # warm-up
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(settings["steps"]):
+        start = time.perf_counter()
+        search.search_step(xw, yw, xa, ya)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    memory = torch.cuda.max_memory_allocated() if cuda else saved_activation_bytes(search)
+    params = sum(p.numel() * p.element_size() for p in search.net.parameters())
+    return {"step_seconds_median": statistics.median(times), "step_seconds": times,
+            "memory_bytes": memory, "memory_method": "cuda.max_memory_allocated" if cuda
+            else "saved tensors of one training forward (CPU)",
+            "param_bytes": params, "device": str(search.device)}
+
+
+def bench_steps(settings: dict, folder: Path) -> dict:
+    rng = np.random.default_rng(0)
+    n = 4 * settings["batch"] + 8
+    path = folder / "cifar-shaped.npz"
+    np.savez(path, x=rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8),
+             y=rng.integers(0, 10, size=n))
+    data = {"kind": "npz", "path": str(path)}
+    out = {"darts": step_cost("darts", {"order": 1}, settings, data),
+           "pc-darts": step_cost("pc-darts", {"k": 4}, settings, data)}
+    out["ratio"] = {
+        "memory": out["pc-darts"]["memory_bytes"] / out["darts"]["memory_bytes"],
+        "step_time": (out["pc-darts"]["step_seconds_median"]
+                      / out["darts"]["step_seconds_median"])}
+    return out
+
+
+# ---- 2. nb201 cells -----------------------------------------------------------------------
+def bench_nb201(settings: dict, folder: Path) -> dict:
+    space, table = get_space("nb201"), load_table("nb201-cifar10")
+    tests = np.array([row["test_acc"] for row in table.rows.values()])
+    data = {"kind": "digits", **({"limit": settings["limit"]} if settings["limit"] else {})}
+    out: dict = {"table_test_acc": {"mean": float(tests.mean()), "max": float(tests.max())}}
+    for label, (name, kwargs) in NB201_METHODS.items():
+        start = time.perf_counter()
+        search = get_search(name, space, seed=0, dataset=data, epochs=settings["epochs"],
+                            batch_size=settings["batch"], channels=settings["channels"],
+                            cells=settings["cells"], top=3, **kwargs)
+        outcome = search.run(folder / label)
+        key = space.key(outcome.archs[0])
+        test_acc = table.rows[key]["test_acc"]
+        out[label] = {
+            "key": key, "skip_connections": outcome.history[-1]["skip_connections"],
+            "skip_connections_per_epoch": [r["skip_connections"] for r in outcome.history],
+            "test_acc": test_acc,
+            "test_acc_percentile": float((tests < test_acc).mean() * 100),
+            "next_by_alpha": [{"key": space.key(a), "test_acc": table.rows[space.key(a)]
+                               ["test_acc"]} for a in outcome.archs[1:]],
+            "supernet_val_acc": outcome.metrics[0]["supernet_val_acc"],
+            "seconds": time.perf_counter() - start}
+        print(f"  {label:<10} {key}  skips {out[label]['skip_connections']}  "
+              f"test_acc {test_acc:.2f} ({out[label]['test_acc_percentile']:.0f}th pct)  "
+              f"supernet val {out[label]['supernet_val_acc']:.3f}  "
+              f"{out[label]['seconds']:.0f} s", flush=True)
+    return out
+
+
+# ---- 3. fbnet -----------------------------------------------------------------------------
+def bench_fbnet(settings: dict, folder: Path) -> dict:
+    """One measured table and budget; a run with the latency penalty (`latency_weight`
+    0.2, the default) and one without (0: only the budget-constrained derivation acts)."""
+    from search_spaces.nb201 import OPS
+
+    space = get_space("nb201")
+    lut = measure_nb201_lut(space)
+    grid, _ = nb201_ranked(np.full((6, 5), 0.2))
+    latencies = [predict_from_lut(lut, [OPS[i] for i in row]) for row in grid]
+    low, high = min(latencies), max(latencies)
+    budget = low + settings["budget_fraction"] * (high - low)
+    out: dict = {"lut": lut, "budget_ms": budget, "table_range_ms": [low, high]}
+    for weight in (0.2, 0.0):
+        out[f"latency_weight={weight}"] = fbnet_run(space, lut, budget, weight, settings,
+                                                    folder / f"fbnet-{weight}")
+    return out
+
+
+def fbnet_run(space, lut: dict, budget: float, weight: float, settings: dict,
+              folder: Path) -> dict:
+    search = get_search("fbnet", space, seed=0, epochs=settings["epochs"], batch_size=64,
+                        latency_table=lut, max_latency_ms=budget, latency_weight=weight)
+    outcome = search.run(folder)
+    arch, argmax = outcome.archs[0], search.current_arch()
+
+    def measured(a: dict) -> float:
+        torch.manual_seed(0)
+        return measure_latency_ms(space.build(a), space.input_shape(), repeats=30,
+                                  warmup=10)["median_ms"]
+
+    out = {"derived": {"key": space.key(arch), "table_ms": search.table_latency(arch),
+                       "measured_ms": measured(arch)},
+           "argmax": {"key": space.key(argmax), "table_ms": search.table_latency(argmax),
+                      "measured_ms": measured(argmax)},
+           "expected_latency_per_epoch": [r["expected_latency_ms"] for r in outcome.history],
+           "supernet_val_acc": outcome.metrics[0]["supernet_val_acc"]}
+    for what in ("derived", "argmax"):
+        print(f"  fbnet latency_weight {weight}: {what:<8} {out[what]['key']}  table "
+              f"{out[what]['table_ms']:.2f} ms  measured {out[what]['measured_ms']:.2f} ms  "
+              f"(budget {budget:.2f} ms)", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke test (< 60 s)")
+    parser.add_argument("--out", type=Path, help="folder for the JSON (default bench/results; "
+                                                 "quick: a temporary folder)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    settings = QUICK if args.quick else FULL
+    out = args.out or (Path(tempfile.mkdtemp(prefix="nas-bench-")) if args.quick else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        print(f"1. darts vs pc-darts (k=4), darts space, 3x32x32, batch "
+              f"{settings['step']['batch']}, channels {settings['step']['channels']}, "
+              f"{settings['step']['cells']} cells", flush=True)
+        steps = bench_steps(settings["step"], work)
+        for name in ("darts", "pc-darts"):
+            r = steps[name]
+            print(f"  {name:<9} step {r['step_seconds_median'] * 1000:8.1f} ms   memory "
+                  f"{r['memory_bytes'] / 2**20:8.1f} MiB   "
+                  f"params {r['param_bytes'] / 2**20:.2f} MiB")
+        print(f"  pc-darts / darts: memory {steps['ratio']['memory']:.2f}x (target <= 0.35), "
+              f"step time {steps['ratio']['step_time']:.2f}x (target <= 0.5)\n", flush=True)
+        print(f"2. nb201 on digits, {settings['nb201']['epochs']} epochs", flush=True)
+        nb201 = bench_nb201(settings["nb201"], work)
+        print(f"  (NAS-Bench-201 CIFAR-10 test_acc: mean {nb201['table_test_acc']['mean']:.2f}, "
+              f"max {nb201['table_test_acc']['max']:.2f})\n")
+        print(f"3. fbnet on nb201, {settings['fbnet']['epochs']} epochs", flush=True)
+        fbnet = bench_fbnet(settings["fbnet"], work)
+    record = {"settings": settings, "step_cost": steps, "nb201": nb201, "fbnet": fbnet,
+              "seconds": time.perf_counter() - started, "torch": torch.__version__,
+              "python": platform.python_version(), "machine": platform.machine()}
+    path = out / "weight_sharing.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\n{record['seconds']:.0f} s; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""`proxy`: training-free search. Score a large candidate pool with training-free proxies
+(seconds per architecture, no training), then spend the job's real evaluations on the best.
+
+Before the first trial the driver scores the pool (`pool_candidates`) with the `proxy`
+evaluator on its executor's workers (Ray in parallel), reusing every score already stored
+for the same (architecture, proxy, data) and storing each new one as it arrives, so an
+interrupted scoring resumes where it stopped and a second job never computes a score twice.
+It hands the scores to `set_scores`; the ranking is then part of the strategy's state.
+
+Modes (`mode`):
+- `top` (NASWOT-style, with real evaluations): propose the pool in order of the combined
+  training-free score (`predictors.combine.mean_rank` of the proxies over the pool: rank
+  voting), best first; the job's evaluator gives each its real score, so with N real
+  evaluations the job keeps the best of the N proxy-best. Past the pool: mutations of the
+  best scored trial.
+- `evolution`: proxy-warm-started regularized evolution: the first `population` proposals
+  are the proxy-best of the pool, then tournament selection and mutation on real scores.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from search_spaces import Arch, SearchSpace
+
+from ._base import Strategy, TrialView, register_strategy
+
+MODES = ("top", "evolution")
+
+
+def _int_arg(field: str, value: Any, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"strategy_args.{field} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+@register_strategy
+class ProxySearch(Strategy):
+    """Rank a pool by training-free proxies; evaluate the best (or evolve from them)."""
+
+    name = "proxy"
+    description = ("training-free: score a candidate pool with proxies (cached in the "
+                   "database), evaluate the proxy-best, or warm-start evolution with them")
+
+    def __init__(self, space: SearchSpace, seed: int = 0, pool: int = 1000, mode: str = "top",
+                 proxies: Any = None, dataset: Any = None, batch_size: Any = 20,
+                 proxy_seed: Any = 0, population: int = 20, sample: int = 5) -> None:
+        super().__init__(space, seed)
+        from workers.evaluators.proxy import ProxyEvaluator
+
+        self.seed = int(seed)
+
+        self.pool_size = _int_arg("pool", pool, 2)
+        if mode not in MODES:
+            raise ValueError(f"strategy_args.mode must be one of {', '.join(MODES)}, "
+                             f"got {mode!r}")
+        self.mode = mode
+        self.population_size = _int_arg("population", population, 1)
+        self.sample_size = _int_arg("sample", sample, 1)
+        if self.sample_size > self.population_size:
+            raise ValueError(f"strategy_args.sample ({sample}) must not exceed population "
+                             f"({population})")
+        self.evaluator_args = {k: v for k, v in {
+            "proxies": proxies, "dataset": dataset, "batch_size": batch_size,
+            "seed": proxy_seed}.items() if v is not None}
+        try:  # the proxy evaluator checks these; its messages name evaluator_args
+            evaluator = ProxyEvaluator(space, **self.evaluator_args)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("evaluator_args.", "strategy_args.")
+                             .replace("strategy_args.seed", "strategy_args.proxy_seed")) \
+                from None
+        self.proxies = list(evaluator.proxies)
+        self.cache_device = evaluator.cache_device()
+        # state
+        self.ranking: list[str] | None = None  # pool keys, proxy-best first
+        self.pool_scores: dict[str, float] = {}  # key -> combined score (for reports)
+        self.cursor = 0
+        self.asked = 0
+        self.population: deque[tuple[str, float]] = deque(maxlen=self.population_size)
+        self.best: tuple[float, str] | None = None
+
+    # ---- the pool ---------------------------------------------------------------------------
+    @property
+    def scored(self) -> bool:
+        return self.ranking is not None
+
+    def pool_candidates(self) -> list[tuple[str, Arch]]:
+        """The pool (distinct architectures, a fixed function of the seed): the whole space
+        when it has at most `pool` architectures, else `pool` uniform samples."""
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 7])
+        found: dict[str, Arch] = {}
+        if self.space.size() <= self.pool_size:
+            for arch in self.space.enumerate():
+                found.setdefault(self.space.key(arch), arch)
+        else:
+            for _ in range(50 * self.pool_size):
+                arch = self.space.sample(rng)
+                found.setdefault(self.space.key(arch), arch)
+                if len(found) >= self.pool_size:
+                    break
+        return list(found.items())
+
+    def set_scores(self, scores: dict[str, dict[str, float]]) -> None:
+        """Rank the pool by rank voting over the proxies (architectures whose scoring failed
+        are left out)."""
+        from predictors.combine import mean_rank
+
+        keys = sorted(k for k, v in scores.items() if all(p in v for p in self.proxies))
+        if not keys:
+            self.ranking, self.pool_scores = [], {}
+            return
+        combined = mean_rank({p: [scores[k][p] for k in keys] for p in self.proxies})
+        order = sorted(range(len(keys)), key=lambda i: (-combined[i], keys[i]))
+        self.ranking = [keys[i] for i in order]
+        self.pool_scores = {keys[i]: float(combined[i]) for i in order}
+
+    # ---- ask / tell ------------------------------------------------------------------------------
+    def ask(self) -> Arch:
+        if self.ranking is None:
+            raise RuntimeError("proxy: ask() before the pool was scored")
+        self.asked += 1
+        warm = self.mode == "top" or self.asked <= self.population_size
+        if warm:
+            arch = self._next_ranked()
+            if arch is not None:
+                return arch
+        if self.mode == "evolution" and self.population:
+            k = min(self.sample_size, len(self.population))
+            picks = self.rng.choice(len(self.population), size=k, replace=False)
+            parent_key = max((self.population[int(i)] for i in picks), key=lambda m: m[1])[0]
+        elif self.best is not None:
+            parent_key = self.best[1]
+        else:
+            return self.draw_acceptable(lambda: self.space.sample(self.rng))
+        parent = self.space.from_key(parent_key)
+        return self.draw_acceptable(lambda: self.space.mutate(parent, self.rng))
+
+    def _next_ranked(self) -> Arch | None:
+        assert self.ranking is not None
+        while self.cursor < len(self.ranking):
+            key = self.ranking[self.cursor]
+            self.cursor += 1
+            arch = self.space.from_key(key)
+            if self.acceptable(arch, key):
+                return arch
+        return None
+
+    def tell(self, trial: TrialView) -> None:
+        if trial.score is None:
+            return
+        self.population.append((trial.key, float(trial.score)))
+        if self.best is None or trial.score > self.best[0]:
+            self.best = (float(trial.score), trial.key)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "ranking": self.ranking, "cursor": self.cursor,
+                "asked": self.asked, "population": [list(m) for m in self.population],
+                "best": list(self.best) if self.best else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.ranking = state["ranking"]
+        self.cursor = int(state["cursor"])
+        self.asked = int(state["asked"])
+        self.population.clear()
+        self.population.extend((str(k), float(s)) for k, s in state["population"])
+        self.best = (float(state["best"][0]), str(state["best"][1])) if state["best"] else None

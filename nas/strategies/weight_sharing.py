@@ -1,0 +1,116 @@
+"""Weight-sharing strategies (darts, pc-darts, rarts, fbnet, oneshot) as ask/tell strategies.
+
+The supernet training itself is `workers.weight_sharing`: one long, checkpointed task that
+the driver hands to its executor before the first trial (`search_task`). Its result (the
+derived architectures, best first, with the search's own metrics such as the supernet
+accuracy) is given back with `set_outcome` and is part of the strategy's `state_dict`, so a
+resumed job never trains again once the search has finished; a job interrupted during the
+search runs the task again and it resumes from its last checkpoint.
+
+Then the strategy is an ordinary ask/tell one: the derived architectures are proposed first
+(those that are acceptable: not known, not violating a constraint), each scored by the
+job's evaluator (on NB201 the benchmark table gives the derived cell's true accuracy, which
+is how a DARTS collapse shows up). Budget beyond them is spent on mutations of the best
+scored architecture so far, a local search around what the supernet found.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from search_spaces import Arch, SearchSpace
+
+from ._base import Strategy, TrialView, register_strategy
+
+
+class WeightSharingStrategy(Strategy):
+    """The derived architectures of one supernet search, then mutations of the best."""
+
+    method: ClassVar[str] = ""
+
+    def __init__(self, space: SearchSpace, seed: int = 0, **args: Any) -> None:
+        super().__init__(space, seed)
+        from workers.weight_sharing import get_search
+
+        get_search(self.method, space, seed=seed, **args)  # bad arguments fail at submit
+        self.seed = int(seed)
+        self.args = dict(args)
+        self.derived: list[dict[str, Any]] | None = None  # [{key, arch, metrics}] best first
+        self.search_info: dict[str, Any] = {}
+        self.cursor = 0
+        self.best: tuple[float, str] | None = None  # (score, key) of the best told trial
+
+    # ---- the search -----------------------------------------------------------------------------
+    @property
+    def searched(self) -> bool:
+        return self.derived is not None
+
+    def search_task(self, checkpoint_dir: str, space_args: dict[str, Any]) -> Any:
+        from workers.weight_sharing.task import SearchTask
+
+        return SearchTask(self.method, self.space.name, dict(space_args), self.args, self.seed,
+                          checkpoint_dir)
+
+    def set_outcome(self, result: Any) -> None:
+        """Take the search's result (a `workers.weight_sharing.task.SearchResult`)."""
+        self.derived = [{"key": key, "arch": self.space.validate(arch), "metrics": metrics}
+                        for key, arch, metrics in zip(result.keys, result.archs,
+                                                      result.metrics, strict=True)]
+        last = result.history[-1] if result.history else {}
+        self.search_info = {"epochs": len(result.history), "device": result.device,
+                            "finished": result.finished, "last_epoch": last}
+
+    def search_metrics(self, key: str) -> dict[str, float]:
+        """The search's own metrics of a derived architecture (empty for the others)."""
+        for item in self.derived or ():
+            if item["key"] == key:
+                return dict(item["metrics"])
+        return {}
+
+    # ---- ask / tell ------------------------------------------------------------------------------
+    def ask(self) -> Arch:
+        if self.derived is None:
+            raise RuntimeError(f"{self.method}: ask() before the supernet search ran")
+        while self.cursor < len(self.derived):
+            item = self.derived[self.cursor]
+            self.cursor += 1
+            if self.acceptable(item["arch"], item["key"]):
+                return item["arch"]
+        parent = self.space.from_key(self.best[1]) if self.best is not None else \
+            self.derived[0]["arch"] if self.derived else None
+        if parent is None:
+            return self.draw_acceptable(lambda: self.space.sample(self.rng))
+        return self.draw_acceptable(lambda: self.space.mutate(parent, self.rng))
+
+    def tell(self, trial: TrialView) -> None:
+        if trial.score is not None and (self.best is None or trial.score > self.best[0]):
+            self.best = (float(trial.score), trial.key)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "derived": self.derived, "cursor": self.cursor,
+                "best": list(self.best) if self.best else None, "search": self.search_info}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.derived = state["derived"]
+        self.cursor = int(state["cursor"])
+        self.best = (float(state["best"][0]), str(state["best"][1])) if state["best"] else None
+        self.search_info = dict(state["search"])
+
+
+def _strategy(name: str, description: str) -> type[WeightSharingStrategy]:
+    cls = type(f"WeightSharing_{name.replace('-', '_')}", (WeightSharingStrategy,),
+               {"name": name, "method": name, "description": description,
+                "__doc__": description})
+    return register_strategy(cls)
+
+
+for _name, _description in {
+    "darts": "DARTS: mixed ops + bilevel optimisation (order 1 or 2); nb201, darts spaces",
+    "pc-darts": "PC-DARTS: partial channels (1/K) + edge normalisation; nb201, darts spaces",
+    "rarts": "RARTS: single-level relaxed search, data and network splitting; nb201, darts",
+    "fbnet": "FBNet DNAS: Gumbel-softmax with a per-op latency table and a budget; nb201",
+    "oneshot": "One-shot supernet (sandwich rule, in-place distillation), then evolution "
+               "over subnets with inherited weights; mbconv, hybrid",
+}.items():
+    _strategy(_name, _description)

@@ -1,0 +1,19 @@
+"""Weight-sharing searches (DARTS family, FBNet, one-shot supernets) that run as one long,
+checkpointed task on a worker; see `_base.WeightSharingSearch`."""
+
+from ._base import (
+    CHECKPOINT,
+    SearchOutcome,
+    WeightSharingSearch,
+    get_search,
+    list_searches,
+    register_search,
+    search_class,
+)
+from .darts import DartsSearch, DifferentiableSearch, PCDartsSearch, RartsSearch
+from .fbnet import FBNetSearch
+
+__all__ = ["CHECKPOINT", "SearchOutcome", "WeightSharingSearch", "get_search", "list_searches",
+           "register_search", "search_class"]
+
+__all__ += ["DartsSearch", "DifferentiableSearch", "FBNetSearch", "PCDartsSearch", "RartsSearch"]

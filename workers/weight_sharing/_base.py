@@ -1,0 +1,262 @@
+"""The `WeightSharingSearch` contract: one long, checkpointed supernet training on a worker.
+
+A weight-sharing method (DARTS, PC-DARTS, RARTS, FBNet, one-shot supernets) trains one
+supernet instead of many networks, then derives architectures from it. It runs as a single
+task on a worker; the driver turns the derived architectures into trials that the job's
+evaluator scores.
+
+The life of a search:
+
+    search = get_search("darts", space, seed=0, dataset="digits", epochs=10)
+    outcome = search.run(checkpoint_dir)      # resumes from checkpoint_dir if it holds one
+    outcome.archs                              # derived architectures, best first
+
+Checkpoints: `run` writes `checkpoint_dir / CHECKPOINT` at the end of every epoch (and may
+write more often), atomically (a temporary file, then `os.replace`), holding everything
+needed to go on exactly where it stopped: model and architecture weights, every optimiser
+and scheduler state, the RNG states (python, numpy, torch CPU and CUDA), the epoch/step
+counters and the history so far. A `run` killed at any instant and started again on the same
+folder continues from the last checkpoint and, on CPU, reaches bit-for-bit the same outcome
+as a run that was never interrupted. The checkpoint also records the search's `config()`;
+resuming with a different configuration raises ValueError instead of mixing two searches.
+
+Subclasses implement `_setup`, `_train_epoch`, `_state`/`_load_state` and `_derive`; the
+base class owns the epoch loop, the checkpoint files, RNG capture and the stop/progress hooks.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from search_spaces import Arch, SearchSpace
+
+CHECKPOINT = "checkpoint.pt"
+_REGISTRY: dict[str, type[WeightSharingSearch]] = {}
+
+
+@dataclass
+class SearchOutcome:
+    """What a finished (or stopped) search hands back to the driver."""
+
+    #: Derived architectures, best first (valid architectures of the search's space).
+    archs: list[Arch]
+    #: Per derived architecture, metrics the search itself measured (e.g. `supernet_acc`,
+    #: the accuracy with inherited weights); the same length as `archs`.
+    metrics: list[dict[str, float]]
+    #: One record per finished epoch (train/val loss and accuracy, seconds, method specifics
+    #: such as the skip-connection count of the current argmax cell).
+    history: list[dict[str, Any]] = field(default_factory=list)
+    #: False when `stop()` ended the run before the last epoch (the archs are then derived
+    #: from the supernet as it stood).
+    finished: bool = True
+    #: Epochs that were already done when this `run` started (0: a fresh start).
+    resumed_from_epoch: int = 0
+
+
+class WeightSharingSearch(abc.ABC):
+    """A seeded supernet search over one `SearchSpace`.
+
+    Constructor arguments common to every method: `seed`, `dataset` (a `workers.datasets`
+    reference, default `digits`), `epochs`, `batch_size`, `device` (`auto`: CUDA when
+    available, else CPU; or `cpu`, `cuda`, `cuda:N`), `threads` (torch CPU threads).
+    Method-specific arguments follow as keywords; unknown ones raise TypeError, bad values
+    ValueError naming `strategy_args.<field>`.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: Names of the spaces (`SearchSpace.name`) the method supports.
+    spaces: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, space: SearchSpace, *, seed: int = 0, dataset: Any = "digits",
+                 epochs: int = 10, batch_size: int = 64, device: str = "auto",
+                 threads: int = 1) -> None:
+        from workers.datasets import parse_dataset
+
+        if self.spaces and space.name not in self.spaces:
+            raise ValueError(f"strategy {self.name!r} supports the spaces "
+                             f"{', '.join(self.spaces)}, not {space.name!r}")
+        self.space = space
+        self.seed = _int_field("seed", seed, None)
+        self.dataset = parse_dataset(dataset)
+        self.epochs = _int_field("epochs", epochs, 1)
+        self.batch_size = _int_field("batch_size", batch_size, 1)
+        self.threads = _int_field("threads", threads, 1)
+        if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda")
+                                               or device.startswith("cuda:")):
+            raise ValueError(f"strategy_args.device must be auto, cpu, cuda or cuda:N, "
+                             f"got {device!r}")
+        self.device_name = device
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ---- the public API ----------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Everything that defines the search (JSON-able); stored in every checkpoint."""
+        return {"name": self.name, "space": self.space.name, "seed": self.seed,
+                "dataset": self.dataset.describe(), "epochs": self.epochs,
+                "batch_size": self.batch_size, **self._config()}
+
+    def run(self, checkpoint_dir: str | Path, *, stop: Callable[[], bool] | None = None,
+            progress: Callable[[dict[str, Any]], None] | None = None) -> SearchOutcome:
+        """Train (resuming from `checkpoint_dir` when it holds a checkpoint), then derive.
+
+        `stop()` is polled after every epoch; True ends the run early (checkpoint written).
+        `progress(record)` receives each epoch's history record."""
+        import torch
+
+        folder = Path(checkpoint_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(self.threads)
+        self.device = _resolve_device(self.device_name)
+        self.data = self.dataset.load()
+        _seed_everything(self.seed)
+        self._setup()
+        resumed = self._load_checkpoint(folder / CHECKPOINT)
+        finished = True
+        while self.epoch < self.epochs:
+            record = self._train_epoch(self.epoch)
+            record = {"epoch": self.epoch + 1, **record}
+            self.history.append(record)
+            self.epoch += 1
+            self._save_checkpoint(folder / CHECKPOINT)
+            if progress is not None:
+                progress(record)
+            if stop is not None and self.epoch < self.epochs and stop():
+                finished = False
+                break
+        archs, metrics = self._derive()
+        return SearchOutcome(archs, metrics, list(self.history), finished, resumed)
+
+    # ---- what a subclass implements -------------------------------------------------------------
+    def _config(self) -> dict[str, Any]:
+        """Method-specific settings that define the search (JSON-able)."""
+        return {}
+
+    @abc.abstractmethod
+    def _setup(self) -> None:
+        """Build the supernet, architecture parameters and optimisers on `self.device`
+        (data in `self.data`, RNGs already seeded with `self.seed`)."""
+
+    @abc.abstractmethod
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch; returns its history record (JSON-able numbers and strings)."""
+
+    @abc.abstractmethod
+    def _state(self) -> dict[str, Any]:
+        """Every tensor and state dict needed to continue (torch.save-able)."""
+
+    @abc.abstractmethod
+    def _load_state(self, state: dict[str, Any]) -> None:
+        """Restore what `_state` returned (after `_setup`)."""
+
+    @abc.abstractmethod
+    def _derive(self) -> tuple[list[Arch], list[dict[str, float]]]:
+        """The derived architectures (best first) and per-arch metrics."""
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _save_checkpoint(self, path: Path) -> None:
+        import torch
+
+        payload = {"config": self.config(), "epoch": self.epoch, "history": self.history,
+                   "rng": _rng_state(), "state": self._state()}
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(payload, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+    def _load_checkpoint(self, path: Path) -> int:
+        import torch
+
+        if not path.exists():
+            return 0
+        payload = torch.load(path, map_location=self.device, weights_only=False)
+        if payload["config"] != self.config():
+            raise ValueError(f"the checkpoint in {path.parent} is of another search "
+                             f"({payload['config']}), not {self.config()}")
+        self._load_state(payload["state"])
+        self.epoch = int(payload["epoch"])
+        self.history = list(payload["history"])
+        _set_rng_state(payload["rng"])
+        return self.epoch
+
+
+# ---- registry -------------------------------------------------------------------------------
+def register_search(cls: type[WeightSharingSearch]) -> type[WeightSharingSearch]:
+    """Class decorator: make a weight-sharing method available by its `name`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_searches() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def search_class(name: str) -> type[WeightSharingSearch]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown weight-sharing strategy {name!r}; known: "
+                       f"{', '.join(list_searches())}") from None
+
+
+def get_search(name: str, space: SearchSpace, **kwargs: Any) -> WeightSharingSearch:
+    return search_class(name)(space, **kwargs)
+
+
+# ---- helpers --------------------------------------------------------------------------------
+def _int_field(name: str, value: Any, low: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
+            (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ValueError(f"strategy_args.{name} must be an integer{bound}, got {value!r}")
+    return int(value)
+
+
+def _resolve_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"strategy_args.device is {name!r} but this worker has no CUDA device")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -1,0 +1,55 @@
+"""A weight-sharing search as one task for an executor: what the driver sends, what comes
+back (plain data, so it crosses a Ray boundary)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._base import get_search
+
+
+@dataclass(frozen=True)
+class SearchTask:
+    """Run `method` on a space with the job's strategy_args, checkpointing to a folder that
+    the worker can reach (a shared filesystem on a cluster)."""
+
+    method: str
+    space: str
+    space_args: dict[str, Any]
+    args: dict[str, Any]
+    seed: int
+    checkpoint_dir: str
+    attempt: int = 1
+
+
+@dataclass
+class SearchResult:
+    """The derived architectures (keys and archs, best first) with the search's own metrics
+    per architecture, the per-epoch history and where it ran."""
+
+    keys: list[str]
+    archs: list[dict[str, Any]]
+    metrics: list[dict[str, float]]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = True
+    resumed_from_epoch: int = 0
+    device: str = "cpu"
+    worker: str = ""
+
+
+def run_search(task: SearchTask, stop: Callable[[], bool] | None = None) -> SearchResult:
+    """Build the space and the search, run it (resuming from the checkpoint folder)."""
+    import os
+    import socket
+
+    from search_spaces import get_space
+
+    space = get_space(task.space, **task.space_args)
+    search = get_search(task.method, space, seed=task.seed, **task.args)
+    outcome = search.run(task.checkpoint_dir, stop=stop)
+    return SearchResult(
+        [space.key(a) for a in outcome.archs], [dict(a) for a in outcome.archs],
+        [dict(m) for m in outcome.metrics], outcome.history, outcome.finished,
+        outcome.resumed_from_epoch, str(search.device), f"{socket.gethostname()}:{os.getpid()}")
