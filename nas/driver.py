@@ -501,7 +501,8 @@ class _Run:
                                      "`nas resume` continues from its last checkpoint")
         self.strategy.set_outcome(result)
         (folder / "history.json").write_text(json.dumps(
-            {"device": result.device, "worker": result.worker, "history": result.history,
+            {"device": result.device, "worker": result.worker,
+             "resumed_from_epoch": result.resumed_from_epoch, "history": result.history,
              "derived": [{"key": k, **m} for k, m in zip(result.keys, result.metrics,
                                                           strict=True)]}, indent=1))
         self.storage.add_artifact(self.job_id, "search", str(folder))

@@ -58,7 +58,8 @@ class WeightSharingStrategy(Strategy):
                                                       result.metrics, strict=True)]
         last = result.history[-1] if result.history else {}
         self.search_info = {"epochs": len(result.history), "device": result.device,
-                            "finished": result.finished, "last_epoch": last}
+                            "finished": result.finished, "last_epoch": last,
+                            "resumed_from_epoch": result.resumed_from_epoch}
 
     def search_metrics(self, key: str) -> dict[str, float]:
         """The search's own metrics of a derived architecture (empty for the others)."""
