@@ -269,3 +269,23 @@ def test_gbdt_beats_random_search_on_nb201():
     random = [_best_valid("random", s, 60, table) for s in seeds]
     assert np.mean(gbdt) > np.mean(random) + 0.2, (gbdt, random)
     assert sum(g >= r for g, r in zip(gbdt, random, strict=True)) >= 4
+
+
+def test_pruned_search_goes_on_when_the_unpruned_space_is_used_up():
+    """300 trials with pruning on the NB201 table (the case that once ended a job early):
+    once every acceptable unpruned cell is known, proposals come from the whole space."""
+    table = load_table("nb201-cifar10")
+    strategy = GBDTSearch(SPACE, seed=1, prune=True)
+    seen = set()
+    strategy.bind(SearchContext(is_known=seen.__contains__))  # as the driver does
+    for number in range(1, 301):
+        for _ in range(20):  # the driver allows 2000 duplicates in a row
+            arch = strategy.ask()
+            key = SPACE.key(arch)
+            if key not in seen:
+                break
+        assert key not in seen, f"trial {number}: 20 duplicate proposals in a row"
+        seen.add(key)
+        value = table.rows[key]["valid_acc"]
+        strategy.tell(TrialView(number, arch, key, "completed", {"valid_acc": value}, value))
+    assert strategy.pruned

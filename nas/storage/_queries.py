@@ -28,7 +28,7 @@ def _preferred(column, device: str, metric: str):  # noqa: ANN001, ANN202
 #: value index (the trials within the budget, then the best of them: cheap when it is
 #: tight). It counts the trials within the budget, stopping at RANGE_BELOW, and takes the
 #: value index below that. PostgreSQL's planner makes the same choice from its statistics;
-#: SQLite (no statistics unless ANALYZE ran) is told. Tuned with bench/query.py.
+#: SQLite (no statistics unless ANALYZE ran) is steered. Tuned with bench/query.py.
 RANGE_BELOW = 50_000
 
 
@@ -48,10 +48,14 @@ def _candidates(job_id: int, feasible_only: bool):  # noqa: ANN202
 
 
 def _within_budget(job_id: int, device: str, metric: str, max_value: float,  # noqa: ANN202
-                   feasible_only: bool):
-    """The job's scored trials (id, score, number) whose preferred value is within budget."""
+                   feasible_only: bool, by_value: bool = False):
+    """The job's scored trials (id, score, number) whose preferred value is within budget.
+    `by_value`: order by `score + 0`, which no index can serve, so that SQLite reads the
+    value index's range instead of walking the score index (its documented way of
+    disqualifying an index)."""
     tdv = trial_device_values
-    query = select(tdv.c.trial_id.label("id"), tdv.c.score, tdv.c.number).where(
+    score = (tdv.c.score + 0).label("score") if by_value else tdv.c.score
+    query = select(tdv.c.trial_id.label("id"), score, tdv.c.number).where(
         tdv.c.job_id == job_id, tdv.c.device == device, tdv.c.metric == metric,
         tdv.c.value <= max_value)
     return query.where(tdv.c.feasible.is_(True)) if feasible_only else query
@@ -90,10 +94,10 @@ def best_trials(storage, job_id: int, top: int = 5, device: str | None = None,  
         if device is None or max_value is None:
             return _top_rows(conn, _candidates(job_id, feasible_only), top, device, metric)
         within = _within_budget(job_id, device, metric, max_value, feasible_only)
-        if conn.dialect.name == "sqlite":
-            tight = _count_within_budget(conn, within, RANGE_BELOW) < RANGE_BELOW
-            index = "ix_trial_device_values_value" if tight else "ix_trial_device_values_score"
-            within = within.with_hint(trial_device_values, f"INDEXED BY {index}", "sqlite")
+        if conn.dialect.name == "sqlite" and \
+                _count_within_budget(conn, within, RANGE_BELOW) < RANGE_BELOW:
+            within = _within_budget(job_id, device, metric, max_value, feasible_only,
+                                    by_value=True)
         return _top_rows(conn, within, top, device, metric)
 
 

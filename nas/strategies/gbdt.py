@@ -303,9 +303,13 @@ class GBDTSearch(Strategy):
     def _allowed(self, arch: Arch) -> bool:
         return self._allowed_dna(self.space.to_dna(arch))
 
-    def _draw(self, propose: Any) -> Arch:
-        """An acceptable, unpruned proposal (pruning is given up if nothing fits)."""
+    def _draw(self, propose: Any, fallback: Any = None) -> Arch:
+        """An acceptable, unpruned proposal; when the unpruned part of the space has nothing
+        acceptable left, pruning is given up for this proposal (`fallback` proposes from
+        the whole space)."""
         arch = self.draw_acceptable(lambda: _retry(propose, self._allowed))
+        if self.pruned and not self.acceptable(arch):
+            arch = self.draw_acceptable(fallback or (lambda: self.space.sample(self.rng)))
         return arch
 
     def _random(self) -> Arch:
@@ -327,7 +331,8 @@ class GBDTSearch(Strategy):
         if not best or self.rng.random() < self.explore_random:
             return self._random()
         parent = best[int(self.rng.integers(len(best)))]
-        return self._draw(lambda: self.space.mutate(parent, self.rng))
+        return self._draw(lambda: self.space.mutate(parent, self.rng),
+                          lambda: self.space.mutate(parent, self.rng))
 
     def _best_told(self, k: int, upto: int | None = None) -> list[Arch]:
         told = self.told if upto is None else self.told[:upto]
