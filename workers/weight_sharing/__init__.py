@@ -12,8 +12,10 @@ from ._base import (
 )
 from .darts import DartsSearch, DifferentiableSearch, PCDartsSearch, RartsSearch
 from .fbnet import FBNetSearch
+from .oneshot import OneShotSearch
 
 __all__ = ["CHECKPOINT", "SearchOutcome", "WeightSharingSearch", "get_search", "list_searches",
            "register_search", "search_class"]
+__all__ += ["OneShotSearch"]
 
 __all__ += ["DartsSearch", "DifferentiableSearch", "FBNetSearch", "PCDartsSearch", "RartsSearch"]
