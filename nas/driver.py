@@ -363,6 +363,8 @@ class _Run:
         if status == "completed" and isinstance(self.strategy, WeightSharingStrategy):
             found = self.strategy.search_metrics(slot.key)  # e.g. the supernet accuracy
             result.metrics = {**result.metrics, **{f"search.{k}": v for k, v in found.items()}}
+            if result.weights is None:  # `nas export` hands over the inherited weights
+                result.weights = self._subnet_weights(slot.key)
         self.results.append(StoredResult(
             slot.trial_id, status, result.attempt, result.worker, result.started_at,
             result.finished_at, result.metrics if status == "completed" else None, score,
@@ -477,6 +479,16 @@ class _Run:
             return "completed", self.note
         finally:
             executor.shutdown()
+
+    def _subnet_weights(self, key: str) -> bytes | None:
+        """The weights a one-shot search saved for a derived subnet (`subnet-<rank>.pt` in
+        its checkpoint folder), if any."""
+        assert isinstance(self.strategy, WeightSharingStrategy)
+        keys = [item["key"] for item in self.strategy.derived or ()]
+        if key not in keys:
+            return None
+        path = artifact_dir(self.job_id) / "search" / f"subnet-{keys.index(key) + 1}.pt"
+        return path.read_bytes() if path.is_file() else None
 
     def _run_search(self, executor: Any, start: float) -> tuple[str, str | None] | None:
         """Run the weight-sharing strategy's supernet search as one task (it resumes from

@@ -10,3 +10,10 @@ __all__ = [
     "GBDTPredictor", "Predictor", "check_predictor", "get_predictor", "kendall_tau",
     "list_predictors", "predictor_class", "register_predictor", "spearman",
 ]
+
+# the few-label predictor on proxy features; `register_evolved_proxies()` makes the formulas
+# stored in predictors/data/evolved_proxies.json proxies `evolved.<name>`
+from .evolved import register_evolved_proxies  # noqa: E402
+from .fewshot import ProxyFeaturePredictor  # noqa: E402
+
+__all__ += ["ProxyFeaturePredictor", "register_evolved_proxies"]

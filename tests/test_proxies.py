@@ -19,8 +19,8 @@ from tests.conftest import ROOT, SHARED_DATA, skip_or_fail
 from workers.evaluators import get_evaluator
 from workers.evaluators.proxy import DEFAULT_PROXIES, ProxyEvaluator
 
-ALL = ["fisher", "flops", "grad_norm", "grasp", "jacov", "nwot", "params", "snip", "synflow",
-       "zen"]
+ALL = ["evolved.nb201", "fisher", "flops", "grad_norm", "grasp", "jacov", "nwot", "params",
+       "snip", "synflow", "zen"]
 CONVS = {"ops": ["nor_conv_3x3", "nor_conv_3x3", "nor_conv_1x1", "nor_conv_3x3",
                  "skip_connect", "nor_conv_3x3"]}
 ALL_NONE = {"ops": ["none"] * 6}

@@ -24,6 +24,10 @@ from workers.weight_sharing import CHECKPOINT
 from workers.weight_sharing.task import SearchTask, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
+#: A small mbconv (as in tests/test_weight_sharing_oneshot.py, one input resolution).
+MBCONV_SMALL = {"stage_channels": [16, 24], "stage_strides": [2, 2], "stem_channels": 8,
+                "head_channels": 32, "depths": [1, 2], "kernel_sizes": [3, 5],
+                "expand_ratios": [2, 4], "width_mults": [0.5, 1.0]}
 SEARCH = {"epochs": 2, "dataset": {"kind": "digits", "limit": 300}, "batch_size": 32,
           "channels": 4, "seed": 1}
 
@@ -161,3 +165,39 @@ def test_a_search_runs_as_a_ray_task(artifacts):
     record = json.loads((artifact_dir(job) / "search" / "history.json").read_text())
     assert record["worker"].split(":")[-1] != str(os.getpid())  # ran in a Ray worker
     assert [t["key"] for t in storage.load_trials(job)][0] == record["derived"][0]["key"]
+
+
+def test_oneshot_job_exports_the_subnet_with_its_inherited_weights(artifacts, tmp_path):
+    """A one-shot job on mbconv scored by the proxy evaluator (no training): `nas export`
+    hands over the derived subnet with the weights it inherited from the supernet."""
+    import torch
+
+    from nas.export import export_trial
+    from search_spaces import get_space
+
+    space_args = {"input_channels": 1, "input_size": 8, "num_classes": 10}
+    space_args.update(MBCONV_SMALL)
+    storage = Storage("sqlite://")
+    job = api.submit(storage, _spec(
+        "oneshot", space="mbconv", space_args=space_args,
+        strategy_args={"epochs": 1, "dataset": {"kind": "digits", "limit": 200},
+                       "batch_size": 32, "population": 6, "generations": 1, "top_k": 2,
+                       "latency": "none", "bn_samples": 64},
+        evaluator="proxy", evaluator_args={"proxies": ["synflow", "params"]},
+        objectives=[{"metric": "score", "mode": "max"}], budget={"trials": 2}))
+    assert api.run(storage, job) == "completed"
+    trials = storage.load_trials(job)
+    assert all("search.supernet_acc" in t["metrics"] for t in trials)
+    first = trials[0]
+    weights = storage.get_weights(job, first["number"])
+    saved = (artifact_dir(job) / "search" / "subnet-1.pt").read_bytes()
+    assert weights == saved
+    target = tmp_path / "best.pt"
+    export_trial(storage, job, first["number"], "torchscript", str(target))
+    model = torch.jit.load(str(target))
+    space = get_space("mbconv", **space_args)
+    reference = space.build(space.from_key(first["key"]))
+    reference.load_state_dict(torch.load(str(artifact_dir(job) / "search" / "subnet-1.pt")))
+    reference.eval()
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(model(x), reference(x), atol=1e-5)

@@ -74,6 +74,9 @@ def load_builtin_proxies() -> None:
         for family in _FAMILIES:
             importlib.import_module(f"{__package__}.{family}")
         _loaded = True
+        from ..evolved import register_evolved_proxies
+
+        register_evolved_proxies()  # the stored evolved formulas, as `evolved.<name>`
 
 
 def list_proxies() -> list[str]:

@@ -14,8 +14,6 @@ from .darts import DartsSearch, DifferentiableSearch, PCDartsSearch, RartsSearch
 from .fbnet import FBNetSearch
 from .oneshot import OneShotSearch
 
-__all__ = ["CHECKPOINT", "SearchOutcome", "WeightSharingSearch", "get_search", "list_searches",
-           "register_search", "search_class"]
-__all__ += ["OneShotSearch"]
-
-__all__ += ["DartsSearch", "DifferentiableSearch", "FBNetSearch", "PCDartsSearch", "RartsSearch"]
+__all__ = ["CHECKPOINT", "DartsSearch", "DifferentiableSearch", "FBNetSearch", "OneShotSearch",
+           "PCDartsSearch", "RartsSearch", "SearchOutcome", "WeightSharingSearch", "get_search",
+           "list_searches", "register_search", "search_class"]
