@@ -207,7 +207,8 @@ def submit(
     wait: bool = typer.Option(False, "--wait", help="Run the job here, with a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Validate and submit a job; prints its id. Without --wait a background driver runs it."""
+    """Validate and submit a job; prints its id. Without --wait a live `nas serve` process
+    runs it, or else a background driver."""
     from .spec import load_spec_file
 
     spec = load_spec_file(spec_file, overrides)  # validated before the database is touched
@@ -219,11 +220,21 @@ def submit(
         status = _drive(c, job_id, show_progress=not as_json)
         _finish(c, job_id, status, as_json)
         return
+    servers = _live_server_names(c)
+    if servers:  # a `nas serve` process claims it
+        if as_json:
+            _emit_json({"job": job_id, "status": "pending", "runner": "serve",
+                        "servers": servers})
+        else:
+            out.print(f"job {job_id} queued; a `nas serve` process runs it "
+                      f"({', '.join(servers)})")
+        return
     log = _spawn_driver(c, job_id)
     if as_json:
-        _emit_json({"job": job_id, "status": "pending", "log": str(log)})
+        _emit_json({"job": job_id, "status": "pending", "runner": "driver", "log": str(log)})
     else:
-        out.print(f"job {job_id} submitted; driver log: {log}")
+        out.print(f"job {job_id} submitted; no `nas serve` process is running, so a detached "
+                  f"driver runs it; driver log: {log}")
 
 
 @app.command(hidden=True)
@@ -255,12 +266,71 @@ def resume(
     # refuse now, not in the background, when a live driver holds the lease
     probe = Storage.new_owner()
     c.storage().acquire_lease(job, probe, ttl_s=5.0)
+    servers = _live_server_names(c)
+    if servers:  # back in the queue: a `nas serve` process claims it
+        c.storage().queue_job(job, probe)
+        if as_json:
+            _emit_json({"job": job, "status": "pending", "runner": "serve",
+                        "servers": servers})
+        else:
+            out.print(f"job {job} queued; a `nas serve` process resumes it "
+                      f"({', '.join(servers)})")
+        return
     c.storage().set_status(job, job_info["status"], owner=probe, error=job_info["error"])
     log = _spawn_driver(c, job)
     if as_json:
-        _emit_json({"job": job, "status": "resuming", "log": str(log)})
+        _emit_json({"job": job, "status": "resuming", "runner": "driver", "log": str(log)})
     else:
-        out.print(f"job {job} resuming; driver log: {log}")
+        out.print(f"job {job} resuming; no `nas serve` process is running, so a detached "
+                  f"driver runs it; driver log: {log}")
+
+
+def _live_server_names(ctx: Context) -> list[str]:
+    return sorted({s["name"] for s in ctx.storage().live_servers()})
+
+
+@app.command()
+@handle_errors
+def serve(
+    ctx: typer.Context,
+    poll_s: float = typer.Option(1.0, "--poll-s", help="Seconds between looks at the queue."),
+    lease_ttl_s: float = typer.Option(30.0, "--lease-ttl-s",
+                                      help="Lease of a running job: after this long without "
+                                           "a heartbeat another serve process takes it over."),
+    max_jobs: int = typer.Option(1, "--max-jobs", help="Jobs run at once by this process."),
+    once: bool = typer.Option(False, "--once", help="Run at most one job, then exit."),
+    name: str | None = typer.Option(None, "--name", help="Name in `nas servers` "
+                                                         "(default HOST:PID)."),
+) -> None:
+    """Run queued jobs: claim the oldest pending job (or a running one whose driver died),
+    run it, repeat. SIGINT/SIGTERM pause the running jobs and stop."""
+    from .serve import Server, check_options
+
+    check_options(poll_s, lease_ttl_s, max_jobs, name)
+    c: Context = ctx.obj
+    _interrupt_pauses()
+    Server(c.storage(), poll_s=poll_s, lease_ttl_s=lease_ttl_s, max_jobs=max_jobs, once=once,
+           name=name, ray_address=c.ray_address, on_ray_connected=_interrupt_pauses).run()
+
+
+@app.command()
+@handle_errors
+def servers(ctx: typer.Context,
+            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The registered `nas serve` processes (alive: a heartbeat within 3 poll periods)."""
+    rows = [{k: s[k] for k in ("name", "owner", "host", "pid", "alive", "jobs", "poll_s",
+                               "max_jobs", "started_at", "heartbeat_at")}
+            for s in ctx.obj.storage().list_servers()]
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table("name", "host", "pid", "alive", "jobs", "started", "last heartbeat")
+    for r in rows:
+        table.add_row(r["name"], r["host"], str(r["pid"]), "yes" if r["alive"] else "no",
+                      ", ".join(map(str, r["jobs"])) or "-",
+                      r["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
+                      r["heartbeat_at"].strftime("%Y-%m-%d %H:%M:%S"))
+    out.print(table)
 
 
 @app.command()

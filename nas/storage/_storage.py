@@ -33,11 +33,19 @@ from .schema import (
     artifacts,
     jobs,
     measurements,
+    servers,
     trial_weights,
     trials,
 )
 
 _CHUNK = 500
+#: Job statuses `nas serve` claims: queued jobs, and running jobs whose lease expired (their
+#: driver died). Paused, failed and cancelled jobs wait for `nas resume`.
+CLAIMABLE = ("pending", "running")
+#: A serve process is alive while its last heartbeat is within this many poll periods.
+SERVER_ALIVE_POLLS = 3.0
+#: Serve rows silent for this long are dropped when another serve process starts.
+SERVER_FORGET_S = 86400.0
 
 
 def utcnow() -> datetime:
@@ -473,3 +481,112 @@ class Storage:
         with self.engine.begin() as conn:
             conn.execute(insert(artifacts).values(job_id=job_id, kind=kind, path=path,
                                                   created_at=utcnow()))
+
+
+    # ---- `nas serve`: atomic job claims and the registry of serve processes -----------------
+    @staticmethod
+    def _claimable(now: datetime):  # noqa: ANN205
+        return and_(jobs.c.status.in_(CLAIMABLE),
+                    or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at.is_(None),
+                        jobs.c.lease_expires_at < now))
+
+    def claim_job(self, owner: str, ttl_s: float) -> int | None:
+        """Take the lease of the oldest claimable job (see `CLAIMABLE`, lease free or expired)
+        for `owner`; returns its id, or None when there is none. Atomic across processes and
+        machines: PostgreSQL locks the row (`FOR UPDATE SKIP LOCKED`, so concurrent claimers
+        pass over each other's rows instead of waiting), SQLite re-checks the condition in a
+        conditional UPDATE under its write lock and counts the rows it changed."""
+        now = utcnow()
+        lease = {"lease_owner": owner, "lease_expires_at": now + timedelta(seconds=ttl_s),
+                 "updated_at": now}
+        oldest = select(jobs.c.id).where(self._claimable(now)).order_by(jobs.c.id)
+        if self.dialect == "postgresql":
+            with self.engine.begin() as conn:
+                job_id = conn.execute(oldest.limit(1).with_for_update(skip_locked=True)).scalar()
+                if job_id is not None and conn.execute(update(jobs).where(
+                        jobs.c.id == job_id, self._claimable(now)).values(**lease)).rowcount:
+                    return job_id
+            return None
+        with self.read() as conn:
+            candidates = conn.execute(oldest.limit(16)).scalars().all()
+        for job_id in candidates:  # another claimer may win each one first: try the next
+            with self.engine.begin() as conn:
+                if conn.execute(update(jobs).where(jobs.c.id == job_id, self._claimable(now))
+                                .values(**lease)).rowcount:
+                    return job_id
+        return None
+
+    def queue_job(self, job_id: int, owner: str) -> None:
+        """Back to `pending` for a serve process to claim (`nas resume` while one is alive);
+        `owner` must hold the lease (proof that no live driver runs the job), which is
+        released."""
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
+                         .values(status="pending", cancel_requested=False, error=None,
+                                 lease_owner=None, lease_expires_at=None, updated_at=utcnow()))
+
+    def register_server(self, name: str, owner: str, poll_s: float, max_jobs: int) -> None:
+        """Add a serve process to the registry (and forget those silent for a day)."""
+        now = utcnow()
+        host, _, rest = owner.partition(":")
+        with self.engine.begin() as conn:
+            conn.execute(delete(servers).where(
+                servers.c.heartbeat_at < now - timedelta(seconds=SERVER_FORGET_S)))
+            conn.execute(insert(servers).values(
+                name=name, owner=owner, host=host, pid=int(rest.partition(":")[0]),
+                poll_s=poll_s, max_jobs=max_jobs, started_at=now, heartbeat_at=now))
+
+    def server_heartbeat(self, owner: str, job_ids: Sequence[int], ttl_s: float) -> bool:
+        """Mark the serve process alive and extend the leases it holds on `job_ids` (the jobs
+        it is running: their leases stay live even while a driver is still setting up).
+        False when its registry row was gone (it is written again)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            found = conn.execute(update(servers).where(servers.c.owner == owner)
+                                 .values(heartbeat_at=now)).rowcount
+            if job_ids:
+                conn.execute(update(jobs).where(jobs.c.id.in_(list(job_ids)),
+                                                jobs.c.lease_owner == owner)
+                             .values(lease_expires_at=now + timedelta(seconds=ttl_s)))
+        return bool(found)
+
+    def release_leases(self, owner: str, job_id: int | None = None) -> int:
+        """Drop the leases `owner` still holds (on `job_id`, or on every job): a serve process
+        stopping, or a driver that ended without releasing its lease. The jobs become
+        claimable at once instead of after their lease expires. Returns how many."""
+        condition = jobs.c.lease_owner == owner
+        if job_id is not None:
+            condition = and_(condition, jobs.c.id == job_id)
+        with self.engine.begin() as conn:
+            return conn.execute(update(jobs).where(condition).values(
+                lease_owner=None, lease_expires_at=None, updated_at=utcnow())).rowcount
+
+    def unregister_server(self, owner: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(servers).where(servers.c.owner == owner))
+
+    def list_servers(self) -> list[dict[str, Any]]:
+        """The registered serve processes, each with `alive` (a heartbeat within
+        `SERVER_ALIVE_POLLS` poll periods) and `jobs` (those it holds a live lease on)."""
+        now = utcnow()
+        with self.read() as conn:
+            rows = conn.execute(select(servers).order_by(servers.c.id)).mappings().all()
+            leases = conn.execute(select(jobs.c.lease_owner, jobs.c.id).where(
+                jobs.c.lease_owner.in_([r["owner"] for r in rows]),
+                jobs.c.lease_expires_at >= now).order_by(jobs.c.id)).all() if rows else []
+        held: dict[str, list[int]] = {}
+        for lease_owner, job_id in leases:
+            held.setdefault(lease_owner, []).append(job_id)
+        result = []
+        for row in rows:
+            server = dict(row)
+            server["started_at"] = as_utc(server["started_at"])
+            server["heartbeat_at"] = as_utc(server["heartbeat_at"])
+            silent = (now - server["heartbeat_at"]).total_seconds()
+            server["alive"] = silent <= SERVER_ALIVE_POLLS * server["poll_s"]
+            server["jobs"] = held.get(server["owner"], [])
+            result.append(server)
+        return result
+
+    def live_servers(self) -> list[dict[str, Any]]:
+        return [s for s in self.list_servers() if s["alive"]]

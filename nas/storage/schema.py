@@ -151,3 +151,21 @@ artifacts = Table(
     Column("path", String(1000), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+
+#: The `nas serve` processes: each heartbeats its row every tick (alive = a heartbeat within
+#: 3 x poll_s) and deletes it when it stops cleanly. `owner` is also the lease owner of the
+#: jobs the process runs (`jobs.lease_owner`).
+servers = Table(
+    "servers", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("owner", String(200), nullable=False),
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("poll_s", Float, nullable=False),
+    Column("max_jobs", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("owner", name="uq_servers_owner"),
+)

@@ -1,0 +1,244 @@
+"""`nas serve`: a long-running process that claims queued jobs from the database and runs them.
+
+What it claims (`Storage.claim_job`, oldest job first): `pending` jobs, and `running` jobs
+whose lease expired, i.e. whose driver died (a killed `nas serve`, `nas drive` or `nas submit
+--wait`): those are taken over and resume from the database like `nas resume` does. `paused`,
+`failed` and `cancelled` jobs are left alone until `nas resume` puts them back in the queue.
+
+The claim writes the lease in the same transaction that finds the job, so of several serve
+processes sharing one database (on any number of machines) exactly one gets each job. The
+process's `owner` (host:pid:random) is the lease owner of every job it runs; the supervisor
+loop (the main thread) heartbeats its registry row (`servers`) and extends those leases every
+tick, and each job's `Driver` runs in a thread of its own and heartbeats its lease too. When
+the process dies, its leases expire after `lease_ttl_s` and another serve process takes the
+jobs over: trials that were in flight are run again, finished ones are kept, the job ends
+with exactly its budget. A driver that lost its lease (a takeover after a stall) stops at its
+next write, so a job is never run by two drivers at once.
+
+SIGINT / SIGTERM (the CLI turns both into KeyboardInterrupt in the main thread) stop the
+process cleanly: each running driver is interrupted at its next heartbeat, which pauses its
+job exactly as a SIGINT pauses `nas drive`; the leases are released and the registry row
+deleted. `nas resume JOB` continues a paused job (queues it when a serve process is alive).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy.exc import DBAPIError
+
+from .driver import Driver
+from .errors import LeaseHeldError, NasError
+from .storage import Storage
+
+Log = Callable[[str], None]
+
+
+def print_log(line: str) -> None:
+    """One timestamped line on stdout, flushed (serve output usually goes to a log file)."""
+    sys.stdout.write(f"{datetime.now().strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+    sys.stdout.flush()
+
+
+def check_options(poll_s: float, lease_ttl_s: float, max_jobs: int, name: str | None) -> None:
+    """Raise NasError naming the first bad option."""
+    if not (math.isfinite(poll_s) and poll_s > 0):
+        raise NasError(f"--poll-s must be a positive number of seconds, got {poll_s}")
+    if not (math.isfinite(lease_ttl_s) and lease_ttl_s >= 1):
+        raise NasError(f"--lease-ttl-s must be at least 1 second, got {lease_ttl_s}")
+    if max_jobs < 1:
+        raise NasError(f"--max-jobs must be at least 1, got {max_jobs}")
+    if name is not None and not 1 <= len(name) <= 200:
+        raise NasError("--name must have 1 to 200 characters")
+
+
+class _StopAwareStorage(Storage):
+    """The storage as a driver of this process sees it: once the process is stopping, the
+    driver's next heartbeat raises KeyboardInterrupt, so the driver pauses its job at a step
+    boundary just as a SIGINT does to `nas drive` (signals only reach the main thread)."""
+
+    def __init__(self, base: Storage, stopping: threading.Event) -> None:  # noqa: D107
+        self.__dict__.update(base.__dict__)  # the same engine: no second connection pool
+        self._stopping = stopping
+
+    def heartbeat(self, job_id: int, owner: str, ttl_s: float, elapsed_s: float) -> bool:
+        if self._stopping.is_set():
+            raise KeyboardInterrupt
+        return super().heartbeat(job_id, owner, ttl_s, elapsed_s)
+
+
+class Server:
+    """Claims jobs and runs up to `max_jobs` of them at once, each in a driver thread."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        poll_s: float = 1.0,
+        lease_ttl_s: float = 30.0,
+        max_jobs: int = 1,
+        once: bool = False,
+        name: str | None = None,
+        ray_address: str | None = None,
+        log: Log = print_log,
+        on_ray_connected: Callable[[], None] | None = None,
+    ) -> None:
+        check_options(poll_s, lease_ttl_s, max_jobs, name)
+        self.storage = storage
+        self.poll_s = poll_s
+        self.lease_ttl_s = lease_ttl_s
+        self.max_jobs = max_jobs
+        self.once = once
+        self.owner = Storage.new_owner()
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.ray_address = ray_address
+        self.log = log
+        self.on_ray_connected = on_ray_connected
+        #: the supervisor's tick: claims, the registry heartbeat and lease extensions
+        self.tick_s = min(poll_s, lease_ttl_s / 3)
+        self.started = 0
+        self._threads: dict[int, threading.Thread] = {}
+        self._stopping = threading.Event()
+
+    # ---- the supervisor loop (main thread) ----------------------------------------------------
+    def run(self) -> int:
+        """Serve until interrupted (or, with `once`, until one job ran or none was queued);
+        returns how many jobs this process started."""
+        self.storage.register_server(self.name, self.owner, self.poll_s, self.max_jobs)
+        self.log(f"serve {self.name} (owner {self.owner}) on {self.storage.url}: polling every "
+                 f"{self.poll_s:g}s, up to {self.max_jobs} job(s) at once, lease "
+                 f"{self.lease_ttl_s:g}s")
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            self.log("interrupted: pausing the running jobs and stopping")
+        finally:
+            self._stop()
+        return self.started
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                if self._tick():
+                    return
+            except DBAPIError as exc:  # a database outage: keep serving, retry next tick
+                self.log(f"database error (retrying): {_first_line(exc)}")
+            time.sleep(self.tick_s)
+
+    def _tick(self) -> bool:
+        """One supervisor step; True when the process should exit (`once` and done)."""
+        self._reap()
+        if not self.storage.server_heartbeat(self.owner, list(self._threads),
+                                             self.lease_ttl_s):
+            self.storage.register_server(self.name, self.owner, self.poll_s, self.max_jobs)
+        if self.once and self.started:
+            return not self._threads
+        while len(self._threads) < self.max_jobs and not (self.once and self.started):
+            job_id = self.storage.claim_job(self.owner, self.lease_ttl_s)
+            if job_id is None:
+                break
+            self._start(job_id)
+        if self.once and not self.started:
+            self.log("no job to run")
+            return True
+        return False
+
+    def _reap(self) -> None:
+        for job_id, thread in list(self._threads.items()):
+            if not thread.is_alive():
+                del self._threads[job_id]
+
+    def _start(self, job_id: int) -> None:
+        job = self.storage.get_job(job_id)
+        how = "taking over" if job["status"] == "running" else "claimed"
+        self.log(f"{how} job {job_id} [{job['name']}]")
+        self.started += 1
+        if job["spec"].get("executor", "ray") == "ray":
+            try:
+                self._connect_ray()
+            except Exception as exc:  # the driver's own attempt reports it on the job
+                self.log(f"cannot connect to Ray here: {type(exc).__name__}: {exc}")
+        thread = threading.Thread(target=self._run_job, args=(job_id,), daemon=True,
+                                  name=f"nas-job-{job_id}")
+        self._threads[job_id] = thread
+        thread.start()
+
+    def _connect_ray(self) -> None:
+        """Connect to Ray here, in the main thread (ray.init expects it), before a driver
+        thread needs it."""
+        from workers.executors.ray import connect_ray
+
+        connect_ray(self.ray_address)
+        if self.on_ray_connected is not None:
+            self.on_ray_connected()  # e.g. re-install this process's signal handlers
+
+    def _stop(self) -> None:
+        """Interrupt the drivers (each pauses its job at its next heartbeat), wait for them,
+        release what is still leased and leave the registry."""
+        self._stopping.set()
+        while self._threads:
+            self._reap()
+            for thread in list(self._threads.values()):
+                thread.join(self.tick_s)
+            try:
+                self.storage.server_heartbeat(self.owner, list(self._threads),
+                                              self.lease_ttl_s)
+            except DBAPIError:
+                pass
+        self.storage.release_leases(self.owner)
+        self.storage.unregister_server(self.owner)
+        self.log(f"serve {self.name} stopped")
+
+    # ---- one job (a driver thread) ------------------------------------------------------------
+    def _run_job(self, job_id: int) -> None:
+        try:
+            self.log(f"job {job_id} {self._drive(job_id)}")
+        except KeyboardInterrupt:
+            self.log(f"job {job_id} paused; `nas resume {job_id}` continues it")
+        except LeaseHeldError as exc:
+            self.log(f"job {job_id}: {exc}")
+        except Exception as exc:  # keep serving the other jobs
+            self.log(f"job {job_id} failed: {type(exc).__name__}: {exc}")
+            self._fail(job_id, exc)
+        finally:
+            try:  # a driver that ended abnormally may still hold the lease
+                self.storage.release_leases(self.owner, job_id)
+            except DBAPIError:
+                pass  # it expires after lease_ttl_s
+
+    def _fail(self, job_id: int, exc: Exception) -> None:
+        """Mark the job failed unless its driver did (it does once the job runs; an error
+        before that, such as a stored spec this version cannot read, would otherwise send
+        the job back to the queue to fail again at every tick)."""
+        try:
+            self.storage.set_status(job_id, "failed", owner=self.owner,
+                                    error=f"{type(exc).__name__}: {exc}")
+        except DBAPIError:
+            pass
+
+    def _drive(self, job_id: int) -> str:
+        if self._stopping.is_set():
+            raise KeyboardInterrupt
+        job = self.storage.get_job(job_id)
+        if job["cancel_requested"]:  # asked while its last driver was dying
+            self.storage.set_status(job_id, "cancelled", owner=self.owner,
+                                    note="cancelled by the user")
+            return "cancelled"
+        driver = Driver(_StopAwareStorage(self.storage, self._stopping), job_id,
+                        ray_address=self.ray_address, lease_ttl_s=self.lease_ttl_s,
+                        heartbeat_s=min(2.0, self.lease_ttl_s / 3))
+        driver.owner = self.owner  # the lease claimed for it: the process's owner
+        return driver.run()
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
