@@ -238,3 +238,22 @@ def test_measure_here_with_each_runtime(tmp_path):
     error = runner.invoke(app, ["--db", url, "latency", "measure", "--space", "nb201",
                                 "--int8"])
     assert_one_line_error(error, "--int8", "nb201")
+
+
+def test_measured_nb201_lut_and_its_calibration_to_whole_networks():
+    """FBNet's table measured on this CPU (a small network, few repeats): a cell's latency is
+    the skeleton plus its operators; calibration fits one scale on whole networks."""
+    from workers.latency_lut import calibrate_nb201_lut, measure_nb201_lut, predict_from_lut
+
+    space = get_space("nb201", channels=4, cells_per_stage=1, input_size=8, input_channels=1)
+    lut = measure_nb201_lut(space, repeats=5, warmup=2)
+    none = ["none"] * 6
+    convs = ["nor_conv_3x3"] * 6
+    assert predict_from_lut(lut, none) == lut["skeleton_ms"] > 0
+    assert predict_from_lut(lut, convs) > predict_from_lut(lut, ["skip_connect"] * 6)
+    calibrated = calibrate_nb201_lut(lut, space, samples=4, repeats=5, warmup=2)
+    assert calibrated["scale"] > 0 and calibrated["calibration_samples"] == 4
+    assert predict_from_lut(calibrated, none) == lut["skeleton_ms"]
+    ops_sum = predict_from_lut(lut, convs) - lut["skeleton_ms"]
+    assert predict_from_lut(calibrated, convs) == \
+        pytest.approx(lut["skeleton_ms"] + calibrated["scale"] * ops_sum)

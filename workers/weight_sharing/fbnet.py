@@ -11,7 +11,8 @@ for sub-millisecond tables and its gradient does not vanish with the CE). E[LAT]
 expected latency under the softmax of alpha: skeleton + cells_per_stage * sum over stages,
 edges and ops of p(op at edge) * latency(op at that stage), from a per-operator look-up
 table of the target device: `workers.latency_lut.measure_nb201_lut` of the space (the full-size
-network, measured on this CPU once at the start and kept in the checkpoint) unless
+network, measured on this CPU once at the start, its operators' sum scaled to 8 whole
+networks measured here by `calibrate_nb201_lut`, and kept in the checkpoint) unless
 `latency_table` gives one (`{"skeleton_ms", "ops_ms": [[ms per op] per stage], "ops",
 "cells_per_stage"}` as the measuring function returns, or a flat `{op: ms}` for the cost of
 one edge holding that op across the whole network).
@@ -76,9 +77,11 @@ class FBNetSearch(DifferentiableSearch):
     # ---- latency --------------------------------------------------------------------------
     def _ensure_lut(self) -> dict[str, Any]:
         if self.lut is None:
-            from workers.latency_lut import measure_nb201_lut
+            from workers.latency_lut import calibrate_nb201_lut, measure_nb201_lut
 
-            self.lut = measure_nb201_lut(self.space, threads=self.threads)
+            lut = measure_nb201_lut(self.space, threads=self.threads)
+            self.lut = calibrate_nb201_lut(lut, self.space, seed=self.seed,
+                                           threads=self.threads)
         return self.lut
 
     def _setup(self) -> None:
@@ -94,7 +97,8 @@ class FBNetSearch(DifferentiableSearch):
             lut = self._ensure_lut()
             index = [lut["ops"].index(op) for op in OPS]
             per_op = np.asarray(lut["ops_ms"], dtype=np.float64)[:, index].sum(axis=0)
-            self._edge_cost = torch.tensor(per_op * lut["cells_per_stage"],
+            scale = lut.get("scale", 1.0) * lut["cells_per_stage"]
+            self._edge_cost = torch.tensor(per_op * scale,
                                            dtype=torch.float32, device=self.device)
         return self._edge_cost
 
