@@ -244,6 +244,23 @@ def test_fbnet_measures_the_table_on_this_cpu():
     assert lut["skeleton_ms"] > 0 and all(row[0] == 0.0 for row in lut["ops_ms"])
     arch = {"ops": ["nor_conv_3x3"] * 6}
     assert search.table_latency(arch) > search.table_latency({"ops": ["none"] * 6})
+    assert lut["scale"] > 0 and lut["calibration_samples"] == 8  # fitted to whole networks
+
+
+def test_fbnet_with_a_measured_table_checks_the_derived_cell_on_this_cpu(tmp_path):
+    """Under a table measured here, the derived cell is also measured as a whole network and
+    kept only if that measurement meets the budget."""
+    space = get_space("nb201", channels=4, cells_per_stage=1)
+    probe = get_search("fbnet", space, epochs=1, max_latency_ms=50.0, **TINY)
+    lut = probe._ensure_lut()
+    budget = lut["skeleton_ms"] + 0.5 * (probe.table_latency({"ops": ["nor_conv_3x3"] * 6})
+                                         - lut["skeleton_ms"])
+    search = get_search("fbnet", space, epochs=1, max_latency_ms=budget, **TINY)
+    outcome = search.run(tmp_path)
+    metrics = outcome.metrics[0]
+    assert metrics["table_latency_ms"] <= budget
+    assert "measured_latency_ms" in metrics and search.measured_ms
+    assert metrics["meets_budget"] == float(metrics["measured_latency_ms"] <= budget)
 
 
 @pytest.mark.parametrize("name,kwargs,field", [
