@@ -162,16 +162,19 @@ def _train(model: Any, data: Dataset, config: TrainConfig) -> TrainResult:
     return TrainResult(running / max(seen, 1), val_loss, val_acc, train_time, step, test_acc)
 
 
-def recalibrate_batchnorm(model: Any, x: np.ndarray, batch_size: int) -> None:
-    """Re-estimate BatchNorm running statistics as exact averages over `x` with the final
-    weights. A short run leaves the running averages (momentum 0.1) behind weights that
-    moved fast, and eval-mode accuracy of a deep net can fall to chance (seen: 87% in train
-    mode, 11% in eval mode after two epochs); OFA recalibrates subnets the same way."""
+def recalibrate_batchnorm(model: Any, x: Any, batch_size: int,
+                          transform: Any = None) -> None:
+    """Re-estimate BatchNorm running statistics as exact averages over `x` (a numpy array or
+    a tensor already on the model's device; `transform` maps each batch before the forward
+    pass) with the final weights. A short run leaves the running averages (momentum 0.1)
+    behind weights that moved fast, and eval-mode accuracy of a deep net can fall to chance
+    (seen: 87% in train mode, 11% in eval mode after two epochs); OFA recalibrates subnets
+    the same way. Fewer than two examples leave the statistics as they are."""
     import torch
 
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
              and m.track_running_stats]
-    if not norms or len(x) == 0:
+    if not norms or len(x) < 2:
         return
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -182,7 +185,9 @@ def recalibrate_batchnorm(model: Any, x: np.ndarray, batch_size: int) -> None:
         for start in range(0, len(x), batch_size):
             batch = x[start:start + batch_size]
             if len(batch) > 1:
-                model(torch.from_numpy(np.ascontiguousarray(batch)))
+                if isinstance(batch, np.ndarray):
+                    batch = torch.from_numpy(np.ascontiguousarray(batch))
+                model(batch if transform is None else transform(batch))
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
 

@@ -184,27 +184,14 @@ class OneShotSearch(WeightSharingSearch):
         """The standalone module of `arch` (`space.build(arch)`) with the supernet's weights
         and BatchNorm statistics recalibrated on `bn_samples` training examples, in eval mode
         on the search's device. Needs a trained (`run`) or restored (`restore`) supernet."""
-        import torch
+        from workers.training import recalibrate_batchnorm
 
         if not hasattr(self, "supernet"):
             raise RuntimeError("export_subnet needs a supernet: call run() or restore() first")
         arch = self.space.validate(arch)
         net = self.supernet.extract(arch).to(self.device)
-        norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        x = self._x_train[:self.bn_samples]
-        if norms and len(x) > 1:
-            momenta = [m.momentum for m in norms]
-            for m in norms:
-                m.reset_running_stats()
-                m.momentum = None  # exact average over the batches below
-            net.train()
-            with torch.no_grad():
-                for start in range(0, len(x), self.batch_size):
-                    batch = x[start:start + self.batch_size]
-                    if len(batch) > 1:
-                        net(self._resize(batch, arch))
-            for m, momentum in zip(norms, momenta, strict=True):
-                m.momentum = momentum
+        recalibrate_batchnorm(net, self._x_train[:self.bn_samples], self.batch_size,
+                              transform=lambda batch: self._resize(batch, arch))
         return net.eval()
 
     def sandwich_archs(self) -> list[tuple[str, Arch]]:
