@@ -58,6 +58,7 @@ import numpy as np
 from predictors.gbdt import GBDTPredictor
 from search_spaces import Arch, SearchSpace
 
+from ._args import flag, int_at_least, number_in, one_of
 from ._base import Strategy, TrialView, register_strategy
 
 #: Spaces up to this size are ranked in full (their encoded matrix is cached).
@@ -173,34 +174,6 @@ def _enumerated_pool(space: SearchSpace, features: _Features) -> _Pool:
     return pool
 
 
-# ---- argument checks ---------------------------------------------------------------------
-def _int_arg(field: str, value: Any, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"strategy_args.{field} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _float_arg(field: str, value: Any, low: float, high: float) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) \
-            or not (low <= value <= high):
-        raise ValueError(f"strategy_args.{field} must be a number in [{low}, {high}], "
-                         f"got {value!r}")
-    return float(value)
-
-
-def _bool_arg(field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"strategy_args.{field} must be true or false, got {value!r}")
-    return value
-
-
-def _choice_arg(field: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"strategy_args.{field} must be one of {', '.join(choices)}, "
-                         f"got {value!r}")
-    return value
-
-
 @register_strategy
 class GBDTSearch(Strategy):
     """GBDT-NAS: rank candidates with gradient-boosted trees fitted on the told trials."""
@@ -231,23 +204,23 @@ class GBDTSearch(Strategy):
     ) -> None:
         super().__init__(space, seed)
         self.seed = seed if isinstance(seed, int) else int(seed)
-        self.init = _int_arg("init", init, 1)
-        self.batch = _int_arg("batch", batch, 1)
-        self.explore = _float_arg("explore", explore, 0.0, 1.0)
-        self.explore_random = _float_arg("explore_random", explore_random, 0.0, 1.0)
+        self.init = int_at_least("init", init, 1)
+        self.batch = int_at_least("batch", batch, 1)
+        self.explore = number_in("explore", explore, 0.0, 1.0)
+        self.explore_random = number_in("explore_random", explore_random, 0.0, 1.0)
         self._model: GBDTPredictor | None = None
         self._margin: tuple[float, float] | None = None
-        self.pool_size = _int_arg("pool", pool, 10)
-        self.prune = _bool_arg("prune", prune)
-        self.pretrain = _bool_arg("pretrain", pretrain)
+        self.pool_size = int_at_least("pool", pool, 10)
+        self.prune = flag("prune", prune)
+        self.pretrain = flag("pretrain", pretrain)
         if not isinstance(pretrain_target, str) or not pretrain_target:
             raise ValueError("strategy_args.pretrain_target must be a metric name (e.g. flops, "
                              f"params), got {pretrain_target!r}")
         self.pretrain_target = pretrain_target
-        self.pretrain_mode = _choice_arg("pretrain_mode", pretrain_mode, _PRETRAIN_MODES)
-        self.model_args = {"n_estimators": _int_arg("trees", trees, 1),
-                           "max_depth": _int_arg("depth", depth, 1),
-                           "learning_rate": _float_arg("learning_rate", learning_rate,
+        self.pretrain_mode = one_of("pretrain_mode", pretrain_mode, _PRETRAIN_MODES)
+        self.model_args = {"n_estimators": int_at_least("trees", trees, 1),
+                           "max_depth": int_at_least("depth", depth, 1),
+                           "learning_rate": number_in("learning_rate", learning_rate,
                                                        1e-4, 1.0)}
         if depth > 16:
             raise ValueError(f"strategy_args.depth must be an integer in [1, 16], got {depth!r}")
@@ -257,8 +230,8 @@ class GBDTSearch(Strategy):
         if self.prune and len(space.encode(space.from_dna([0] * len(self.counts)))) != one_hot:
             raise ValueError("strategy_args.prune needs a space whose encode() is the one-hot "
                              f"of its decisions; {space.name!r} encodes differently")
-        self.features = _Features(space, _bool_arg("cost_features", cost_features),
-                                  _bool_arg("count_features", count_features))
+        self.features = _Features(space, flag("cost_features", cost_features),
+                                  flag("count_features", count_features))
         self.enumerable = space.size() <= self.enumerate_max
         # persistent state
         self.asked = 0

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from search_spaces import Arch, SearchSpace
 
+from ._args import flag, int_at_least
 from ._base import Strategy, TrialView, register_strategy
 
 if TYPE_CHECKING:
@@ -70,18 +71,6 @@ def _optuna() -> Any:
 
 
 # ---- strategy_args validation -------------------------------------------------------------------
-def _int_at_least(field: str, value: Any, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"strategy_args.{field} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _flag(field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"strategy_args.{field} must be true or false, got {value!r}")
-    return value
-
-
 def _probability(field: str, value: Any, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None
@@ -106,7 +95,7 @@ class _OptunaStrategy(Strategy):
 
     def __init__(self, space: SearchSpace, seed: int, tries: int) -> None:
         super().__init__(space, seed)
-        self.tries = _int_at_least("tries", tries, 1)
+        self.tries = int_at_least("tries", tries, 1)
         counts = space.choice_counts()
         self._names = [f"d{i}" for i in range(len(counts))]
         self._choices = [tuple(range(c)) for c in counts]
@@ -290,10 +279,10 @@ class TPEStrategy(_OptunaStrategy):
         n_ei_candidates: int = 24, tries: int = TPE_TRIES,
     ) -> None:
         super().__init__(space, seed, tries)
-        self.n_startup_trials = _int_at_least("n_startup_trials", n_startup_trials, 0)
-        self.multivariate = _flag("multivariate", multivariate)
-        self.constant_liar = _flag("constant_liar", constant_liar)
-        self.n_ei_candidates = _int_at_least("n_ei_candidates", n_ei_candidates, 1)
+        self.n_startup_trials = int_at_least("n_startup_trials", n_startup_trials, 0)
+        self.multivariate = flag("multivariate", multivariate)
+        self.constant_liar = flag("constant_liar", constant_liar)
+        self.n_ei_candidates = int_at_least("n_ei_candidates", n_ei_candidates, 1)
 
     def _sampler(self, seed: int) -> Any:
         base = _optuna().samplers.TPESampler
@@ -322,7 +311,7 @@ class NSGA2Strategy(_OptunaStrategy):
         swapping_prob: float = 0.5, tries: int = NSGA2_TRIES,
     ) -> None:
         super().__init__(space, seed, tries)
-        self.population_size = _int_at_least("population_size", population_size, 2)
+        self.population_size = int_at_least("population_size", population_size, 2)
         self.mutation_prob = _probability("mutation_prob", mutation_prob, allow_none=True)
         self.crossover_prob = _probability("crossover_prob", crossover_prob)
         self.swapping_prob = _probability("swapping_prob", swapping_prob)

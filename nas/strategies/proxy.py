@@ -31,15 +31,10 @@ import numpy as np
 
 from search_spaces import Arch, SearchSpace, get_space
 
+from ._args import int_at_least
 from ._base import Strategy, TrialView, register_strategy
 
 MODES = ("top", "evolution")
-
-
-def _int_arg(field: str, value: Any, low: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"strategy_args.{field} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 @register_strategy
@@ -59,13 +54,13 @@ class ProxySearch(Strategy):
 
         self.seed = int(seed)
 
-        self.pool_size = _int_arg("pool", pool, 2)
+        self.pool_size = int_at_least("pool", pool, 2)
         if mode not in MODES:
             raise ValueError(f"strategy_args.mode must be one of {', '.join(MODES)}, "
                              f"got {mode!r}")
         self.mode = mode
-        self.population_size = _int_arg("population", population, 1)
-        self.sample_size = _int_arg("sample", sample, 1)
+        self.population_size = int_at_least("population", population, 1)
+        self.sample_size = int_at_least("sample", sample, 1)
         if self.sample_size > self.population_size:
             raise ValueError(f"strategy_args.sample ({sample}) must not exceed population "
                              f"({population})")
