@@ -222,12 +222,7 @@ def submit(
         return
     servers = _live_server_names(c)
     if servers:  # a `nas serve` process claims it
-        if as_json:
-            _emit_json({"job": job_id, "status": "pending", "runner": "serve",
-                        "servers": servers})
-        else:
-            out.print(f"job {job_id} queued; a `nas serve` process runs it "
-                      f"({', '.join(servers)})")
+        _report_queued(job_id, servers, "runs", as_json)
         return
     log = _spawn_driver(c, job_id)
     if as_json:
@@ -235,6 +230,15 @@ def submit(
     else:
         out.print(f"job {job_id} submitted; no `nas serve` process is running, so a detached "
                   f"driver runs it; driver log: {log}")
+
+
+def _report_queued(job_id: int, servers: list[str], verb: str, as_json: bool) -> None:
+    """Say that a job waits in the queue for the live `nas serve` processes."""
+    if as_json:
+        _emit_json({"job": job_id, "status": "pending", "runner": "serve", "servers": servers})
+    else:
+        out.print(f"job {job_id} queued; a `nas serve` process {verb} it "
+                  f"({', '.join(servers)})")
 
 
 @app.command(hidden=True)
@@ -269,12 +273,7 @@ def resume(
     servers = _live_server_names(c)
     if servers:  # back in the queue: a `nas serve` process claims it
         c.storage().queue_job(job, probe)
-        if as_json:
-            _emit_json({"job": job, "status": "pending", "runner": "serve",
-                        "servers": servers})
-        else:
-            out.print(f"job {job} queued; a `nas serve` process resumes it "
-                      f"({', '.join(servers)})")
+        _report_queued(job, servers, "resumes", as_json)
         return
     c.storage().set_status(job, job_info["status"], owner=probe, error=job_info["error"])
     log = _spawn_driver(c, job)
