@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from bench.proxies import CACHE, IMAGES, data_key, load_cache  # noqa: E402
+from bench.proxies import CACHE, IMAGES, data_key, images_present, load_cache  # noqa: E402
 from predictors import combine, evolved, fewshot  # noqa: E402
 from predictors.metrics import kendall_tau, spearman  # noqa: E402
 from search_spaces import NB201Space  # noqa: E402
@@ -359,11 +359,7 @@ def main() -> None:
     parser.add_argument("--no-store", action="store_true",
                         help="do not store the formula as evolved.nb201")
     args = parser.parse_args()
-    if not IMAGES.is_file():
-        message = f"{IMAGES} not found (see shared/data/README.md)"
-        if os.environ.get("CI", "").lower() == "true":
-            sys.exit(f"CI=true but {message}")
-        print(f"skipped: {message}")
+    if not images_present():
         return
     import torch
 

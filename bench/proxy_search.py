@@ -27,7 +27,6 @@ import csv
 import gzip
 import io
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -40,6 +39,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from bench.proxies import IMAGES, images_present  # noqa: E402
 from nas import api  # noqa: E402
 from nas.storage import MeasurementRow, Storage  # noqa: E402
 from search_spaces import NB201Space  # noqa: E402
@@ -48,7 +48,6 @@ from workers.tables import load_table  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SCORES = RESULTS / "proxy_scores_nb201.csv.gz"
-IMAGES = ROOT.parent / "shared" / "data" / "cifar10-test-first20.npz"
 PROXY_SPACE_ARGS = {"cells_per_stage": 1}
 STORED = [p for p in DEFAULT_PROXIES if p not in ("params", "flops")]
 
@@ -189,11 +188,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--pool", type=int, default=1000)
     args = parser.parse_args()
-    if not IMAGES.is_file():
-        message = f"{IMAGES} not found (see shared/data/README.md)"
-        if os.environ.get("CI", "").lower() == "true":
-            sys.exit(f"CI=true but {message}")
-        print(f"skipped: {message}")
+    if not images_present():
         return
     table = load_table("nb201-cifar10")
     budgets = [10, 100]
