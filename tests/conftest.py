@@ -100,3 +100,14 @@ def nb201_spec(**overrides) -> dict:
     }
     spec.update(overrides)
     return spec
+
+
+def ask_unseen(strategy, space, seen: set[str], tries: int = 2000):  # noqa: ANN001, ANN201
+    """The strategy's next proposal not in `seen`, asking up to `tries` times as the driver
+    discards duplicates; returns (arch, key), the last proposal when every one was seen."""
+    for _ in range(tries):
+        arch = strategy.ask()
+        key = space.key(arch)
+        if key not in seen:
+            break
+    return arch, key

@@ -13,6 +13,7 @@ from nas.strategies import SearchContext, TrialView, check_strategy, get_strateg
 from nas.strategies.gbdt import GBDTSearch
 from predictors import GBDTPredictor, Predictor, check_predictor, get_predictor, list_predictors
 from search_spaces import MBConvSpace, NB201Space
+from tests.conftest import ask_unseen
 from workers.tables import load_table
 
 SPACE = NB201Space()
@@ -172,11 +173,7 @@ def _drive(strategy, score, trials):
     """Window 1, duplicates discarded as the driver does; returns the told (key, score)."""
     seen, told = set(), []
     for number in range(1, trials + 1):
-        for _ in range(2000):
-            arch = strategy.ask()
-            key = SPACE.key(arch)
-            if key not in seen:
-                break
+        arch, key = ask_unseen(strategy, SPACE, seen)
         seen.add(key)
         value = score(arch)
         strategy.tell(TrialView(number, arch, key, "completed", {"s": value}, value))
@@ -279,11 +276,7 @@ def test_pruned_search_goes_on_when_the_unpruned_space_is_used_up():
     seen = set()
     strategy.bind(SearchContext(is_known=seen.__contains__))  # as the driver does
     for number in range(1, 301):
-        for _ in range(20):  # the driver allows 2000 duplicates in a row
-            arch = strategy.ask()
-            key = SPACE.key(arch)
-            if key not in seen:
-                break
+        arch, key = ask_unseen(strategy, SPACE, seen, tries=20)  # the driver: 2000
         assert key not in seen, f"trial {number}: 20 duplicate proposals in a row"
         seen.add(key)
         value = table.rows[key]["valid_acc"]

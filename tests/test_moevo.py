@@ -23,6 +23,7 @@ from nas.strategies import (
 from nas.strategies.checks import DriverLoop
 from nas.strategies.moevo import MultiObjectiveEvolution
 from search_spaces import NB201Space
+from tests.conftest import ask_unseen
 from workers.tables import load_table
 
 SPACE = NB201Space()
@@ -145,11 +146,7 @@ def _loop(strategy, seen: set, start: int, stop: int, accuracy: dict,  # noqa: A
     """Trials start..stop as the driver runs them with a window of one (duplicates dropped)."""
     keys = []
     for number in range(start, stop + 1):
-        for _ in range(2000):
-            arch = strategy.ask()
-            key = SPACE.key(arch)
-            if key not in seen:
-                break
+        arch, key = ask_unseen(strategy, SPACE, seen)
         seen.add(key)
         keys.append(key)
         acc, lat = accuracy[key], latency.get(key)

@@ -22,6 +22,7 @@ from nas.strategies import (
     strategy_class,
 )
 from search_spaces import NB201Space
+from tests.conftest import ask_unseen
 from workers.tables import load_table
 
 SPACE = NB201Space()
@@ -227,11 +228,7 @@ def _best_valid_acc(name: str, seed: int, trials: int, table) -> float:  # noqa:
     seen: set[str] = set()
     best = -np.inf
     for number in range(1, trials + 1):
-        for _ in range(2000):
-            arch = strategy.ask()
-            key = SPACE.key(arch)
-            if key not in seen:
-                break
+        arch, key = ask_unseen(strategy, SPACE, seen)
         seen.add(key)
         value = table.rows[key]["valid_acc"]
         best = max(best, value)
