@@ -394,12 +394,13 @@ class Storage:
                 for r in results for m in r.measurements]
         if rows:
             conn.execute(self._insert_ignore(measurements), rows)
-        scored = [r.trial_id for r in results if r.status == "completed" and r.score is not None]
-        if rows:  # a result's measurements may change other trials' preferred values too
-            refresh_device_values(conn, architecture_ids={r.architecture_id for r in results
-                                                          if r.measurements})
-            scored = [r.trial_id for r in results if not r.measurements and r.score is not None
-                      and r.status == "completed"]
+        # a result's measurements may change other trials' preferred values too: all trials of
+        # those architectures are rewritten; the other scored trials by themselves
+        measured = {r.architecture_id for r in results if r.measurements}
+        if measured:
+            refresh_device_values(conn, architecture_ids=measured)
+        scored = [r.trial_id for r in results if r.status == "completed" and r.score is not None
+                  and r.architecture_id not in measured]
         if scored:
             refresh_device_values(conn, trial_ids=scored)
 
