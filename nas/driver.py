@@ -27,7 +27,7 @@ from search_spaces import Arch, SearchSpace, get_space
 from workers import EvaluatorSpec, TrialResult, TrialTask
 from workers.evaluators import Evaluator, evaluator_class, get_evaluator
 
-from .errors import LeaseHeldError, NasError
+from .errors import DatabaseUnavailableError, LeaseHeldError, NasError
 from .spec import JobSpec, parse_spec
 from .storage import (
     MeasurementRow,
@@ -179,8 +179,8 @@ class Driver:
         try:
             self.storage.start_running(self.job_id, self.owner)
             status, note = _Run(self, spec, job).execute()
-        except LeaseHeldError:
-            raise
+        except (LeaseHeldError, DatabaseUnavailableError):
+            raise  # not the job's fault: it stays as stored, for a resume or a takeover
         except KeyboardInterrupt:
             self.storage.set_status(self.job_id, "paused", owner=self.owner,
                                     error="interrupted; `nas resume` continues it")

@@ -11,3 +11,8 @@ class SpecError(NasError):
 
 class LeaseHeldError(NasError):
     """Another live driver holds the job's lease."""
+
+
+class DatabaseUnavailableError(NasError):
+    """The database stayed unreachable for the whole retry window (`NAS_DB_RETRY_S`). The job
+    keeps every result stored so far; `nas resume` or a `nas serve` continues it."""

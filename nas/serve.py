@@ -35,7 +35,7 @@ from datetime import datetime
 from sqlalchemy.exc import DBAPIError
 
 from .driver import Driver
-from .errors import LeaseHeldError, NasError
+from .errors import DatabaseUnavailableError, LeaseHeldError, NasError
 from .storage import Storage
 
 Log = Callable[[str], None]
@@ -128,7 +128,7 @@ class Server:
             try:
                 if self._tick():
                     return
-            except DBAPIError as exc:  # a database outage: keep serving, retry next tick
+            except (DBAPIError, DatabaseUnavailableError) as exc:  # an outage: keep serving
                 self.log(f"database error (retrying): {_first_line(exc)}")
             time.sleep(self.tick_s)
 
@@ -190,7 +190,7 @@ class Server:
             try:
                 self.storage.server_heartbeat(self.owner, list(self._threads),
                                               self.lease_ttl_s)
-            except DBAPIError:
+            except (DBAPIError, DatabaseUnavailableError):
                 pass
         self.storage.release_leases(self.owner)
         self.storage.unregister_server(self.owner)
@@ -204,13 +204,15 @@ class Server:
             self.log(f"job {job_id} paused; `nas resume {job_id}` continues it")
         except LeaseHeldError as exc:
             self.log(f"job {job_id}: {exc}")
+        except DatabaseUnavailableError as exc:  # its lease expires; it is claimed again
+            self.log(f"job {job_id} stopped: {exc}")
         except Exception as exc:  # keep serving the other jobs
             self.log(f"job {job_id} failed: {type(exc).__name__}: {exc}")
             self._fail(job_id, exc)
         finally:
             try:  # a driver that ended abnormally may still hold the lease
                 self.storage.release_leases(self.owner, job_id)
-            except DBAPIError:
+            except (DBAPIError, DatabaseUnavailableError):
                 pass  # it expires after lease_ttl_s
 
     def _fail(self, job_id: int, exc: Exception) -> None:
@@ -220,7 +222,7 @@ class Server:
         try:
             self.storage.set_status(job_id, "failed", owner=self.owner,
                                     error=f"{type(exc).__name__}: {exc}")
-        except DBAPIError:
+        except (DBAPIError, DatabaseUnavailableError):
             pass
 
     def _drive(self, job_id: int) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from ..errors import NasError
+from ._retry import retried
 from .schema import architectures, measurements, trial_device_values, trials
 
 
@@ -150,6 +151,7 @@ def get_trial(storage, job_id: int, number: int) -> dict[str, Any]:  # noqa: ANN
     return dict(row)
 
 
+@retried()
 def preferred_device_values(storage, space: str, device: str,  # noqa: ANN001
                             metric: str) -> dict[str, tuple[float, int]]:
     """Every stored value of one device metric in a space, by architecture key, from the
@@ -179,6 +181,7 @@ def device_measurements(storage, architecture_keys: list[str], space: str,  # no
     return found
 
 
+@retried()
 def stored_values(storage, space: str, keys: list[str], device: str,  # noqa: ANN001
                   ) -> dict[str, dict[str, float]]:
     """The preferred stored value of every metric of one `device` (e.g. an evaluator's

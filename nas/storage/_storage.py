@@ -27,6 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from ..errors import LeaseHeldError, NasError
 from ._device_values import refresh_device_values
 from ._engine import ensure_schema, make_engine, read_connection
+from ._retry import retried
 from .schema import (
     SOURCE_RANK,
     architectures,
@@ -138,6 +139,7 @@ class Storage:
                  "snapshot_asked": 0, "elapsed_s": 0.0, "cancel_requested": False},
             ).scalar_one()
 
+    @retried()
     def get_job(self, job_id: int) -> dict[str, Any]:
         with self.read() as conn:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
@@ -148,6 +150,7 @@ class Storage:
             job[column] = as_utc(job[column])
         return job
 
+    @retried()
     def list_jobs(self) -> list[dict[str, Any]]:
         counts = (
             select(trials.c.job_id, trials.c.status, func.count().label("n"))
@@ -162,12 +165,14 @@ class Storage:
         return [{**dict(r), "created_at": as_utc(r["created_at"]),
                  "trials": per_job.get(r["id"], {})} for r in rows]
 
+    @retried()
     def trial_counts(self, job_id: int) -> dict[str, int]:
         with self.read() as conn:
             rows = conn.execute(select(trials.c.status, func.count()).where(
                 trials.c.job_id == job_id).group_by(trials.c.status)).all()
         return {status: n for status, n in rows}
 
+    @retried()
     def set_status(self, job_id: int, status: str, *, error: str | None = None,
                    note: str | None = None, owner: str | None = None) -> None:
         """Set the job's status; with `owner`, also release that driver's lease."""
@@ -223,6 +228,7 @@ class Storage:
             return False
         return False
 
+    @retried()
     def acquire_lease(self, job_id: int, owner: str, ttl_s: float) -> None:
         """Take the job's lease, or raise LeaseHeldError naming the live holder."""
         now = utcnow()
@@ -250,6 +256,7 @@ class Storage:
             f"job {job_id} is being run by driver {holder} (lease live for another "
             f"{left:.0f}s); refusing to run it twice")
 
+    @retried()
     def heartbeat(self, job_id: int, owner: str, ttl_s: float, elapsed_s: float) -> bool:
         """Extend the lease; False if it was lost (another driver took over)."""
         now = utcnow()
@@ -259,11 +266,13 @@ class Storage:
             ).values(lease_expires_at=now + timedelta(seconds=ttl_s), updated_at=now,
                      elapsed_s=elapsed_s)).rowcount)
 
+    @retried()
     def cancel_requested(self, job_id: int) -> bool:
         with self.read() as conn:
             return bool(conn.execute(select(jobs.c.cancel_requested)
                                      .where(jobs.c.id == job_id)).scalar_one())
 
+    @retried()
     def start_running(self, job_id: int, owner: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
@@ -271,6 +280,7 @@ class Storage:
                                  updated_at=utcnow()))
 
     # ---- trials ---------------------------------------------------------------------------
+    @retried()
     def load_trials(self, job_id: int) -> list[dict[str, Any]]:
         query = (
             select(trials.c.id, trials.c.number, trials.c.status, trials.c.attempt,
@@ -293,6 +303,7 @@ class Storage:
                 architectures.c.space == space, architectures.c.key.in_(chunk))).all())
         return ids
 
+    @retried(replay_arg=True)
     def commit_step(
         self,
         job_id: int,
@@ -304,6 +315,8 @@ class Storage:
         snapshot: tuple[dict[str, Any], int, int] | None = None,
         elapsed_s: float | None = None,
         keep_weights: int = 0,
+        *,
+        replay: bool = False,
     ) -> dict[int, tuple[int, int]]:
         """One transaction of the driver loop: new trial rows, finished results, trials sent
         to workers (id, attempt), and optionally the strategy snapshot (state, told, asked).
@@ -311,6 +324,10 @@ class Storage:
 
         Raises LeaseHeldError if this driver no longer holds the lease (nothing is written).
         Returns number -> (trial id, architecture id) of the new trials.
+
+        `replay` (a retry after a transient error, see `_retry`): the previous attempt may
+        have committed, so trial rows and weights that exist already are kept, not inserted
+        twice; everything else the step writes is the same when written again.
         """
         created: dict[int, tuple[int, int]] = {}
         now = utcnow()
@@ -328,10 +345,11 @@ class Storage:
                 arch_ids = self._architecture_ids(conn, space, new_trials)
                 rows = [{"job_id": job_id, "number": t.number, "architecture_id": arch_ids[t.key],
                          "status": "queued", "attempt": 0} for t in new_trials]
-                inserted = conn.execute(insert(trials).returning(
-                    trials.c.id, trials.c.number, trials.c.architecture_id,
-                    sort_by_parameter_order=True), rows).all()
-                created = {number: (tid, aid) for tid, number, aid in inserted}
+                created = (self._insert_trials_again(conn, job_id, rows) if replay else
+                           {number: (tid, aid) for tid, number, aid in conn.execute(
+                               insert(trials).returning(
+                                   trials.c.id, trials.c.number, trials.c.architecture_id,
+                                   sort_by_parameter_order=True), rows).all()})
             dispatched = list(dispatched)
             if dispatched:
                 conn.execute(
@@ -340,11 +358,21 @@ class Storage:
                     [{"tid": tid, "att": attempt} for tid, attempt in dispatched])
             if results:
                 self._store_results(conn, results, now)
-                self._store_weights(conn, job_id, results, keep_weights, now)
+                self._store_weights(conn, job_id, results, keep_weights, now, replay)
         return created
 
+    def _insert_trials_again(self, conn, job_id: int,  # noqa: ANN001
+                             rows: list[dict[str, Any]]) -> dict[int, tuple[int, int]]:
+        """Insert the trial rows that do not exist yet; number -> (id, architecture id) of
+        all of them."""
+        conn.execute(self._insert_ignore(trials), rows)
+        numbers = [row["number"] for row in rows]
+        found = conn.execute(select(trials.c.number, trials.c.id, trials.c.architecture_id)
+                             .where(trials.c.job_id == job_id, trials.c.number.in_(numbers)))
+        return {number: (tid, aid) for number, tid, aid in found}
+
     def _store_weights(self, conn, job_id: int, results: Sequence[StoredResult],  # noqa: ANN001
-                       keep: int, now: datetime) -> None:
+                       keep: int, now: datetime, replay: bool = False) -> None:
         """Insert the weights of completed results, then keep only the `keep` best trials'
         (feasible first, by score, earlier trial on ties): the database stays small."""
         rows = [{"trial_id": r.trial_id, "job_id": job_id, "format": "torch-state-dict",
@@ -352,7 +380,8 @@ class Storage:
                 for r in results if r.weights and r.status == "completed"]
         if not rows or keep <= 0:
             return
-        conn.execute(insert(trial_weights), rows)
+        conn.execute(self._insert_ignore(trial_weights) if replay else insert(trial_weights),
+                     rows)
         infeasible_last = case((trials.c.feasible.is_(False), 1), else_=0)
         ranked = (select(trial_weights.c.trial_id)
                   .join(trials, trials.c.id == trial_weights.c.trial_id)
@@ -363,6 +392,7 @@ class Storage:
         if losers:
             conn.execute(delete(trial_weights).where(trial_weights.c.trial_id.in_(losers)))
 
+    @retried()
     def get_weights(self, job_id: int, number: int) -> bytes | None:
         """The stored trained weights of a trial, if it is among the kept best."""
         query = (select(trial_weights.c.data)
@@ -404,6 +434,7 @@ class Storage:
         if scored:
             refresh_device_values(conn, trial_ids=scored)
 
+    @retried()
     def requeue_unfinished(self, job_id: int) -> None:
         """Trials left running by a cancelled driver go back to queued."""
         with self.engine.begin() as conn:
@@ -412,6 +443,7 @@ class Storage:
                          .values(status="queued"))
 
     # ---- measurements made outside jobs (imported, predicted, measured on demand) ----------
+    @retried()
     def put_measurements(self, space: str, rows: Sequence[MeasurementRow]) -> dict[str, int]:
         """Store device values of architectures (created if new) in one transaction.
 
@@ -478,10 +510,15 @@ class Storage:
         return found
 
     # ---- artifacts ------------------------------------------------------------------------
+    @retried()
     def add_artifact(self, job_id: int, kind: str, path: str) -> None:
+        """Record an artifact of the job (once: adding the same one again changes nothing)."""
         with self.engine.begin() as conn:
-            conn.execute(insert(artifacts).values(job_id=job_id, kind=kind, path=path,
-                                                  created_at=utcnow()))
+            if conn.execute(select(artifacts.c.id).where(
+                    artifacts.c.job_id == job_id, artifacts.c.kind == kind,
+                    artifacts.c.path == path)).first() is None:
+                conn.execute(insert(artifacts).values(job_id=job_id, kind=kind, path=path,
+                                                      created_at=utcnow()))
 
 
     # ---- `nas serve`: atomic job claims and the registry of serve processes -----------------
@@ -491,6 +528,7 @@ class Storage:
                     or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at.is_(None),
                         jobs.c.lease_expires_at < now))
 
+    @retried()
     def claim_job(self, owner: str, ttl_s: float) -> int | None:
         """Take the lease of the oldest claimable job (see `CLAIMABLE`, lease free or expired)
         for `owner`; returns its id, or None when there is none. Atomic across processes and
@@ -517,6 +555,7 @@ class Storage:
                     return job_id
         return None
 
+    @retried()
     def queue_job(self, job_id: int, owner: str) -> None:
         """Back to `pending` for a serve process to claim (`nas resume` while one is alive);
         `owner` must hold the lease (proof that no live driver runs the job), which is
@@ -526,17 +565,20 @@ class Storage:
                          .values(status="pending", cancel_requested=False, error=None,
                                  lease_owner=None, lease_expires_at=None, updated_at=utcnow()))
 
+    @retried()
     def register_server(self, name: str, owner: str, poll_s: float, max_jobs: int) -> None:
         """Add a serve process to the registry (and forget those silent for a day)."""
         now = utcnow()
         host, _, rest = owner.partition(":")
         with self.engine.begin() as conn:
-            conn.execute(delete(servers).where(
-                servers.c.heartbeat_at < now - timedelta(seconds=SERVER_FORGET_S)))
+            conn.execute(delete(servers).where(or_(
+                servers.c.heartbeat_at < now - timedelta(seconds=SERVER_FORGET_S),
+                servers.c.owner == owner)))  # a retry must not register it twice
             conn.execute(insert(servers).values(
                 name=name, owner=owner, host=host, pid=int(rest.partition(":")[0]),
                 poll_s=poll_s, max_jobs=max_jobs, started_at=now, heartbeat_at=now))
 
+    @retried()
     def server_heartbeat(self, owner: str, job_ids: Sequence[int], ttl_s: float) -> bool:
         """Mark the serve process alive and extend the leases it holds on `job_ids` (the jobs
         it is running: their leases stay live even while a driver is still setting up).
@@ -551,6 +593,7 @@ class Storage:
                              .values(lease_expires_at=now + timedelta(seconds=ttl_s)))
         return bool(found)
 
+    @retried()
     def release_leases(self, owner: str, job_id: int | None = None) -> int:
         """Drop the leases `owner` still holds (on `job_id`, or on every job): a serve process
         stopping, or a driver that ended without releasing its lease. The jobs become
@@ -562,10 +605,12 @@ class Storage:
             return conn.execute(update(jobs).where(condition).values(
                 lease_owner=None, lease_expires_at=None, updated_at=utcnow())).rowcount
 
+    @retried()
     def unregister_server(self, owner: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(servers).where(servers.c.owner == owner))
 
+    @retried()
     def list_servers(self) -> list[dict[str, Any]]:
         """The registered serve processes, each with `alive` (a heartbeat within
         `SERVER_ALIVE_POLLS` poll periods) and `jobs` (those it holds a live lease on)."""
