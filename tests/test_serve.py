@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from nas import api
 from nas.cli import app
+from nas.driver import Driver
 from nas.serve import Server
 from nas.storage import Storage, utcnow
 from nas.storage.schema import jobs, trials
@@ -208,6 +209,24 @@ def test_a_cancelled_takeover_is_cancelled_and_a_broken_job_fails_once(sqlite_ur
     assert job["status"] == "failed" and "budget" in job["error"], job["error"]
     assert job["lease_owner"] is None
     assert Server(storage, once=True, poll_s=0.2, log=lines.append).run() == 0
+
+
+def test_a_cancel_between_the_claim_and_the_driver_start_is_kept(db_url):
+    """The user cancels a job a serve process has just claimed: the driver that then starts
+    stops at its first heartbeat (before, starting the job withdrew the request)."""
+    storage = Storage(db_url)
+    job = api.submit(storage, _spec(1))
+    owner = Storage.new_owner()  # this process: a live lease holder
+    assert storage.claim_job(owner, ttl_s=30) == job
+    assert storage.request_cancel(job) == "cancelling"
+    driver = Driver(storage, job, heartbeat_s=0.05)
+    driver.owner = owner
+    assert driver.run() == "cancelled"
+    assert storage.get_job(job)["status"] == "cancelled"
+    assert storage.trial_counts(job).get("completed", 0) < BUDGET
+    # resuming the cancelled job withdraws the old request: it runs to the end
+    assert api.run(storage, job) == "completed"
+    assert storage.trial_counts(job) == {"completed": BUDGET}
 
 
 # ---- real serve processes ---------------------------------------------------------------------

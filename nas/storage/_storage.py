@@ -274,10 +274,15 @@ class Storage:
 
     @retried()
     def start_running(self, job_id: int, owner: str) -> None:
+        """Mark the job running. Resuming a cancelled job withdraws its cancel request; any
+        other job keeps one, so a cancel that arrived after a serve process claimed the job,
+        before its driver started, still stops it."""
+        keep_or_withdraw = case((jobs.c.status == "cancelled", False),
+                                else_=jobs.c.cancel_requested)
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
-                         .values(status="running", cancel_requested=False, error=None,
-                                 updated_at=utcnow()))
+                         .values(status="running", cancel_requested=keep_or_withdraw,
+                                 error=None, updated_at=utcnow()))
 
     # ---- trials ---------------------------------------------------------------------------
     @retried()
