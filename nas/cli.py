@@ -79,8 +79,10 @@ class Context:
     def storage(self, existing: bool = False):  # noqa: ANN201
         """The database; with `existing`, a SQLite file must exist already."""
         from .storage import Storage
+        from .storage._retry import retry_window_s
 
         if self._storage is None:
+            retry_window_s()  # a bad NAS_DB_RETRY_S is refused before anything is written
             self._storage = Storage(self.db, create=not existing)
         return self._storage
 

@@ -352,6 +352,67 @@ def test_resume_of_a_job_a_live_driver_runs_is_refused(tmp_path, workdir):
     assert files_under(workdir) == set()
 
 
+@pytest.mark.parametrize(("retry", "mentions"), [
+    pytest.param("soon", ["NAS_DB_RETRY_S", "soon"], id="retry-window-not-a-number"),
+    pytest.param("-5", ["NAS_DB_RETRY_S", "-5"], id="retry-window-negative"),
+    pytest.param("nan", ["NAS_DB_RETRY_S", "nan"], id="retry-window-nan"),
+])
+def test_bad_retry_window_is_refused(retry, mentions, populated, workdir):
+    from nas.cli import app
+
+    before = dump(populated["file"])
+    spec = str(ROOT / "examples" / "nb201-evolution.yaml")
+    result = runner.invoke(app, ["--db", populated["url"], "submit", spec],
+                           env={"NAS_DB_RETRY_S": retry})
+    assert_one_line_error(result, *mentions)
+    assert dump(populated["file"]) == before
+    assert files_under(workdir) == set()
+
+
+def _pg_tables(url: str) -> dict[str, int]:
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.connect() as conn:
+        names = inspect(conn).get_table_names()
+        counts = {n: conn.execute(text(f'select count(*) from "{n}"')).scalar_one()
+                  for n in names}
+    engine.dispose()
+    return counts
+
+
+@pytest.mark.parametrize(("case", "extra", "mentions"), [
+    pytest.param("budget", {"budget": {"trials": 0}}, ["budget.trials"], id="pg-bad-budget"),
+    pytest.param("space", {"space": "nb999"}, ["space", "nb999"], id="pg-unknown-space"),
+])
+def test_bad_spec_leaves_a_postgres_database_as_it_was(case, extra, mentions, pg_url, workdir):
+    from nas.cli import app
+
+    storage = Storage(pg_url)
+    api.submit(storage, nb201_spec())
+    storage.close()
+    before = _pg_tables(pg_url)
+    spec = workdir.parent / f"{case}.yaml"
+    spec.write_text(yaml.safe_dump(nb201_spec(**extra)))
+    result = runner.invoke(app, ["--db", pg_url, "submit", str(spec)])
+    assert_one_line_error(result, *mentions)
+    assert _pg_tables(pg_url) == before
+
+
+@pytest.mark.parametrize(("url", "mentions"), [
+    pytest.param("postgresql://postgres@127.0.0.1:5432/nas_no_such_database",
+                 ["cannot connect", "nas_no_such_database"], id="pg-database-missing"),
+    pytest.param("postgresql://nas_no_such_role@127.0.0.1:5432/postgres",
+                 ["cannot connect", "nas_no_such_role"], id="pg-role-missing"),
+])
+def test_bad_postgres_url_is_one_line(url, mentions, pg_available, workdir):
+    from nas.cli import app
+
+    result = runner.invoke(app, ["--db", url, "list"])
+    assert_one_line_error(result, *mentions)
+    assert files_under(workdir) == set()
+
+
 @pytest.mark.parametrize(("args", "mentions"), [
     pytest.param(["submit", "{spec}"], ["budget.trials"], id="bad-spec"),
     pytest.param(["best", "1", "--top", "x"], ["--top"], id="usage-error"),
