@@ -10,20 +10,6 @@ from ..errors import NasError
 from ._retry import retried
 from .schema import architectures, measurements, trial_device_values, trials
 
-
-def _preferred(column, device: str, metric: str):  # noqa: ANN001, ANN202
-    """Scalar subquery: the measurement of the trial's architecture from the best source."""
-    return (
-        select(column)
-        .where(measurements.c.architecture_id == trials.c.architecture_id,
-               measurements.c.device == device, measurements.c.metric == metric)
-        .order_by(measurements.c.source_rank)
-        .limit(1)
-        .correlate(trials)
-        .scalar_subquery()
-    )
-
-
 #: Under a budget, `best_trials` reads `trial_device_values` either down its score index
 #: (checking each trial's value in the index: cheap when the budget is loose) or along its
 #: value index (the trials within the budget, then the best of them: cheap when it is
@@ -79,9 +65,11 @@ def _top_rows(conn, ranked, top: int, device: str | None,  # noqa: ANN001
                           .join(architectures, architectures.c.id == trials.c.architecture_id))
              .order_by(best.c.score.desc(), best.c.number))
     if device is not None:
-        query = query.add_columns(
-            _preferred(measurements.c.value, device, metric).label("device_value"),
-            _preferred(measurements.c.source, device, metric).label("device_source"))
+        tdv = trial_device_values
+        query = query.add_columns(tdv.c.value.label("device_value"),
+                                  tdv.c.source.label("device_source")).outerjoin(
+            tdv, (tdv.c.trial_id == trials.c.id) & (tdv.c.device == device) &
+            (tdv.c.metric == metric))
     return [dict(r) for r in conn.execute(query).mappings()]
 
 
@@ -116,14 +104,14 @@ def unknown_measurement_count(storage, job_id: int, device: str,  # noqa: ANN001
 
 def trials_with_device_value(storage, job_id: int, device: str,  # noqa: ANN001
                              metric: str = "latency_ms") -> list[dict[str, Any]]:
-    """Completed trials that have a `metric` measurement on `device` (preferred source)."""
-    value = _preferred(measurements.c.value, device, metric)
-    source = _preferred(measurements.c.source, device, metric)
+    """Completed, scored trials that have a `metric` value on `device` (preferred source)."""
+    tdv = trial_device_values
     query = (
-        select(*_trial_columns(), value.label("device_value"), source.label("device_source"))
-        .join(architectures, architectures.c.id == trials.c.architecture_id)
-        .where(trials.c.job_id == job_id, trials.c.status == "completed",
-               trials.c.score.is_not(None), value.is_not(None))
+        select(*_trial_columns(), tdv.c.value.label("device_value"),
+               tdv.c.source.label("device_source"))
+        .select_from(tdv.join(trials, trials.c.id == tdv.c.trial_id)
+                     .join(architectures, architectures.c.id == trials.c.architecture_id))
+        .where(tdv.c.job_id == job_id, tdv.c.device == device, tdv.c.metric == metric)
     )
     with storage.read() as conn:
         return [dict(r) for r in conn.execute(query).mappings()]
