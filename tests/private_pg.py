@@ -66,6 +66,17 @@ class PrivatePostgres:
         server recovers from its WAL on the next start)."""
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
+    def new_database(self, name: str) -> str:
+        """Create an empty database; its URL."""
+        from sqlalchemy import create_engine, text
+
+        admin = create_engine(self.url.replace("postgresql://", "postgresql+psycopg://", 1),
+                              isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
     def remove(self) -> None:
         try:
             self.stop("immediate")
