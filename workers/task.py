@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -72,7 +73,23 @@ def build_evaluator(spec: EvaluatorSpec) -> Evaluator:
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """`host:pid`, plus `:node=<first 8 hex digits of the Ray node id>` in a Ray worker: on
+    one machine several Ray nodes share the host name, and the node says where a trial ran."""
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    node = _ray_node_id()
+    return f"{name}:node={node[:8]}" if node else name
+
+
+def _ray_node_id() -> str | None:
+    """The Ray node id of this process when it is a Ray worker (not a driver), else None.
+    Never imports ray: a process that has not imported it is not a Ray worker."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if context.worker.mode != ray.WORKER_MODE:
+        return None
+    return context.get_node_id()
 
 
 def evaluate_one(evaluator: Evaluator, task: TrialTask) -> TrialResult:
