@@ -8,12 +8,13 @@ from ._base import (
     list_evaluators,
     register_evaluator,
 )
+from .analytic import AnalyticEvaluator
 from .benchmark import BenchmarkEvaluator
 from .proxy import ProxyEvaluator
 from .train import TrainEvaluator
 
 __all__ = [
-    "BenchmarkEvaluator", "Evaluation", "EvaluationError", "Evaluator", "Measurement",
-    "ProxyEvaluator", "TrainEvaluator", "evaluator_class", "get_evaluator", "list_evaluators",
-    "register_evaluator",
+    "AnalyticEvaluator", "BenchmarkEvaluator", "Evaluation", "EvaluationError", "Evaluator",
+    "Measurement", "ProxyEvaluator", "TrainEvaluator", "evaluator_class", "get_evaluator",
+    "list_evaluators", "register_evaluator",
 ]

@@ -1,0 +1,38 @@
+"""`analytic` evaluator: the space's exact parameter and FLOP counts, no model built.
+
+Every registered space counts params and FLOPs analytically (tens of microseconds per
+architecture, see `bench/spaces.py`), so this evaluator scores any space at table-look-up
+speed. Uses: "the smallest / cheapest model" searches (`objectives: [{metric: params, mode:
+min}]`, or a `flops` constraint with another objective), sanity checks of a strategy on a
+space with no benchmark table, and load tests of the service itself (`tests/test_load.py`,
+`bench/load.py`: 100,000 trials).
+"""
+
+from __future__ import annotations
+
+from search_spaces import Arch, SearchSpace
+
+from ._base import Evaluation, Evaluator, register_evaluator
+
+METRICS = ("params", "flops")
+
+
+@register_evaluator
+class AnalyticEvaluator(Evaluator):
+    """Metrics `params` and `flops` (floats; also stored on the architecture row). Takes no
+    `evaluator_args`: the counts follow the space and its `space_args` (input size,
+    classes)."""
+
+    name = "analytic"
+    cheap = True
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__(space)
+
+    def metric_names(self) -> set[str]:
+        return set(METRICS)
+
+    def evaluate(self, arch: Arch, key: str) -> Evaluation:
+        params = int(self.space.params(arch))
+        flops = int(self.space.flops(arch))
+        return Evaluation({"params": float(params), "flops": float(flops)}, [], params, flops)
