@@ -25,6 +25,8 @@ ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_con
 def ray_local():
     import ray
 
+    if ray.is_initialized():  # another module's Ray (e.g. a weight-sharing job's)
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     yield ray

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import abc
+from typing import TYPE_CHECKING
 
 from ..task import EvaluatorSpec, TrialResult, TrialTask
-from ..weight_sharing.task import SearchResult, SearchTask
+
+if TYPE_CHECKING:  # importing weight_sharing imports torch: seconds a driver need not pay
+    from ..weight_sharing.task import SearchResult, SearchTask
 
 
 class Executor(abc.ABC):

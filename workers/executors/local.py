@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import TYPE_CHECKING
 
 from ..task import EvaluatorSpec, TrialResult, TrialTask, evaluate_batch
-from ..weight_sharing.task import SearchResult, SearchTask, run_search
 from ._base import Executor
+
+if TYPE_CHECKING:
+    from ..weight_sharing.task import SearchResult, SearchTask
 
 
 class LocalExecutor(Executor):
@@ -31,6 +34,8 @@ class LocalExecutor(Executor):
 
     # a search runs in a thread, so the driver keeps its heartbeat while it trains
     def start_search(self, task: SearchTask) -> None:
+        from ..weight_sharing.task import run_search
+
         self._search_stop.clear()
         self._search_out.clear()
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from ..task import EvaluatorSpec, TrialResult, TrialTask, evaluate_batch
-from ..weight_sharing.task import SearchResult, SearchTask, run_search
 from ._base import Executor
+
+if TYPE_CHECKING:
+    from ..weight_sharing.task import SearchResult, SearchTask
 
 
 def connect_ray(address: str | None = None) -> Any:
@@ -138,6 +141,8 @@ class RayExecutor(Executor):
 
     # ---- a weight-sharing search: one task, on a GPU when the cluster has one -------------------
     def start_search(self, task: SearchTask) -> None:
+        from ..weight_sharing.task import run_search
+
         gpus = 1 if self.ray.cluster_resources().get("GPU", 0) >= 1 else 0
         remote = self.ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(run_search)
         self._search = (_avoiding(remote, self._dead_nodes).remote(task), task)
@@ -160,7 +165,7 @@ class RayExecutor(Executor):
             if task.attempt >= self.max_attempts:
                 raise RuntimeError(f"the search's worker was lost {task.attempt} times; last: "
                                    f"{type(exc).__name__}") from exc
-            self.start_search(SearchTask(**{**task.__dict__, "attempt": task.attempt + 1}))
+            self.start_search(replace(task, attempt=task.attempt + 1))
             return None
         except self.ray.exceptions.RayTaskError as exc:
             raise exc.as_instanceof_cause() from None
