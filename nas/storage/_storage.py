@@ -299,7 +299,10 @@ class Storage:
 
     def _architecture_ids(self, conn, space: str, new: Sequence[NewTrial]) -> dict[str, int]:  # noqa: ANN001
         keys = sorted({t.key for t in new})
-        rows = [{"space": space, "key": t.key, "arch": t.arch} for t in new]
+        # rows in key order: two transactions writing the same architectures lock them in
+        # the same order, so they wait for each other instead of deadlocking (PostgreSQL)
+        rows = [{"space": space, "key": t.key, "arch": t.arch}
+                for t in sorted(new, key=lambda t: t.key)]
         conn.execute(self._insert_ignore(architectures), rows)
         ids: dict[str, int] = {}
         for start in range(0, len(keys), _CHUNK):
@@ -418,8 +421,9 @@ class Storage:
               "t0": _epoch(r.started_at), "t1": _epoch(r.finished_at), "mx": r.metrics,
               "sc": r.score, "ob": r.objectives, "fe": r.feasible, "er": r.error}
              for r in results])
-        sized = [{"aid": r.architecture_id, "p": r.params, "f": r.flops} for r in results
-                 if r.params is not None or r.flops is not None]
+        sized = sorted(({"aid": r.architecture_id, "p": r.params, "f": r.flops} for r in results
+                        if r.params is not None or r.flops is not None),
+                       key=lambda row: row["aid"])  # in id order, as above: no deadlocks
         if sized:
             conn.execute(update(architectures).where(architectures.c.id == bindparam("aid"))
                          .values(params=bindparam("p"), flops=bindparam("f")), sized)
@@ -427,6 +431,8 @@ class Storage:
                  "metric": m["metric"], "value": m["value"], "source": m["source"],
                  "source_rank": SOURCE_RANK.get(m["source"], 9), "created_at": now}
                 for r in results for m in r.measurements]
+        rows.sort(key=lambda row: (row["architecture_id"], row["device"], row["metric"],
+                                   row["source"]))
         if rows:
             conn.execute(self._insert_ignore(measurements), rows)
         # a result's measurements may change other trials' preferred values too: all trials of
