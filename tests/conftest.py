@@ -7,8 +7,11 @@ Tests that need `../shared/data` or PostgreSQL skip with a reason when those are
 from __future__ import annotations
 
 import os
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,3 +114,17 @@ def ask_unseen(strategy, space, seen: set[str], tries: int = 2000):  # noqa: ANN
         if key not in seen:
             break
     return arch, key
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60.0,
+               interval: float = 0.05, logs: tuple[Path, ...] = ()) -> Any:
+    """Poll `condition` until it returns a truthy value (returned); on timeout fail naming
+    `what`, with the tails of `logs` (the logs of processes the test started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.is_file())
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")

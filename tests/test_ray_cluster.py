@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from sqlalchemy import select
 from nas import api
 from nas.storage import Storage
 from nas.storage.schema import trials
-from tests.conftest import ROOT, nb201_spec
+from tests.conftest import ROOT, nb201_spec, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -120,16 +120,6 @@ def _batch_workers(node: Any) -> list[psutil.Process]:
     return found
 
 
-def _wait_for(what: str, probe: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def _nodes(cluster: Any) -> list[Any]:
     return [cluster.head_node, *cluster.worker_nodes]
 
@@ -167,8 +157,8 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_job_completes(cluster, sql
     storage = Storage(sqlite_url)
     job = api.submit(storage, _job_spec(budget=6, parallelism=2, delay_s=1.0))
     driver = _start_driver(sqlite_url, cluster.address, job, tmp_path)
-    victim = _wait_for("a trial running on a Ray worker", lambda: [
-        p for n in _nodes(cluster) for p in _batch_workers(n)])[0]
+    victim = wait_until(lambda: [p for n in _nodes(cluster) for p in _batch_workers(n)],
+                        "a trial running on a Ray worker")[0]
     os.kill(victim.pid, signal.SIGKILL)
     _finish_driver(driver, job)
     rows = _trial_rows(storage, job)
@@ -186,7 +176,7 @@ def test_a_node_killed_mid_job_loses_no_trial(cluster, sqlite_url, tmp_path):
     storage = Storage(sqlite_url)
     job = api.submit(storage, _job_spec(budget=6, parallelism=3, delay_s=1.0))
     driver = _start_driver(sqlite_url, cluster.address, job, tmp_path)
-    running = _wait_for("a trial running on the doomed node", lambda: _batch_workers(doomed))
+    running = wait_until(lambda: _batch_workers(doomed), "a trial running on the doomed node")
     cluster.remove_node(doomed, allow_graceful=False)  # SIGKILL: raylet, object store
     killed_at = time.monotonic()
     _finish_driver(driver, job)

@@ -28,7 +28,7 @@ from nas.driver import Driver
 from nas.serve import Server
 from nas.storage import Storage, utcnow
 from nas.storage.schema import jobs, trials
-from tests.conftest import ROOT, nb201_spec
+from tests.conftest import ROOT, nb201_spec, wait_until
 
 BUDGET = 30
 ROUNDS = 30
@@ -60,17 +60,6 @@ def _serve(procs: list[subprocess.Popen], url: str, log: Path, *args: str) -> su
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
     procs.append(proc)
     return proc
-
-
-def _wait(condition, what: str, timeout: float = 60.0, logs: tuple[Path, ...] = ()) -> Any:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.is_file())
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
 
 
 def _server(storage: Storage, name: str) -> dict[str, Any] | None:
@@ -245,14 +234,14 @@ def test_two_servers_run_each_job_once_and_take_over_a_killed_ones_job(db_url, t
                 return job
         return None
 
-    victim = _wait(a_mid_job, "serve A in the middle of a job", logs=logs)
+    victim = wait_until(a_mid_job, "serve A in the middle of a job", logs=logs)
     os.kill(a.pid, signal.SIGKILL)
     a.wait()
     job = storage.get_job(victim)
     assert job["status"] == "running" and job["lease_owner"].startswith(f"{_host()}:{a.pid}:")
     done_by_a = storage.trial_counts(victim).get("completed", 0)
 
-    _wait(lambda: all(storage.get_job(j)["status"] == "completed" for j in queued),
+    wait_until(lambda: all(storage.get_job(j)["status"] == "completed" for j in queued),
           "every job to complete", timeout=90, logs=logs)
     a_worker, b_worker = f"{_host()}:{a.pid}", f"{_host()}:{b.pid}"
     for j in queued:
@@ -286,16 +275,16 @@ def test_submit_and_resume_queue_for_a_live_serve_and_sigterm_pauses(tmp_path, p
     spec_file.write_text(yaml.safe_dump(_spec(3, budget=60, delay_s=0.08)))
     log = tmp_path / "s1.log"
     s1 = _serve(procs, url, log, "--poll-s", "0.3", "--max-jobs", "2", "--name", "S1")
-    _wait(lambda: _server(storage, "S1"), "S1 to register", logs=(log,))
+    wait_until(lambda: _server(storage, "S1"), "S1 to register", logs=(log,))
 
     queued = [_nas_json("--db", url, "submit", str(spec_file), "--set", f"seed={seed}")
               for seed in (4, 5)]
     assert all(q["runner"] == "serve" and q["servers"] == ["S1"] for q in queued)
     first, second = (q["job"] for q in queued)
-    both = _wait(lambda: sorted(_server(storage, "S1")["jobs"]) == [first, second],
+    both = wait_until(lambda: sorted(_server(storage, "S1")["jobs"]) == [first, second],
                  "S1 to run both jobs at once (--max-jobs 2)", logs=(log,))
     assert both
-    _wait(lambda: storage.trial_counts(second).get("completed", 0) >= 4, "progress",
+    wait_until(lambda: storage.trial_counts(second).get("completed", 0) >= 4, "progress",
           logs=(log,))
     s1.send_signal(signal.SIGTERM)
     assert s1.wait(timeout=30) == 0, log.read_text()
@@ -307,12 +296,12 @@ def test_submit_and_resume_queue_for_a_live_serve_and_sigterm_pauses(tmp_path, p
 
     log2 = tmp_path / "s2.log"
     _serve(procs, url, log2, "--poll-s", "0.3", "--name", "S2")
-    _wait(lambda: _server(storage, "S2"), "S2 to register", logs=(log2,))
+    wait_until(lambda: _server(storage, "S2"), "S2 to register", logs=(log2,))
     for job in (j["id"] for j in paused if j["status"] == "paused"):
         resumed = _nas_json("--db", url, "resume", str(job))
         assert resumed == {"job": job, "status": "pending", "runner": "serve",
                            "servers": ["S2"]}
-    _wait(lambda: all(storage.get_job(j)["status"] == "completed" for j in (first, second)),
+    wait_until(lambda: all(storage.get_job(j)["status"] == "completed" for j in (first, second)),
           "S2 to finish the resumed jobs", timeout=90, logs=(log, log2))
     for job in (first, second):
         _assert_exact_budget(storage, job, budget=60)
@@ -331,7 +320,7 @@ def test_submit_without_a_live_serve_spawns_a_driver_and_says_so(tmp_path, procs
     assert result.exit_code == 0, result.stderr
     assert "no `nas serve` process is running" in result.stdout
     job = int(re.search(r"job (\d+)", result.stdout).group(1))
-    _wait(lambda: storage.get_job(job)["status"] == "completed", "the detached driver")
+    wait_until(lambda: storage.get_job(job)["status"] == "completed", "the detached driver")
     _assert_exact_budget(storage, job, budget=8)
 
 
