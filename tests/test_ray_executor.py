@@ -52,14 +52,18 @@ def _poll_all(executor: RayExecutor, timeout: float = 60.0) -> list:
 
 
 def _kill_worker_running_batch(deadline_s: float = 30.0) -> int:
-    """SIGKILL the Ray worker process that is executing `evaluate_batch`."""
+    """SIGKILL the Ray worker process that is executing `evaluate_batch`: one of this test
+    process's own Ray (its descendants), never another Ray on the machine."""
     deadline = time.time() + deadline_s
     while time.time() < deadline:
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            cmdline = " ".join(proc.info["cmdline"] or [])
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                cmdline = " ".join(proc.cmdline())
+            except psutil.NoSuchProcess:
+                continue
             if cmdline.startswith("ray::evaluate_batch"):
-                os.kill(proc.info["pid"], signal.SIGKILL)
-                return proc.info["pid"]
+                os.kill(proc.pid, signal.SIGKILL)
+                return proc.pid
         time.sleep(0.05)
     raise AssertionError("no Ray worker ran evaluate_batch")
 
