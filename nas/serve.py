@@ -141,7 +141,7 @@ class Server:
         if self.once and self.started:
             return not self._threads
         while len(self._threads) < self.max_jobs and not (self.once and self.started):
-            job_id = self.storage.claim_job(self.owner, self.lease_ttl_s)
+            job_id = self.storage.claim_job(self.owner, self.lease_ttl_s, list(self._threads))
             if job_id is None:
                 break
             self._start(job_id)

@@ -200,6 +200,19 @@ def test_a_cancelled_takeover_is_cancelled_and_a_broken_job_fails_once(sqlite_ur
     assert Server(storage, once=True, poll_s=0.2, log=lines.append).run() == 0
 
 
+def test_a_claim_retried_after_it_landed_returns_the_same_job(db_url):
+    """The claim's COMMIT landed but its reply was lost: the retry finds the job already
+    leased to this serve process (and not among those it runs) and returns it."""
+    storage = Storage(db_url)
+    first, second = (api.submit(storage, _spec(i)) for i in (1, 2))
+    owner = Storage.new_owner()
+    claim = Storage.claim_job.__wrapped__  # the undecorated method: one attempt
+    assert claim(storage, owner, 30) == first  # landed; the caller never heard of it
+    assert claim(storage, owner, 30, [], replay=True) == first
+    assert claim(storage, owner, 30, [first], replay=True) == second  # first runs already
+    assert claim(storage, owner, 30, [first, second], replay=True) is None
+
+
 def test_a_cancel_between_the_claim_and_the_driver_start_is_kept(db_url):
     """The user cancels a job a serve process has just claimed: the driver that then starts
     stops at its first heartbeat (before, starting the job withdrew the request)."""

@@ -539,16 +539,28 @@ class Storage:
                     or_(jobs.c.lease_owner.is_(None), jobs.c.lease_expires_at.is_(None),
                         jobs.c.lease_expires_at < now))
 
-    @retried()
-    def claim_job(self, owner: str, ttl_s: float) -> int | None:
+    @retried(replay_arg=True)
+    def claim_job(self, owner: str, ttl_s: float, running: Sequence[int] = (), *,
+                  replay: bool = False) -> int | None:
         """Take the lease of the oldest claimable job (see `CLAIMABLE`, lease free or expired)
         for `owner`; returns its id, or None when there is none. Atomic across processes and
         machines: PostgreSQL locks the row (`FOR UPDATE SKIP LOCKED`, so concurrent claimers
         pass over each other's rows instead of waiting), SQLite re-checks the condition in a
-        conditional UPDATE under its write lock and counts the rows it changed."""
+        conditional UPDATE under its write lock and counts the rows it changed.
+
+        `running`: the jobs `owner` runs. On a retry (`replay`) a claimable job leased to
+        `owner` that is not among them is the one the lost attempt claimed: it is returned,
+        instead of waiting for its own lease to expire."""
         now = utcnow()
         lease = {"lease_owner": owner, "lease_expires_at": now + timedelta(seconds=ttl_s),
                  "updated_at": now}
+        if replay:
+            with self.read() as conn:
+                landed = conn.execute(select(jobs.c.id).where(
+                    jobs.c.lease_owner == owner, jobs.c.status.in_(CLAIMABLE),
+                    jobs.c.id.not_in(list(running))).order_by(jobs.c.id).limit(1)).scalar()
+            if landed is not None:
+                return landed
         oldest = select(jobs.c.id).where(self._claimable(now)).order_by(jobs.c.id)
         if self.dialect == "postgresql":
             with self.engine.begin() as conn:
