@@ -112,8 +112,9 @@ def make_executor(spec: JobSpec, evaluator_spec: EvaluatorSpec, ray_address: str
 
     if spec.executor == "local":
         return LocalExecutor(evaluator_spec, slots=spec.parallelism)
+    gpu_trials = evaluator_class(evaluator_spec.evaluator).uses_gpu(evaluator_spec.evaluator_args)
     return RayExecutor(evaluator_spec, slots=spec.parallelism, address=ray_address,
-                       max_attempts=spec.max_attempts)
+                       max_attempts=spec.max_attempts, gpu_trials=gpu_trials)
 
 
 #: Trials per worker task for cheap evaluators. The strategy is told results in order, so

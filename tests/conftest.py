@@ -6,10 +6,13 @@ Tests that need `../shared/data` or PostgreSQL skip with a reason when those are
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +131,27 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = 60.0,
         time.sleep(interval)
     tails = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.is_file())
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
+
+
+@contextlib.contextmanager
+def ray_test_cluster(**head_args: Any) -> Iterator[Any]:
+    """A `ray.cluster_utils.Cluster` of one head node (add nodes with `add_node`), in a
+    private temp dir: sockets, logs and session files apart from other Ray instances on this
+    machine, all removed at the end. Its processes are children of this test process, so
+    exactly what it started is stopped (`ray stop` would stop other people's Ray too)."""
+    import ray
+    from ray._private.utils import get_ray_address_file
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()  # a connection left by another module would point at another instance
+    # the cluster notes its address in Ray's default temp dir, which a fresh machine lacks
+    os.makedirs(os.path.dirname(get_ray_address_file(None)), exist_ok=True)
+    temp_dir = tempfile.mkdtemp(prefix="nas-ray-")
+    cluster = Cluster(initialize_head=True, shutdown_at_exit=True,
+                      head_node_args={**head_args, "include_dashboard": False,
+                                      "temp_dir": temp_dir})
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +30,7 @@ from sqlalchemy import select
 from nas import api
 from nas.storage import Storage
 from nas.storage.schema import trials
-from tests.conftest import ROOT, nb201_spec, wait_until
+from tests.conftest import ROOT, nb201_spec, ray_test_cluster, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -47,23 +45,10 @@ RECOVERY_S = 12.0
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray.shutdown()  # a connection left by another module would point at another instance
-    # a private temp dir: sockets, logs and session files apart from other Ray instances on
-    # this machine, removed at the end
-    temp_dir = tempfile.mkdtemp(prefix="nas-ray-")
-    cluster = Cluster(initialize_head=True, shutdown_at_exit=True,
-                      head_node_args={**NODE_ARGS, "include_dashboard": False,
-                                      "temp_dir": temp_dir})
-    try:
+    with ray_test_cluster(**NODE_ARGS) as cluster:
         cluster.add_node(**NODE_ARGS)
         cluster.wait_for_nodes()
         yield cluster
-    finally:
-        cluster.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -45,19 +45,30 @@ def measure_latency_ms(
     warmup: int = 5,
     repeats: int = 20,
     runtime: str = "eager",
+    device: str = "cpu",
 ) -> dict[str, float]:
     """Median and spread (IQR) in milliseconds of `repeats` timed forward passes, in torch
-    eager mode, as a traced TorchScript module or in ONNX Runtime."""
+    eager mode, as a traced TorchScript module or in ONNX Runtime. On a CUDA `device` (eager
+    only; the model must already be there) each pass is timed up to the GPU's finishing it."""
     import torch
 
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    on_gpu = device.startswith("cuda")
+    if on_gpu and runtime != "eager":
+        raise ValueError(f"GPU latency is measured in eager mode only, not {runtime!r}")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         model.eval()
-        x = torch.randn(batch, *input_shape)
+        x = torch.randn(batch, *input_shape).to(device)
         run = _runner(model, x, runtime, threads)
+        if on_gpu:
+            forward = run
+
+            def run() -> None:
+                forward()
+                torch.cuda.synchronize(x.device)
         timings = []
         with torch.inference_mode():
             for _ in range(warmup):

@@ -74,10 +74,14 @@ def build_evaluator(spec: EvaluatorSpec) -> Evaluator:
 
 def worker_name() -> str:
     """`host:pid`, plus `:node=<first 8 hex digits of the Ray node id>` in a Ray worker: on
-    one machine several Ray nodes share the host name, and the node says where a trial ran."""
+    one machine several Ray nodes share the host name, and the node says where a trial ran.
+    A Ray task given GPUs adds `:gpu=<ids>` (Ray's `CUDA_VISIBLE_DEVICES` for the task)."""
     name = f"{socket.gethostname()}:{os.getpid()}"
     node = _ray_node_id()
-    return f"{name}:node={node[:8]}" if node else name
+    if not node:
+        return name
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return f"{name}:node={node[:8]}" + (f":gpu={gpus}" if gpus else "")
 
 
 def _ray_node_id() -> str | None:

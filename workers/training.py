@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .datasets import Dataset
+from .torch_device import check_device, resolve_device
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -34,8 +35,11 @@ class TrainConfig:
     eval_batch_size: int = 256
     #: Training examples used to re-estimate BatchNorm statistics after training (0: off).
     bn_recalibration: int = 2048
+    #: auto (CUDA when this worker sees a GPU, else CPU), cpu, cuda or cuda:N.
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_device("evaluator_args.device", self.device)
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         _positive_int("threads", self.threads)
@@ -80,6 +84,8 @@ class TrainResult:
     train_time_s: float
     steps: int
     test_acc: float | None = None
+    #: Where it trained (`cpu`, `cuda:0`, ...); the model is left there.
+    device: str = "cpu"
 
 
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
@@ -91,7 +97,11 @@ def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
 
 
 def train_model(model: Any, data: Dataset, config: TrainConfig) -> TrainResult:
-    """Train `model` on `data.train` and report the validation (and test) figures."""
+    """Train `model` on `data.train` and report the validation (and test) figures.
+
+    The model is moved to `config.device` and left there (`TrainResult.device`). The batch
+    order comes from a CPU generator, so a CPU and a GPU run see the same batches and differ
+    only by floating-point rounding."""
     import torch
 
     previous_threads = torch.get_num_threads()
@@ -112,24 +122,33 @@ def _optimizer(model: Any, config: TrainConfig) -> Any:
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+#: On a GPU the loss is checked for NaN every this many steps (each check waits for the
+#: GPU); on the CPU at every step, where the check is free.
+GPU_FINITE_CHECK_STEPS = 25
+
+
 def _train(model: Any, data: Dataset, config: TrainConfig) -> TrainResult:
     import torch
     import torch.nn.functional as F
 
+    device = resolve_device("evaluator_args.device", config.device)
+    model.to(device)
+    check_every = 1 if device.type == "cpu" else GPU_FINITE_CHECK_STEPS
     generator = torch.Generator().manual_seed(config.seed)
-    x_train = torch.from_numpy(data.x_train)
-    y_train = torch.from_numpy(data.y_train)
+    x_train = torch.from_numpy(data.x_train).to(device)
+    y_train = torch.from_numpy(data.y_train).to(device)
     n = len(x_train)
     steps_per_epoch = max(1, math.ceil(n / config.batch_size))
     total = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     optimizer = _optimizer(model, config)
     started = time.perf_counter()
-    step, running, seen = 0, 0.0, 0
+    step, seen = 0, 0
+    running = torch.zeros((), dtype=torch.float64, device=device)
     model.train()
     for epoch in range(config.epochs):
-        order = torch.randperm(n, generator=generator)
-        running, seen = 0.0, 0
+        order = torch.randperm(n, generator=generator).to(device)
+        running, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         for start in range(0, n, config.batch_size):
             index = order[start:start + config.batch_size]
             if len(index) < 2 and n > 1:  # BatchNorm cannot train on a batch of one
@@ -139,19 +158,21 @@ def _train(model: Any, data: Dataset, config: TrainConfig) -> TrainResult:
             logits = model(x_train[index])
             loss = F.cross_entropy(logits, y_train[index],
                                    label_smoothing=config.label_smoothing)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"training diverged: loss is {loss.item()} at epoch "
-                                       f"{epoch + 1}, step {step + 1} (try a lower lr)")
+            running += loss.detach().double() * len(index)
+            seen += len(index)
+            step += 1
+            if step % check_every == 0:
+                _check_finite(running, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            running += loss.item() * len(index)
-            seen += len(index)
-            step += 1
+        _check_finite(running, epoch, step)
     if config.bn_recalibration:
-        recalibrate_batchnorm(model, data.x_train[: config.bn_recalibration], config.batch_size)
+        recalibrate_batchnorm(model, x_train[: config.bn_recalibration], config.batch_size)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     train_time = time.perf_counter() - started
     val_loss, val_acc = evaluate_model(model, data.x_val, data.y_val, config.eval_batch_size)
     if not math.isfinite(val_loss):
@@ -159,7 +180,18 @@ def _train(model: Any, data: Dataset, config: TrainConfig) -> TrainResult:
     test_acc = None
     if data.x_test is not None:
         test_acc = evaluate_model(model, data.x_test, data.y_test, config.eval_batch_size)[1]
-    return TrainResult(running / max(seen, 1), val_loss, val_acc, train_time, step, test_acc)
+    return TrainResult(float(running) / max(seen, 1), val_loss, val_acc, train_time, step,
+                       test_acc, str(device))
+
+
+def _check_finite(running_loss: Any, epoch: int, step: int) -> None:
+    """A NaN or infinite loss stays in the epoch's running sum, so checking the sum every
+    few steps catches it without waiting for the GPU at every step."""
+    import torch
+
+    if not bool(torch.isfinite(running_loss)):
+        raise TrainingDiverged(f"training diverged: the loss became {float(running_loss)} by "
+                               f"epoch {epoch + 1}, step {step} (try a lower lr)")
 
 
 def recalibrate_batchnorm(model: Any, x: Any, batch_size: int,
@@ -186,7 +218,7 @@ def recalibrate_batchnorm(model: Any, x: Any, batch_size: int,
             batch = x[start:start + batch_size]
             if len(batch) > 1:
                 if isinstance(batch, np.ndarray):
-                    batch = torch.from_numpy(np.ascontiguousarray(batch))
+                    batch = torch.from_numpy(np.ascontiguousarray(batch)).to(model_device(model))
                 model(batch if transform is None else transform(batch))
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
@@ -199,12 +231,23 @@ def evaluate_model(model: Any, x: np.ndarray, y: np.ndarray,
     import torch.nn.functional as F
 
     model.eval()
-    total_loss, correct = 0.0, 0
+    device = model_device(model)
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size]))
-            yb = torch.from_numpy(np.ascontiguousarray(y[start:start + batch_size]))
+            xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
+            yb = torch.from_numpy(np.ascontiguousarray(y[start:start + batch_size])).to(device)
             logits = model(xb)
-            total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
-            correct += int((logits.argmax(dim=1) == yb).sum())
-    return total_loss / len(x), 100.0 * correct / len(x)
+            total_loss += F.cross_entropy(logits, yb, reduction="sum").double()
+            correct += (logits.argmax(dim=1) == yb).sum()
+    return float(total_loss) / len(x), 100.0 * int(correct) / len(x)
+
+
+def model_device(model: Any) -> Any:
+    """The device of a model's first parameter or buffer (CPU for one that has neither)."""
+    import torch
+
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

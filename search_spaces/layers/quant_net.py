@@ -88,7 +88,8 @@ class ActFakeQuant(nn.Module):
             qmin, qmax = -(2 ** (self.bits - 1) - 1), 2 ** (self.bits - 1) - 1
         else:
             qmin, qmax = 0, 2**self.bits - 1
-        top = torch.full((), self.fixed_max) if self.fixed_max is not None else self._range(x)
+        top = (torch.full((), self.fixed_max, device=x.device) if self.fixed_max is not None
+               else self._range(x))
         return fake_quantize(x, top.clamp_min(1e-8) / qmax, qmin, qmax)
 
     def extra_repr(self) -> str:

@@ -47,6 +47,12 @@ class Evaluator(abc.ABC):
     def evaluate(self, arch: Arch, key: str) -> Evaluation:
         """Metrics of one architecture; raise `EvaluationError` for an expected failure."""
 
+    @classmethod
+    def uses_gpu(cls, args: dict[str, Any]) -> bool:
+        """Whether trials built from these `evaluator_args` train on a GPU where there is
+        one: on Ray their tasks then ask for a share of the cluster's GPUs."""
+        return False
+
     def metric_names(self) -> set[str] | None:
         """Metrics this evaluator can report (None: not known before evaluating)."""
         return None

@@ -8,6 +8,7 @@ from search_spaces import Arch, SearchSpace
 
 from ..datasets import Dataset, DatasetSpec, parse_dataset
 from ..latency import device_key, measure_latency_ms
+from ..torch_device import gpu_device_key, resolve_device
 from ..training import TrainConfig, TrainingDiverged, evaluate_model, train_model
 from ._base import Evaluation, EvaluationError, Evaluator, Measurement, register_evaluator
 
@@ -80,11 +81,26 @@ class TrainEvaluator(Evaluator):
                  "test_acc"}
         return names | ({"int8_val_acc"} if self.int8 else set())
 
+    @classmethod
+    def uses_gpu(cls, args: dict[str, Any]) -> bool:
+        return args.get("device", "auto") != "cpu"
+
     def devices(self) -> set[str]:
         if not self.measure_latency:
             return set()
         base = device_key()
-        return {base} | ({f"{base}-int8"} if self.int8 else set())
+        found = {base} | ({f"{base}-int8"} if self.int8 else set())
+        gpu = self._local_gpu()
+        return found | ({gpu_device_key(gpu)} if gpu is not None else set())
+
+    def _local_gpu(self) -> Any:
+        """The GPU this process would train on (None: the CPU). A driver that sees the same
+        kind of GPU as its workers can then state objectives on the GPU's latency."""
+        try:
+            device = resolve_device("evaluator_args.device", self.config.device)
+        except ValueError:
+            return None
+        return device if device.type == "cuda" else None
 
     def data(self) -> Dataset:
         """The dataset, loaded once per worker process."""
@@ -101,6 +117,10 @@ class TrainEvaluator(Evaluator):
     def evaluate(self, arch: Arch, key: str) -> Evaluation:
         import torch
 
+        try:  # a GPU this worker lacks fails the trial with one line, not a traceback
+            resolve_device("evaluator_args.device", self.config.device)
+        except ValueError as exc:
+            raise EvaluationError(str(exc)) from None
         data = self.data()
         torch.manual_seed(self.config.seed)
         net = self.space.build(arch)
@@ -117,6 +137,10 @@ class TrainEvaluator(Evaluator):
         if result.test_acc is not None:
             metrics["test_acc"] = result.test_acc
         measurements = []
+        if self.measure_latency and result.device.startswith("cuda"):
+            measurements.append(self._latency(net, shape, gpu_device_key(result.device),
+                                              on=result.device))
+        net.cpu()
         if self.measure_latency:
             measurements.append(self._latency(net, shape, device_key()))
         if self.int8:
@@ -126,8 +150,10 @@ class TrainEvaluator(Evaluator):
         weights = _serialise(net) if self.save_weights else None
         return Evaluation(metrics, measurements, params, flops, weights)
 
-    def _latency(self, model: Any, input_shape: tuple[int, ...], device: str) -> Measurement:
-        timing = measure_latency_ms(model, input_shape, threads=1, repeats=self.latency_repeats)
+    def _latency(self, model: Any, input_shape: tuple[int, ...], device: str,
+                 on: str = "cpu") -> Measurement:
+        timing = measure_latency_ms(model, input_shape, threads=1, repeats=self.latency_repeats,
+                                    device=on)
         return Measurement(device, "latency_ms", timing["median_ms"], "measured")
 
     def _int8(self, arch: Arch, net: Any, data: Dataset) -> tuple[float, Measurement | None]:

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..task import EvaluatorSpec, TrialResult, TrialTask, evaluate_batch
+from ..torch_device import gpu_share
 from ._base import Executor
 
 if TYPE_CHECKING:
@@ -66,7 +67,9 @@ def _avoiding(remote: Any, dead_nodes: set[str]) -> Any:
 
 class RayExecutor(Executor):
     """`max_attempts` bounds how often a trial is run when its worker process or node dies.
-    `scheduling` is the batch tasks' Ray scheduling strategy (default: `batch_scheduling`)."""
+    `scheduling` is the batch tasks' Ray scheduling strategy (default: `batch_scheduling`).
+    With `gpu_trials` each batch task asks for `gpu_share` of the cluster's GPUs (nothing on
+    a cluster without GPUs), so the trials in flight share them."""
 
     def __init__(
         self,
@@ -76,12 +79,15 @@ class RayExecutor(Executor):
         max_attempts: int = 3,
         num_cpus: float = 1.0,
         scheduling: str | None = None,
+        gpu_trials: bool = False,
     ) -> None:
         super().__init__(spec, slots)
         self.ray = connect_ray(address)
         self.max_attempts = max_attempts
         self.scheduling = scheduling or batch_scheduling(self.ray)
-        self._remote = self.ray.remote(num_cpus=num_cpus, max_retries=0,
+        self.num_gpus = (gpu_share(self.ray.cluster_resources().get("GPU", 0), slots)
+                         if gpu_trials else 0.0)
+        self._remote = self.ray.remote(num_cpus=num_cpus, num_gpus=self.num_gpus, max_retries=0,
                                        scheduling_strategy=self.scheduling)(evaluate_batch)
         self._spec_ref = self.ray.put(spec)
         self._batches: dict[Any, list[TrialTask]] = {}

@@ -38,6 +38,8 @@ import numpy as np
 
 from search_spaces import Arch, SearchSpace
 
+from ..torch_device import check_device, resolve_device
+
 CHECKPOINT = "checkpoint.pt"
 _REGISTRY: dict[str, type[WeightSharingSearch]] = {}
 
@@ -90,11 +92,7 @@ class WeightSharingSearch(abc.ABC):
         self.epochs = _int_field("epochs", epochs, 1)
         self.batch_size = _int_field("batch_size", batch_size, 1)
         self.threads = _int_field("threads", threads, 1)
-        if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda")
-                                               or device.startswith("cuda:")):
-            raise ValueError(f"strategy_args.device must be auto, cpu, cuda or cuda:N, "
-                             f"got {device!r}")
-        self.device_name = device
+        self.device_name = check_device("strategy_args.device", device)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
 
@@ -225,13 +223,7 @@ def _int_field(name: str, value: Any, low: int | None) -> int:
 
 
 def _resolve_device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"strategy_args.device is {name!r} but this worker has no CUDA device")
-    return torch.device(name)
+    return resolve_device("strategy_args.device", name)
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,0 +1,240 @@
+"""Training candidates and weight-sharing searches on a GPU, against the CPU of the same machine.
+
+1. `train`: the `train` evaluator, one sampled architecture per space at the spaces' default
+   CIFAR-shaped arguments (3x32x32, the full NAS-Bench-201 network for nb201), on real
+   images: 640 of scikit-learn's digits scaled to 32x32 and repeated over 3 channels (the
+   content does not change the cost; 512 train, 128 validation). The same architecture,
+   seed and epochs on `cuda` and on the CPU with all its cores: seconds per epoch,
+   validation accuracy of both, and the eval-mode batch-1 latency on each.
+2. `search_step`: darts against pc-darts (K=4) on the `darts` space at DARTS's own search
+   settings (16 channels, 8 cells, batch 64, 3x32x32): median step time and
+   `torch.cuda.max_memory_allocated` over the steps.
+3. `searches`: darts (1st and 2nd order), pc-darts, rarts and a one-shot mbconv supernet on
+   640 8x8 digits, seconds per epoch on the GPU and on the CPU, and whether a search stopped after
+   its first epoch and resumed on the GPU ends exactly where an uninterrupted one does
+   (`torch.equal` of every architecture weight; on the CPU it does, tests check that).
+
+    python bench/gpu.py           # needs a CUDA device (about 3 min on an H200)
+    python bench/gpu.py --quick   # CI smoke test (< 60 s): without CUDA only the CPU
+                                  # side runs, on tiny settings, and says so
+
+Writes bench/results/gpu.json (`--quick`: a fresh temporary folder; `--out DIR` elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.weight_sharing import step_cost  # noqa: E402
+from search_spaces import get_space  # noqa: E402
+from workers.evaluators import get_evaluator  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+SPACES = ("nb201", "darts", "mbconv", "hybrid", "quant")
+FULL = {"train": {"epochs": 3, "cpu_epochs": 1, "batch": 64, "spaces": SPACES, "limit": 640},
+        "step": {"channels": 16, "cells": 8, "batch": 64, "steps": 10},
+        "searches": {"epochs": 4, "cpu_epochs": 1, "limit": 640}}
+QUICK = {"train": {"epochs": 1, "cpu_epochs": 1, "batch": 64, "spaces": ("nb201",),
+                   "limit": 128},
+         "step": {"channels": 8, "cells": 3, "batch": 16, "steps": 2},
+         "searches": {"epochs": 2, "cpu_epochs": 1, "limit": 128}}
+SEARCHES = {"darts-1st": ("darts", "nb201", {"order": 1}),
+            "darts-2nd": ("darts", "nb201", {"order": 2}),
+            "pc-darts": ("pc-darts", "nb201", {"k": 4}),
+            "rarts": ("rarts", "nb201", {}),
+            "oneshot-mbconv": ("oneshot", "mbconv", {"latency": "none", "population": 10,
+                                                      "generations": 2, "top_k": 2})}
+ONESHOT_MBCONV = {"input_channels": 1, "input_size": 8, "stage_channels": [16, 24],
+                  "stage_strides": [2, 2], "stem_channels": 8, "head_channels": 32}
+
+
+def digits_32(folder: Path) -> dict:
+    """scikit-learn's digits as 32x32 RGB images in an npz the train evaluator reads."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    big = np.kron(digits.images, np.ones((4, 4))) * (255.0 / 16.0)
+    x = np.repeat(big[..., None], 3, axis=3).astype(np.uint8)
+    path = folder / "digits32.npz"
+    np.savez(path, x=x, y=digits.target)
+    return {"kind": "npz", "path": str(path)}
+
+
+# ---- 1. the train evaluator -----------------------------------------------------------------
+def train_once(space_name: str, arch: dict, data: dict, device: str, epochs: int,
+               settings: dict) -> dict:
+    space = get_space(space_name)
+    if settings.get("limit"):
+        data = {**data, "limit": settings["limit"]}
+    threads = (os.cpu_count() or 1) if device == "cpu" else 1
+    evaluator = get_evaluator("train", space, dataset=data, epochs=epochs,
+                              batch_size=settings["batch"], device=device, threads=threads,
+                              latency_repeats=10, save_weights=False)
+    start = time.perf_counter()
+    evaluation = evaluator.evaluate(arch, space.key(arch))
+    wall = time.perf_counter() - start
+    latency = {m.device: m.value for m in evaluation.measurements}
+    return {"device": device, "threads": threads, "epochs": epochs,
+            "seconds_per_epoch": evaluation.metrics["train_time_s"] / epochs,
+            "trial_seconds": wall, "val_acc": evaluation.metrics["val_acc"],
+            "latency_ms": latency}
+
+
+def bench_train(settings: dict, folder: Path, cuda: bool) -> dict:
+    data = digits_32(folder)
+    out: dict = {}
+    for space_name in settings["spaces"]:
+        space = get_space(space_name)
+        arch = space.sample(np.random.default_rng(0))
+        row = {"key": space.key(arch), "params": space.params(arch), "flops": space.flops(arch),
+               "cpu": train_once(space_name, arch, data, "cpu", settings["cpu_epochs"],
+                                 settings)}
+        if cuda:
+            row["cuda"] = train_once(space_name, arch, data, "cuda", settings["epochs"],
+                                     settings)
+            row["cuda_same_epochs_as_cpu"] = train_once(space_name, arch, data, "cuda",
+                                                        settings["cpu_epochs"], settings)
+            row["speedup_per_epoch"] = (row["cpu"]["seconds_per_epoch"]
+                                        / row["cuda"]["seconds_per_epoch"])
+        out[space_name] = row
+        gpu = (f"cuda {row['cuda']['seconds_per_epoch']:.2f} s/epoch "
+               f"(val {row['cuda']['val_acc']:.1f}% after {settings['epochs']}; "
+               f"{row['cuda_same_epochs_as_cpu']['val_acc']:.1f}% after "
+               f"{settings['cpu_epochs']}), x{row['speedup_per_epoch']:.1f}") if cuda else \
+            "cuda not measured"
+        print(f"  {space_name:<7} {row['flops'] / 1e6:7.1f} MFLOPs  cpu "
+              f"{row['cpu']['seconds_per_epoch']:.2f} s/epoch (val {row['cpu']['val_acc']:.1f}%"
+              f" after {settings['cpu_epochs']})  {gpu}", flush=True)
+    return out
+
+
+# ---- 2. a search step --------------------------------------------------------------------
+def bench_step(settings: dict, folder: Path) -> dict:
+    rng = np.random.default_rng(0)
+    n = 4 * settings["batch"] + 8
+    path = folder / "cifar-shaped.npz"
+    np.savez(path, x=rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8),
+             y=rng.integers(0, 10, size=n))
+    data = {"kind": "npz", "path": str(path)}
+    out = {"darts": step_cost("darts", {"order": 1}, settings, data),
+           "pc-darts": step_cost("pc-darts", {"k": 4}, settings, data)}
+    out["ratio"] = {
+        "memory": out["pc-darts"]["memory_bytes"] / out["darts"]["memory_bytes"],
+        "step_time": (out["pc-darts"]["step_seconds_median"]
+                      / out["darts"]["step_seconds_median"])}
+    for name in ("darts", "pc-darts"):
+        print(f"  {name:<9} step {out[name]['step_seconds_median'] * 1000:7.1f} ms  memory "
+              f"{out[name]['memory_bytes'] / 2**20:8.1f} MiB ({out[name]['device']})",
+              flush=True)
+    print(f"  pc-darts / darts: memory {out['ratio']['memory']:.2f}x, step time "
+          f"{out['ratio']['step_time']:.2f}x", flush=True)
+    return out
+
+
+# ---- 3. whole searches -------------------------------------------------------------------
+def search_run(label: str, device: str, epochs: int, settings: dict, folder: Path,
+               stop_after_first: bool = False):
+    from workers.weight_sharing import get_search
+
+    name, space_name, kwargs = SEARCHES[label]
+    space = get_space(space_name, **(ONESHOT_MBCONV if space_name == "mbconv" else {}))
+    data = {"kind": "digits", **({"limit": settings["limit"]} if settings["limit"] else {})}
+    search = get_search(name, space, seed=0, dataset=data, epochs=epochs, batch_size=64,
+                        device=device, **kwargs)
+    start = time.perf_counter()
+    outcome = search.run(folder, stop=(lambda: True) if stop_after_first else None)
+    seconds = time.perf_counter() - start
+    return search, outcome, seconds
+
+
+def architecture_weights(search) -> dict[str, torch.Tensor]:
+    """The searched architecture's state: DARTS-family alphas, or the one-shot supernet."""
+    if hasattr(search, "alphas"):
+        return {k: torch.as_tensor(v) for k, v in search.alphas().items()}
+    return {k: v.detach().cpu() for k, v in search.supernet.state_dict().items()}
+
+
+def bench_searches(settings: dict, folder: Path, cuda: bool) -> dict:
+    out: dict = {}
+    for label in SEARCHES:
+        _, _, cpu_s = search_run(label, "cpu", settings["cpu_epochs"], settings,
+                                 folder / f"{label}-cpu")
+        row: dict = {"cpu_seconds_per_epoch": cpu_s / settings["cpu_epochs"]}
+        if cuda:
+            whole, outcome, gpu_s = search_run(label, "cuda", settings["epochs"], settings,
+                                               folder / f"{label}-cuda")
+            search_run(label, "cuda", settings["epochs"], settings, folder / f"{label}-cut",
+                       stop_after_first=True)
+            resumed, again, _ = search_run(label, "cuda", settings["epochs"], settings,
+                                           folder / f"{label}-cut")
+            mine, theirs = architecture_weights(whole), architecture_weights(resumed)
+            row |= {"cuda_seconds_per_epoch": gpu_s / settings["epochs"],
+                    "speedup_per_epoch": (cpu_s / settings["cpu_epochs"])
+                    / (gpu_s / settings["epochs"]),
+                    "derived": [str(a) for a in outcome.archs[:1]],
+                    "resumed_from_epoch": again.resumed_from_epoch,
+                    "resume_bit_identical": all(torch.equal(mine[k], theirs[k]) for k in mine),
+                    "resume_max_abs_diff": max(float((mine[k].float() - theirs[k].float())
+                                                     .abs().max()) for k in mine),
+                    "resume_same_derived": [str(a) for a in again.archs[:1]] ==
+                    [str(a) for a in outcome.archs[:1]]}
+        out[label] = row
+        gpu = (f"cuda {row['cuda_seconds_per_epoch']:.2f} s/epoch (x"
+               f"{row['speedup_per_epoch']:.1f}); resumed on cuda: bit-identical "
+               f"{row['resume_bit_identical']}, max |diff| {row['resume_max_abs_diff']:.2e}, "
+               f"same derived arch {row['resume_same_derived']}") if cuda else \
+            "cuda not measured"
+        print(f"  {label:<15} cpu {row['cpu_seconds_per_epoch']:.2f} s/epoch  {gpu}",
+              flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CI smoke test (< 60 s)")
+    parser.add_argument("--out", type=Path, help="folder for the JSON (default bench/results; "
+                        "--quick: a temporary folder)")
+    args = parser.parse_args()
+    settings = QUICK if args.quick else FULL
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.quick:
+        sys.exit("bench/gpu.py: no CUDA device on this machine (run it where torch sees a "
+                 "GPU, or --quick for the CPU side only)")
+    torch.backends.cudnn.benchmark = False  # the evaluator's setting: results per seed
+    machine = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+               "torch": torch.__version__,
+               "gpu": torch.cuda.get_device_name() if cuda else None}
+    print(f"gpu.py: {machine}" + ("" if cuda else "  -- no CUDA device: GPU side not measured"),
+          flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        results = {"machine": machine, "settings": settings}
+        print("1. train evaluator, digits at 32x32x3:", flush=True)
+        results["train"] = bench_train(settings["train"], folder, cuda)
+        print("2. search step on the darts space:", flush=True)
+        results["search_step"] = bench_step(settings["step"], folder) if cuda else \
+            "needs CUDA (the CPU figures are bench/weight_sharing.py's)"
+        print("3. searches on digits:", flush=True)
+        results["searches"] = bench_searches(settings["searches"], folder, cuda)
+    out = args.out or (Path(tempfile.mkdtemp()) if args.quick else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {out / 'gpu.json'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
