@@ -10,9 +10,11 @@
    settings (16 channels, 8 cells, batch 64, 3x32x32): median step time and
    `torch.cuda.max_memory_allocated` over the steps.
 3. `searches`: darts (1st and 2nd order), pc-darts, rarts and a one-shot mbconv supernet on
-   640 8x8 digits, seconds per epoch on the GPU and on the CPU, and whether a search stopped after
-   its first epoch and resumed on the GPU ends exactly where an uninterrupted one does
-   (`torch.equal` of every architecture weight; on the CPU it does, tests check that).
+   640 8x8 digits, seconds per epoch on the GPU and on the CPU, and, on the GPU with and
+   without `deterministic`, whether two runs end alike and whether a search stopped after
+   its first epoch and resumed ends exactly where an uninterrupted one does (`torch.equal`
+   of every architecture weight; on the CPU both hold, tests check that).
+The train section also repeats each GPU trial, with and without `deterministic`.
 
     python bench/gpu.py           # needs a CUDA device (about 3 min on an H200)
     python bench/gpu.py --quick   # CI smoke test (< 60 s): without CUDA only the CPU
@@ -76,22 +78,28 @@ def digits_32(folder: Path) -> dict:
 
 # ---- 1. the train evaluator -----------------------------------------------------------------
 def train_once(space_name: str, arch: dict, data: dict, device: str, epochs: int,
-               settings: dict) -> dict:
+               settings: dict, deterministic: bool = False) -> dict:
     space = get_space(space_name)
     if settings.get("limit"):
         data = {**data, "limit": settings["limit"]}
     threads = (os.cpu_count() or 1) if device == "cpu" else 1
     evaluator = get_evaluator("train", space, dataset=data, epochs=epochs,
                               batch_size=settings["batch"], device=device, threads=threads,
-                              latency_repeats=10, save_weights=False)
+                              latency_repeats=10, save_weights=False,
+                              deterministic=deterministic)
     start = time.perf_counter()
     evaluation = evaluator.evaluate(arch, space.key(arch))
     wall = time.perf_counter() - start
     latency = {m.device: m.value for m in evaluation.measurements}
     return {"device": device, "threads": threads, "epochs": epochs,
+            "deterministic": deterministic,
             "seconds_per_epoch": evaluation.metrics["train_time_s"] / epochs,
             "trial_seconds": wall, "val_acc": evaluation.metrics["val_acc"],
-            "latency_ms": latency}
+            "train_loss": evaluation.metrics["train_loss"], "latency_ms": latency}
+
+
+def same_numbers(a: dict, b: dict) -> bool:
+    return (a["val_acc"], a["train_loss"]) == (b["val_acc"], b["train_loss"])
 
 
 def bench_train(settings: dict, folder: Path, cuda: bool) -> dict:
@@ -110,11 +118,20 @@ def bench_train(settings: dict, folder: Path, cuda: bool) -> dict:
                                                         settings["cpu_epochs"], settings)
             row["speedup_per_epoch"] = (row["cpu"]["seconds_per_epoch"]
                                         / row["cuda"]["seconds_per_epoch"])
+            again = train_once(space_name, arch, data, "cuda", settings["epochs"], settings)
+            det = [train_once(space_name, arch, data, "cuda", settings["epochs"], settings,
+                              deterministic=True) for _ in range(2)]
+            row["cuda_repeat_same_numbers"] = same_numbers(row["cuda"], again)
+            row["cuda_deterministic"] = det[0]
+            row["cuda_deterministic_repeat_same_numbers"] = same_numbers(*det)
         out[space_name] = row
         gpu = (f"cuda {row['cuda']['seconds_per_epoch']:.2f} s/epoch "
                f"(val {row['cuda']['val_acc']:.1f}% after {settings['epochs']}; "
                f"{row['cuda_same_epochs_as_cpu']['val_acc']:.1f}% after "
-               f"{settings['cpu_epochs']}), x{row['speedup_per_epoch']:.1f}") if cuda else \
+               f"{settings['cpu_epochs']}), x{row['speedup_per_epoch']:.1f}; repeat same "
+               f"numbers {row['cuda_repeat_same_numbers']}, deterministic "
+               f"{row['cuda_deterministic']['seconds_per_epoch']:.2f} s/epoch, repeat same "
+               f"{row['cuda_deterministic_repeat_same_numbers']}") if cuda else \
             "cuda not measured"
         print(f"  {space_name:<7} {row['flops'] / 1e6:7.1f} MFLOPs  cpu "
               f"{row['cpu']['seconds_per_epoch']:.2f} s/epoch (val {row['cpu']['val_acc']:.1f}%"
@@ -147,14 +164,14 @@ def bench_step(settings: dict, folder: Path) -> dict:
 
 # ---- 3. whole searches -------------------------------------------------------------------
 def search_run(label: str, device: str, epochs: int, settings: dict, folder: Path,
-               stop_after_first: bool = False):
+               stop_after_first: bool = False, deterministic: bool = False):
     from workers.weight_sharing import get_search
 
     name, space_name, kwargs = SEARCHES[label]
     space = get_space(space_name, **(ONESHOT_MBCONV if space_name == "mbconv" else {}))
     data = {"kind": "digits", **({"limit": settings["limit"]} if settings["limit"] else {})}
     search = get_search(name, space, seed=0, dataset=data, epochs=epochs, batch_size=64,
-                        device=device, **kwargs)
+                        device=device, deterministic=deterministic, **kwargs)
     start = time.perf_counter()
     outcome = search.run(folder, stop=(lambda: True) if stop_after_first else None)
     seconds = time.perf_counter() - start
@@ -168,38 +185,66 @@ def architecture_weights(search) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in search.supernet.state_dict().items()}
 
 
+def compare(a, b) -> dict:
+    """Bit identity and the largest difference of two searches' architecture weights."""
+    mine, theirs = architecture_weights(a), architecture_weights(b)
+    return {"bit_identical": all(torch.equal(mine[k], theirs[k]) for k in mine),
+            "max_abs_diff": max(float((mine[k].float() - theirs[k].float()).abs().max())
+                                for k in mine)}
+
+
+def gpu_runs(label: str, settings: dict, folder: Path, deterministic: bool) -> dict:
+    """An uninterrupted run (timed), a second one, and one stopped after its first epoch
+    and resumed, all on the GPU; the warnings PyTorch gives for ops without a
+    deterministic kernel are collected."""
+    import warnings
+
+    epochs, mode = settings["epochs"], "det" if deterministic else "default"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        whole, outcome, seconds = search_run(label, "cuda", epochs, settings,
+                                             folder / f"{label}-{mode}-1",
+                                             deterministic=deterministic)
+        again, _, _ = search_run(label, "cuda", epochs, settings, folder / f"{label}-{mode}-2",
+                                 deterministic=deterministic)
+        search_run(label, "cuda", epochs, settings, folder / f"{label}-{mode}-cut",
+                   stop_after_first=True, deterministic=deterministic)
+        resumed, rerun, _ = search_run(label, "cuda", epochs, settings,
+                                       folder / f"{label}-{mode}-cut",
+                                       deterministic=deterministic)
+    nondeterministic = sorted({str(w.message).split(" does not have a deterministic")[0]
+                               for w in caught if "deterministic" in str(w.message)})
+    return {"seconds_per_epoch": seconds / epochs, "repeat": compare(whole, again),
+            "resume": compare(whole, resumed), "resumed_from_epoch": rerun.resumed_from_epoch,
+            "resume_same_derived": [str(a) for a in rerun.archs[:1]] ==
+            [str(a) for a in outcome.archs[:1]],
+            "ops_without_deterministic_kernel": nondeterministic}
+
+
 def bench_searches(settings: dict, folder: Path, cuda: bool) -> dict:
     out: dict = {}
     for label in SEARCHES:
         _, _, cpu_s = search_run(label, "cpu", settings["cpu_epochs"], settings,
                                  folder / f"{label}-cpu")
         row: dict = {"cpu_seconds_per_epoch": cpu_s / settings["cpu_epochs"]}
+        line = f"  {label:<15} cpu {row['cpu_seconds_per_epoch']:.2f} s/epoch"
         if cuda:
-            whole, outcome, gpu_s = search_run(label, "cuda", settings["epochs"], settings,
-                                               folder / f"{label}-cuda")
-            search_run(label, "cuda", settings["epochs"], settings, folder / f"{label}-cut",
-                       stop_after_first=True)
-            resumed, again, _ = search_run(label, "cuda", settings["epochs"], settings,
-                                           folder / f"{label}-cut")
-            mine, theirs = architecture_weights(whole), architecture_weights(resumed)
-            row |= {"cuda_seconds_per_epoch": gpu_s / settings["epochs"],
-                    "speedup_per_epoch": (cpu_s / settings["cpu_epochs"])
-                    / (gpu_s / settings["epochs"]),
-                    "derived": [str(a) for a in outcome.archs[:1]],
-                    "resumed_from_epoch": again.resumed_from_epoch,
-                    "resume_bit_identical": all(torch.equal(mine[k], theirs[k]) for k in mine),
-                    "resume_max_abs_diff": max(float((mine[k].float() - theirs[k].float())
-                                                     .abs().max()) for k in mine),
-                    "resume_same_derived": [str(a) for a in again.archs[:1]] ==
-                    [str(a) for a in outcome.archs[:1]]}
+            for mode, deterministic in (("cuda", False), ("cuda_deterministic", True)):
+                runs = gpu_runs(label, settings, folder, deterministic)
+                row[mode] = runs
+                line += (f"\n    {mode:<18} {runs['seconds_per_epoch']:.2f} s/epoch (x"
+                         f"{row['cpu_seconds_per_epoch'] / runs['seconds_per_epoch']:.1f}); "
+                         f"repeat identical {runs['repeat']['bit_identical']} "
+                         f"({runs['repeat']['max_abs_diff']:.1e}), resume identical "
+                         f"{runs['resume']['bit_identical']} "
+                         f"({runs['resume']['max_abs_diff']:.1e}), same derived "
+                         f"{runs['resume_same_derived']}"
+                         + (f"; no deterministic kernel: {runs['ops_without_deterministic_kernel']}"
+                            if runs["ops_without_deterministic_kernel"] else ""))
+        else:
+            line += "  cuda not measured"
         out[label] = row
-        gpu = (f"cuda {row['cuda_seconds_per_epoch']:.2f} s/epoch (x"
-               f"{row['speedup_per_epoch']:.1f}); resumed on cuda: bit-identical "
-               f"{row['resume_bit_identical']}, max |diff| {row['resume_max_abs_diff']:.2e}, "
-               f"same derived arch {row['resume_same_derived']}") if cuda else \
-            "cuda not measured"
-        print(f"  {label:<15} cpu {row['cpu_seconds_per_epoch']:.2f} s/epoch  {gpu}",
-              flush=True)
+        print(line, flush=True)
     return out
 
 

@@ -8,7 +8,10 @@ nodes on their cores.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+from collections.abc import Iterator
 from typing import Any
 
 CHOICES = "auto, cpu, cuda or cuda:N"
@@ -65,3 +68,29 @@ def gpu_share(cluster_gpus: float, slots: int) -> float:
         return 1.0
     per_gpu = -(-slots // whole)
     return int(10_000 / per_gpu) / 10_000  # Ray takes at most 4 decimals
+
+
+@contextlib.contextmanager
+def deterministic_cuda(device: Any, enabled: bool = True) -> Iterator[None]:
+    """Within the block, CUDA kernels with a deterministic implementation use it (cuDNN's
+    deterministic convolutions, no autotuning, cuBLAS with a fixed workspace), so a seeded
+    run on the GPU repeats bit for bit where every op it uses has one; an op without one
+    warns (PyTorch's `warn_only`) and runs as usual. A no-op on the CPU, which is
+    deterministic already. The process-wide settings are restored afterwards."""
+    import torch
+
+    if not enabled or getattr(device, "type", device) != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              cudnn.deterministic, cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        cudnn.deterministic, cudnn.benchmark = before[2], before[3]

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .datasets import Dataset
-from .torch_device import check_device, resolve_device
+from .torch_device import check_device, deterministic_cuda, resolve_device
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -37,6 +37,9 @@ class TrainConfig:
     bn_recalibration: int = 2048
     #: auto (CUDA when this worker sees a GPU, else CPU), cpu, cuda or cuda:N.
     device: str = "auto"
+    #: On a GPU, deterministic kernels: the same arch and seed give the same numbers there
+    #: too, at some speed (the CPU is deterministic anyway).
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         check_device("evaluator_args.device", self.device)
@@ -60,6 +63,9 @@ class TrainConfig:
             raise ValueError("evaluator_args.label_smoothing must be below 1")
         if self.grad_clip is not None:
             _non_negative("grad_clip", self.grad_clip, strict=True)
+        if not isinstance(self.deterministic, bool):
+            raise ValueError("evaluator_args.deterministic must be true or false, got "
+                             f"{self.deterministic!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"evaluator_args.seed must be an integer, got {self.seed!r}")
 
@@ -106,8 +112,10 @@ def train_model(model: Any, data: Dataset, config: TrainConfig) -> TrainResult:
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    device = resolve_device("evaluator_args.device", config.device)
     try:
-        return _train(model, data, config)
+        with deterministic_cuda(device, config.deterministic):
+            return _train(model, data, config, device)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -127,11 +135,10 @@ def _optimizer(model: Any, config: TrainConfig) -> Any:
 GPU_FINITE_CHECK_STEPS = 25
 
 
-def _train(model: Any, data: Dataset, config: TrainConfig) -> TrainResult:
+def _train(model: Any, data: Dataset, config: TrainConfig, device: Any) -> TrainResult:
     import torch
     import torch.nn.functional as F
 
-    device = resolve_device("evaluator_args.device", config.device)
     model.to(device)
     check_every = 1 if device.type == "cpu" else GPU_FINITE_CHECK_STEPS
     generator = torch.Generator().manual_seed(config.seed)

@@ -79,12 +79,11 @@ class MBConvNet(nn.Module):
         self.blocks = nn.Sequential(*(MBConvBlock(b.c_in, b.mid, b.c_out, b.kernel, b.stride)
                                       for b in spec.blocks))
         self.head = ConvBN(spec.last_channels, spec.head, 1)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(spec.head, spec.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.first(self.stem(x))))
-        return self.classifier(torch.flatten(self.pool(x), 1))
+        return self.classifier(x.mean(dim=(2, 3)))
 
 
 # ---- slicing shared weights ---------------------------------------------------------------------
@@ -163,7 +162,7 @@ class MBConvSupernet(nn.Module):
             y = conv_bn_slice(block.project, y, b.c_out)
             x = x + y if b.residual else y
         x = conv_bn_slice(self.head, x, spec.head)
-        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        x = x.mean(dim=(2, 3))
         return F.linear(x, self.classifier.weight[:, :spec.head], self.classifier.bias)
 
     @torch.no_grad()

@@ -38,7 +38,7 @@ import numpy as np
 
 from search_spaces import Arch, SearchSpace
 
-from ..torch_device import check_device, resolve_device
+from ..torch_device import check_device, deterministic_cuda, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 _REGISTRY: dict[str, type[WeightSharingSearch]] = {}
@@ -68,7 +68,9 @@ class WeightSharingSearch(abc.ABC):
 
     Constructor arguments common to every method: `seed`, `dataset` (a `workers.datasets`
     reference, default `digits`), `epochs`, `batch_size`, `device` (`auto`: CUDA when
-    available, else CPU; or `cpu`, `cuda`, `cuda:N`), `threads` (torch CPU threads).
+    available, else CPU; or `cpu`, `cuda`, `cuda:N`), `threads` (torch CPU threads),
+    `deterministic` (on a GPU, deterministic kernels, so that a run and a stopped and resumed
+    one end bit for bit alike there too; the CPU always is).
     Method-specific arguments follow as keywords; unknown ones raise TypeError, bad values
     ValueError naming `strategy_args.<field>`.
     """
@@ -80,7 +82,7 @@ class WeightSharingSearch(abc.ABC):
 
     def __init__(self, space: SearchSpace, *, seed: int = 0, dataset: Any = "digits",
                  epochs: int = 10, batch_size: int = 64, device: str = "auto",
-                 threads: int = 1) -> None:
+                 threads: int = 1, deterministic: bool = False) -> None:
         from workers.datasets import parse_dataset
 
         if self.spaces and space.name not in self.spaces:
@@ -93,6 +95,10 @@ class WeightSharingSearch(abc.ABC):
         self.batch_size = _int_field("batch_size", batch_size, 1)
         self.threads = _int_field("threads", threads, 1)
         self.device_name = check_device("strategy_args.device", device)
+        if not isinstance(deterministic, bool):
+            raise ValueError("strategy_args.deterministic must be true or false, got "
+                             f"{deterministic!r}")
+        self.deterministic = deterministic
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
 
@@ -115,6 +121,11 @@ class WeightSharingSearch(abc.ABC):
         folder.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(self.threads)
         self.device = _resolve_device(self.device_name)
+        with deterministic_cuda(self.device, self.deterministic):
+            return self._run(folder, stop, progress)
+
+    def _run(self, folder: Path, stop: Callable[[], bool] | None,
+             progress: Callable[[dict[str, Any]], None] | None) -> SearchOutcome:
         self.data = self.dataset.load()
         _seed_everything(self.seed)
         self._setup()

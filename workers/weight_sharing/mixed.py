@@ -153,7 +153,7 @@ class NB201Supernet(nn.Module):
         for layer in self.layers:
             x = layer(x, w, ew) if isinstance(layer, NB201MixedCell) else layer(x)
         x = self.head(x)
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        return self.classifier(x.mean(dim=(2, 3)))
 
 
 # ---- DARTS -----------------------------------------------------------------------------
@@ -219,8 +219,7 @@ class DartsSupernet(nn.Module):
             name = "reduce" if cell.reduction else "normal"
             ew = edge_weights[name] if edge_weights is not None else None
             s0, s1 = s1, cell(s0, s1, weights[name], ew)
-        pooled = nn.functional.adaptive_avg_pool2d(s1, 1)
-        return self.classifier(torch.flatten(pooled, 1))
+        return self.classifier(s1.mean(dim=(2, 3)))
 
 
 def build_supernet(space: SearchSpace, *, channels: int, cells: int, num_classes: int,
