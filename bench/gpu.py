@@ -10,13 +10,14 @@
    settings (16 channels, 8 cells, batch 64, 3x32x32): median step time and
    `torch.cuda.max_memory_allocated` over the steps.
 3. `searches`: darts (1st and 2nd order), pc-darts, rarts and a one-shot mbconv supernet on
-   640 8x8 digits, seconds per epoch on the GPU and on the CPU, and, on the GPU with and
-   without `deterministic`, whether two runs end alike and whether a search stopped after
-   its first epoch and resumed ends exactly where an uninterrupted one does (`torch.equal`
-   of every architecture weight; on the CPU both hold, tests check that).
+   640 8x8 digits, seconds per epoch on the GPU and on one CPU thread (a search's default
+   `threads`), and, on the GPU with and without `deterministic`, whether two runs end
+   alike and whether a search stopped after its first epoch and resumed ends exactly where
+   an uninterrupted one does (`torch.equal` of every architecture weight; on the CPU both
+   hold, tests check that).
 The train section also repeats each GPU trial, with and without `deterministic`.
 
-    python bench/gpu.py           # needs a CUDA device (about 3 min on an H200)
+    python bench/gpu.py           # needs a CUDA device (a few minutes on an H200)
     python bench/gpu.py --quick   # CI smoke test (< 60 s): without CUDA only the CPU
                                   # side runs, on tiny settings, and says so
 

@@ -303,6 +303,9 @@ def test_resume_with_another_config_is_refused(tmp_path):
         get_search("darts", space, epochs=2, lr=0.05, **TINY).run(tmp_path)
     with pytest.raises(ValueError, match="another search"):
         get_search("darts", space, epochs=2, order=2, **TINY).run(tmp_path)
+    with pytest.raises(ValueError, match="another search"):  # another subset of the data
+        get_search("darts", space, epochs=2, **{**TINY, "dataset": {**DATA, "limit": 96}}) \
+            .run(tmp_path)
 
 
 def _smooth(module: torch.nn.Module) -> None:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..darts import CELLS, NODES, STEM_MULTIPLIER, CellPlan, edge_stride, network_plan
+from .pooling import GlobalAvgPool
 
 
 class ReLUConvBN(nn.Sequential):
@@ -135,10 +136,11 @@ class DartsNetwork(nn.Module):
         plan = network_plan(channels, layers)
         normal, reduce = (arch[name] for name in CELLS)
         self.cells = nn.ModuleList(Cell(reduce if p.reduction else normal, p) for p in plan)
+        self.pool = GlobalAvgPool()
         self.classifier = nn.Linear(NODES * plan[-1].c, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1)
-        return self.classifier(s1.mean(dim=(2, 3)))
+        return self.classifier(torch.flatten(self.pool(s1), 1))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..mbconv import NetSpec
+from .pooling import GlobalAvgPool
 
 if TYPE_CHECKING:
     from ..mbconv import Arch, MBConvSpace
@@ -79,11 +80,12 @@ class MBConvNet(nn.Module):
         self.blocks = nn.Sequential(*(MBConvBlock(b.c_in, b.mid, b.c_out, b.kernel, b.stride)
                                       for b in spec.blocks))
         self.head = ConvBN(spec.last_channels, spec.head, 1)
+        self.pool = GlobalAvgPool()
         self.classifier = nn.Linear(spec.head, spec.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.first(self.stem(x))))
-        return self.classifier(x.mean(dim=(2, 3)))
+        return self.classifier(torch.flatten(self.pool(x), 1))
 
 
 # ---- slicing shared weights ---------------------------------------------------------------------
@@ -162,7 +164,7 @@ class MBConvSupernet(nn.Module):
             y = conv_bn_slice(block.project, y, b.c_out)
             x = x + y if b.residual else y
         x = conv_bn_slice(self.head, x, spec.head)
-        x = x.mean(dim=(2, 3))
+        x = x.mean(dim=(2, 3))  # as GlobalAvgPool: deterministic on CUDA
         return F.linear(x, self.classifier.weight[:, :spec.head], self.classifier.bias)
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..nb201 import EDGES
+from .pooling import GlobalAvgPool
 
 
 class ReLUConvBN(nn.Sequential):
@@ -88,10 +89,9 @@ class NB201Network(nn.Module):
             layers.extend(Cell(ops, c) for _ in range(cells_per_stage))
         self.cells = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=False))
+        self.pool = GlobalAvgPool()
         self.classifier = nn.Linear(c, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.cells(self.stem(x)))
-        # global pooling as a mean: its CUDA backward is deterministic, adaptive pooling's
-        # (atomic adds) is not
-        return self.classifier(x.mean(dim=(2, 3)))
+        return self.classifier(torch.flatten(self.pool(x), 1))

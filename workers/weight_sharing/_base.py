@@ -27,6 +27,7 @@ base class owns the epoch loop, the checkpoint files, RNG capture and the stop/p
 from __future__ import annotations
 
 import abc
+import dataclasses
 import os
 import random
 from collections.abc import Callable
@@ -105,9 +106,10 @@ class WeightSharingSearch(abc.ABC):
     # ---- the public API ----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """Everything that defines the search (JSON-able); stored in every checkpoint."""
+        split = _dataset_split(self.dataset)
         return {"name": self.name, "space": self.space.name, "seed": self.seed,
-                "dataset": self.dataset.describe(), "epochs": self.epochs,
-                "batch_size": self.batch_size, **self._config()}
+                "dataset": self.dataset.describe(), **({"dataset_split": split} if split else {}),
+                "epochs": self.epochs, "batch_size": self.batch_size, **self._config()}
 
     def run(self, checkpoint_dir: str | Path, *, stop: Callable[[], bool] | None = None,
             progress: Callable[[dict[str, Any]], None] | None = None) -> SearchOutcome:
@@ -225,6 +227,15 @@ def get_search(name: str, space: SearchSpace, **kwargs: Any) -> WeightSharingSea
 
 
 # ---- helpers --------------------------------------------------------------------------------
+def _dataset_split(spec: Any) -> dict[str, Any]:
+    """The dataset's `limit`, `val_fraction` and `seed` where they are not the defaults: a
+    resume on another subset is then refused, and checkpoints written before these entered
+    the config (all defaults) still match."""
+    defaults = {f.name: f.default for f in dataclasses.fields(spec)}
+    return {name: getattr(spec, name) for name in ("limit", "val_fraction", "seed")
+            if getattr(spec, name) != defaults[name]}
+
+
 def _int_field(name: str, value: Any, low: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
             (low is not None and value < low):
