@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.weight_sharing import step_cost  # noqa: E402
+from bench.weight_sharing import bench_steps  # noqa: E402
 from search_spaces import get_space  # noqa: E402
 from workers.evaluators import get_evaluator  # noqa: E402
 
@@ -142,18 +142,7 @@ def bench_train(settings: dict, folder: Path, cuda: bool) -> dict:
 
 # ---- 2. a search step --------------------------------------------------------------------
 def bench_step(settings: dict, folder: Path) -> dict:
-    rng = np.random.default_rng(0)
-    n = 4 * settings["batch"] + 8
-    path = folder / "cifar-shaped.npz"
-    np.savez(path, x=rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8),
-             y=rng.integers(0, 10, size=n))
-    data = {"kind": "npz", "path": str(path)}
-    out = {"darts": step_cost("darts", {"order": 1}, settings, data),
-           "pc-darts": step_cost("pc-darts", {"k": 4}, settings, data)}
-    out["ratio"] = {
-        "memory": out["pc-darts"]["memory_bytes"] / out["darts"]["memory_bytes"],
-        "step_time": (out["pc-darts"]["step_seconds_median"]
-                      / out["darts"]["step_seconds_median"])}
+    out = bench_steps(settings, folder)  # on CUDA it measures torch.cuda.max_memory_allocated
     for name in ("darts", "pc-darts"):
         print(f"  {name:<9} step {out[name]['step_seconds_median'] * 1000:7.1f} ms  memory "
               f"{out[name]['memory_bytes'] / 2**20:8.1f} MiB ({out[name]['device']})",
