@@ -26,6 +26,14 @@ def check_device(field: str, value: Any) -> str:
     raise ValueError(f"{field} must be {CHOICES}, got {value!r}")
 
 
+def check_deterministic(field: str, value: Any) -> bool:
+    """`value` if it is a boolean (the `deterministic` argument), else ValueError naming
+    `field`."""
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{field} must be true or false, got {value!r}")
+
+
 def resolve_device(field: str, name: str) -> Any:
     """The `torch.device` for `name` on this worker; ValueError (naming `field`) when it asks
     for a GPU this worker does not have."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .datasets import Dataset
-from .torch_device import check_device, deterministic_cuda, resolve_device
+from .torch_device import check_deterministic, check_device, deterministic_cuda, resolve_device
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -63,9 +63,7 @@ class TrainConfig:
             raise ValueError("evaluator_args.label_smoothing must be below 1")
         if self.grad_clip is not None:
             _non_negative("grad_clip", self.grad_clip, strict=True)
-        if not isinstance(self.deterministic, bool):
-            raise ValueError("evaluator_args.deterministic must be true or false, got "
-                             f"{self.deterministic!r}")
+        check_deterministic("evaluator_args.deterministic", self.deterministic)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"evaluator_args.seed must be an integer, got {self.seed!r}")
 
@@ -150,8 +148,7 @@ def _train(model: Any, data: Dataset, config: TrainConfig, device: Any) -> Train
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     optimizer = _optimizer(model, config)
     started = time.perf_counter()
-    step, seen = 0, 0
-    running = torch.zeros((), dtype=torch.float64, device=device)
+    step = 0
     model.train()
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=generator).to(device)

@@ -83,7 +83,7 @@ class TrainEvaluator(Evaluator):
 
     @classmethod
     def uses_gpu(cls, args: dict[str, Any]) -> bool:
-        return args.get("device", "auto") != "cpu"
+        return args.get("device", TrainConfig.device) != "cpu"
 
     def devices(self) -> set[str]:
         if not self.measure_latency:

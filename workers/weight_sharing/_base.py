@@ -39,7 +39,7 @@ import numpy as np
 
 from search_spaces import Arch, SearchSpace
 
-from ..torch_device import check_device, deterministic_cuda, resolve_device
+from ..torch_device import check_deterministic, check_device, deterministic_cuda, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 _REGISTRY: dict[str, type[WeightSharingSearch]] = {}
@@ -96,10 +96,7 @@ class WeightSharingSearch(abc.ABC):
         self.batch_size = _int_field("batch_size", batch_size, 1)
         self.threads = _int_field("threads", threads, 1)
         self.device_name = check_device("strategy_args.device", device)
-        if not isinstance(deterministic, bool):
-            raise ValueError("strategy_args.deterministic must be true or false, got "
-                             f"{deterministic!r}")
-        self.deterministic = deterministic
+        self.deterministic = check_deterministic("strategy_args.deterministic", deterministic)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
 
