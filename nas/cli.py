@@ -474,6 +474,11 @@ def best(
         out.print(f"{unknown} completed trials have no latency on {device} (not ranked)")
 
 
+def _number(value: float | None, spec: str) -> str:
+    """A value for a table cell; "-" where the trial has none (e.g. no latency row)."""
+    return "-" if value is None else format(value, spec)
+
+
 def _print_trials(rows: list[dict[str, Any]], spec: dict[str, Any], device: str | None,
                   title: str) -> None:
     metrics = [o["metric"] for o in spec["objectives"]]
@@ -483,8 +488,9 @@ def _print_trials(rows: list[dict[str, Any]], spec: dict[str, Any], device: str 
     table = Table(*columns, "params (M)", title=title)
     table.add_column("architecture", overflow="fold")
     for rank, r in enumerate(rows, 1):
-        values = [f"{v:.4g}" for v in (r["objectives"] or [])]
-        extra = [f"{r['device_value']:.3f}", r["device_source"]] if device else []
+        values = [_number(v, ".4g") for v in (r["objectives"] or [])]
+        extra = [_number(r["device_value"], ".3f"), r["device_source"] or "unknown"] \
+            if device else []
         params = f"{r['params'] / 1e6:.3f}" if r["params"] is not None else "-"
         table.add_row(str(rank), str(r["number"]), *values, *extra, params, r["key"])
     out.print(table)
