@@ -300,6 +300,31 @@ def test_int8_model_of_a_fake_quant_model_and_bad_inputs():
         space.int8_model(other, calibration, model=trained)
 
 
+def test_int8_model_leaves_the_callers_model_intact_and_usable():
+    """Issue 17 item 16: the copy that int8_model strips shared its parametrization classes
+    with the caller's model, so stripping it deleted `weight` from the original."""
+    space = QuantSpace(**DIGITS)
+    arch = _archs(space, 1, seed=3)[0]
+    calibration = torch.rand(16, *space.input_shape())
+    trained = _warm_up(space.build(arch), space)
+    x = torch.rand(8, *space.input_shape())
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    with torch.no_grad():
+        before = trained(x)
+    space.int8_model(arch, calibration, model=trained)
+    space.int8_model(arch, calibration, model=trained)  # twice: the original stays usable
+    with torch.no_grad():
+        after = trained(x)
+    assert torch.equal(before, after)
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in state.items())
+    convs = [m for m in trained.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(hasattr(m, "parametrizations") for m in convs)
+    # the original can still be stripped and converted itself, and trained further
+    trained.train()
+    trained(x).sum().backward()
+    assert all(m.parametrizations.weight.original.grad is not None for m in convs)
+
+
 def test_build_rejects_unknown_options():
     space = QuantSpace(**DIGITS)
     with pytest.raises(TypeError, match="widht"):

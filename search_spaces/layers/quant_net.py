@@ -213,6 +213,7 @@ def strip_fake_quant(model: nn.Module) -> nn.Module:
     activation fake quant with an identity. The result is the plain FP32 network."""
     for module in list(model.modules()):
         if parametrize.is_parametrized(module, "weight"):
+            _own_parametrized_class(module)
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     for name, module in list(model.named_modules()):
         if isinstance(module, ActFakeQuant):
@@ -222,6 +223,19 @@ def strip_fake_quant(model: nn.Module) -> nn.Module:
     if isinstance(model, QuantNetwork):
         model.fake_quant = False
     return model
+
+
+def _own_parametrized_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own.
+
+    `register_parametrization` swaps a module's class for a generated `Parametrized<Cls>`
+    holding the `weight` property, and `copy.deepcopy` keeps that class, so a model and its
+    copies share it. `remove_parametrizations` deletes the property from the class, which
+    would strip `weight` from every other module of the class (the caller's model when
+    `to_int8` strips its copy). A private clone of the class makes the removal local.
+    """
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
 
 
 def fusion_groups(model: nn.Module, prefix: str = "") -> list[list[str]]:
