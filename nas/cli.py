@@ -336,11 +336,15 @@ def servers(ctx: typer.Context,
 
 @app.command()
 @handle_errors
-def cancel(ctx: typer.Context, job: int = typer.Argument(..., help="Job id.")) -> None:
+def cancel(ctx: typer.Context, job: int = typer.Argument(..., help="Job id."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Cancel a job (its driver stops at its next heartbeat)."""
     job = _positive_job(job)
     state = ctx.obj.storage(existing=True).request_cancel(job)
-    out.print(f"job {job} {state}")
+    if as_json:
+        _emit_json({"job": job, "status": state})
+    else:
+        out.print(f"job {job} {state}")
 
 
 # ---- looking at jobs ------------------------------------------------------------------------
@@ -365,7 +369,7 @@ def _status_data(ctx: Context, job_id: int) -> dict[str, Any]:
     return {
         "id": job["id"], "name": job["name"], "status": job["status"],
         "space": spec["space"], "strategy": spec["strategy"], "budget": spec["budget"],
-        "trials": {s: counts.get(s, 0) for s in ("queued", "running", "completed", "failed")},
+        "trials": _trial_counts(counts),
         "best": _trial_json(best[0], spec) if best else None,
         "elapsed_s": round(job["elapsed_s"] or 0.0, 3),
         "lease_owner": job["lease_owner"], "lease_expires_at": job["lease_expires_at"],
@@ -373,6 +377,11 @@ def _status_data(ctx: Context, job_id: int) -> dict[str, Any]:
         "updated_at": job["updated_at"],
         "note": job["note"], "error": job["error"],
     }
+
+
+def _trial_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Every trial state, zeros included (`status --json`, `list --json`)."""
+    return {s: counts.get(s, 0) for s in ("queued", "running", "completed", "failed")}
 
 
 def _trial_json(row: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -403,15 +412,26 @@ def status(ctx: typer.Context, job: int = typer.Argument(..., help="Job id."),
     if state in ("running", "pending") and data["lease_owner"] and not data["driver_alive"]:
         state += " (its driver is gone: `nas resume` continues it)"
     out.print(f"job {data['id']} [{data['name']}]: {state}  space={data['space']} "
-              f"strategy={data['strategy']} budget={data['budget']}")
+              f"strategy={data['strategy']} budget={_budget_text(data['budget'])}")
     out.print(f"trials: {t['completed']} completed, {t['failed']} failed, "
               f"{t['running']} running, {t['queued']} queued  ({data['elapsed_s']:.1f}s)")
     if data["best"]:
         b = data["best"]
-        out.print(f"best: trial {b['trial']} {b['objectives']} {b['key']}")
+        objectives = " ".join(f"{m}={_number(v, '.4g')}" for m, v in b["objectives"].items())
+        out.print(f"best: trial {b['trial']} {objectives} {b['key']}")
     for label in ("note", "error"):
         if data[label]:
             out.print(f"{label}: {data[label]}")
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    """{'trials': 300, 'seconds': 600} -> "300 trials, 600 s"."""
+    parts = []
+    if "trials" in budget:
+        parts.append(f"{budget['trials']} trials")
+    if "seconds" in budget:
+        parts.append(f"{budget['seconds']:g} s")
+    return ", ".join(parts) or "-"
 
 
 @app.command("list")
@@ -422,14 +442,15 @@ def list_jobs(ctx: typer.Context,
     jobs = ctx.obj.storage().list_jobs()
     rows = [{"id": j["id"], "name": j["name"], "status": j["status"],
              "space": j["spec"]["space"], "strategy": j["spec"]["strategy"],
-             "trials": j["trials"], "created_at": j["created_at"]} for j in jobs]
+             "trials": _trial_counts(j["trials"]), "created_at": j["created_at"]}
+            for j in jobs]
     if as_json:
         _emit_json(rows)
         return
     table = Table("id", "name", "status", "space", "strategy", "completed", "failed", "created")
     for r in rows:
         table.add_row(str(r["id"]), r["name"], r["status"], r["space"], r["strategy"],
-                      str(r["trials"].get("completed", 0)), str(r["trials"].get("failed", 0)),
+                      str(r["trials"]["completed"]), str(r["trials"]["failed"]),
                       r["created_at"].strftime("%Y-%m-%d %H:%M"))
     out.print(table)
 
@@ -454,12 +475,15 @@ def best(
 ) -> None:
     """The best architectures of a job, optionally under a latency budget on a device."""
     from .storage import best_trials, unknown_measurement_count
+    from .storage._queries import check_job_device
 
     _device_options(device, max_latency_ms)
     if top < 1:
         raise NasError(f"--top must be at least 1, got {top}")
     storage = ctx.obj.storage(existing=True)
     spec = storage.get_job(_positive_job(job))["spec"]
+    if device is not None:
+        check_job_device(storage, job, device)
     rows = best_trials(storage, job, top=min(top, MAX_ID), device=device,
                        max_value=max_latency_ms)
     unknown = unknown_measurement_count(storage, job, device) if device else 0
@@ -507,6 +531,7 @@ def pareto(
 ) -> None:
     """The Pareto front of the primary objective against latency on a device."""
     from .storage import pareto_front, trials_with_device_value
+    from .storage._queries import check_job_device
 
     if plot is not None:
         if plot.suffix.lower() != ".png":
@@ -517,6 +542,7 @@ def pareto(
             raise NasError(f"--plot: {str(plot)!r} is a folder")
     storage = ctx.obj.storage(existing=True)
     spec = storage.get_job(_positive_job(job))["spec"]
+    check_job_device(storage, job, device)
     rows = trials_with_device_value(storage, job, device)
     if not rows:
         raise NasError(f"job {job} has no completed trial with a latency on device {device!r}")

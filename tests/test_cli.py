@@ -135,13 +135,14 @@ def test_list(finished, tmp_path):
     assert [r["id"] for r in rows] == [first, second]
     assert [(r["name"], r["status"], r["strategy"]) for r in rows] == [
         ("first", "pending", "evolution"), ("second", "completed", "random")]
-    assert rows[0]["trials"] == {} and rows[1]["trials"] == {"completed": 40}
+    zero = {"queued": 0, "running": 0, "completed": 0, "failed": 0}
+    assert rows[0]["trials"] == zero and rows[1]["trials"] == {**zero, "completed": 40}
     assert all(r["space"] == "nb201" and r["created_at"] for r in rows)
     text = nas("--db", url, "list").stdout
     assert "first" in text and "second" in text and "pending" in text
 
     rows = nas_json("--db", finished["url"], "list")
-    assert rows[0]["id"] == finished["job"] and rows[0]["trials"] == {"completed": BUDGET}
+    assert rows[0]["id"] == finished["job"] and rows[0]["trials"] == {**zero, "completed": BUDGET}
 
 
 def test_best_top(finished):

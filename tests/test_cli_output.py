@@ -65,3 +65,47 @@ def test_pareto_on_a_device_ranks_only_trials_with_a_value(job):
     assert data["points"] == 1 and [r["trial"] for r in data["front"]] == [job["worst"]]
     text = nas("--db", job["url"], "pareto", job["job"], "--device", "myphone").stdout
     assert "(1 of 1 trials)" in text and "3.500" in text
+
+
+# ---- item 15i: a device the job has no values on --------------------------------------------
+@pytest.mark.parametrize("command", [["best"], ["best", "--max-latency-ms", "5"], ["pareto"]])
+def test_unknown_device_names_the_devices_the_job_has(job, command):
+    result = nas("--db", job["url"], command[0], job["job"], "--device", "tpu-v9",
+                 *command[1:], code=2)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "tpu-v9" in lines[0]
+    for device in ("pixel3", "edgegpu", "myphone"):
+        assert device in lines[0], lines[0]
+
+
+# ---- item 15j: status in words, not Python reprs --------------------------------------------
+def test_status_prints_budget_and_objectives_in_words(job, tmp_path):
+    text = nas("--db", job["url"], "status", job["job"]).stdout
+    assert "budget=20 trials" in text and "{" not in text, text
+    data = json.loads(nas("--db", job["url"], "status", job["job"], "--json").stdout)
+    acc = data["best"]["objectives"]["valid_acc"]
+    assert f"valid_acc={acc:.4g}" in text, text
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    api.submit(Storage(url), nb201_spec(budget={"trials": 300, "seconds": 600}))
+    text = nas("--db", url, "status", "1").stdout
+    assert "budget=300 trials, 600 s" in text and "{" not in text, text
+
+
+# ---- item 15k: list --json always gives every count ----------------------------------------
+def test_list_json_gives_every_trial_count(job, tmp_path):
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    api.submit(Storage(url), nb201_spec())
+    rows = json.loads(nas("--db", url, "list", "--json").stdout)
+    assert rows[0]["trials"] == {"queued": 0, "running": 0, "completed": 0, "failed": 0}
+    rows = json.loads(nas("--db", job["url"], "list", "--json").stdout)
+    assert rows[0]["trials"] == {"queued": 0, "running": 0, "completed": 20, "failed": 0}
+
+
+# ---- item 15h: cancel --json --------------------------------------------------------------------
+def test_cancel_json(tmp_path):
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    job_id = api.submit(Storage(url), nb201_spec())
+    data = json.loads(nas("--db", url, "cancel", str(job_id), "--json").stdout)
+    assert data == {"job": job_id, "status": "cancelled"}

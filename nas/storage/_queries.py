@@ -90,6 +90,23 @@ def best_trials(storage, job_id: int, top: int = 5, device: str | None = None,  
         return _top_rows(conn, within, top, device, metric)
 
 
+def check_job_device(storage, job_id: int, device: str,  # noqa: ANN001
+                     metric: str = "latency_ms") -> None:
+    """Refuse a device none of the job's completed trials has a `metric` value on, naming
+    the devices it has values on (a typo would otherwise give an empty table)."""
+    tdv = trial_device_values
+    mine = (tdv.c.job_id == job_id) & (tdv.c.metric == metric)
+    with storage.read() as conn:
+        if conn.execute(select(select(tdv.c.trial_id).where(
+                mine, tdv.c.device == device).exists())).scalar():
+            return
+        devices = list(conn.execute(select(tdv.c.device).where(mine).distinct()
+                                    .order_by(tdv.c.device)).scalars())
+    known = ", ".join(devices) if devices else "none yet"
+    raise NasError(f"--device: job {job_id} has no {metric} value on device {device!r} "
+                   f"(devices with values: {known})")
+
+
 def unknown_measurement_count(storage, job_id: int, device: str,  # noqa: ANN001
                               metric: str = "latency_ms") -> int:
     """Completed trials with no measurement of `metric` on `device` (shown, never hidden)."""
