@@ -181,13 +181,15 @@ def _spawn_driver(ctx: Context, job_id: int) -> Path:
     log_dir = artifact_dir(job_id)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "driver.log"
-    command = [sys.executable, "-m", "nas", "--db", ctx.db]
+    # the URL goes in the environment (NAS_DB_URL), never in argv: any user can read a
+    # process's command line (`ps`), only its owner its environment
+    command = [sys.executable, "-m", "nas"]
     if ctx.ray_address:
         command += ["--ray-address", ctx.ray_address]
     command += ["drive", str(job_id)]
     with open(log, "ab") as handle:
         subprocess.Popen(command, stdout=handle, stderr=handle, stdin=subprocess.DEVNULL,
-                         start_new_session=True, env=os.environ.copy())
+                         start_new_session=True, env={**os.environ, "NAS_DB_URL": ctx.db})
     return log
 
 

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 export NAS_DB_URL=${NAS_DB_URL:-sqlite:///demo.db}
 mkdir -p demo
-echo "== nas submit examples/nb201-evolution.yaml --wait   (database: $NAS_DB_URL)"
+db=$(python -c 'import os; from nas.storage import mask_url; print(mask_url(os.environ["NAS_DB_URL"]))')
+echo "== nas submit examples/nb201-evolution.yaml --wait   (database: $db)"  # password masked
 job=$(nas submit examples/nb201-evolution.yaml --wait | awk '/^job /{print $2}')
 echo "== nas status $job"
 nas status "$job"

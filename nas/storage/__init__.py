@@ -1,6 +1,13 @@
 """SQL storage: the single source of truth for jobs, trials and measurements."""
 
-from ._engine import DEFAULT_URL, current_revision, head_revision, make_engine, upgrade
+from ._engine import (
+    DEFAULT_URL,
+    current_revision,
+    head_revision,
+    make_engine,
+    mask_url,
+    upgrade,
+)
 from ._queries import (
     best_trials,
     device_measurements,
@@ -16,6 +23,7 @@ from ._storage import MeasurementRow, NewTrial, Storage, StoredResult, as_utc, u
 __all__ = [
     "DEFAULT_URL", "MeasurementRow", "NewTrial", "Storage", "StoredResult", "as_utc", "best_trials",
     "current_revision", "device_measurements", "get_trial", "head_revision", "make_engine",
-    "pareto_front", "preferred_device_values", "stored_values", "trials_with_device_value",
+    "mask_url", "pareto_front", "preferred_device_values", "stored_values",
+    "trials_with_device_value",
     "unknown_measurement_count", "upgrade", "utcnow",
 ]

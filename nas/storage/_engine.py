@@ -16,10 +16,36 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 _READ_ONLY = "nas_read_only"
 
 
+#: Query parameters of a URL that hold a secret (libpq reads `?password=` too).
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password replaced by `***`: the only form of a database URL that may
+    reach a message, a log line or another process's command line. SQLAlchemy renders it;
+    what SQLAlchemy cannot parse loses everything up to its last `@` (user and password)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return _mask_unparsed(url)
+    query = {key: ("***" if key.lower() in _SECRET_PARAMETERS else value)
+             for key, value in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True)
+
+
+def _mask_unparsed(url: str) -> str:
+    scheme, separator, rest = url.partition("://") if "://" in url else ("", "", url)
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    if "password" in rest.lower():
+        rest = rest.split("?", 1)[0] + "?***"
+    return scheme + separator + rest
+
+
 def normalise_url(url: str) -> str:
     """Accept `postgresql://` (use psycopg 3) and plain file paths (as SQLite)."""
     if "://" not in url:
-        raise NasError(f"--db: {url!r} is not a database URL "
+        raise NasError(f"--db: {mask_url(url)!r} is not a database URL "
                        "(expected e.g. sqlite:///nas.db or postgresql://user@host/db)")
     if url.startswith(("postgresql://", "postgres://")):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -32,7 +58,7 @@ def make_engine(url: str, create: bool = True) -> Engine:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
-        raise NasError(f"--db: cannot parse database URL {url!r}") from None
+        raise NasError(f"--db: cannot parse database URL {mask_url(url)!r}") from None
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise NasError(f"--db: unsupported database {backend!r} (use sqlite or postgresql)")
@@ -41,7 +67,7 @@ def make_engine(url: str, create: bool = True) -> Engine:
             return _sqlite_engine(url, parsed.database, create)
         return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
-        raise NasError(f"--db: no driver for {url!r}: {exc}") from None
+        raise NasError(f"--db: no driver for {mask_url(url)!r}: {exc}") from None
 
 
 def _sqlite_engine(url: str, database: str | None, create: bool) -> Engine:

@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import LeaseHeldError, NasError
 from ._device_values import refresh_device_values
-from ._engine import ensure_schema, make_engine, read_connection
+from ._engine import ensure_schema, make_engine, mask_url, read_connection
 from ._retry import retried
 from .schema import (
     SOURCE_RANK,
@@ -110,7 +110,8 @@ class Storage:
     def __init__(self, url: str, engine: Engine | None = None, create: bool = True) -> None:
         """`create=False`: refuse to create a new SQLite file (for commands about a job
         that cannot be in a database that does not exist)."""
-        self.url = url
+        #: the URL for messages and logs, password masked; only the engine holds the real one
+        self.url = mask_url(url)
         self.engine = engine or make_engine(url, create=create)
         ensure_schema(self.engine)
         self.dialect = self.engine.dialect.name
