@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .driver import Driver, Progress
+from .errors import NasError
 from .spec import JobSpec, load_spec_file, parse_spec
 from .storage import Storage
 
@@ -28,4 +29,19 @@ def run(storage: Storage, job_id: int, *, ray_address: str | None = None,
                   **driver_args).run()
 
 
-resume = run
+def reopen(storage: Storage, job_id: int) -> None:
+    """Put an interrupted, failed or cancelled job back to `pending`, withdrawing an earlier
+    cancel request; raises LeaseHeldError while a live driver runs it, NasError when it is
+    completed. A cancel requested after this call stops the job."""
+    if storage.get_job(job_id)["status"] == "completed":
+        raise NasError(f"job {job_id} is already completed")
+    probe = Storage.new_owner()
+    storage.acquire_lease(job_id, probe, ttl_s=5.0)
+    storage.reopen_job(job_id, probe)
+
+
+def resume(storage: Storage, job_id: int, *, ray_address: str | None = None,
+           progress: Progress | None = None, **driver_args: Any) -> str:
+    """Reopen the job (see `reopen`) and run it here to the end of its budget."""
+    reopen(storage, job_id)
+    return run(storage, job_id, ray_address=ray_address, progress=progress, **driver_args)

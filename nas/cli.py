@@ -262,24 +262,19 @@ def resume(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Finish an interrupted job from the database, without losing or repeating work."""
+    from . import api
+
     c: Context = ctx.obj
-    job_info = c.storage(existing=True).get_job(_positive_job(job))
-    if job_info["status"] == "completed":
-        raise NasError(f"job {job} is already completed")
+    # refused here, not in the background, when it is completed or a live driver runs it;
+    # an earlier cancel is withdrawn now, so a `nas cancel` from here on is a new one
+    api.reopen(c.storage(existing=True), _positive_job(job))
     if wait:
         _finish(c, job, _drive(c, job, show_progress=not as_json), as_json)
         return
-    from .storage import Storage
-
-    # refuse now, not in the background, when a live driver holds the lease
-    probe = Storage.new_owner()
-    c.storage().acquire_lease(job, probe, ttl_s=5.0)
     servers = _live_server_names(c)
     if servers:  # back in the queue: a `nas serve` process claims it
-        c.storage().queue_job(job, probe)
         _report_queued(job, servers, "resumes", as_json)
         return
-    c.storage().set_status(job, job_info["status"], owner=probe, error=job_info["error"])
     log = _spawn_driver(c, job)
     if as_json:
         _emit_json({"job": job, "status": "resuming", "runner": "driver", "log": str(log)})

@@ -179,7 +179,10 @@ class Driver:
         self.storage.acquire_lease(self.job_id, self.owner, self.lease_ttl_s)
         try:
             self.storage.start_running(self.job_id, self.owner)
-            status, note = _Run(self, spec, job).execute()
+            if self.storage.cancel_requested(self.job_id):  # asked before this driver started
+                status, note = "cancelled", "cancelled by the user"
+            else:
+                status, note = _Run(self, spec, job).execute()
         except (LeaseHeldError, DatabaseUnavailableError):
             raise  # not the job's fault: it stays as stored, for a resume or a takeover
         except KeyboardInterrupt:
@@ -190,7 +193,10 @@ class Driver:
             self.storage.set_status(self.job_id, "failed", owner=self.owner,
                                     error=f"{type(exc).__name__}: {exc}")
             raise
-        self.storage.set_status(self.job_id, status, owner=self.owner, note=note)
+        if status == "failed":
+            self.storage.set_status(self.job_id, status, owner=self.owner, error=note)
+        else:
+            self.storage.set_status(self.job_id, status, owner=self.owner, note=note)
         return status
 
 
@@ -279,6 +285,7 @@ class _Run:
         self.slots: dict[int, _Slot] = {}
         self.finished: dict[int, TrialView] = {}
         self.best: float | None = None
+        self.completed = 0  # completed trials of the job, stored ones included
         # work for the next transaction
         self.new_trials: list[NewTrial] = []
         self.results: list[StoredResult] = []
@@ -291,6 +298,7 @@ class _Run:
     def _restore_window(self) -> None:
         """Rebuild the in-flight window (told, asked] and the results stored past `told`."""
         for number, row in self.stored.items():
+            self.completed += row["status"] == "completed"
             if row["status"] in FINISHED and row["score"] is not None:
                 self.best = max(self.best, row["score"]) if self.best is not None \
                     else row["score"]
@@ -372,6 +380,7 @@ class _Run:
             values, feasible, error, slot.architecture_id, result.params, result.flops,
             result.measurements if status == "completed" else [],
             result.weights if status == "completed" else None))
+        self.completed += status == "completed"
         if score is not None:
             self.best = score if self.best is None else max(self.best, score)
         self.finished[result.number] = TrialView(
@@ -477,9 +486,20 @@ class _Run:
             self._take_snapshot()
             self._commit(self.elapsed_before + time.monotonic() - start)
             self._report()
+            if self.told and not self.completed:
+                return "failed", self._all_failed_reason()
             return "completed", self.note
         finally:
             executor.shutdown()
+
+    def _all_failed_reason(self) -> str:
+        """Why a job none of whose trials completed failed: its most common errors."""
+        reasons = self.storage.common_errors(self.job_id, limit=1)
+        if not reasons:
+            return f"every one of the {self.told} trials failed"
+        line, count = reasons[0]
+        return (f"every one of the {self.told} trials failed; the most common error "
+                f"({count} of {self.told}): {line[:500]}")
 
     def _subnet_weights(self, key: str) -> bytes | None:
         """The weights a one-shot search saved for a derived subnet (`subnet-<rank>.pt` in

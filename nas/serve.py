@@ -228,11 +228,6 @@ class Server:
     def _drive(self, job_id: int) -> str:
         if self._stopping.is_set():
             raise KeyboardInterrupt
-        job = self.storage.get_job(job_id)
-        if job["cancel_requested"]:  # asked while its last driver was dying
-            self.storage.set_status(job_id, "cancelled", owner=self.owner,
-                                    note="cancelled by the user")
-            return "cancelled"
         driver = Driver(_StopAwareStorage(self.storage, self._stopping), job_id,
                         ray_address=self.ray_address, lease_ttl_s=self.lease_ttl_s,
                         heartbeat_s=min(2.0, self.lease_ttl_s / 3))

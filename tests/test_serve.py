@@ -227,7 +227,7 @@ def test_a_cancel_between_the_claim_and_the_driver_start_is_kept(db_url):
     assert storage.get_job(job)["status"] == "cancelled"
     assert storage.trial_counts(job).get("completed", 0) < BUDGET
     # resuming the cancelled job withdraws the old request: it runs to the end
-    assert api.run(storage, job) == "completed"
+    assert api.resume(storage, job) == "completed"
     assert storage.trial_counts(job) == {"completed": BUDGET}
 
 

@@ -275,15 +275,12 @@ class Storage:
 
     @retried()
     def start_running(self, job_id: int, owner: str) -> None:
-        """Mark the job running. Resuming a cancelled job withdraws its cancel request; any
-        other job keeps one, so a cancel that arrived after a serve process claimed the job,
-        before its driver started, still stops it."""
-        keep_or_withdraw = case((jobs.c.status == "cancelled", False),
-                                else_=jobs.c.cancel_requested)
+        """Mark the job running. A pending cancel request is kept, whatever the job's status:
+        only `reopen_job` (the user's `nas resume`) withdraws one, so a cancel that arrives
+        between a resume or a claim and the driver's start still stops the job."""
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
-                         .values(status="running", cancel_requested=keep_or_withdraw,
-                                 error=None, updated_at=utcnow()))
+                         .values(status="running", error=None, updated_at=utcnow()))
 
     # ---- trials ---------------------------------------------------------------------------
     @retried()
@@ -447,6 +444,18 @@ class Storage:
             refresh_device_values(conn, trial_ids=scored)
 
     @retried()
+    def common_errors(self, job_id: int, limit: int = 3) -> list[tuple[str, int]]:
+        """The most common first lines of the job's failed trials' errors, with counts."""
+        counts: dict[str, int] = {}
+        query = select(trials.c.error).where(trials.c.job_id == job_id,
+                                             trials.c.status == "failed")
+        with self.read() as conn:
+            for (error,) in conn.execute(query):
+                line = (error or "").strip().partition("\n")[0] or "(no error message)"
+                counts[line] = counts.get(line, 0) + 1
+        return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+    @retried()
     def requeue_unfinished(self, job_id: int) -> None:
         """Trials left running by a cancelled driver go back to queued."""
         with self.engine.begin() as conn:
@@ -580,10 +589,11 @@ class Storage:
         return None
 
     @retried()
-    def queue_job(self, job_id: int, owner: str) -> None:
-        """Back to `pending` for a serve process to claim (`nas resume` while one is alive);
-        `owner` must hold the lease (proof that no live driver runs the job), which is
-        released."""
+    def reopen_job(self, job_id: int, owner: str) -> None:
+        """`nas resume`: the job goes back to `pending` (a serve process may claim it, or the
+        resuming process runs it) and an earlier cancel request is withdrawn, here and only
+        here: a cancel that arrives after this call is a new one and stops the job. `owner`
+        must hold the lease (proof that no live driver runs the job), which is released."""
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.lease_owner == owner)
                          .values(status="pending", cancel_requested=False, error=None,
