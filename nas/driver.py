@@ -28,7 +28,7 @@ from workers import EvaluatorSpec, TrialResult, TrialTask
 from workers.evaluators import Evaluator, evaluator_class, get_evaluator
 
 from .errors import DatabaseUnavailableError, LeaseHeldError, NasError
-from .spec import JobSpec, parse_spec
+from .spec import MAX_DEVICE, MAX_METRIC, JobSpec, parse_spec, short_repr
 from .storage import (
     MeasurementRow,
     NewTrial,
@@ -71,7 +71,11 @@ def score_result(spec: JobSpec, result: TrialResult) -> tuple[str, str | None, f
     value is unknown (it is not guessed), True otherwise.
     """
     if result.status != "completed":
-        return "failed", result.error, None, None, None
+        error = result.error.replace("\x00", "\\x00") if result.error else result.error
+        return "failed", error, None, None, None
+    unstorable = _unstorable_measurement(result.measurements)
+    if unstorable:
+        return "failed", unstorable, None, None, None
     missing = [o.metric for o in spec.objectives
                if o.device is None and o.metric not in result.metrics]
     if missing:
@@ -88,6 +92,19 @@ def score_result(spec: JobSpec, result: TrialResult) -> tuple[str, str | None, f
             break
     score = spec.objectives[0].score(values[0]) if values[0] is not None else None
     return "completed", None, score, values, feasible
+
+
+def _unstorable_measurement(found: list[dict[str, Any]]) -> str | None:
+    """Why a measurement reported by an evaluator cannot be stored (a name longer than its
+    column or holding a NUL, which PostgreSQL refuses and SQLite would take), else None:
+    such a result fails its trial instead of the job's next write."""
+    for m in found:
+        for field, limit in (("device", MAX_DEVICE), ("metric", MAX_METRIC)):
+            name = str(m[field])
+            if not name or len(name) > limit or "\x00" in name:
+                return (f"evaluator reported a measurement whose {field} name is not 1 to "
+                        f"at most {limit} characters without NUL: {short_repr(name)}")
+    return None
 
 
 def _constrained_value(result: TrialResult, metric: str, device: str | None) -> float | None:

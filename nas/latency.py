@@ -18,6 +18,7 @@ from sqlalchemy import select
 from search_spaces import Arch, SearchSpace, get_space
 
 from .errors import NasError
+from .spec import MAX_DEVICE, MAX_METRIC, short_repr
 from .storage import MeasurementRow, Storage
 from .storage.schema import architectures, measurements
 
@@ -31,6 +32,7 @@ def import_csv(storage: Storage, space_name: str, device: str, path: str | Path,
     """Import `arch,<metric>` rows measured elsewhere (source `imported`); all or nothing."""
     space = space_by_name(space_name)
     _check_device(device)
+    _check_metric(metric)
     rows = [MeasurementRow(key, arch, device, metric, value, "imported")
             for key, arch, value in _read_csv(space, Path(path), metric)]
     counts = storage.put_measurements(space.name, rows)
@@ -79,9 +81,11 @@ def _parse_value(text: str | None, metric: str, name: str, line: int) -> float:
     try:
         value = float(text or "")
     except ValueError:
-        raise NasError(f"{name} line {line}: {metric} must be a number, got {text!r}") from None
+        raise NasError(f"{name} line {line}: {metric} must be a number, "
+                       f"got {short_repr(text)}") from None
     if not math.isfinite(value) or value <= 0:
-        raise NasError(f"{name} line {line}: {metric} must be a positive number, got {text!r}")
+        raise NasError(f"{name} line {line}: {metric} must be a positive number, "
+                       f"got {short_repr(text)}")
     return value
 
 
@@ -93,9 +97,18 @@ def space_by_name(name: str) -> SearchSpace:
 
 
 def _check_device(device: str) -> None:
-    if not device or len(device) > 200 or device.strip() != device:
-        raise NasError(f"--device: expected a device name of 1-200 characters without "
-                       f"surrounding spaces, got {device!r}")
+    """A name `measurements.device` holds on every database (no NUL: PostgreSQL refuses it)."""
+    if not device or len(device) > MAX_DEVICE or device.strip() != device \
+            or not device.isprintable():
+        raise NasError(f"--device: expected a device name of 1-{MAX_DEVICE} printable "
+                       f"characters (no NUL or control characters) without surrounding "
+                       f"spaces, got {short_repr(device)}")
+
+
+def _check_metric(metric: str) -> None:
+    if not metric or len(metric) > MAX_METRIC or not metric.isprintable():
+        raise NasError(f"--metric: expected a metric name of 1-{MAX_METRIC} printable "
+                       f"characters, got {short_repr(metric)}")
 
 
 # ---- fit and predict ----------------------------------------------------------------------

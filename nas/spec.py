@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,11 @@ FIELDS = (
 EXECUTORS = ("ray", "local")
 MAX_NAME = 200  # jobs.name is VARCHAR(200)
 MAX_SEED = 2**63 - 1  # jobs.seed is BIGINT
+MAX_METRIC = 64  # measurements.metric is VARCHAR(64) (tests/test_spec_limits.py checks both)
+MAX_DEVICE = 200  # measurements.device is VARCHAR(200)
+MAX_SPEC_BYTES = 1_000_000  # a spec file larger than this is refused unread
+MAX_SPEC_VALUES = 10_000  # ... and one holding more values once its YAML aliases are expanded
+MAX_ECHO = 80  # characters of a user value quoted back in an error
 
 
 # one definition shared with the strategies, which receive them in their SearchContext
@@ -73,8 +79,32 @@ class JobSpec:
 
 
 # ---- field checks -----------------------------------------------------------------------
+def short_repr(value: Any, limit: int = MAX_ECHO) -> str:
+    """`repr(value)` cut to `limit` characters: an error quotes what it got, never megabytes."""
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = limit
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _fail(path: str, expected: str, got: Any) -> SpecError:
-    return SpecError(f"spec field '{path}': expected {expected}, got {got!r}")
+    return SpecError(f"spec field '{path}': expected {expected}, got {short_repr(got)}")
+
+
+def _no_nul(path: str, value: Any) -> None:
+    """No NUL character in any string or key of the spec: PostgreSQL cannot store one in a
+    text column, so SQLite must not accept it either."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise SpecError(f"spec field '{path}': contains a NUL character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            _no_nul(path or "spec", key)
+            _no_nul(child, item)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _no_nul(f"{path}[{i}]", item)
 
 
 def _int(path: str, value: Any, minimum: int, maximum: int | None = None) -> int:
@@ -126,11 +156,11 @@ def _objectives(value: Any) -> tuple[Objective, ...]:
         path = f"objectives[{i}]"
         item = _mapping(path, item)
         _only_keys(path, item, ("metric", "mode", "device"))
-        metric = _str(f"{path}.metric", item.get("metric"))
+        metric = _str(f"{path}.metric", item.get("metric"), MAX_METRIC)
         mode = item.get("mode", "max")
         if mode not in ("max", "min"):
             raise _fail(f"{path}.mode", "'max' or 'min'", mode)
-        device = _str(f"{path}.device", item["device"]) if "device" in item else None
+        device = _str(f"{path}.device", item["device"], MAX_DEVICE) if "device" in item else None
         found.append(Objective(metric, mode, device))
     return tuple(found)
 
@@ -145,12 +175,15 @@ def _constraints(value: Any) -> tuple[Constraint, ...]:
         path = f"constraints[{i}]"
         item = _mapping(path, item)
         _only_keys(path, item, ("metric", "device", "max", "min"))
-        metric = _str(f"{path}.metric", item.get("metric"))
-        device = _str(f"{path}.device", item["device"]) if "device" in item else None
+        metric = _str(f"{path}.metric", item.get("metric"), MAX_METRIC)
+        device = _str(f"{path}.device", item["device"], MAX_DEVICE) if "device" in item else None
         upper = _number(f"{path}.max", item["max"]) if "max" in item else None
         lower = _number(f"{path}.min", item["min"]) if "min" in item else None
         if upper is None and lower is None:
             raise SpecError(f"spec field '{path}': needs 'max' or 'min'")
+        if upper is not None and lower is not None and lower > upper:
+            raise SpecError(f"spec field '{path}': min {lower:g} is above max {upper:g}; "
+                            "no value can satisfy it")
         found.append(Constraint(metric, device, upper, lower))
     return tuple(found)
 
@@ -231,6 +264,7 @@ def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
         if key not in FIELDS:
             raise SpecError(f"spec field '{key}': unknown field; expected one of "
                             f"{', '.join(FIELDS)}")
+    _no_nul("", data)
     for required in ("space", "strategy", "evaluator"):
         if required not in data:
             raise SpecError(f"spec field '{required}': required")
@@ -276,7 +310,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
-            raise SpecError(f"--set {item!r}: the value is not valid YAML") from None
+            raise SpecError(f"--set {short_repr(item)}: the value is not valid YAML") from None
+        if _expanded_size(value) > MAX_SPEC_VALUES:
+            raise SpecError(f"--set {short_repr(item)}: more than {MAX_SPEC_VALUES:,} values "
+                            "once its YAML aliases are expanded")
         keys = path.strip().split(".")
         node = data
         for key in keys[:-1]:
@@ -291,10 +328,29 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _expanded_size(data: Any, limit: int = MAX_SPEC_VALUES) -> int:
+    """How many values `data` holds with shared (aliased) parts counted every time they
+    appear, counting no further than just past `limit`: PyYAML builds a "billion laughs"
+    document cheaply by sharing, but anything that walks it (validation, an error quoting
+    it, JSON for the database) expands it."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
+
+
 def load_spec_file(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Read, override and validate a YAML spec file; SpecError on any problem."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"spec file {str(path)!r} is larger than {MAX_SPEC_BYTES:,} bytes")
         text = path.read_text()
     except FileNotFoundError:
         raise SpecError(f"spec file {str(path)!r} does not exist") from None
@@ -308,6 +364,9 @@ def load_spec_file(path: str | Path, overrides: list[str] | None = None) -> JobS
         raise SpecError(f"spec file {str(path)!r} is not valid YAML{where}") from None
     if data is None:
         raise SpecError(f"spec file {str(path)!r} is empty")
+    if _expanded_size(data) > MAX_SPEC_VALUES:
+        raise SpecError(f"spec file {str(path)!r} holds more than {MAX_SPEC_VALUES:,} values "
+                        "once its YAML aliases are expanded (an alias bomb?)")
     if isinstance(data, dict) and overrides:
         data = apply_overrides(data, overrides)
     return parse_spec(data)
