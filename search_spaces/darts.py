@@ -27,8 +27,11 @@ Operations follow the DARTS paper's evaluation network: `sep_conv_kxk` is ReLU -
 conv - pointwise conv - BN applied twice (the first depthwise conv carries the stride),
 `dil_conv_kxk` is ReLU - depthwise conv with dilation 2 - pointwise conv - BN once,
 `skip_connect` is the identity, or FactorizedReduce on a cell input of a reduction cell,
-`none` is a zero of the output's shape, and the pools have *no* BatchNorm after them (the
-DARTS search network adds a non-affine BN there; the evaluation network does not).
+and the pools have *no* BatchNorm after them (the DARTS search network adds a non-affine BN
+there; the evaluation network does not). `none` (the zero operation) is not an operation of
+this space: the DARTS search network has it in its mixed ops, but its derivation never picks
+it, so DARTS genotypes never contain it (a node with `none` on both edges would be all
+zeros). The weight-sharing supernet keeps it (`workers.weight_sharing.mixed`).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any, NamedTuple
 from ._base import Arch, SearchSpace, register_space
 
 OPS: tuple[str, ...] = (
-    "none", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+    "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
     "dil_conv_3x3", "dil_conv_5x5", "max_pool_3x3", "avg_pool_3x3",
 )
 CELLS: tuple[str, ...] = ("normal", "reduce")
@@ -263,7 +266,7 @@ def _op_cost(op: str, c: int, stride: int) -> tuple[int, int]:
         return c * k * k + c * c + 2 * c, c * k * k + c * c
     if op == "skip_connect" and stride == 2:
         return _factorized_reduce(c, c)
-    return 0, 0  # none, identity, pools
+    return 0, 0  # identity, pools
 
 
 @register_space
@@ -271,7 +274,7 @@ class DartsSpace(SearchSpace):
     """The DARTS normal + reduction cell space on the DARTS CIFAR network skeleton."""
 
     name = "darts"
-    description = ("DARTS cells: normal + reduction cell, 4 nodes x 2 edges x 8 ops each, "
+    description = ("DARTS cells: normal + reduction cell, 4 nodes x 2 edges x 7 ops each, "
                    "on the DARTS CIFAR network (no auxiliary head, no drop-path)")
 
     def __init__(

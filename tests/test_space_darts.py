@@ -81,18 +81,38 @@ def test_import_does_not_import_torch():
 # ---- decisions, keys, genotypes ------------------------------------------------------------
 def test_decisions_are_the_input_pair_then_one_op_per_edge():
     space = DartsSpace()
-    assert space.choice_counts() == [1, 8, 8, 3, 8, 8, 6, 8, 8, 10, 8, 8] * 2
-    assert space.size() == (1 * 3 * 6 * 10 * 8 ** 8) ** 2
+    assert space.choice_counts() == [1, 7, 7, 3, 7, 7, 6, 7, 7, 10, 7, 7] * 2
+    assert space.size() == (1 * 3 * 6 * 10 * 7 ** 8) ** 2
+    assert f"{float(space.size()):.1e}" == "1.1e+18"
     assert PAIRS[2] == ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
-    arch = space.from_dna([0, 2, 1, 2, 0, 7, 5, 3, 4, 9, 6, 1] + [0] * 12)
+    arch = space.from_dna([0, 1, 0, 2, 3, 6, 5, 2, 3, 9, 5, 0] + [0] * 12)
     assert arch["normal"] == [
         {"inputs": [0, 1], "ops": ["sep_conv_3x3", "skip_connect"]},
-        {"inputs": [1, 2], "ops": ["none", "avg_pool_3x3"]},
+        {"inputs": [1, 2], "ops": ["dil_conv_3x3", "avg_pool_3x3"]},
         {"inputs": [2, 3], "ops": ["sep_conv_5x5", "dil_conv_3x3"]},
         {"inputs": [3, 4], "ops": ["max_pool_3x3", "skip_connect"]},
     ]
-    assert arch["reduce"] == [{"inputs": [0, 1], "ops": ["none", "none"]}] + [
-        {"inputs": [0, 1], "ops": ["none", "none"]}] * 3
+    assert arch["reduce"] == [{"inputs": [0, 1], "ops": ["skip_connect", "skip_connect"]}] + [
+        {"inputs": [0, 1], "ops": ["skip_connect", "skip_connect"]}] * 3
+
+
+def test_none_is_not_an_operation_of_the_discrete_space():
+    """Issue 17 item 19: DARTS genotypes never hold `none` (the derivation skips it), and a
+    cell with `none` on both edges of a node computes an all-zero node."""
+    space = DartsSpace()
+    assert "none" not in OPS and len(OPS) == 7
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        arch = space.sample(rng)
+        arch = space.mutate(arch, rng)
+        assert all("none" not in node["ops"] for cell in ("normal", "reduce")
+                   for node in arch[cell])
+    with pytest.raises(ValueError, match="unknown operation 'none'"):
+        space.from_key(DARTS_V2_KEY.replace("dil_conv_3x3~2", "none~2"))
+    with_none = space.from_genotype(DARTS_V2)
+    with_none["normal"][0]["ops"] = ["none", "none"]
+    with pytest.raises(ValueError, match="unknown operation 'none'"):
+        space.to_dna(with_none)
 
 
 def test_darts_v2_genotype_key_and_round_trip():
@@ -149,7 +169,7 @@ def test_from_genotype_rejects(genotype, message):
     (DARTS_V2_KEY.replace("dil_conv_3x3", "dil_conv_7x7"), "unknown operation 'dil_conv_7x7'"),
     (DARTS_V2_KEY.replace("skip_connect~0,dil_conv_3x3~2", "dil_conv_3x3~2,skip_connect~0"),
      "increasing order"),
-    (DARTS_V2_KEY.replace("skip_connect~0,dil_conv_3x3~2", "skip_connect~0,none~5"),
+    (DARTS_V2_KEY.replace("skip_connect~0,dil_conv_3x3~2", "skip_connect~0,avg_pool_3x3~5"),
      "among 0..4"),
     (DARTS_V2_KEY[:-1], "must read 'op~state'"),
     (DARTS_V2_KEY + " ", "must read 'op~state'"),
@@ -183,7 +203,7 @@ def test_to_dna_rejects_malformed_archs(mutate):
 
 def test_from_dna_rejects_bad_dna():
     space = DartsSpace()
-    for dna in ([0] * 23, [0] * 25, [1] + [0] * 23, [0, 8] + [0] * 22, [0, -1] + [0] * 22):
+    for dna in ([0] * 23, [0] * 25, [1] + [0] * 23, [0, 7] + [0] * 22, [0, -1] + [0] * 22):
         with pytest.raises(ValueError, match="a darts DNA is 24 integers"):
             space.from_dna(dna)
 
@@ -209,12 +229,12 @@ def test_params_and_flops_match_the_built_model(args):
 
 
 def test_one_sep_conv_costs_what_the_paper_op_costs_in_every_normal_cell():
-    """Independent of the cost model: none -> sep_conv_3x3 on one normal edge adds, in each
-    normal cell with c channels on an s x s map, 2 x (9c + c^2 + 2c) parameters and
+    """Independent of the cost model: max_pool_3x3 -> sep_conv_3x3 on one normal edge adds,
+    in each normal cell with c channels on an s x s map, 2 x (9c + c^2 + 2c) parameters and
     2 x 2 x (9c + c^2) x s^2 FLOPs (two depthwise + pointwise convs, two BNs)."""
     space = DartsSpace()
-    base = _uniform(space, "none")
-    changed = _uniform(space, "none")
+    base = _uniform(space, "max_pool_3x3")
+    changed = _uniform(space, "max_pool_3x3")
     changed["normal"][3]["ops"][1] = "sep_conv_3x3"
     normal = [(c, s) for c, s in ((8, 32), (16, 16), (32, 8))]  # layers 0, 2, 4
     params = sum(2 * (9 * c + c * c + 2 * c) for c, _ in normal)

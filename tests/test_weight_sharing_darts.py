@@ -111,6 +111,26 @@ def test_darts_space_derives_two_input_cells(tmp_path, name):
         assert after["beta_normal"].shape == (14,)
 
 
+def test_darts_derivation_maps_supernet_ops_to_the_space_without_none():
+    """Issue 17 item 19: the supernet's mixed op keeps `none` (first), the discrete space
+    has no `none`; the derivation skips it and names each op by the supernet's order."""
+    from search_spaces.darts import OPS as DARTS_OPS
+    from workers.weight_sharing.mixed import DARTS_SEARCH_OPS, derive, layout_of
+
+    space = get_space("darts")
+    layout = layout_of(space)
+    assert layout.ops == DARTS_SEARCH_OPS == ("none", *DARTS_OPS)
+    assert "none" not in DARTS_OPS
+    edges = layout.edges["normal"]
+    for target in DARTS_OPS:
+        probs = np.full((edges, len(layout.ops)), 0.01)
+        probs[:, 0] = 0.9  # `none` is the strongest op everywhere, as late in a DARTS search
+        probs[:, layout.ops.index(target)] = 0.05
+        arch = derive(space, {"normal": probs, "reduce": probs})
+        assert {op for cell in ("normal", "reduce") for node in arch[cell]
+                for op in node["ops"]} == {target}
+
+
 @pytest.mark.parametrize("space_name", ["nb201", "darts"])
 @pytest.mark.parametrize("k", [1, 4])
 def test_partial_channels_reach_the_ops(space_name, k):

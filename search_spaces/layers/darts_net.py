@@ -67,8 +67,8 @@ class FactorizedReduce(nn.Module):
 
 
 class Zero(nn.Module):
-    """The `none` operation: zeros of the output's shape (kept in the graph, so gradients
-    and exports behave like any other edge)."""
+    """The `none` operation of the DARTS search network's mixed ops (not an operation of the
+    discrete space): zeros of the output's shape."""
 
     def __init__(self, stride: int) -> None:
         super().__init__()

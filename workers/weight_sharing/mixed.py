@@ -36,6 +36,11 @@ from search_spaces.layers import darts_net, nb201_net
 
 Weights = dict[str, torch.Tensor]
 
+#: The candidate operations of a darts-space mixed op: the space's operations plus `none`,
+#: as in the DARTS search network (its weight competes in the softmax, but the derivation
+#: never picks it, and the discrete space has no `none`).
+DARTS_SEARCH_OPS: tuple[str, ...] = ("none", *darts_space.OPS)
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -60,7 +65,7 @@ def layout_of(space: SearchSpace) -> Layout:
         for i in range(darts_space.NODES):
             nodes.append(tuple(range(start, start + i + 2)))
             start += i + 2
-        return Layout("darts", darts_space.OPS, {c: start for c in darts_space.CELLS},
+        return Layout("darts", DARTS_SEARCH_OPS, {c: start for c in darts_space.CELLS},
                       tuple(nodes))
     raise ValueError(f"no mixed-op supernet for the space {space.name!r}")
 
@@ -174,7 +179,7 @@ class DartsMixedCell(nn.Module):
                             if plan.reduction_prev else
                             darts_net.ReLUConvBN(plan.c_prev_prev, c, 1))
         self.preprocess1 = darts_net.ReLUConvBN(plan.c_prev, c, 1)
-        ops = darts_space.OPS
+        ops = DARTS_SEARCH_OPS
         edges = []
         for i in range(darts_space.NODES):
             for state in range(i + 2):
@@ -288,13 +293,14 @@ def derive(space: SearchSpace, probs: dict[str, np.ndarray],
 
 def _derive_darts_cell(probs: np.ndarray, layout: Layout,
                        edge_weights: np.ndarray | None) -> list[dict[str, Any]]:
-    real = probs[:, 1:]  # every op but `none` (index 0)
+    live = [i for i, op in enumerate(layout.ops) if op != "none"]
+    real = probs[:, live]  # the supernet's `none` is never derived
     strength = real.max(axis=1) * (edge_weights if edge_weights is not None else 1.0)
     nodes = []
     for edges in layout.nodes:
         order = sorted(range(len(edges)), key=lambda j: (-strength[edges[j]], j))
         chosen = sorted(order[:2])
-        ops = [layout.ops[1 + int(real[edges[j]].argmax())] for j in chosen]
+        ops = [layout.ops[live[int(real[edges[j]].argmax())]] for j in chosen]
         nodes.append({"inputs": chosen, "ops": ops})
     return nodes
 
