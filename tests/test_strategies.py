@@ -54,7 +54,7 @@ class _ForgetsRng(RegularizedEvolution):
         return state
 
     def load_state_dict(self, state):
-        self.asked = state["asked"]
+        self.asked, self.owed = state["asked"], state["owed"]
         self.population.clear()
         self.population.extend((a, s) for a, s in state["population"])
 
@@ -190,7 +190,8 @@ def _hamming(a: dict, b: dict) -> int:
 
 def test_evolution_never_breeds_from_failed_or_infeasible_trials():
     """Failed trials and infeasible ones (score None, even with great metrics) never enter
-    the population, so every child is one mutation away from a feasible member."""
+    the population, so every child is one mutation away from a feasible member (once the
+    random samples that replace the three non-breeding trials are asked)."""
     evo = RegularizedEvolution(SPACE, seed=3, population=4, sample=4)
     feasible = [{"ops": [op] * 6} for op in ("none", "skip_connect", "avg_pool_3x3")]
     # far (>= 3 decisions) from every feasible parent: a mutant of these would show
@@ -205,12 +206,48 @@ def test_evolution_never_breeds_from_failed_or_infeasible_trials():
     for i, arch in enumerate(excluded):
         number += 1
         evo.tell(_view(number, arch, None, status="failed" if i % 2 else "completed"))
+    assert evo.owed == 3
+    for _ in range(3):
+        evo.ask()
     assert sorted(k for k, _ in _population(evo)) == sorted(SPACE.key(a) for a in feasible)
     best = feasible[0]  # score -1: the tournament (of all three members) picks it
     for _ in range(200):
         child = evo.ask()
         assert _hamming(child, best) == 1, child
         assert all(_hamming(child, bad) >= 2 for bad in excluded)
+
+
+def test_evolution_answers_each_trial_that_cannot_breed_with_a_random_sample():
+    """Issue 17 item 9: a failed trial leaves the population short of the live parent it
+    would have been, so the next proposal is a sample, as while filling the population."""
+    evo = RegularizedEvolution(SPACE, seed=5, population=4, sample=2)
+    rng = np.random.default_rng(1)
+    parents = [evo.ask() for _ in range(4)]
+    for number, arch in enumerate(parents, 1):
+        evo.tell(_view(number, arch, float(number)))
+    def distance(child: dict) -> int:
+        return min(_hamming(child, p) for p in parents)
+
+    assert distance(evo.ask()) == 1  # a full population: a mutation
+    evo.tell(_view(5, SPACE.sample(rng), None, status="failed"))
+    evo.tell(_view(6, SPACE.sample(rng), None))  # infeasible
+    assert evo.owed == 2
+    samples = [evo.ask() for _ in range(2)]
+    assert all(distance(s) > 1 for s in samples)
+    assert evo.owed == 0
+    assert distance(evo.ask()) == 1
+
+
+def test_evolution_resumes_a_snapshot_taken_before_failed_trials_were_counted():
+    """A stored snapshot without `owed` (older versions) resumes with the random phase it
+    had: the first `population` asks."""
+    evo = RegularizedEvolution(SPACE, seed=2, population=6, sample=2)
+    for asked in (0, 4, 9):
+        state = {**evo.state_dict(), "asked": asked}
+        del state["owed"]
+        fresh = RegularizedEvolution(SPACE, seed=2, population=6, sample=2)
+        fresh.load_state_dict(state)
+        assert fresh.owed == max(6 - asked, 0)
 
 
 def test_evolution_argument_errors():

@@ -119,16 +119,32 @@ class Strategy(abc.ABC):
         key = self.space.key(arch) if key is None else key
         return not self.context.is_known(key) and not self.violates(arch, key)
 
-    def draw_acceptable(self, propose: Callable[[], Arch],
-                        tries: int = ACCEPTABLE_TRIES) -> Arch:
-        """The first acceptable of up to `tries` calls of `propose`, else the last one (the
-        driver then discards a duplicate; a space with nothing acceptable left ends there)."""
+    def draw_acceptable(self, propose: Callable[[], Arch], tries: int = ACCEPTABLE_TRIES,
+                        fallback: Callable[[], Arch] | None = None) -> Arch:
+        """The first acceptable of up to `tries` calls of `propose`; when none is, the same
+        drawn from `fallback` if given, else the last one (the driver then discards a
+        duplicate; a space with nothing acceptable left ends there)."""
         arch = propose()
         for _ in range(tries - 1):
             if self.acceptable(arch):
                 return arch
             arch = propose()
+        if fallback is not None and not self.acceptable(arch):
+            return self.draw_acceptable(fallback, tries)
         return arch
+
+    def mutate_or_sample(self, parent: Arch, mutations: int = 1) -> Arch:
+        """An acceptable child of `parent` (`mutations` decisions changed), else an
+        acceptable sample of the space: once every neighbour of a parent is known (or
+        infeasible), mutating it again only repeats architectures, and a strategy whose few
+        live parents are all used up would stall the job on duplicates."""
+        def mutant() -> Arch:
+            child = parent
+            for _ in range(mutations):
+                child = self.space.mutate(child, self.rng)
+            return child
+
+        return self.draw_acceptable(mutant, fallback=lambda: self.space.sample(self.rng))
 
     @abc.abstractmethod
     def ask(self) -> Arch:

@@ -19,7 +19,15 @@ def _positive_int(field: str, value: Any) -> int:
 @register_strategy
 class RegularizedEvolution(Strategy):
     """Random until `population` proposals, then: tournament of `sample` members of the
-    population, mutate the best one (`mutations` decisions); the oldest member dies."""
+    population, mutate the best one (`mutations` decisions); the oldest member dies.
+
+    Only trials with a score breed (failed and infeasible ones never enter the population),
+    so each trial told without one is answered by one more random sample, as while filling
+    the population: when most trials fail (a table holding a few cells of the space), the
+    population still fills and keeps moving instead of mutating its few parents until their
+    neighbourhoods are used up. A parent with no acceptable neighbour left gives way to a
+    sample (`mutate_or_sample`). With no failures this is exactly Real et al.'s scheme.
+    """
 
     name = "evolution"
     description = "regularized (aging) evolution: tournament selection, mutation, oldest dies"
@@ -37,32 +45,34 @@ class RegularizedEvolution(Strategy):
                 f"strategy_args.sample ({sample}) must not exceed population ({population})")
         self.population: deque[tuple[Arch, float]] = deque(maxlen=self.population_size)
         self.asked = 0
+        #: random samples still due: the initial population, plus one per trial told
+        #: without a score
+        self.owed = self.population_size
 
     def ask(self) -> Arch:
         self.asked += 1
-        if self.asked <= self.population_size or not self.population:
+        if self.owed > 0 or not self.population:
+            self.owed = max(self.owed - 1, 0)
             return self.draw_acceptable(lambda: self.space.sample(self.rng))
         k = min(self.sample_size, len(self.population))
         picks = self.rng.choice(len(self.population), size=k, replace=False)
         parent = max((self.population[int(i)] for i in picks), key=lambda m: m[1])[0]
-        return self.draw_acceptable(lambda: self._mutant(parent))
-
-    def _mutant(self, parent: Arch) -> Arch:
-        child = parent
-        for _ in range(self.mutations):
-            child = self.space.mutate(child, self.rng)
-        return child
+        return self.mutate_or_sample(parent, self.mutations)
 
     def tell(self, trial: TrialView) -> None:
         if trial.score is not None:
             self.population.append((trial.arch, trial.score))
+        else:
+            self.owed += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "asked": self.asked,
+        return {**super().state_dict(), "asked": self.asked, "owed": self.owed,
                 "population": [[a, s] for a, s in self.population]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.asked = state["asked"]
+        # snapshots from before `owed` existed: the random phase was the first asks
+        self.owed = state.get("owed", max(self.population_size - self.asked, 0))
         self.population.clear()
         self.population.extend((a, s) for a, s in state["population"])

@@ -18,8 +18,10 @@ the proposals of `evolution` with the same seed and arguments.
 Breedable trials: a score (None for failed and constraint-violating trials: they never
 breed) and a finite value for every objective. A device objective missing from the trial
 (no measurement) is looked up with `SearchContext.value_of`; if still unknown, the trial
-does not breed. Known constraint violations and known architectures are never proposed
-(`draw_acceptable`).
+does not breed. Each trial that does not breed is answered by one more random proposal, as
+in the random phase (as in `evolution`: with most trials failing, the population still fills
+and moves), and a parent with every neighbour known gives way to a random sample. Known
+constraint violations and known architectures are never proposed (`draw_acceptable`).
 
 Defaults (population 30, sample 5): on NB201 valid_acc x edgegpu latency (direct ask/tell,
 40 seeds) populations 20, 30 and 50 were within noise of each other at 300 trials; 30 was
@@ -71,14 +73,16 @@ class MultiObjectiveEvolution(Strategy):
                 f"strategy_args.sample ({sample}) must not exceed population ({population})")
         self.population: deque[Member] = deque(maxlen=self.population_size)
         self.asked = 0
+        self.owed = self.init  # random proposals still due (+1 per trial that cannot breed)
 
     # ---- ask -------------------------------------------------------------------------------
     def ask(self) -> Arch:
         self.asked += 1
-        if self.asked <= self.init or not self.population:
+        if self.owed > 0 or not self.population:
+            self.owed = max(self.owed - 1, 0)
             return self.draw_acceptable(lambda: self.space.sample(self.rng))
         parent = self._tournament()
-        return self.draw_acceptable(lambda: self._mutant(parent))
+        return self.mutate_or_sample(parent, self.mutations)
 
     def _tournament(self) -> Arch:
         costs = np.array([c for _, c in self.population], dtype=float)
@@ -91,17 +95,13 @@ class MultiObjectiveEvolution(Strategy):
         best = min((int(i) for i in picks), key=lambda i: (ranks[i], -crowding[i]))
         return self.population[best][0]
 
-    def _mutant(self, parent: Arch) -> Arch:
-        child = parent
-        for _ in range(self.mutations):
-            child = self.space.mutate(child, self.rng)
-        return child
-
     # ---- tell ------------------------------------------------------------------------------
     def tell(self, trial: TrialView) -> None:
         costs = self._costs(trial)
         if costs is not None:
             self.population.append((trial.arch, costs))
+        else:
+            self.owed += 1
 
     def _costs(self, trial: TrialView) -> list[float] | None:
         """The trial's objective values as costs, or None when it must not breed."""
@@ -126,12 +126,14 @@ class MultiObjectiveEvolution(Strategy):
 
     # ---- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "asked": self.asked,
+        return {**super().state_dict(), "asked": self.asked, "owed": self.owed,
                 "population": [[arch, list(costs)] for arch, costs in self.population]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.asked = state["asked"]
+        # snapshots from before `owed` existed: the random phase was the first `init` asks
+        self.owed = state.get("owed", max(self.init - self.asked, 0))
         self.population.clear()
         self.population.extend((arch, [float(c) for c in costs])
                                for arch, costs in state["population"])

@@ -19,7 +19,10 @@ Modes (`mode`):
   evaluations the job keeps the best of the N proxy-best. Past the pool: mutations of the
   best scored trial.
 - `evolution`: proxy-warm-started regularized evolution: the first `population` proposals
-  are the proxy-best of the pool, then tournament selection and mutation on real scores.
+  are the proxy-best of the pool, then tournament selection and mutation on real scores;
+  each trial told without a score (failed, infeasible) is answered by the next proxy-best
+  of the pool, so the population fills with live parents (as `evolution` does with random
+  samples). In both modes a parent with every neighbour known gives way to a random sample.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class ProxySearch(Strategy):
         self.pool_scores: dict[str, float] = {}  # key -> combined score (for reports)
         self.cursor = 0
         self.asked = 0
+        self.owed = self.population_size  # warm-start proposals still due (mode evolution)
         self.population: deque[tuple[str, float]] = deque(maxlen=self.population_size)
         self.best: tuple[float, str] | None = None
 
@@ -132,7 +136,8 @@ class ProxySearch(Strategy):
         if self.ranking is None:
             raise RuntimeError("proxy: ask() before the pool was scored")
         self.asked += 1
-        warm = self.mode == "top" or self.asked <= self.population_size
+        warm = self.mode == "top" or self.owed > 0
+        self.owed = max(self.owed - 1, 0)
         if warm:
             arch = self._next_ranked()
             if arch is not None:
@@ -145,8 +150,7 @@ class ProxySearch(Strategy):
             parent_key = self.best[1]
         else:
             return self.draw_acceptable(lambda: self.space.sample(self.rng))
-        parent = self.space.from_key(parent_key)
-        return self.draw_acceptable(lambda: self.space.mutate(parent, self.rng))
+        return self.mutate_or_sample(self.space.from_key(parent_key))
 
     def _next_ranked(self) -> Arch | None:
         assert self.ranking is not None
@@ -160,6 +164,7 @@ class ProxySearch(Strategy):
 
     def tell(self, trial: TrialView) -> None:
         if trial.score is None:
+            self.owed += 1
             return
         self.population.append((trial.key, float(trial.score)))
         if self.best is None or trial.score > self.best[0]:
@@ -167,7 +172,8 @@ class ProxySearch(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "ranking": self.ranking, "cursor": self.cursor,
-                "asked": self.asked, "population": [list(m) for m in self.population],
+                "asked": self.asked, "owed": self.owed,
+                "population": [list(m) for m in self.population],
                 "best": list(self.best) if self.best else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -175,6 +181,7 @@ class ProxySearch(Strategy):
         self.ranking = state["ranking"]
         self.cursor = int(state["cursor"])
         self.asked = int(state["asked"])
+        self.owed = int(state.get("owed", max(self.population_size - self.asked, 0)))
         self.population.clear()
         self.population.extend((str(k), float(s)) for k, s in state["population"])
         self.best = (float(state["best"][0]), str(state["best"][1])) if state["best"] else None

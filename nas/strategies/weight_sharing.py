@@ -11,7 +11,8 @@ Then the strategy is an ordinary ask/tell one: the derived architectures are pro
 (those that are acceptable: not known, not violating a constraint), each scored by the
 job's evaluator (on NB201 the benchmark table gives the derived cell's true accuracy, which
 is how a DARTS collapse shows up). Budget beyond them is spent on mutations of the best
-scored architecture so far, a local search around what the supernet found.
+scored architecture so far, a local search around what the supernet found (random samples
+once its neighbours are all known).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class WeightSharingStrategy(Strategy):
             self.derived[0]["arch"] if self.derived else None
         if parent is None:
             return self.draw_acceptable(lambda: self.space.sample(self.rng))
-        return self.draw_acceptable(lambda: self.space.mutate(parent, self.rng))
+        return self.mutate_or_sample(parent)
 
     def tell(self, trial: TrialView) -> None:
         if trial.score is not None and (self.best is None or trial.score > self.best[0]):
