@@ -178,7 +178,7 @@ def _spawn_driver(ctx: Context, job_id: int) -> Path:
     """Run the job in a detached `nas` process; returns its log file."""
     from .driver import artifact_dir
 
-    log_dir = artifact_dir(job_id)
+    log_dir = artifact_dir(ctx.storage().database_id, job_id)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "driver.log"
     # the URL goes in the environment (NAS_DB_URL), never in argv: any user can read a

@@ -117,11 +117,17 @@ def _constrained_value(result: TrialResult, metric: str, device: str | None) -> 
     return None
 
 
-def artifact_dir(job_id: int) -> Path:
-    """The job's artifact folder (driver log, supernet checkpoints): `$NAS_ARTIFACTS/job-N`,
-    default `./nas-artifacts/job-N`, absolute so that worker processes find it. On a cluster,
-    point NAS_ARTIFACTS at a filesystem every node shares."""
-    return Path(os.environ.get("NAS_ARTIFACTS", "nas-artifacts")).resolve() / f"job-{job_id}"
+def artifact_dir(database_id: str, job_id: int) -> Path:
+    """The job's artifact folder (driver log, supernet checkpoints, exported subnet weights):
+    `$NAS_ARTIFACTS/<database id>/job-N`, default `./nas-artifacts/...`, absolute so that
+    worker processes find it. Keyed by the database (`Storage.database_id`) as well as the
+    job, since job ids restart at 1 in every database: job 1 of two databases sharing one
+    NAS_ARTIFACTS must not share a checkpoint. On a cluster, point NAS_ARTIFACTS at a
+    filesystem every node shares."""
+    if not database_id or not database_id.replace("-", "").isalnum():
+        raise ValueError(f"not a database id: {database_id!r}")
+    root = Path(os.environ.get("NAS_ARTIFACTS", "nas-artifacts")).resolve()
+    return root / database_id / f"job-{job_id}"
 
 
 def make_executor(spec: JobSpec, evaluator_spec: EvaluatorSpec, ray_address: str | None):
@@ -518,6 +524,10 @@ class _Run:
         return (f"every one of the {self.told} trials failed; the most common error "
                 f"({count} of {self.told}): {line[:500]}")
 
+    def _search_folder(self) -> Path:
+        """The weight-sharing search's checkpoint folder (this database's, this job's)."""
+        return artifact_dir(self.storage.database_id, self.job_id) / "search"
+
     def _subnet_weights(self, key: str) -> bytes | None:
         """The weights a one-shot search saved for a derived subnet (`subnet-<rank>.pt` in
         its checkpoint folder), if any."""
@@ -525,7 +535,7 @@ class _Run:
         keys = [item["key"] for item in self.strategy.derived or ()]
         if key not in keys:
             return None
-        path = artifact_dir(self.job_id) / "search" / f"subnet-{keys.index(key) + 1}.pt"
+        path = self._search_folder() / f"subnet-{keys.index(key) + 1}.pt"
         return path.read_bytes() if path.is_file() else None
 
     def _run_search(self, executor: Any, start: float) -> tuple[str, str | None] | None:
@@ -534,7 +544,7 @@ class _Run:
         and is stored with a snapshot, so a resume never trains again. Returns a final
         status when the job was cancelled meanwhile."""
         assert isinstance(self.strategy, WeightSharingStrategy)
-        folder = artifact_dir(self.job_id) / "search"
+        folder = self._search_folder()
         executor.start_search(self.strategy.search_task(str(folder), self.spec.space_args))
         while True:
             result = executor.poll_search(timeout=self.d.heartbeat_s)

@@ -43,6 +43,11 @@ def _spec(strategy: str = "darts", **overrides) -> dict:
     return spec
 
 
+def _search_folder(storage: Storage, job: int) -> Path:
+    """The job's checkpoint folder: its database's, then its own."""
+    return artifact_dir(storage.database_id, job) / "search"
+
+
 @pytest.fixture
 def artifacts(tmp_path, monkeypatch):
     monkeypatch.setenv("NAS_ARTIFACTS", str(tmp_path / "artifacts"))
@@ -55,7 +60,7 @@ def test_darts_job_scores_the_derived_cell_then_searches_around_it(artifacts):
     assert api.run(storage, job) == "completed"
     trials = storage.load_trials(job)
     assert len(trials) == 3 and all(t["status"] == "completed" for t in trials)
-    folder = artifact_dir(job) / "search"
+    folder = _search_folder(storage, job)
     assert (folder / CHECKPOINT).exists()
     record = json.loads((folder / "history.json").read_text())
     assert [r["epoch"] for r in record["history"]] == [1, 2]
@@ -91,7 +96,7 @@ def test_driver_killed_during_the_search_resumes_from_its_checkpoint(tmp_path, a
     clean = api.submit(storage, spec)
     assert api.run(storage, clean) == "completed"
     job = api.submit(storage, {**spec, "name": "killed"})
-    checkpoint = artifact_dir(job) / "search" / CHECKPOINT
+    checkpoint = _search_folder(storage, job) / CHECKPOINT
     env = {**os.environ, "NAS_ARTIFACTS": str(artifacts), "PYTHONPATH": str(ROOT)}
     proc = _driver(url, job, env)
     try:
@@ -109,7 +114,7 @@ def test_driver_killed_during_the_search_resumes_from_its_checkpoint(tmp_path, a
     assert record["resumed_from_epoch"] >= 1
     assert [t["key"] for t in storage.load_trials(job)] == \
         [t["key"] for t in storage.load_trials(clean)]
-    clean_record = json.loads((artifact_dir(clean) / "search" / "history.json").read_text())
+    clean_record = json.loads((_search_folder(storage, clean) / "history.json").read_text())
     assert record["derived"] == clean_record["derived"]
 
 
@@ -162,7 +167,7 @@ def test_a_search_runs_as_a_ray_task(artifacts):
     storage = Storage("sqlite://")
     job = api.submit(storage, _spec(executor="ray", budget={"trials": 2}))
     assert api.run(storage, job) == "completed"
-    record = json.loads((artifact_dir(job) / "search" / "history.json").read_text())
+    record = json.loads((_search_folder(storage, job) / "history.json").read_text())
     assert record["worker"].split(":")[-1] != str(os.getpid())  # ran in a Ray worker
     assert [t["key"] for t in storage.load_trials(job)][0] == record["derived"][0]["key"]
 
@@ -190,14 +195,14 @@ def test_oneshot_job_exports_the_subnet_with_its_inherited_weights(artifacts, tm
     assert all("search.supernet_acc" in t["metrics"] for t in trials)
     first = trials[0]
     weights = storage.get_weights(job, first["number"])
-    saved = (artifact_dir(job) / "search" / "subnet-1.pt").read_bytes()
+    saved = (_search_folder(storage, job) / "subnet-1.pt").read_bytes()
     assert weights == saved
     target = tmp_path / "best.pt"
     export_trial(storage, job, first["number"], "torchscript", str(target))
     model = torch.jit.load(str(target))
     space = get_space("mbconv", **space_args)
     reference = space.build(space.from_key(first["key"]))
-    reference.load_state_dict(torch.load(str(artifact_dir(job) / "search" / "subnet-1.pt")))
+    reference.load_state_dict(torch.load(str(_search_folder(storage, job) / "subnet-1.pt")))
     reference.eval()
     x = torch.randn(2, 1, 8, 8)
     assert torch.allclose(model(x), reference(x), atol=1e-5)

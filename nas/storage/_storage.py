@@ -32,6 +32,7 @@ from .schema import (
     SOURCE_RANK,
     architectures,
     artifacts,
+    database_info,
     jobs,
     measurements,
     servers,
@@ -115,6 +116,33 @@ class Storage:
         self.engine = engine or make_engine(url, create=create)
         ensure_schema(self.engine)
         self.dialect = self.engine.dialect.name
+        self._database_id: str | None = None
+
+    @property
+    def database_id(self) -> str:
+        """The database's own id: a random UUID stored in it when its schema was created
+        (`database_info`), which keys its artifact folders (`nas.driver.artifact_dir`).
+
+        Stored in the database rather than derived from the URL (a hash of the URL without
+        its password would be simpler) because what must agree is the database, not its
+        spelling: a relative and an absolute SQLite path, `localhost` and `127.0.0.1`, another
+        role or a connection pooler all name one database and must find one checkpoint, and a
+        database moved or restored elsewhere (`mv`, `pg_dump`/`pg_restore`) keeps its jobs, so
+        it keeps their checkpoints. A copied SQLite file keeps the id too: right for a backup
+        or a move (its job N is the same search), while a copy run on beside its original
+        must be given its own `NAS_ARTIFACTS`."""
+        if self._database_id is None:
+            self._database_id = self._read_database_id()
+        return self._database_id
+
+    @retried()
+    def _read_database_id(self) -> str:
+        with self.read() as conn:
+            value = conn.execute(select(database_info.c.uuid)).scalar_one_or_none()
+        if value is None:
+            raise NasError(f"the database {self.url} has no id (its `database_info` row was "
+                           "deleted): its artifact folders cannot be told from another's")
+        return value
 
     def close(self) -> None:
         self.engine.dispose()

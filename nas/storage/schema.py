@@ -6,6 +6,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -168,4 +169,15 @@ servers = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("owner", name="uq_servers_owner"),
+)
+
+
+#: The database's own id: one row holding a random UUID made when the schema was created
+#: (migration 0006). Artifact folders are keyed by it (`nas.driver.artifact_dir`).
+database_info = Table(
+    "database_info", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("uuid", String(36), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("id = 1", name="ck_database_info_one_row"),
 )
