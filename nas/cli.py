@@ -92,14 +92,23 @@ def handle_errors(command):  # noqa: ANN001, ANN201
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.exc import DatabaseError, OperationalError
+
+        from .storage._engine import damaged_sqlite
 
         try:
             return command(*args, **kwargs)
         except NasError as exc:
             err.print(f"error: {exc}", markup=False)
             raise typer.Exit(2) from None
-        except OperationalError as exc:
+        except DatabaseError as exc:
+            ctx = kwargs.get("ctx")
+            damaged = damaged_sqlite(ctx.obj.db, exc) if ctx is not None else None
+            if damaged is not None:
+                err.print(f"error: {damaged}", markup=False)
+                raise typer.Exit(2) from None
+            if not isinstance(exc, OperationalError):
+                raise
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             err.print(f"error: database: {first}", markup=False)
             raise typer.Exit(1) from None

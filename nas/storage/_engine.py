@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from ..errors import NasError
@@ -70,10 +70,52 @@ def make_engine(url: str, create: bool = True) -> Engine:
         raise NasError(f"--db: no driver for {mask_url(url)!r}: {exc}") from None
 
 
+#: The first 16 bytes of every SQLite database file (https://sqlite.org/fileformat.html).
+_SQLITE_HEADER = b"SQLite format 3\x00"
+#: What SQLite says about a file that is not a database or is damaged.
+_DAMAGED = ("file is not a database", "database disk image is malformed", "file is encrypted")
+
+
+def not_sqlite_error(database: str, why: str) -> NasError:
+    return NasError(f"database {database!r} is not a valid SQLite database ({why}); it was "
+                    "left as it is: restore it from a backup or give another --db")
+
+
+def _check_sqlite_header(path: Path) -> None:
+    """Refuse a file that is not a SQLite database before SQLite opens it: opening one runs
+    pragmas that write, and its first query fails with a bare DatabaseError."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_SQLITE_HEADER))
+    except OSError:  # missing or unreadable: SQLite's own error says which
+        return
+    if head and head != _SQLITE_HEADER:
+        raise not_sqlite_error(str(path), "no SQLite header")
+
+
+def damaged_sqlite(url: str, exc: BaseException) -> NasError | None:
+    """The one-line error for `exc` when it says the SQLite file at `url` is damaged (a valid
+    header over missing or corrupt pages surfaces only when a page is read), else None."""
+    from sqlalchemy.exc import DatabaseError
+
+    if not isinstance(exc, DatabaseError) or not url.startswith("sqlite"):
+        return None
+    first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else ""
+    if not any(text in first for text in _DAMAGED):
+        return None
+    try:
+        database = make_url(normalise_url(url)).database or url
+    except (ArgumentError, ValueError, NasError):
+        database = url
+    return not_sqlite_error(database, first)
+
+
 def _sqlite_engine(url: str, database: str | None, create: bool) -> Engine:
     in_memory = database in (None, "", ":memory:")
     if not in_memory and not create and not Path(database).expanduser().exists():
         raise NasError(f"--db: SQLite file {database!r} does not exist")
+    if not in_memory:
+        _check_sqlite_header(Path(database).expanduser())
     if not in_memory:
         folder = Path(database).expanduser().resolve().parent
         if not folder.is_dir():
@@ -162,7 +204,12 @@ def ensure_schema(engine: Engine) -> None:
     """Create the schema in an empty database; refuse a database at an unknown revision."""
     try:
         revision = current_revision(engine)
-    except OperationalError as exc:
+    except DatabaseError as exc:
+        damaged = damaged_sqlite(str(engine.url), exc)
+        if damaged is not None:
+            raise damaged from None
+        if not isinstance(exc, OperationalError):
+            raise
         raise NasError(f"--db: cannot connect: {str(exc.orig).strip().splitlines()[0]}") from None
     if revision is None:
         tables = set(inspect(engine).get_table_names())
