@@ -317,7 +317,7 @@ def serve(
     c: Context = ctx.obj
     _interrupt_pauses()
     Server(c.storage(), poll_s=poll_s, lease_ttl_s=lease_ttl_s, max_jobs=max_jobs, once=once,
-           name=name, ray_address=c.ray_address, on_ray_connected=_interrupt_pauses).run()
+           name=name, ray_address=c.ray_address).run()
 
 
 @app.command()

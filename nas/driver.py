@@ -133,8 +133,9 @@ def artifact_dir(database_id: str, job_id: int) -> Path:
 def make_executor(spec: JobSpec, evaluator_spec: EvaluatorSpec, ray_address: str | None):
     from workers.executors import LocalExecutor, RayExecutor
 
-    if spec.executor == "local":
-        return LocalExecutor(evaluator_spec, slots=spec.parallelism)
+    if spec.executor == "local":  # one batch at a time: it runs them one after the other,
+        # and a batch stored as dispatched before it runs is one that may have killed us
+        return LocalExecutor(evaluator_spec, slots=1)
     gpu_trials = evaluator_class(evaluator_spec.evaluator).uses_gpu(evaluator_spec.evaluator_args)
     return RayExecutor(evaluator_spec, slots=spec.parallelism, address=ray_address,
                        max_attempts=spec.max_attempts, gpu_trials=gpu_trials)
@@ -145,6 +146,11 @@ def make_executor(spec: JobSpec, evaluator_spec: EvaluatorSpec, ray_address: str
 #: window turns evolution into random search (measured on NB201 at 100 trials, 30 seeds:
 #: window 1 -> 94.12 test acc, 8 -> 94.17, 16 -> 94.04, 64 -> 93.82, random 93.81).
 CHEAP_BATCH = 4
+
+#: Seconds past the seconds budget before the driver stops trials still out. Workers fail a
+#: trial at the budget's end themselves; this only catches one stuck where no thread can
+#: be abandoned (a worker whose native code holds the interpreter).
+BUDGET_GRACE_S = 10.0
 
 
 def default_batch_size(spec: JobSpec) -> int:
@@ -437,34 +443,62 @@ class _Run:
         self.snapshot = None
 
     def _dispatch(self, executor: Any) -> None:
-        while self.to_dispatch and executor.free_slots() > 0:
-            chunk, self.to_dispatch = self.to_dispatch[:self.batch], self.to_dispatch[self.batch:]
-            tasks = []
-            for slot in chunk:
-                slot.attempt += 1
-                if slot.attempt > self.spec.max_attempts:
-                    self._give_up(slot)
-                    continue
-                tasks.append(TrialTask(slot.number, slot.key, slot.arch, slot.attempt))
-                self.dispatched.append((slot.trial_id, slot.attempt))
+        batches: list[list[TrialTask]] = []
+        while self.to_dispatch and executor.free_slots() > len(batches):
+            tasks = [self._task(slot) for slot in self._next_chunk()
+                     if slot.attempt + 1 <= self.spec.max_attempts or self._give_up(slot)]
             if tasks and self.cache_device is not None:
                 cached = stored_values(self.storage, self.space.name, [t.key for t in tasks],
                                        self.cache_device)
                 for task in tasks:
                     task.cached = cached.get(task.key, {})
             if tasks:
-                executor.submit(tasks)
+                batches.append(tasks)
+        if executor.in_process and self.dispatched:
+            self._commit()  # the attempts are stored before a trial can kill this process
+        for tasks in batches:
+            executor.submit(tasks)
 
-    def _give_up(self, slot: _Slot) -> None:
+    def _next_chunk(self) -> list[_Slot]:
+        """Up to `batch` trials to send together. A trial that was sent before and never
+        finished (its worker or driver died) goes alone: if it is what killed them, it
+        does not take batch-mates down with it again."""
+        size = 1
+        if not self.to_dispatch[0].attempt:
+            while size < min(self.batch, len(self.to_dispatch)) and \
+                    not self.to_dispatch[size].attempt:
+                size += 1
+        chunk, self.to_dispatch = self.to_dispatch[:size], self.to_dispatch[size:]
+        return chunk
+
+    def _task(self, slot: _Slot) -> TrialTask:
+        """The slot's next attempt, recorded for the next commit."""
+        slot.attempt += 1
+        self.dispatched.append((slot.trial_id, slot.attempt))
+        deadline = None
+        if self.spec.budget_seconds is not None:
+            deadline = time.time() + self.spec.budget_seconds - self._elapsed()
+        return TrialTask(slot.number, slot.key, slot.arch, slot.attempt,
+                         timeout_s=self.spec.trial_timeout_s, deadline=deadline)
+
+    def _give_up(self, slot: _Slot) -> bool:
+        """Fail a trial out of attempts (False: it is not dispatched)."""
+        self._fail(slot, f"abandoned after {slot.attempt} attempts: its driver or worker "
+                         "died each time")
+        return False
+
+    def _fail(self, slot: _Slot, error: str) -> None:
         now = time.time()
-        self._accept(TrialResult(
-            slot.number, slot.key, "failed", slot.attempt - 1,
-            error=f"abandoned after {slot.attempt - 1} attempts: its driver or worker died "
-                  "each time", started_at=now, finished_at=now))
+        self._accept(TrialResult(slot.number, slot.key, "failed", slot.attempt, error=error,
+                                 started_at=now, finished_at=now))
 
     # ---- the loop --------------------------------------------------------------------------
+    def _elapsed(self) -> float:
+        """Seconds the job has run, over all its driver sessions."""
+        return self.elapsed_before + time.monotonic() - self.started
+
     def execute(self) -> tuple[str, str | None]:
-        start = time.monotonic()
+        start = self.started = time.monotonic()
         executor = (self.d.executor_factory(self.spec, self.evaluator_spec)
                     if self.d.executor_factory
                     else make_executor(self.spec, self.evaluator_spec, self.d.ray_address))
@@ -493,9 +527,11 @@ class _Run:
                 for result in executor.poll(timeout=self.d.heartbeat_s):
                     self._accept(result)
                 self._tell_in_order()
-                elapsed = self.elapsed_before + time.monotonic() - start
+                elapsed = self._elapsed()
                 if self.spec.budget_seconds is not None and elapsed >= self.spec.budget_seconds:
                     self.target = min(self.target, self.asked)
+                    if elapsed >= self.spec.budget_seconds + BUDGET_GRACE_S:
+                        self._cut_off(executor)
                 if time.monotonic() - last_beat >= self.d.heartbeat_s:
                     last_beat = time.monotonic()
                     if not self.storage.heartbeat(self.job_id, self.d.owner,
@@ -514,6 +550,17 @@ class _Run:
             return "completed", self.note
         finally:
             executor.shutdown()
+
+    def _cut_off(self, executor: Any) -> None:
+        """The seconds budget is spent and trials are still out (workers enforce it, so one
+        that ignores its deadline is stuck): stop them and fail them, saying why."""
+        executor.shutdown()
+        self.to_dispatch = []
+        for slot in list(self.slots.values()):
+            if slot.number not in self.finished and slot.number > self.told:
+                self._fail(slot, "stopped: the job's seconds budget (budget.seconds) ran out "
+                                 "before it finished")
+        self._tell_in_order()
 
     def _all_failed_reason(self) -> str:
         """Why a job none of whose trials completed failed: its most common errors."""

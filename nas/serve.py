@@ -88,7 +88,6 @@ class Server:
         name: str | None = None,
         ray_address: str | None = None,
         log: Log = print_log,
-        on_ray_connected: Callable[[], None] | None = None,
     ) -> None:
         check_options(poll_s, lease_ttl_s, max_jobs, name)
         self.storage = storage
@@ -100,18 +99,22 @@ class Server:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.ray_address = ray_address
         self.log = log
-        self.on_ray_connected = on_ray_connected
-        #: the supervisor's tick: claims, the registry heartbeat and lease extensions
+        #: the tick of the claims loop and of the heartbeat thread
         self.tick_s = min(poll_s, lease_ttl_s / 3)
         self.started = 0
         self._threads: dict[int, threading.Thread] = {}
+        self._threads_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._beating = threading.Event()
 
     # ---- the supervisor loop (main thread) ----------------------------------------------------
     def run(self) -> int:
         """Serve until interrupted (or, with `once`, until one job ran or none was queued);
         returns how many jobs this process started."""
         self.storage.register_server(self.name, self.owner, self.poll_s, self.max_jobs)
+        self._beating.set()
+        beat = threading.Thread(target=self._beat, name="nas-serve-heartbeat", daemon=True)
+        beat.start()
         self.log(f"serve {self.name} (owner {self.owner}) on {self.storage.url}: polling every "
                  f"{self.poll_s:g}s, up to {self.max_jobs} job(s) at once, lease "
                  f"{self.lease_ttl_s:g}s")
@@ -120,8 +123,28 @@ class Server:
         except KeyboardInterrupt:
             self.log("interrupted: pausing the running jobs and stopping")
         finally:
-            self._stop()
+            self._stop(beat)
         return self.started
+
+    def _beat(self) -> None:
+        """The heartbeat thread: every tick, mark this process alive in the registry and
+        extend the leases of the jobs it runs. A thread of its own, so that the process stays
+        alive to others while its main thread is busy (connecting to Ray for a job it just
+        claimed takes seconds): before, a `nas submit` in that window found no live serve
+        and started a detached driver beside it."""
+        while self._beating.is_set():
+            try:
+                if not self.storage.server_heartbeat(self.owner, self._running(),
+                                                     self.lease_ttl_s):
+                    self.storage.register_server(self.name, self.owner, self.poll_s,
+                                                 self.max_jobs)
+            except (DBAPIError, DatabaseUnavailableError) as exc:  # an outage: keep beating
+                self.log(f"database error in the heartbeat (retrying): {_first_line(exc)}")
+            time.sleep(self.tick_s)
+
+    def _running(self) -> list[int]:
+        with self._threads_lock:
+            return list(self._threads)
 
     def _loop(self) -> None:
         while True:
@@ -135,13 +158,10 @@ class Server:
     def _tick(self) -> bool:
         """One supervisor step; True when the process should exit (`once` and done)."""
         self._reap()
-        if not self.storage.server_heartbeat(self.owner, list(self._threads),
-                                             self.lease_ttl_s):
-            self.storage.register_server(self.name, self.owner, self.poll_s, self.max_jobs)
         if self.once and self.started:
             return not self._threads
         while len(self._threads) < self.max_jobs and not (self.once and self.started):
-            job_id = self.storage.claim_job(self.owner, self.lease_ttl_s, list(self._threads))
+            job_id = self.storage.claim_job(self.owner, self.lease_ttl_s, self._running())
             if job_id is None:
                 break
             self._start(job_id)
@@ -151,9 +171,10 @@ class Server:
         return False
 
     def _reap(self) -> None:
-        for job_id, thread in list(self._threads.items()):
-            if not thread.is_alive():
-                del self._threads[job_id]
+        with self._threads_lock:
+            for job_id, thread in list(self._threads.items()):
+                if not thread.is_alive():
+                    del self._threads[job_id]
 
     def _start(self, job_id: int) -> None:
         job = self.storage.get_job(job_id)
@@ -167,7 +188,8 @@ class Server:
                 self.log(f"cannot connect to Ray here: {type(exc).__name__}: {exc}")
         thread = threading.Thread(target=self._run_job, args=(job_id,), daemon=True,
                                   name=f"nas-job-{job_id}")
-        self._threads[job_id] = thread
+        with self._threads_lock:
+            self._threads[job_id] = thread
         thread.start()
 
     def _connect_ray(self) -> None:
@@ -175,23 +197,21 @@ class Server:
         thread needs it."""
         from workers.executors.ray import connect_ray
 
-        connect_ray(self.ray_address)
-        if self.on_ray_connected is not None:
-            self.on_ray_connected()  # e.g. re-install this process's signal handlers
+        connect_ray(self.ray_address)  # it keeps this process's signal handlers
 
-    def _stop(self) -> None:
-        """Interrupt the drivers (each pauses its job at its next heartbeat), wait for them,
-        release what is still leased and leave the registry."""
+    def _stop(self, beat: threading.Thread) -> None:
+        """Interrupt the drivers (each pauses its job at its next heartbeat), wait for them
+        (the heartbeat thread keeps their leases meanwhile), release what is still leased
+        and leave the registry."""
         self._stopping.set()
-        while self._threads:
+        while self._running():
             self._reap()
-            for thread in list(self._threads.values()):
+            with self._threads_lock:
+                threads = list(self._threads.values())
+            for thread in threads:
                 thread.join(self.tick_s)
-            try:
-                self.storage.server_heartbeat(self.owner, list(self._threads),
-                                              self.lease_ttl_s)
-            except (DBAPIError, DatabaseUnavailableError):
-                pass
+        self._beating.clear()
+        beat.join()
         self.storage.release_leases(self.owner)
         self.storage.unregister_server(self.owner)
         self.log(f"serve {self.name} stopped")

@@ -16,7 +16,7 @@ from .strategies._base import ConstraintInfo, ObjectiveInfo
 FIELDS = (
     "name", "space", "space_args", "strategy", "strategy_args", "evaluator", "evaluator_args",
     "objectives", "constraints", "budget", "parallelism", "batch_size", "executor",
-    "max_attempts", "snapshot_every", "keep_weights", "seed",
+    "max_attempts", "trial_timeout_s", "snapshot_every", "keep_weights", "seed",
 )
 EXECUTORS = ("ray", "local")
 MAX_NAME = 200  # jobs.name is VARCHAR(200)
@@ -50,6 +50,7 @@ class JobSpec:
     batch_size: int | None = None
     executor: str = "ray"
     max_attempts: int = 3
+    trial_timeout_s: float | None = None
     snapshot_every: int = 50
     keep_weights: int = 10
     seed: int = 0
@@ -73,8 +74,9 @@ class JobSpec:
         data["constraints"] = [
             {k: v for k, v in asdict(c).items() if v is not None} for c in self.constraints
         ]
-        if self.batch_size is None:
-            data.pop("batch_size")
+        for optional in ("batch_size", "trial_timeout_s"):
+            if data[optional] is None:
+                data.pop(optional)
         return data
 
 
@@ -120,6 +122,10 @@ def _number(path: str, value: Any, positive: bool = False) -> float:
     if not ok or (positive and value <= 0):
         raise _fail(path, "a positive number" if positive else "a finite number", value)
     return float(value)
+
+
+def _optional_positive(path: str, value: Any) -> float | None:
+    return None if value is None else _number(path, value, positive=True)
 
 
 def _str(path: str, value: Any, max_length: int | None = None) -> str:
@@ -291,6 +297,7 @@ def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
         batch_size=None if batch is None else _int("batch_size", batch, 1),
         executor=executor,
         max_attempts=_int("max_attempts", data.get("max_attempts", 3), 1),
+        trial_timeout_s=_optional_positive("trial_timeout_s", data.get("trial_timeout_s")),
         snapshot_every=_int("snapshot_every", data.get("snapshot_every", 50), 1),
         keep_weights=_int("keep_weights", data.get("keep_weights", 10), 0),
         seed=_int("seed", data.get("seed", 0), 0, MAX_SEED),

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -27,7 +26,7 @@ from nas.cli import app
 from nas.driver import Driver
 from nas.serve import Server
 from nas.storage import Storage, utcnow
-from nas.storage.schema import jobs, trials
+from nas.storage.schema import jobs, servers, trials
 from tests.conftest import ROOT, nb201_spec, wait_until
 
 BUDGET = 30
@@ -325,7 +324,8 @@ def test_submit_without_a_live_serve_spawns_a_driver_and_says_so(tmp_path, procs
     storage = Storage(url)
     dead = Storage.new_owner()
     storage.register_server("gone", dead, poll_s=0.1, max_jobs=1)
-    time.sleep(0.4)  # silent for more than 3 poll periods: not alive
+    with storage.engine.begin() as conn:  # silent for more than 3 poll periods and 5 s
+        conn.execute(update(servers).values(heartbeat_at=utcnow() - timedelta(seconds=6)))
     assert storage.live_servers() == []
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(_spec(9, budget=8, delay_s=0.0)))

@@ -9,8 +9,10 @@ import csv
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -138,3 +140,209 @@ def test_a_job_with_some_completed_trials_is_completed(tmp_path):
     assert api.run(storage, job) == "completed"
     counts = storage.trial_counts(job)
     assert counts.get("completed", 0) > 0 and counts.get("failed", 0) > 0, counts
+
+
+# ---- item 2: a trial that kills its process cannot crash-loop the serve processes ------------
+DATASET_MODULE = '''
+import os
+import signal
+import time
+
+import numpy as np
+
+
+def load():
+    """8x8 one-channel noise, 10 classes; kills or hangs the process when told to."""
+    if os.environ.get("NAS_TEST_ABORT"):
+        os.abort()
+    if os.environ.get("NAS_TEST_HANG"):
+        time.sleep(3600)
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 1, 8, 8), dtype=np.float32)
+    y = np.arange(40) % 10
+    return x[:30], y[:30], x[30:], y[30:]
+'''
+
+
+def _train_spec(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A one-epoch `train` job on the dataset function of `DATASET_MODULE`."""
+    (tmp_path / "faultdata.py").write_text(textwrap.dedent(DATASET_MODULE))
+    spec = nb201_spec(
+        space_args={"channels": 4, "cells_per_stage": 1, "input_channels": 1,
+                    "input_size": 8},
+        strategy="random", strategy_args={}, evaluator="train",
+        evaluator_args={"dataset": {"kind": "function", "function": "faultdata:load"},
+                        "epochs": 1, "batch_size": 16, "measure_latency": False},
+        objectives=[{"metric": "val_acc", "mode": "max"}], budget={"trials": 1},
+        parallelism=1, batch_size=1)
+    spec.update(overrides)
+    return spec
+
+
+def test_a_trial_that_aborts_its_process_fails_after_max_attempts(tmp_path, monkeypatch):
+    """The dataset function calls os.abort() in every serve process (as a crash in native
+    code would). Each attempt kills the serve that runs it; with the attempt stored before
+    the trial runs, the serve started after `max_attempts` deaths fails the trial, then the
+    job, and runs the job queued behind it. Before, the attempt was stored only after the
+    trial returned, so every serve that took the job over died, forever."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    storage = Storage(url)
+    crashing = api.submit(storage, _train_spec(tmp_path, max_attempts=2))
+    behind = api.submit(storage, nb201_spec(budget={"trials": 8}))
+    env = _env(tmp_path, NAS_TEST_ABORT="1")
+    deaths = 0
+    for attempt in range(5):
+        log = tmp_path / f"serve-{attempt}.log"
+        with open(log, "w") as out:
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "nas", "--db", url, "serve", "--poll-s", "0.2",
+                 "--lease-ttl-s", "2"], cwd=tmp_path, env=env, stdout=out, stderr=out)
+        try:
+            wait_until(lambda: serve.poll() is not None  # noqa: B023
+                       or status_of(storage, behind) == "completed",
+                       "the serve process to die or finish the queue", timeout=120,
+                       logs=(log,))
+        finally:
+            if serve.poll() is None:
+                serve.send_signal(signal.SIGTERM)
+                serve.wait(30)
+            else:
+                deaths += 1
+                assert serve.returncode == -signal.SIGABRT, log.read_text()
+        if status_of(storage, behind) == "completed":
+            break
+    assert deaths == 2  # one per attempt, then no more
+    job = storage.get_job(crashing)
+    assert job["status"] == "failed", job
+    assert "abandoned after 2 attempts" in job["error"], job["error"]
+    assert storage.trial_counts(crashing) == {"failed": 1}
+    assert storage.trial_counts(behind) == {"completed": 8}
+
+
+def test_a_trial_that_killed_its_batch_runs_alone_on_resume(sqlite_url):
+    """Trials dispatched before and never finished are sent one per batch: a batch-mate of
+    the trial that killed the driver is not killed again with it."""
+    from nas.driver import Driver, _Run, _Slot
+
+    storage = Storage(sqlite_url)
+    job = api.submit(storage, nb201_spec(batch_size=4))
+    run = _Run(Driver(storage, job), api.parse_spec(storage.get_job(job)["spec"]),
+               storage.get_job(job))
+    run.to_dispatch = [_Slot(n, f"k{n}", {}, attempt=a)
+                       for n, a in enumerate([0, 0, 1, 0, 0, 0, 0, 2, 1], start=1)]
+    chunks = []
+    while run.to_dispatch:
+        chunks.append([slot.number for slot in run._next_chunk()])
+    assert chunks == [[1, 2], [3], [4, 5, 6, 7], [8], [9]]
+
+
+# ---- item 14: trial timeouts and a seconds budget that ends the job on time ------------------
+def test_a_hanging_trial_fails_at_its_timeout(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    storage = Storage(f"sqlite:///{tmp_path / 'nas.db'}")
+    job = api.submit(storage, _train_spec(tmp_path, trial_timeout_s=1.5,
+                                          budget={"trials": 2}))
+    monkeypatch.setenv("NAS_TEST_HANG", "1")
+    started = time.monotonic()
+    assert api.run(storage, job) == "failed"
+    assert time.monotonic() - started < 30
+    errors = [line for line, _ in storage.common_errors(job)]
+    assert errors == ["timed out after 1.5 s (trial_timeout_s)"]
+    assert storage.trial_counts(job) == {"failed": 2}
+
+
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.ray)])
+def test_the_seconds_budget_stops_a_job_with_a_hanging_trial_on_time(tmp_path, executor,
+                                                                   monkeypatch):
+    """`budget.seconds: 5` with an evaluator that hangs: the job ends about 5 s in (before,
+    it never ended), the trial failed saying why."""
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    job = api.submit(Storage(url), _train_spec(tmp_path, budget={"seconds": 5},
+                                               executor=executor))
+    started = time.monotonic()
+    result = nas_cli(tmp_path, url, "resume", str(job), "--wait", "--json", timeout=120,
+                     env=_env(tmp_path, NAS_TEST_HANG="1"))
+    took = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    data = json.loads(result.stdout)
+    assert took < 40, took  # a local Ray's start-up included
+    assert data["status"] == "failed" and data["trials"]["failed"] >= 1, data
+    assert "seconds budget (budget.seconds) ran out" in data["error"], data["error"]
+
+
+# ---- item 5: SIGTERM pauses a job that runs on Ray ----------------------------------------------
+def _slow_ray_spec(tmp_path: Path) -> Path:
+    spec = nb201_spec(executor="ray", budget={"trials": 100000},
+                      evaluator_args={"table": "nb201-cifar10", "delay_s": 0.02})
+    path = tmp_path / "ray-job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _driver_pid(storage: Storage, job: int) -> int:
+    owner = storage.get_job(job)["lease_owner"]
+    return int(owner.split(":")[1])
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("how", ["wait", "detached"])
+def test_sigterm_pauses_a_job_that_runs_on_ray(tmp_path, how):
+    """Ray's `ray.init` replaced the SIGTERM handler (sys.exit), so a SIGTERM failed the job
+    ("SystemExit: 15") in `submit --wait` and in detached drivers; it must pause it, as
+    SIGINT does, and `nas resume` then continues it."""
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    storage = Storage(url)
+    spec = _slow_ray_spec(tmp_path)
+    command = [sys.executable, "-m", "nas", "--db", url, "submit", str(spec)]
+    log = tmp_path / "submit.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command + (["--wait"] if how == "wait" else []), cwd=tmp_path,
+                                env=_env(tmp_path), stdout=out, stderr=out)
+    try:
+        wait_until(lambda: storage.list_jobs() and storage.trial_counts(1).get("completed"),
+                   "trials to complete on Ray", timeout=120,
+                   logs=(log, *tmp_path.rglob("driver.log")))
+        pid = proc.pid if how == "wait" else _driver_pid(storage, 1)
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: status_of(storage, 1) != "running", "the job to stop", timeout=60,
+                   logs=(log, *tmp_path.rglob("driver.log")))
+    finally:
+        if proc.poll() is None and how == "detached":
+            proc.wait(30)
+        if proc.poll() is None:
+            proc.kill()
+    job = storage.get_job(1)
+    assert job["status"] == "paused", job
+    assert "SystemExit" not in (job["error"] or "")
+
+
+# ---- item 6: a serve process stays alive to others while it starts a job ---------------------
+@pytest.mark.ray
+def test_a_serve_process_stays_alive_while_it_connects_to_ray(tmp_path):
+    """Its heartbeat stopped while the main thread connected to Ray for a job it had just
+    claimed (seconds), so `nas servers` showed it dead and a `nas submit` in that window
+    started a detached driver beside it. Sampled every 0.1 s from before the claim until
+    trials run: always alive (poll 0.5 s: dead after 5 s of silence; Ray took about 10)."""
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    storage = Storage(url)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        serve = subprocess.Popen([sys.executable, "-m", "nas", "--db", url, "serve",
+                                  "--poll-s", "0.5"], cwd=tmp_path, env=_env(tmp_path),
+                                 stdout=out, stderr=out)
+    try:
+        wait_until(lambda: storage.live_servers(), "the serve process to register",
+                   timeout=60, logs=(log,))
+        job = api.submit(storage, nb201_spec(executor="ray", budget={"trials": 40}))
+        samples = []
+        deadline = time.monotonic() + 120
+        while not storage.trial_counts(job).get("completed") and time.monotonic() < deadline:
+            samples.append(bool(storage.live_servers()))
+            time.sleep(0.1)
+        assert storage.trial_counts(job).get("completed"), log.read_text()
+        assert len(samples) > 10 and all(samples), (samples, log.read_text())
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)

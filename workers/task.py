@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ class TrialTask:
     attempt: int = 1
     #: Values stored earlier under the evaluator's `cache_device()` (metric -> value).
     cached: dict[str, float] = field(default_factory=dict)
+    #: The job's `trial_timeout_s`: the evaluation fails once it has run this long.
+    timeout_s: float | None = None
+    #: When the job's seconds budget runs out (epoch seconds): the evaluation fails then.
+    deadline: float | None = None
 
 
 @dataclass
@@ -96,9 +101,40 @@ def _ray_node_id() -> str | None:
     return context.get_node_id()
 
 
+def _time_limit(task: TrialTask, now: float) -> tuple[float | None, str]:
+    """Seconds the evaluation may run (None: no limit) and the error it fails with then."""
+    limit, reason = task.timeout_s, ""
+    if limit is not None:
+        reason = f"timed out after {limit:g} s (trial_timeout_s)"
+    if task.deadline is not None and (limit is None or task.deadline - now < limit):
+        limit = max(0.0, task.deadline - now)
+        reason = "stopped: the job's seconds budget (budget.seconds) ran out before it finished"
+    return limit, reason
+
+
 def evaluate_one(evaluator: Evaluator, task: TrialTask) -> TrialResult:
-    """Evaluate a task; any exception becomes a failed result carrying its message."""
+    """Evaluate a task; any exception becomes a failed result carrying its message, and an
+    evaluation past the task's time limit (`timeout_s`, `deadline`) a failed result saying so.
+
+    A time-limited evaluation runs in a thread of its own that is abandoned when the limit
+    passes: Python cannot stop a thread, but the job goes on (on Ray the worker process keeps
+    the abandoned thread until Ray retires it)."""
     started = time.time()
+    limit, reason = _time_limit(task, started)
+    if limit is None:
+        return _evaluate(evaluator, task, started)
+    box: list[TrialResult] = []
+    thread = threading.Thread(target=lambda: box.append(_evaluate(evaluator, task, started)),
+                              name=f"nas-trial-{task.number}", daemon=True)
+    thread.start()
+    thread.join(limit)
+    if box:
+        return box[0]
+    return TrialResult(task.number, task.key, "failed", task.attempt, error=reason,
+                       worker=worker_name(), started_at=started, finished_at=time.time())
+
+
+def _evaluate(evaluator: Evaluator, task: TrialTask, started: float) -> TrialResult:
     result = TrialResult(task.number, task.key, "completed", task.attempt, worker=worker_name(),
                          started_at=started)
     try:

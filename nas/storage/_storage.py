@@ -44,8 +44,13 @@ _CHUNK = 500
 #: Job statuses `nas serve` claims: queued jobs, and running jobs whose lease expired (their
 #: driver died). Paused, failed and cancelled jobs wait for `nas resume`.
 CLAIMABLE = ("pending", "running")
-#: A serve process is alive while its last heartbeat is within this many poll periods.
+#: A serve process is alive while its last heartbeat is within this many poll periods...
 SERVER_ALIVE_POLLS = 3.0
+#: ... and at least this many seconds: its heartbeat thread cannot beat while another thread
+#: holds the interpreter, and `ray.init` does for 1.5 s at the end of connecting (measured
+#: here; 2.2 s with the machine busy), so a serve connecting to Ray for a job it claimed
+#: would look dead for a moment with `--poll-s 0.5`.
+SERVER_ALIVE_MIN_S = 5.0
 #: Serve rows silent for this long are dropped when another serve process starts.
 SERVER_FORGET_S = 86400.0
 
@@ -675,7 +680,8 @@ class Storage:
     @retried()
     def list_servers(self) -> list[dict[str, Any]]:
         """The registered serve processes, each with `alive` (a heartbeat within
-        `SERVER_ALIVE_POLLS` poll periods) and `jobs` (those it holds a live lease on)."""
+        `SERVER_ALIVE_POLLS` poll periods, at least `SERVER_ALIVE_MIN_S`) and `jobs` (those it
+        holds a live lease on)."""
         now = utcnow()
         with self.read() as conn:
             rows = conn.execute(select(servers).order_by(servers.c.id)).mappings().all()
@@ -691,7 +697,8 @@ class Storage:
             server["started_at"] = as_utc(server["started_at"])
             server["heartbeat_at"] = as_utc(server["heartbeat_at"])
             silent = (now - server["heartbeat_at"]).total_seconds()
-            server["alive"] = silent <= SERVER_ALIVE_POLLS * server["poll_s"]
+            server["alive"] = silent <= max(SERVER_ALIVE_POLLS * server["poll_s"],
+                                            SERVER_ALIVE_MIN_S)
             server["jobs"] = held.get(server["owner"], [])
             result.append(server)
         return result

@@ -14,6 +14,11 @@ if TYPE_CHECKING:  # importing weight_sharing imports torch: seconds a driver ne
 class Executor(abc.ABC):
     """Runs batches of trials somewhere; at most `slots` batches are in flight at once."""
 
+    #: Trials run in the driver's own process: one that kills the process (a crash in native
+    #: code, `os.abort()`) kills the driver, so the driver stores each attempt before it
+    #: submits a batch (else a resume would run the trial as its first attempt forever).
+    in_process: bool = False
+
     def __init__(self, spec: EvaluatorSpec, slots: int) -> None:
         self.spec = spec
         self.slots = slots

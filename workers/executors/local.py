@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 
 class LocalExecutor(Executor):
+    in_process = True
+
     def __init__(self, spec: EvaluatorSpec, slots: int = 1) -> None:
         super().__init__(spec, slots)
         self._queue: deque[list[TrialTask]] = deque()
@@ -69,3 +71,4 @@ class LocalExecutor(Executor):
 
     def shutdown(self) -> None:
         self.stop_search()
+        self._queue.clear()

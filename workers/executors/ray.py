@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -16,18 +20,37 @@ if TYPE_CHECKING:
 
 
 def connect_ray(address: str | None = None) -> Any:
-    """`ray.init` on a local instance (address None) or an existing cluster."""
+    """`ray.init` on a local instance (address None) or an existing cluster, keeping this
+    process's SIGINT and SIGTERM handlers (see `_signal_handlers_kept`)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            ignore_reinit_error=True,
-        )
+        with _signal_handlers_kept():
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                ignore_reinit_error=True,
+            )
     return ray
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Restore the SIGINT/SIGTERM handlers after the block. `ray.init` installs its own
+    SIGTERM handler (`sys.exit`), which turned a SIGTERM meant to pause a job into a failed
+    job ("SystemExit: 15"); ours pauses it. Handlers live in the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 #: A `NodeDiedError` names the node (its message is the only place Ray puts the id).
@@ -125,7 +148,7 @@ class RayExecutor(Executor):
         """Resubmit the trials of a lost batch, or fail those out of attempts."""
         reason = type(exc).__name__
         self._note_dead_nodes(exc)
-        retry = [TrialTask(t.number, t.key, t.arch, t.attempt + 1, t.cached) for t in batch
+        retry = [replace(t, attempt=t.attempt + 1) for t in batch
                  if t.attempt < self.max_attempts]
         if retry:
             self.submit(retry)
