@@ -131,6 +131,35 @@ def test_darts_derivation_maps_supernet_ops_to_the_space_without_none():
                 for op in node["ops"]} == {target}
 
 
+def _batchnorms(module: torch.nn.Module) -> list[torch.nn.BatchNorm2d]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("space_name", ["nb201", "darts"])
+@pytest.mark.parametrize("k", [1, 4])
+def test_search_ops_use_non_affine_batchnorm_and_discrete_nets_affine(space_name, k):
+    """Issue 17 item 17: in the DARTS / PC-DARTS search network every BN of a candidate
+    operation (and of the darts cells' input preprocessing) is non-affine, so BN cannot
+    rescale an op's output against its architecture weight; the stem, NB201's residual
+    reductions and head, and every network built for evaluation keep affine BN."""
+    from workers.weight_sharing.mixed import DartsMixedCell, build_supernet
+
+    space = get_space(space_name)
+    net = build_supernet(space, channels=8, cells=1 if space_name == "nb201" else 3,
+                         num_classes=10, input_channels=1, k=k)
+    in_ops = {id(bn) for m in net.modules() if isinstance(m, MixedOp) for bn in _batchnorms(m)}
+    in_ops |= {id(bn) for m in net.modules() if isinstance(m, DartsMixedCell)
+               for bn in _batchnorms(m.preprocess0) + _batchnorms(m.preprocess1)}
+    assert len(in_ops) > 20
+    for bn in _batchnorms(net):
+        assert bn.affine == (id(bn) not in in_ops)
+        assert bn.track_running_stats
+    assert _batchnorms(net.stem)[0].affine
+    arch = space.sample(np.random.default_rng(0))
+    built = _batchnorms(space.build(arch))
+    assert built and all(bn.affine for bn in built)
+
+
 @pytest.mark.parametrize("space_name", ["nb201", "darts"])
 @pytest.mark.parametrize("k", [1, 4])
 def test_partial_channels_reach_the_ops(space_name, k):

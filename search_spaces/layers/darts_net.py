@@ -17,49 +17,52 @@ from .pooling import GlobalAvgPool
 
 
 class ReLUConvBN(nn.Sequential):
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1,
+                 affine: bool = True) -> None:
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-            nn.BatchNorm2d(c_out),
+            nn.BatchNorm2d(c_out, affine=affine),
         )
 
 
 class DilConv(nn.Sequential):
     """ReLU - depthwise conv (optionally dilated, carrying the stride) - 1x1 conv - BN."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, dilation: int) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, dilation: int,
+                 affine: bool = True) -> None:
         padding = dilation * (kernel - 1) // 2
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_in, kernel, stride=stride, padding=padding, dilation=dilation,
                       groups=c_in, bias=False),
             nn.Conv2d(c_in, c_out, 1, bias=False),
-            nn.BatchNorm2d(c_out),
+            nn.BatchNorm2d(c_out, affine=affine),
         )
 
 
 class SepConv(nn.Sequential):
     """The DARTS separable conv: the undilated `DilConv` stack twice, the first strided."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int,
+                 affine: bool = True) -> None:
         super().__init__(
-            DilConv(c_in, c_in, kernel, stride, dilation=1),
-            DilConv(c_in, c_out, kernel, 1, dilation=1),
+            DilConv(c_in, c_in, kernel, stride, dilation=1, affine=affine),
+            DilConv(c_in, c_out, kernel, 1, dilation=1, affine=affine),
         )
 
 
 class FactorizedReduce(nn.Module):
     """Halve the side with two 1x1 stride-2 convs on pixel grids offset by one, concatenated."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, affine: bool = True) -> None:
         super().__init__()
         if c_out % 2:
             raise ValueError(f"FactorizedReduce needs an even number of channels, got {c_out}")
         self.relu = nn.ReLU(inplace=False)
         self.conv_a = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.conv_b = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(c_out)
+        self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
@@ -80,15 +83,17 @@ class Zero(nn.Module):
         return x * 0.0
 
 
-def make_op(op: str, channels: int, stride: int) -> nn.Module:
+def make_op(op: str, channels: int, stride: int, affine: bool = True) -> nn.Module:
+    """One edge operation; `affine=False` (the search supernet's candidate operations, as
+    in the DARTS search network) gives its BatchNorms no learned scale and shift."""
     if op == "none":
         return Zero(stride)
     if op == "skip_connect":
-        return nn.Identity() if stride == 1 else FactorizedReduce(channels, channels)
+        return nn.Identity() if stride == 1 else FactorizedReduce(channels, channels, affine)
     if op in ("sep_conv_3x3", "sep_conv_5x5"):
-        return SepConv(channels, channels, int(op[-1]), stride)
+        return SepConv(channels, channels, int(op[-1]), stride, affine)
     if op in ("dil_conv_3x3", "dil_conv_5x5"):
-        return DilConv(channels, channels, int(op[-1]), stride, dilation=2)
+        return DilConv(channels, channels, int(op[-1]), stride, dilation=2, affine=affine)
     if op == "max_pool_3x3":
         return nn.MaxPool2d(3, stride=stride, padding=1)
     if op == "avg_pool_3x3":

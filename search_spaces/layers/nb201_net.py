@@ -10,11 +10,12 @@ from .pooling import GlobalAvgPool
 
 
 class ReLUConvBN(nn.Sequential):
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int,
+                 affine: bool = True) -> None:
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-            nn.BatchNorm2d(c_out),
+            nn.BatchNorm2d(c_out, affine=affine),
         )
 
 
@@ -23,15 +24,17 @@ class Zero(nn.Module):
         return x * 0.0
 
 
-def make_op(op: str, channels: int) -> nn.Module:
+def make_op(op: str, channels: int, affine: bool = True) -> nn.Module:
+    """One cell operation; `affine=False` (the search supernets' candidate operations, as
+    in DARTS) gives its BatchNorm no learned scale and shift."""
     if op == "none":
         return Zero()
     if op == "skip_connect":
         return nn.Identity()
     if op == "nor_conv_1x1":
-        return ReLUConvBN(channels, channels, 1, 1)
+        return ReLUConvBN(channels, channels, 1, 1, affine)
     if op == "nor_conv_3x3":
-        return ReLUConvBN(channels, channels, 3, 1)
+        return ReLUConvBN(channels, channels, 3, 1, affine)
     if op == "avg_pool_3x3":
         return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
     raise ValueError(f"unknown NAS-Bench-201 operation {op!r}")

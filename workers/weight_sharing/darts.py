@@ -93,9 +93,12 @@ class DifferentiableSearch(WeightSharingSearch):
         return 1
 
     def _config(self) -> dict[str, Any]:
+        # `candidate_bn`: checkpoints of supernets with affine candidate BN (before it was
+        # made non-affine, as in DARTS) are of another search and refused on resume
         return {"channels": self.channels, "cells": self.cells, "lr": self.lr,
                 "weight_decay": self.weight_decay, "arch_lr": self.arch_lr,
-                "arch_weight_decay": self.arch_weight_decay, "top": self.top}
+                "arch_weight_decay": self.arch_weight_decay, "top": self.top,
+                "candidate_bn": "non-affine"}
 
     # ---- setup -------------------------------------------------------------------------
     def prepare(self) -> None:

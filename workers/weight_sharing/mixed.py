@@ -10,6 +10,12 @@ Partial channels (PC-DARTS, Xu et al. 2020): with `k > 1` only the first 1/k of 
 input channels go through the candidate operations, the rest bypass them (max-pooled on a
 stride-2 edge), the two parts are concatenated and the channels shuffled (groups of k).
 
+BatchNorm: every BN of a candidate operation (and of a darts cell's input preprocessing) is
+non-affine, as in the DARTS and PC-DARTS search networks, so that a learned BN scale cannot
+rescale an operation's output against its architecture weight; the stem, NB201's residual
+reductions and the head keep affine BN, and the discrete networks built for evaluation
+(`space.build`) are affine throughout.
+
 Edge normalisation (also PC-DARTS): optional per-edge weights (softmax of beta over the input
 edges of a node) multiply each edge's output before the node sums them.
 
@@ -112,7 +118,7 @@ class NB201MixedCell(nn.Module):
         super().__init__()
         ops = nb201_space.OPS
         self.edges = nn.ModuleList(
-            MixedOp([nb201_net.make_op(op, channels // k) for op in ops], ops, k)
+            MixedOp([nb201_net.make_op(op, channels // k, affine=False) for op in ops], ops, k)
             for _ in nb201_space.EDGES)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
@@ -163,8 +169,9 @@ class NB201Supernet(nn.Module):
 
 # ---- DARTS -----------------------------------------------------------------------------
 def _darts_op(op: str, channels: int, stride: int) -> nn.Module:
-    """The space's operation; pools get a non-affine BN as in the DARTS search network."""
-    module = darts_net.make_op(op, channels, stride)
+    """The space's operation with non-affine BN; pools get a non-affine BN after them, as
+    in the DARTS search network."""
+    module = darts_net.make_op(op, channels, stride, affine=False)
     if op.endswith("pool_3x3"):
         return nn.Sequential(module, nn.BatchNorm2d(channels, affine=False))
     return module
@@ -175,10 +182,10 @@ class DartsMixedCell(nn.Module):
         super().__init__()
         c = plan.c
         self.reduction = plan.reduction
-        self.preprocess0 = (darts_net.FactorizedReduce(plan.c_prev_prev, c)
+        self.preprocess0 = (darts_net.FactorizedReduce(plan.c_prev_prev, c, affine=False)
                             if plan.reduction_prev else
-                            darts_net.ReLUConvBN(plan.c_prev_prev, c, 1))
-        self.preprocess1 = darts_net.ReLUConvBN(plan.c_prev, c, 1)
+                            darts_net.ReLUConvBN(plan.c_prev_prev, c, 1, affine=False))
+        self.preprocess1 = darts_net.ReLUConvBN(plan.c_prev, c, 1, affine=False)
         ops = DARTS_SEARCH_OPS
         edges = []
         for i in range(darts_space.NODES):
