@@ -584,8 +584,12 @@ def _plot_front(rows: list[dict[str, Any]], front: list[dict[str, Any]],
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    from .export import write_atomically
+
+    try:
+        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"), option="--plot")
+    finally:
+        plt.close(fig)
 
 
 @app.command()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +58,43 @@ def export_trial(storage: Storage, job_id: int, number: int | None, fmt: str,
     if fmt != "json":
         summary["weights"] = "trained" if weights else "initialised"
     if fmt == "json":
-        target.write_text(json.dumps(summary, indent=2) + "\n")
+        text = json.dumps(summary, indent=2) + "\n"
+        write_atomically(target, lambda tmp: tmp.write_text(text), option="-o")
     else:
-        _export_model(space, trial["arch"], fmt, target, seed=int(spec.get("seed", 0)),
-                      weights=weights)
+        write_atomically(target, lambda tmp: _export_model(
+            space, trial["arch"], fmt, tmp, seed=int(spec.get("seed", 0)), weights=weights),
+            option="-o")
     storage.add_artifact(job_id, f"export-{fmt}", str(target.resolve()))
     return summary
+
+
+def write_atomically(target: Path, write: Callable[[Path], None], option: str) -> None:
+    """Run `write(tmp)` on a temporary file in `target`'s folder, then rename it over `target`
+    (atomic on one filesystem): an export that fails or is killed leaves an existing file
+    whole, never truncated. A write error is one NasError naming `option`."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                        dir=target.parent)
+    except OSError as exc:
+        raise NasError(f"{option}: cannot write in folder {str(target.parent)!r}: "
+                       f"{exc.strerror or exc}") from None
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        tmp.chmod(0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise NasError(f"{option}: cannot write {str(target)!r}: {exc.strerror or exc}") \
+            from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _export_model(space: Any, arch: dict[str, Any], fmt: str, target: Path, seed: int,
