@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import reprlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -204,8 +204,9 @@ def _budget(value: Any) -> tuple[int | None, float | None]:
     return trials, seconds
 
 
-def _build_components(spec: JobSpec) -> None:
-    """Instantiate space, strategy and evaluator once, so their own argument checks run."""
+def _build_components(spec: JobSpec) -> JobSpec:
+    """Instantiate space, strategy and evaluator once, so their own argument checks run;
+    returns the spec with their arguments in canonical form (`_canonical_args`)."""
     from search_spaces import get_space, list_spaces
     from workers.evaluators import get_evaluator, list_evaluators
 
@@ -217,6 +218,7 @@ def _build_components(spec: JobSpec) -> None:
         raise _fail("strategy", f"one of {', '.join(list_strategies())}", spec.strategy)
     if spec.evaluator not in list_evaluators():
         raise _fail("evaluator", f"one of {', '.join(list_evaluators())}", spec.evaluator)
+    spec = _canonical_args(spec)
     space = _construct("space_args", lambda: get_space(spec.space, **spec.space_args))
     _construct("strategy_args",
                lambda: get_strategy(spec.strategy, space, seed=spec.seed, **spec.strategy_args))
@@ -243,6 +245,7 @@ def _build_components(spec: JobSpec) -> None:
             hint = ", ".join(sorted(devices)) or "none: set evaluator_args.latency_table"
             raise _fail(f"constraints[{i}].device", f"a device the evaluator reports ({hint})",
                         constraint.device)
+    return spec
 
 
 def _construct(path: str, make: Any) -> Any:
@@ -257,9 +260,25 @@ def _construct(path: str, make: Any) -> Any:
     except (ValueError, KeyError) as exc:
         text = str(exc).strip("'\"")
         if text.startswith(path):
-            raise SpecError(f"spec field '{text.split(' ', 1)[0]}': {text.split(' ', 1)[1]}") \
-                from None
+            field, rest = text.split(" ", 1)
+            raise SpecError(f"spec field '{field.rstrip(':')}': {rest}") from None
         raise SpecError(f"spec field '{path}': {text}") from None
+
+
+def _canonical_args(spec: JobSpec) -> JobSpec:
+    """The spec with strategy and evaluator arguments as they are stored: every file path
+    absolute and each file's digest under `checksums`, so what was checked here is what a
+    driver or worker started anywhere else reads (or it refuses, naming the file)."""
+    from workers.evaluators import evaluator_class
+
+    from .strategies import strategy_class
+
+    strategy_args = _construct(
+        "strategy_args", lambda: strategy_class(spec.strategy).canonical_args(spec.strategy_args))
+    evaluator_args = _construct(
+        "evaluator_args",
+        lambda: evaluator_class(spec.evaluator).canonical_args(spec.evaluator_args))
+    return replace(spec, strategy_args=strategy_args, evaluator_args=evaluator_args)
 
 
 def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
@@ -303,7 +322,7 @@ def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
         seed=_int("seed", data.get("seed", 0), 0, MAX_SEED),
     )
     if check_components:
-        _build_components(spec)
+        spec = _build_components(spec)
     return spec
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .files import with_checksums
+
 KINDS = ("digits", "cifar10", "npz", "function")
 _OPTIONS = {"kind", "path", "function", "val_fraction", "limit", "seed"}
 
@@ -78,6 +80,17 @@ class DatasetSpec:
                 return _nchw_shape(data["x"].shape)
         return None
 
+    def files(self) -> list[str]:
+        """The files `load` reads (absolute paths), for their checksums at submit."""
+        if self.kind == "npz":
+            return [str(self.path)]
+        if self.kind == "cifar10":
+            folder = Path(str(self.path))
+            found = sorted(folder.glob("data_batch_*")) + \
+                ([folder / "test_batch"] if (folder / "test_batch").is_file() else [])
+            return [str(p) for p in found]
+        return []
+
     def load(self) -> Dataset:
         loaders = {"digits": _load_digits, "cifar10": _load_cifar10, "npz": _load_npz,
                    "function": _load_function}
@@ -113,6 +126,32 @@ def parse_dataset(value: Any) -> DatasetSpec:
     if kind == "npz":
         _check_npz(spec.path)
     return spec
+
+
+def canonical_dataset(value: Any) -> tuple[Any, list[str]]:
+    """`evaluator_args.dataset` as a job stores it -- in the form given, its path made
+    absolute -- and the files it reads; ValueError as `parse_dataset`."""
+    spec = parse_dataset(value)
+    if spec.path is None:
+        return value, []
+    if isinstance(value, str):
+        canonical: Any = f"{value.partition(':')[0]}:{spec.path}"
+    else:
+        canonical = {**value, "path": spec.path}
+    return canonical, spec.files()
+
+
+def pin_dataset(args: dict[str, Any], field: str = "evaluator_args") -> dict[str, Any]:
+    """`args` (evaluator or strategy arguments) with `dataset` as checked here
+    (`canonical_dataset`) and the digests of its files under `checksums`
+    (`workers.files`): a worker in another folder reads the same data or refuses."""
+    if args.get("dataset") is None:
+        return dict(args)
+    try:
+        canonical, files = canonical_dataset(args["dataset"])
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("evaluator_args.", f"{field}.")) from None
+    return with_checksums({**args, "dataset": canonical}, files, field)
 
 
 # ---- option parsing ------------------------------------------------------------------------

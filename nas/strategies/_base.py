@@ -98,6 +98,12 @@ class Strategy(abc.ABC):
         self.rng = np.random.default_rng(seed)
         self.context = SearchContext()
 
+    @classmethod
+    def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """`strategy_args` as the job stores them: file paths absolute, with `checksums`
+        (see `workers.evaluators.Evaluator.canonical_args`); by default unchanged."""
+        return dict(args)
+
     def bind(self, context: SearchContext) -> None:
         """Receive the job's objectives, constraints and look-ups (before the first ask)."""
         self.context = context
@@ -179,4 +185,9 @@ def strategy_class(name: str) -> type[Strategy]:
 
 
 def get_strategy(name: str, space: SearchSpace, seed: int = 0, **args: Any) -> Strategy:
-    return strategy_class(name)(space, seed=seed, **args)
+    """Build a strategy; the files pinned in `checksums` must be the ones submitted."""
+    from workers.files import CHECKSUMS, verify_checksums
+
+    cls = strategy_class(name)
+    verify_checksums(args.pop(CHECKSUMS, None), "strategy_args")
+    return cls(space, seed=seed, **args)

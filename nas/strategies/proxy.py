@@ -96,6 +96,12 @@ class ProxySearch(Strategy):
         self.population: deque[tuple[str, float]] = deque(maxlen=self.population_size)
         self.best: tuple[float, str] | None = None
 
+    @classmethod
+    def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        from workers.datasets import pin_dataset
+
+        return pin_dataset(args, "strategy_args")
+
     # ---- the pool ---------------------------------------------------------------------------
     @property
     def scored(self) -> bool:

@@ -41,6 +41,12 @@ class WeightSharingStrategy(Strategy):
         self.cursor = 0
         self.best: tuple[float, str] | None = None  # (score, key) of the best told trial
 
+    @classmethod
+    def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        from workers.datasets import pin_dataset
+
+        return pin_dataset(args, "strategy_args")
+
     # ---- the search -----------------------------------------------------------------------------
     @property
     def searched(self) -> bool:

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 from search_spaces import Arch, SearchSpace
 
+from ..files import CHECKSUMS, verify_checksums
+
 _REGISTRY: dict[str, type[Evaluator]] = {}
 
 
@@ -46,6 +48,14 @@ class Evaluator(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, arch: Arch, key: str) -> Evaluation:
         """Metrics of one architecture; raise `EvaluationError` for an expected failure."""
+
+    @classmethod
+    def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """`evaluator_args` as the job stores them: every file path made absolute and the
+        digest of every file read under `checksums` (`workers.files.with_checksums`), so a
+        driver or worker in another folder reads what the submitter checked. The default:
+        no files, unchanged."""
+        return dict(args)
 
     @classmethod
     def uses_gpu(cls, args: dict[str, Any]) -> bool:
@@ -96,4 +106,7 @@ def evaluator_class(name: str) -> type[Evaluator]:
 
 
 def get_evaluator(name: str, space: SearchSpace, **args: Any) -> Evaluator:
-    return evaluator_class(name)(space, **args)
+    """Build an evaluator; the files pinned in `checksums` must be the ones submitted."""
+    cls = evaluator_class(name)
+    verify_checksums(args.pop(CHECKSUMS, None), "evaluator_args")
+    return cls(space, **args)

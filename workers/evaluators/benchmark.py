@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from search_spaces import Arch, SearchSpace
 
+from ..files import with_checksums
 from ..latency import device_key, measure_latency_ms
-from ..tables import load_table
+from ..tables import BUILTIN_TABLES, load_table, resolve_table
 from ._base import Evaluation, EvaluationError, Evaluator, Measurement, register_evaluator
 
 DEFAULT_TABLES = {"nb201": "nb201-cifar10"}
@@ -52,6 +54,20 @@ class BenchmarkEvaluator(Evaluator):
         self.latency = load_table(latency_table) if latency_table else None
         self.measure_latency = bool(measure_latency)
         self.delay_s = float(delay_s)
+
+    @classmethod
+    def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """Table paths absolute (built-in names stay names), with their checksums."""
+        out, files = dict(args), []
+        for name in ("table", "latency_table"):
+            value = out.get(name)
+            if isinstance(value, str) and value not in BUILTIN_TABLES:
+                try:
+                    out[name] = resolve_table(value)
+                except ValueError as exc:
+                    raise ValueError(f"evaluator_args.{name}: {exc}") from None
+                files.append(out[name])
+        return with_checksums(out, files, "evaluator_args")
 
     def metric_names(self) -> set[str]:
         return set(self.table.columns) | {"params", "flops"}

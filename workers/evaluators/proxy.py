@@ -39,7 +39,7 @@ from typing import Any
 
 from search_spaces import Arch, SearchSpace
 
-from ..datasets import DatasetSpec, parse_dataset
+from ..datasets import DatasetSpec, parse_dataset, pin_dataset
 from ._base import Evaluation, EvaluationError, Evaluator, register_evaluator
 
 #: Chosen by `bench/proxies.py` on NAS-Bench-201 (see bench/results/proxies.json).
@@ -97,6 +97,10 @@ class ProxyEvaluator(Evaluator):
                 raise ValueError(f"space {space.name!r} expects {shape[0]} input channels but "
                                  f"dataset {self.dataset_spec.describe()} has {data_shape[0]}")
         self._batch: tuple[Any, Any] | None = None
+
+    @classmethod
+    def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        return dict(args) if args.get("dataset") == GAUSSIAN else pin_dataset(args)
 
     # ---- data ----------------------------------------------------------------------------
     def data_key(self) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from search_spaces import Arch, SearchSpace
 
-from ..datasets import Dataset, DatasetSpec, parse_dataset
+from ..datasets import Dataset, DatasetSpec, parse_dataset, pin_dataset
 from ..latency import device_key, measure_latency_ms
 from ..torch_device import gpu_device_key, resolve_device
 from ..training import TrainConfig, TrainingDiverged, evaluate_model, train_model
@@ -75,6 +75,10 @@ class TrainEvaluator(Evaluator):
                 f"space {self.space.name!r} expects inputs {tuple(space_shape)} but dataset "
                 f"{self.dataset_spec.describe()} has {tuple(data_shape)}: set space_args "
                 f"input_channels: {c}, input_size: {h}")
+
+    @classmethod
+    def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        return pin_dataset(args)
 
     def metric_names(self) -> set[str]:
         names = {"val_acc", "val_loss", "train_loss", "train_time_s", "params", "flops",
