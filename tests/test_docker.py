@@ -83,3 +83,68 @@ def test_the_image_installs_what_setup_installs():
     for source in copied:
         assert (ROOT / source).exists(), source
     assert 'ENTRYPOINT ["nas"]' in dockerfile
+
+
+# ---- secrets and exposure (issue 17, item 15b) --------------------------------------------
+def _strings(value: object) -> list[str]:
+    """Every string in a parsed YAML value."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+def _secret_file(compose: dict, name: str) -> Path:
+    return (DOCKER / compose["secrets"][name]["file"]).resolve()
+
+
+def test_postgres_takes_its_password_from_a_secret_that_is_not_committed():
+    compose = _compose()
+    postgres = compose["services"]["postgres"]
+    env = postgres["environment"]
+    assert "POSTGRES_HOST_AUTH_METHOD" not in env  # the image's default: scram-sha-256
+    assert "trust" not in (DOCKER / "compose.yaml").read_text().lower()  # nor via initdb args
+    assert "POSTGRES_PASSWORD" not in env  # no password in the compose file itself
+    name = env["POSTGRES_PASSWORD_FILE"].removeprefix("/run/secrets/")
+    assert name in postgres["secrets"]
+    secret = _secret_file(compose, name)
+    relative = str(secret.relative_to(ROOT))
+    tracked = subprocess.run(["git", "ls-files", "--", relative], cwd=ROOT, text=True,
+                             capture_output=True, check=True).stdout
+    assert tracked == "", f"{relative} is committed"
+    ignored = subprocess.run(["git", "check-ignore", "-q", relative], cwd=ROOT)
+    assert ignored.returncode == 0, f"{relative} is not in .gitignore"
+
+
+def test_nas_gets_the_password_from_the_same_secret_and_no_url_holds_one():
+    from sqlalchemy.engine import make_url
+
+    compose = _compose()
+    serve = compose["services"]["serve"]
+    postgres_env = compose["services"]["postgres"]["environment"]
+    name = postgres_env["POSTGRES_PASSWORD_FILE"].removeprefix("/run/secrets/")
+    assert name in serve["secrets"]
+    assert serve["environment"]["NAS_DB_PASSWORD_FILE"] == f"/run/secrets/{name}"
+    url = make_url(serve["environment"]["NAS_DB_URL"])
+    assert url.password is None and url.username == postgres_env["POSTGRES_USER"]
+    for service in compose["services"].values():  # no service holds a password in plain text
+        for text in _strings(service.get("command", [])) + _strings(service.get("environment")):
+            assert not re.search(r"://[^/@\s]*:[^/@\s]*@", text), text
+            assert "PASSWORD=" not in text.upper(), text
+    for name, service in compose["services"].items():  # Ray's nodes never touch the database
+        if name.startswith("ray-"):
+            assert "secrets" not in service, name
+    source = (ROOT / "nas" / "storage" / "_engine.py").read_text()
+    assert '"NAS_DB_PASSWORD_FILE"' in source
+
+
+def test_neither_the_database_nor_ray_publishes_a_port_and_the_readme_says_so():
+    services = _compose()["services"]
+    for name in ("postgres", "ray-head", "ray-worker"):
+        assert "ports" not in services[name], f"{name} publishes a port"
+    readme = (DOCKER / "README.md").read_text()
+    for port in ("5432", "6379", "8265", "10001"):  # PostgreSQL, Ray GCS, dashboard, client
+        assert port in readme, port

@@ -165,3 +165,64 @@ def test_serve_announces_the_database_without_its_password(secret_url, tmp_path)
     code, listed = _nas("--db", url, "servers", "--json")
     assert code == 0 and password not in listed
     assert time.monotonic() - started < 120
+
+
+# ---- a server that checks passwords (scram-sha-256), as the Docker setup runs ----------------
+@pytest.fixture(scope="module")
+def scram_pg() -> Iterator[tuple[str, str]]:
+    """(URL without a password, password): a private server where every role but `postgres`
+    logs in with a password over TCP, and a database owned by such a role."""
+    from tests.conftest import skip_or_fail
+    from tests.private_pg import PrivatePostgres, postgres_bindir
+
+    bindir = postgres_bindir()
+    if bindir is None:
+        skip_or_fail("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
+    server = PrivatePostgres(bindir)
+    (server.data / "pg_hba.conf").write_text(
+        "local all all trust\nhost all postgres 127.0.0.1/32 trust\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n")
+    server.start()
+    password = f"Pw{uuid.uuid4().hex}"
+    server.new_database("jobs")
+    from sqlalchemy import create_engine
+
+    admin = create_engine(server.url.replace("postgresql://", "postgresql+psycopg://", 1),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE ann LOGIN PASSWORD '{password}'"))
+        conn.execute(text('ALTER DATABASE "jobs" OWNER TO ann'))
+    admin.dispose()
+    try:
+        yield f"postgresql://ann@127.0.0.1:{server.port}/jobs", password
+    finally:
+        server.remove()
+
+
+def test_the_password_can_come_from_a_file_as_docker_secrets_give_it(scram_pg, tmp_path,
+                                                                    monkeypatch):
+    url, password = scram_pg
+    code, output = _nas("--db", url, "list")  # the server wants a password: none given
+    assert code != 0 and "password" in output and password not in output, output
+    secret = tmp_path / "db_password"
+    secret.write_text(password + "\n")  # as `echo` or an editor leaves it
+    monkeypatch.setenv("NAS_DB_PASSWORD_FILE", str(secret))
+    code, output = _nas("--db", url, "list", "--json")
+    assert code == 0 and json.loads(output) == [], output
+    secret.write_text("not-the-password")
+    code, output = _nas("--db", url, "list")
+    assert code != 0 and "password authentication failed" in output, output
+    assert "not-the-password" not in output
+    monkeypatch.setenv("NAS_DB_PASSWORD_FILE", str(tmp_path / "missing"))
+    code, output = _nas("--db", url, "list")
+    assert code == 2 and "NAS_DB_PASSWORD_FILE" in output, output
+
+
+def test_a_wrong_password_in_the_url_is_refused_without_echoing_it(scram_pg):
+    url, password = scram_pg
+    wrong = f"Wrong{uuid.uuid4().hex}"
+    code, output = _nas("--db", url.replace("ann@", f"ann:{wrong}@"), "list")
+    assert code != 0 and "password authentication failed" in output, output
+    assert wrong not in output
+    code, output = _nas("--db", url.replace("ann@", f"ann:{password}@"), "status", "7")
+    assert code == 2 and "no job 7" in output and password not in output, output

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
@@ -52,6 +53,25 @@ def normalise_url(url: str) -> str:
     return url
 
 
+#: A file holding the PostgreSQL password (a Docker secret, `/run/secrets/...`), for a URL
+#: without one: the password then lives in no URL, environment variable or command line.
+PASSWORD_FILE_ENV = "NAS_DB_PASSWORD_FILE"
+
+
+def _with_password_file(url: URL) -> URL:
+    """`url` with the password read from `NAS_DB_PASSWORD_FILE` when it has none (the file's
+    whole content less a trailing newline, as the postgres image reads POSTGRES_PASSWORD_FILE)."""
+    path = os.environ.get(PASSWORD_FILE_ENV)
+    if not path or url.password is not None:
+        return url
+    try:
+        password = Path(path).read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NasError(f"{PASSWORD_FILE_ENV}: cannot read {path!r}: "
+                       f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+    return url.set(password=password)
+
+
 def make_engine(url: str, create: bool = True) -> Engine:
     """An engine for `url`; with `create=False` a SQLite file must exist already."""
     url = normalise_url(url)
@@ -65,7 +85,8 @@ def make_engine(url: str, create: bool = True) -> Engine:
     try:
         if backend == "sqlite":
             return _sqlite_engine(url, parsed.database, create)
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        return create_engine(_with_password_file(parsed), pool_pre_ping=True, pool_size=5,
+                             max_overflow=5)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise NasError(f"--db: no driver for {mask_url(url)!r}: {exc}") from None
 
