@@ -57,7 +57,10 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
 
 
+# a traceback never shows local variables (a database URL with its password), whatever
+# typer's default (True in older releases)
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_show_locals=False,
                   help="Neural architecture search: submit jobs, follow them, query and export "
                        "the architectures they found.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")

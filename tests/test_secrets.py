@@ -69,6 +69,10 @@ def test_mask_url_hides_only_the_password():
         assert "s3cret" not in mask_url(bad) and "cr/et" not in mask_url(bad), bad
 
 
+def test_a_traceback_never_shows_local_variables():
+    assert app.pretty_exceptions_show_locals is False  # `url` would hold the password
+
+
 def test_an_unknown_job_names_the_database_without_its_password(secret_url):
     url, password = secret_url
     code, output = _nas("--db", url, "status", "99")
