@@ -187,6 +187,7 @@ def test_partial_channels_reach_the_ops(space_name, k):
 @pytest.mark.parametrize("name,kwargs", [
     ("darts", {"order": 2}),
     ("pc-darts", {}),
+    ("pc-darts", {"warmup_epochs": 2}),  # stopped during the warm-up
     ("rarts", {}),
     ("fbnet", {"latency_table": UNIT_TABLE, "max_latency_ms": 3.0, "latency_weight": 0.5}),
 ])
@@ -204,6 +205,43 @@ def test_resume_after_stop_is_bit_identical(tmp_path, name, kwargs):
     assert [space.key(a) for a in outcome.archs] == [space.key(a) for a in full.archs]
     assert _strip(outcome.history) == _strip(full.history)
     assert outcome.metrics == full.metrics
+
+
+def test_pc_darts_has_the_papers_defaults():
+    """Issue 17 item 18: PC-DARTS' own settings (train_search.py of the reference code:
+    lr 0.1, arch lr 6e-4, batch 256; a warm-up of 15 of 50 epochs), not DARTS'."""
+    space = get_space("nb201")
+    pc = get_search("pc-darts", space, epochs=50)
+    assert (pc.lr, pc.arch_lr, pc.batch_size, pc.warmup_epochs) == (0.1, 6e-4, 256, 15)
+    assert pc.config()["warmup_epochs"] == 15
+    assert get_search("pc-darts", space, epochs=10).warmup_epochs == 3
+    assert get_search("pc-darts", space, epochs=3).warmup_epochs == 0
+    assert get_search("pc-darts", space, epochs=10, warmup_epochs=0).warmup_epochs == 0
+    darts = get_search("darts", space, epochs=50)
+    assert (darts.lr, darts.arch_lr, darts.batch_size) == (0.025, 3e-4, 64)
+    assert "warmup_epochs" not in darts.config()
+    for bad in (-1, 10, 2.5, True):
+        with pytest.raises(ValueError, match="strategy_args.warmup_epochs"):
+            get_search("pc-darts", space, epochs=10, warmup_epochs=bad)
+
+
+def test_pc_darts_warm_up_trains_only_the_weights(tmp_path):
+    """During the warm-up epochs alpha and beta stay at their initial values while the
+    supernet's weights train; from the first epoch after it they move."""
+    search = get_search("pc-darts", get_space("nb201"), epochs=3, warmup_epochs=2, **TINY)
+    search.prepare()
+    start = search.alphas()
+    weights = [p.detach().clone() for p in search.net.parameters()]
+    seen: list[dict[str, np.ndarray]] = []
+    outcome = search.run(tmp_path, progress=lambda record: seen.append(search.alphas()))
+    assert [r["arch_frozen"] for r in outcome.history] == [True, True, False]
+    for alphas in seen[:2]:
+        for key, value in start.items():
+            assert np.array_equal(alphas[key], value), key
+    assert not np.allclose(seen[2]["cell"], start["cell"], atol=1e-6)
+    assert not np.allclose(seen[2]["beta_cell"], start["beta_cell"], atol=1e-7)
+    assert not all(torch.equal(a, b.detach()) for a, b in
+                   zip(weights, search.net.parameters(), strict=True))
 
 
 _KILLED_RUN = """

@@ -14,7 +14,11 @@ Adam (lr 3e-4, betas (0.5, 0.999), weight decay 1e-3), as in DARTS.
 - `pc-darts` (Xu et al., ICLR 2020): the same, on a supernet whose edges pass only 1/k of
   the channels through the operations (`k`, default 4), with edge normalisation: beta per
   edge, softmax over each node's input edges, multiplying the edge's output and its
-  strength when the darts-space cell's two input edges are chosen.
+  strength when the darts-space cell's two input edges are chosen. Its own settings, those
+  of the paper's search (reference `train_search.py`): a warm-up of `warmup_epochs` (default
+  30% of the epochs: 15 of 50) in which only the network weights train (alpha and beta stay
+  frozen, so the parameter-free ops do not win before the others learned anything), weights
+  lr 0.1 (cosine to 0.001), arch lr 6e-4, batch 256.
 - `rarts` (Xue, Qi & Xin, 2020): single level and first order. Two networks, w on the first
   split and y on the second, share alpha and are coupled by `penalty / 2 * ||w - y||^2`;
   the relaxed objective is `L2(y, alpha) + beta * L1(w, alpha) + penalty/2 ||w - y||^2`,
@@ -343,15 +347,19 @@ class DartsSearch(DifferentiableSearch):
 
 @register_search
 class PCDartsSearch(DartsSearch):
-    """PC-DARTS: partial channel connections (1/k of the channels) and edge normalisation."""
+    """PC-DARTS: partial channel connections (1/k of the channels) and edge normalisation,
+    with the paper's warm-up (architecture frozen for `warmup_epochs`) and learning rates."""
 
     name = "pc-darts"
     description = "PC-DARTS: DARTS with partial channel connections and edge normalisation"
     _edge_norm = True
 
-    def __init__(self, space: SearchSpace, *, k: int = 4, **kwargs: Any) -> None:
-        super().__init__(space, **kwargs)
+    def __init__(self, space: SearchSpace, *, k: int = 4, warmup_epochs: int | None = None,
+                 lr: float = 0.1, arch_lr: float = 6e-4, batch_size: int = 256,
+                 **kwargs: Any) -> None:
+        super().__init__(space, lr=lr, arch_lr=arch_lr, batch_size=batch_size, **kwargs)
         self.k = _int_arg("k", k, 1)
+        self.warmup_epochs = _warmup_epochs(warmup_epochs, self.epochs)
         if self.channels % self.k:
             raise ValueError(f"strategy_args.k must divide strategy_args.channels "
                              f"({self.channels}), got {self.k}")
@@ -365,8 +373,23 @@ class PCDartsSearch(DartsSearch):
     def _partial_k(self) -> int:
         return self.k
 
+    @property
+    def arch_frozen(self) -> bool:
+        """True during the warm-up. It follows the epoch counter, which a checkpoint
+        restores, so a resumed search warms up exactly as an uninterrupted one."""
+        return self.epoch < self.warmup_epochs
+
     def _config(self) -> dict[str, Any]:
-        return {**super()._config(), "k": self.k}
+        return {**super()._config(), "k": self.k, "warmup_epochs": self.warmup_epochs}
+
+    def search_step(self, xw: torch.Tensor, yw: torch.Tensor, xa: torch.Tensor,
+                    ya: torch.Tensor) -> tuple[float, int]:
+        if self.arch_frozen:
+            return self._weight_step(self.net, self.w_opt, xw, yw)
+        return super().search_step(xw, yw, xa, ya)
+
+    def _epoch_extras(self) -> dict[str, Any]:
+        return {**super()._epoch_extras(), "arch_frozen": self.arch_frozen}
 
 
 @register_search
@@ -456,6 +479,18 @@ def _grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]
 def _int_arg(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"strategy_args.{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _warmup_epochs(value: Any, epochs: int) -> int:
+    """PC-DARTS' warm-up: 15 of its 50 epochs, so 30% of `epochs` by default; fewer than
+    `epochs`, or the architecture would never train."""
+    if value is None:
+        return epochs * 3 // 10
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
+            not 0 <= value < epochs:
+        raise ValueError(f"strategy_args.warmup_epochs must be an integer from 0 to epochs - 1 "
+                         f"({epochs - 1}), got {value!r}")
     return int(value)
 
 
