@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Table as RichTable
 from typer.core import TyperGroup
 
 try:  # recent typer versions vendor click
@@ -29,7 +30,43 @@ except ImportError:  # pragma: no cover - typer on top of the click package
 from .errors import NasError
 
 MAX_ID = 2**31 - 1  # job ids and trial numbers are 32-bit integer columns
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+#: C0 and C1 controls (ESC starts terminal escape sequences), line/paragraph separators and
+#: the bidirectional overrides and isolates (text shown in another order than it is).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def safe_text(value: object) -> str:
+    """`value` as text that shows on a terminal as what it is: every control or bidi
+    character escaped (`\\x1b`), so a job name, key, note, error or server name from the
+    database can neither move the cursor, retitle the window nor reorder what follows."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"),
+                       str(value))
+
+
+class SafeConsole(Console):
+    """A console that prints strings through `safe_text` (all our output is plain text:
+    markup is off, so no string carries styling of its own)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(safe_text(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+class Table(RichTable):
+    """A rich table whose title, headers and cells go through `safe_text`."""
+
+    def __init__(self, *headers: str, title: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*(safe_text(h) for h in headers),
+                         title=None if title is None else safe_text(title), **kwargs)
+
+    def add_column(self, header: str = "", *args: Any, **kwargs: Any) -> None:
+        super().add_column(safe_text(header), *args, **kwargs)
+
+    def add_row(self, *cells: Any, **kwargs: Any) -> None:
+        super().add_row(*(safe_text(c) if isinstance(c, str) else c for c in cells), **kwargs)
+
+
+err = SafeConsole(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 @contextmanager
@@ -68,9 +105,9 @@ app.add_typer(db_app, name="db")
 latency_app = typer.Typer(no_args_is_help=True,
                           help="Device latency: measure here, import, predict the rest.")
 app.add_typer(latency_app, name="latency")
-out = Console(highlight=False, soft_wrap=True, markup=False)
+out = SafeConsole(highlight=False, soft_wrap=True, markup=False)
 if not out.is_terminal:  # piped or logged: no terminal width to fit, keep keys on one line
-    out = Console(highlight=False, soft_wrap=True, markup=False, width=220)
+    out = SafeConsole(highlight=False, soft_wrap=True, markup=False, width=220)
 
 
 class Context:

@@ -137,6 +137,15 @@ def _str(path: str, value: Any, max_length: int | None = None) -> str:
     return value
 
 
+def _name(value: Any) -> str:
+    """The job's name: printed by `nas status`/`list`, so no control characters (an escape
+    sequence would reach the terminal of whoever looks at the job)."""
+    name = _str("name", value, MAX_NAME)
+    if not name.isprintable():
+        raise _fail("name", "printable text (no control characters)", name)
+    return name
+
+
 def _mapping(path: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -301,7 +310,7 @@ def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
     space = _str("space", data["space"])
     strategy = _str("strategy", data["strategy"])
     spec = JobSpec(
-        name=_str("name", data.get("name") or f"{space}-{strategy}", MAX_NAME),
+        name=_name(data.get("name") or f"{space}-{strategy}"),
         space=space,
         strategy=strategy,
         evaluator=_str("evaluator", data["evaluator"]),

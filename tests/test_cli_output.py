@@ -8,10 +8,12 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from nas import api
 from nas.cli import app
+from nas.spec import parse_spec
 from nas.storage import Storage, best_trials
 from tests.conftest import nb201_spec
 
@@ -109,3 +111,35 @@ def test_cancel_json(tmp_path):
     job_id = api.submit(Storage(url), nb201_spec())
     data = json.loads(nas("--db", url, "cancel", str(job_id), "--json").stdout)
     assert data == {"job": job_id, "status": "cancelled"}
+
+
+# ---- item 15f: control characters never reach the terminal raw -------------------------------
+EVIL = "evil\x1b]0;owned\x07\x1b[2J\x1b[31m\u202e\r"
+
+
+def test_a_job_name_with_control_characters_is_refused_at_submit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(nb201_spec(name="job\x1b[31m")))
+    result = nas("--db", f"sqlite:///{tmp_path / 'nas.db'}", "submit", str(spec), "--wait",
+                 code=2)
+    assert "'name'" in result.stderr and "control" in result.stderr
+    assert "\x1b" not in result.stderr
+    assert not (tmp_path / "nas.db").exists()
+
+
+def test_user_strings_are_printed_with_control_characters_escaped(job, tmp_path):
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    storage = Storage(url)  # a job stored by an older nas, or written to the database directly
+    job_id = storage.create_job(parse_spec(nb201_spec()).to_dict(), EVIL, 0)
+    storage.set_status(job_id, "failed", error=f"boom {EVIL}", note=f"note {EVIL}")
+    storage.close()
+    outputs = [nas("--db", url, "status", str(job_id)), nas("--db", url, "list"),
+               nas("--db", job["url"], "best", job["job"], "--device", EVIL, code=2),
+               nas("--db", url, "status", EVIL, code=2)]
+    for result in outputs:
+        for stream in (result.stdout, result.stderr):
+            assert not any(c in stream for c in "\x1b\x07\r\u202e"), repr(stream)
+    assert "evil\\x1b]0;owned\\x07" in outputs[0].stdout
+    assert "boom evil\\x1b" in outputs[0].stdout and "note evil\\x1b" in outputs[0].stdout
+    assert "evil\\x1b" in outputs[2].stderr
