@@ -623,7 +623,12 @@ def rank_fitness(batch: StatsBatch, labels: Sequence[float]) -> Callable[[Formul
 
 # ---- the stored formulas as proxies ----------------------------------------------------
 def load_formulas(path: Path | str | None = None) -> dict[str, dict[str, Any]]:
-    """The stored formulas by name: `{name: {"formula": Formula, ...metadata}}`."""
+    """The stored formulas by name: `{name: {"formula": Formula, ...metadata}}`; an absent
+    `path` holds none, but the shipped registry is part of the package and its absence a
+    broken installation, which must not silently lose the `evolved.*` proxies."""
+    if path is None and not REGISTRY_PATH.is_file():
+        raise FileNotFoundError(f"{REGISTRY_PATH} is missing: this installation of the "
+                                "predictors package lacks its data files")
     path = Path(path) if path is not None else REGISTRY_PATH
     if not path.is_file():
         return {}
