@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import reprlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ MAX_DEVICE = 200  # measurements.device is VARCHAR(200)
 MAX_SPEC_BYTES = 1_000_000  # a spec file larger than this is refused unread
 MAX_SPEC_VALUES = 10_000  # ... and one holding more values once its YAML aliases are expanded
 MAX_ECHO = 80  # characters of a user value quoted back in an error
+MAX_WORD = 200  # ... and of a word (a path, a name) in a component's error message
 
 
 # one definition shared with the strategies, which receive them in their SearchContext
@@ -87,6 +89,12 @@ def short_repr(value: Any, limit: int = MAX_ECHO) -> str:
     shortener.maxstring = shortener.maxother = limit
     text = shortener.repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def shorten_words(text: str, limit: int = MAX_WORD) -> str:
+    """`text` with every run of non-blank characters longer than `limit` cut short: a
+    component's error that quotes a user value (a name, a path) stays one short line."""
+    return re.sub(rf"\S{{{limit + 1},}}", lambda m: m.group()[:limit - 3] + "...", text)
 
 
 def _fail(path: str, expected: str, got: Any) -> SpecError:
@@ -157,7 +165,8 @@ def _mapping(path: str, value: Any) -> dict[str, Any]:
 def _only_keys(path: str, data: dict[str, Any], allowed: tuple[str, ...]) -> None:
     for key in data:
         if key not in allowed:
-            raise SpecError(f"spec field '{path}.{key}': unknown field; "
+            name = shorten_words(str(key), MAX_ECHO)
+            raise SpecError(f"spec field '{path}.{name}': unknown field; "
                             f"expected one of {', '.join(allowed)}")
 
 
@@ -261,13 +270,16 @@ def _construct(path: str, make: Any) -> Any:
     try:
         return make()
     except TypeError as exc:  # an unexpected keyword argument
-        message = str(exc)
+        message = shorten_words(str(exc))
         if "unexpected keyword argument" in message:
             name = message.rsplit("argument", 1)[1].strip(" '\"")
             raise SpecError(f"spec field '{path}.{name}': unknown field") from None
         raise SpecError(f"spec field '{path}': {message}") from None
+    except OSError as exc:  # e.g. a file name too long for the filesystem
+        raise SpecError(f"spec field '{path}': {exc.strerror or 'cannot be read'}: "
+                        f"{short_repr(exc.filename)}") from None
     except (ValueError, KeyError) as exc:
-        text = str(exc).strip("'\"")
+        text = shorten_words(str(exc).strip("'\""))
         if text.startswith(path):
             field, rest = text.split(" ", 1)
             raise SpecError(f"spec field '{field.rstrip(':')}': {rest}") from None
@@ -296,8 +308,8 @@ def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
         raise SpecError(f"a job spec must be a mapping of fields, got {type(data).__name__}")
     for key in data:
         if key not in FIELDS:
-            raise SpecError(f"spec field '{key}': unknown field; expected one of "
-                            f"{', '.join(FIELDS)}")
+            raise SpecError(f"spec field '{shorten_words(str(key), MAX_ECHO)}': unknown field; "
+                            f"expected one of {', '.join(FIELDS)}")
     _no_nul("", data)
     for required in ("space", "strategy", "evaluator"):
         if required not in data:
