@@ -238,6 +238,7 @@ def _build_components(spec: JobSpec) -> JobSpec:
         raise _fail("evaluator", f"one of {', '.join(list_evaluators())}", spec.evaluator)
     spec = _canonical_args(spec)
     space = _construct("space_args", lambda: get_space(spec.space, **spec.space_args))
+    spec, space = _space_args_from_data(spec, space)
     _construct("strategy_args",
                lambda: get_strategy(spec.strategy, space, seed=spec.seed, **spec.strategy_args))
     evaluator = _construct(
@@ -284,6 +285,25 @@ def _construct(path: str, make: Any) -> Any:
             field, rest = text.split(" ", 1)
             raise SpecError(f"spec field '{field.rstrip(':')}': {rest}") from None
         raise SpecError(f"spec field '{path}': {text}") from None
+
+
+def _space_args_from_data(spec: JobSpec, space: Any) -> tuple[JobSpec, Any]:
+    """Set the `space_args` the evaluator's data implies and the job leaves out (e.g.
+    `num_classes` from a dataset's labels), so that the stored spec builds the network that
+    is trained: right params and FLOPs, right export. Returns the spec and its space."""
+    from search_spaces import get_space
+    from workers.evaluators import evaluator_class
+
+    implied = _construct(
+        "evaluator_args",
+        lambda: evaluator_class(spec.evaluator).space_args_from_data(spec.evaluator_args))
+    missing = {k: v for k, v in implied.items()
+               if k not in spec.space_args and getattr(space, k, v) != v}
+    if not missing:
+        return spec, space
+    space_args = {**spec.space_args, **missing}
+    space = _construct("space_args", lambda: get_space(spec.space, **space_args))
+    return replace(spec, space_args=space_args), space
 
 
 def _canonical_args(spec: JobSpec) -> JobSpec:

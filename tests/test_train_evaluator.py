@@ -12,7 +12,7 @@ import torch
 
 from search_spaces import NB201Space
 from workers.datasets import parse_dataset
-from workers.evaluators import EvaluationError, get_evaluator
+from workers.evaluators import get_evaluator
 from workers.latency import device_key
 from workers.task import EvaluatorSpec, TrialTask, evaluate_batch
 from workers.training import TrainConfig, lr_at, train_model
@@ -212,9 +212,9 @@ def test_diverging_training_fails_the_trial_with_its_error(shared_data, tmp_path
 
 
 def test_too_few_outputs_for_the_dataset_classes(shared_data, tmp_path):
+    """Refused when the evaluator is built (at submit, and on a worker before any training),
+    not after a trial trained in full (issue 17 item 13)."""
     space = NB201Space(channels=4, cells_per_stage=1, num_classes=3)
-    evaluator = get_evaluator("train", space, dataset=f"npz:{_cifar_npz(shared_data, tmp_path)}",
-                              epochs=1)
-    arch = space.sample(np.random.default_rng(0))
-    with pytest.raises(EvaluationError, match="set space_args.num_classes: 10"):
-        evaluator.evaluate(arch, space.key(arch))
+    with pytest.raises(ValueError, match="set space_args.num_classes: 10"):
+        get_evaluator("train", space, dataset=f"npz:{_cifar_npz(shared_data, tmp_path)}",
+                      epochs=1)

@@ -7,8 +7,13 @@ A dataset is named in `evaluator_args.dataset`, either as a string or as a mappi
   (`data_batch_1..5`, optional `test_batch`); a string form is `cifar10:DIR`.
 - `{kind: npz, path: FILE}`: any `.npz` with `x` and `y` arrays (and optionally `x_val`,
   `y_val`, `x_test`, `y_test`); images as NHWC, NCHW or NHW; `npz:FILE`.
-- `{kind: function, function: "module:function"}`: a user function returning
-  `(x_train, y_train, x_val, y_val)` tensors/arrays or a dict with those keys; `py:module:fn`.
+- `{kind: function, function: "module:function"}` (or `py:module:function`): a function
+  of no arguments, importable where the job is submitted and on every worker (PYTHONPATH),
+  returning numpy arrays or torch tensors: `(x_train, y_train)`, `(x_train, y_train, x_val,
+  y_val)`, `(..., x_test, y_test)`, or a dict with keys `x_train`, `y_train` and optionally
+  `x_val`/`y_val`, `x_test`/`y_test`. Images `x` are [N, C, H, W] (or NHWC, NHW as for npz),
+  float, or integers in 0..255 (scaled to [0, 1]); labels `y` are [N] class indices 0..K-1.
+  Without a validation split, `val_fraction` of the training data is held out.
 
 Common options: `val_fraction` (held out of the training data when no validation split is
 given, default 0.2), `limit` (use at most this many training examples), `seed` (the split).
@@ -43,6 +48,10 @@ class Dataset:
     y_val: np.ndarray
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    #: the standardisation applied to every split, {"mean": [per channel], "std": [...]}:
+    #: the model sees (x - mean) / std of the images as loaded (integers scaled to [0, 1]),
+    #: so a deployed model must too (`nas export` folds it into the model)
+    normalisation: dict[str, list[float]] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -52,6 +61,25 @@ class Dataset:
     def num_classes(self) -> int:
         labels = [self.y_train, self.y_val] + ([self.y_test] if self.y_test is not None else [])
         return int(max(int(y.max()) for y in labels if len(y)) + 1)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset implies for the network, known before training."""
+
+    input_shape: tuple[int, ...]  # per example, NCHW
+    num_classes: int  # largest label + 1 over all splits
+    has_test: bool
+
+    @classmethod
+    def of(cls, data: Dataset) -> DatasetInfo:
+        return cls(data.input_shape, data.num_classes, data.x_test is not None)
+
+
+_INFO: dict[DatasetSpec, DatasetInfo] = {}
+#: The last function dataset loaded to learn its `info()`, handed to the next `load()` of the
+#: same spec, so a worker calls the user's function once.
+_LOADED: dict[DatasetSpec, Dataset] = {}
 
 
 @dataclass(frozen=True)
@@ -69,16 +97,35 @@ class DatasetSpec:
         return self.kind + (f":{self.path}" if self.path else "") + \
             (f":{self.function}" if self.function else "")
 
-    def known_input_shape(self) -> tuple[int, ...] | None:
-        """The input shape, where it is known without loading the data (cheap checks)."""
+    def known_input_shape(self) -> tuple[int, ...]:
+        """The per-example input shape (C, H, W), for checks against the space."""
+        return self.info().input_shape
+
+    def info(self) -> DatasetInfo:
+        """Input shape, classes and whether there is a test split, read from file headers
+        and labels; a function dataset is loaded for it (once per process: the data is kept
+        for the next `load`). ValueError naming the fault."""
+        if self.kind != "function":
+            return self._header_info()  # cheap, and files may change: never cached
+        info = _INFO.get(self)
+        if info is None:
+            data = self.load()
+            _LOADED.clear()
+            _LOADED[self] = data
+            info = _INFO[self] = DatasetInfo.of(data)
+        return info
+
+    def _header_info(self) -> DatasetInfo:
         if self.kind == "digits":
-            return (1, 8, 8)
+            return DatasetInfo((1, 8, 8), 10, False)
         if self.kind == "cifar10":
-            return (3, 32, 32)
-        if self.kind == "npz":
-            with np.load(self.path, mmap_mode="r") as data:
-                return _nchw_shape(data["x"].shape)
-        return None
+            return DatasetInfo((3, 32, 32), 10, (Path(str(self.path)) / "test_batch").is_file())
+        with np.load(str(self.path), mmap_mode="r") as data:
+            labels = [np.asarray(data[k]) for k in ("y", "y_val", "y_test") if k in data.files]
+            has_test = "x_test" in data.files and "y_test" in data.files
+            return DatasetInfo(_nchw_shape(data["x"].shape),
+                               max((int(y.max()) for y in labels if y.size), default=-1) + 1,
+                               has_test)
 
     def files(self) -> list[str]:
         """The files `load` reads (absolute paths), for their checksums at submit."""
@@ -92,6 +139,9 @@ class DatasetSpec:
         return []
 
     def load(self) -> Dataset:
+        loaded = _LOADED.pop(self, None)
+        if loaded is not None:
+            return loaded
         loaders = {"digits": _load_digits, "cifar10": _load_cifar10, "npz": _load_npz,
                    "function": _load_function}
         parts = loaders[self.kind](self)
@@ -288,16 +338,30 @@ def _load_npz(spec: DatasetSpec) -> tuple[Split, Split | None, Split | None]:
         return pair("x", "y"), pair("x_val", "y_val"), pair("x_test", "y_test")
 
 
+_FUNCTION_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
 def _load_function(spec: DatasetSpec) -> tuple[Split, Split | None, Split | None]:
-    module_name, attr = spec.function.split(":")
-    result = getattr(importlib.import_module(module_name), attr)()
-    if isinstance(result, dict):
-        result = tuple(result.get(k) for k in ("x_train", "y_train", "x_val", "y_val"))
-    if not isinstance(result, tuple | list) or len(result) != 4:
-        raise ValueError(f"dataset function {spec.function} must return (x_train, y_train, "
-                         "x_val, y_val) or a dict with those keys")
-    arrays = [_to_numpy(v) for v in result]
-    return (arrays[0], arrays[1]), (arrays[2], arrays[3]), None
+    """Call the user's function; its return contract is in the module docstring."""
+    module_name, attr = str(spec.function).split(":")
+    try:
+        result = getattr(importlib.import_module(module_name), attr)()
+    except Exception as exc:  # the user's code: one line naming it, not a traceback
+        raise ValueError(f"evaluator_args.dataset.function {spec.function} raised "
+                         f"{type(exc).__name__}: {exc}") from None
+    if isinstance(result, dict) and "x_train" in result and "y_train" in result:
+        result = tuple(result.get(k) for k in _FUNCTION_KEYS)
+    if not isinstance(result, tuple | list) or len(result) not in (2, 4, 6):
+        raise ValueError(f"evaluator_args.dataset.function {spec.function} must return "
+                         "(x_train, y_train[, x_val, y_val[, x_test, y_test]]) or a dict with "
+                         f"keys {', '.join(_FUNCTION_KEYS)} (x_train, y_train required)")
+    values = list(result) + [None] * (6 - len(result))
+    splits = [None if values[i] is None or values[i + 1] is None else
+              (_to_numpy(values[i]), _to_numpy(values[i + 1])) for i in (0, 2, 4)]
+    if splits[0] is None:
+        raise ValueError(f"evaluator_args.dataset.function {spec.function} returned no "
+                         "x_train/y_train")
+    return splits[0], splits[1], splits[2]
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -319,6 +383,10 @@ def _to_nchw(x: np.ndarray) -> np.ndarray:
 
 
 def _finish(spec: DatasetSpec, train: Split, val: Split | None, test: Split | None) -> Dataset:
+    for name, split in (("train", train), ("val", val), ("test", test)):
+        if split is not None and len(split[0]) != len(split[1]):
+            raise ValueError(f"dataset {spec.describe()}: the {name} split has "
+                             f"{len(split[0])} images but {len(split[1])} labels")
     x, y = _to_nchw(train[0]), np.asarray(train[1], dtype=np.int64)
     rng = np.random.default_rng(spec.seed)
     if val is None:
@@ -344,7 +412,9 @@ def _finish(spec: DatasetSpec, train: Split, val: Split | None, test: Split | No
     if test is not None:
         test_pair = (norm(_to_nchw(test[0])), np.asarray(test[1], dtype=np.int64))
     dataset = Dataset(spec.describe(), norm(x), y, norm(val[0]), val[1],
-                      *(test_pair or (None, None)))
+                      *(test_pair or (None, None)),
+                      normalisation={"mean": [float(v) for v in mean.ravel()],
+                                     "std": [float(v) for v in std.ravel()]})
     _check_labels(dataset)
     return dataset
 

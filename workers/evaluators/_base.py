@@ -63,8 +63,18 @@ class Evaluator(abc.ABC):
         one: on Ray their tasks then ask for a share of the cluster's GPUs."""
         return False
 
+    @classmethod
+    def space_args_from_data(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """`space_args` these `evaluator_args` imply (e.g. `num_classes` from a dataset's
+        labels): the spec layer sets those the job leaves out, so the network built, its
+        stored params/FLOPs and its export fit the data. Default: none."""
+        return {}
+
     def metric_names(self) -> set[str] | None:
-        """Metrics this evaluator can report (None: not known before evaluating)."""
+        """The metrics a completed trial reports with the arguments this evaluator was built
+        with (e.g. `test_acc` only when the dataset has a test split); the spec layer
+        refuses an objective or constraint on any other. None: not known before
+        evaluating (then nothing is refused)."""
         return None
 
     # ---- a cache of costly values in the database (proxy scores) ---------------------------------

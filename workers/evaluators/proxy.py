@@ -93,14 +93,27 @@ class ProxyEvaluator(Evaluator):
         if dataset != GAUSSIAN:
             self.dataset_spec = parse_dataset(dataset)
             data_shape = self.dataset_spec.known_input_shape()
-            if data_shape is not None and data_shape[0] != shape[0]:
+            if data_shape[0] != shape[0]:
                 raise ValueError(f"space {space.name!r} expects {shape[0]} input channels but "
-                                 f"dataset {self.dataset_spec.describe()} has {data_shape[0]}")
+                                 f"dataset {self.dataset_spec.describe()} has "
+                                 f"{data_shape[0]}: set space_args input_channels: "
+                                 f"{data_shape[0]}")
+            if any(p not in _ANALYTIC for p in self.proxies):  # a minibatch is scored
+                from .train import check_classes
+
+                check_classes(space, self.dataset_spec)
         self._batch: tuple[Any, Any] | None = None
 
     @classmethod
     def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
         return dict(args) if args.get("dataset") == GAUSSIAN else pin_dataset(args)
+
+    @classmethod
+    def space_args_from_data(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """`num_classes` from the labels of a dataset given explicitly."""
+        if args.get("dataset") in (None, GAUSSIAN):
+            return {}
+        return {"num_classes": parse_dataset(args["dataset"]).info().num_classes}
 
     # ---- data ----------------------------------------------------------------------------
     def data_key(self) -> str:

@@ -61,13 +61,14 @@ class TrainEvaluator(Evaluator):
             raise ValueError(f"evaluator_args.int8: space {space.name!r} cannot produce an "
                              "INT8 model")
         self.int8 = can_int8 if int8 is None else bool(int8)
-        self._check_input_shape()
         self._data: Dataset | None = None
+        # at submit and when a worker builds it: a mismatch is one line, not a wrong network
+        self.dataset_info = self.dataset_spec.info()
+        self._check_input_shape()
+        check_classes(self.space, self.dataset_spec)
 
     def _check_input_shape(self) -> None:
-        data_shape = self.dataset_spec.known_input_shape()
-        if data_shape is None:
-            return
+        data_shape = self.dataset_info.input_shape
         space_shape = arch_input_shape(self.space)
         if tuple(space_shape) != tuple(data_shape):
             c, h, w = data_shape
@@ -80,10 +81,14 @@ class TrainEvaluator(Evaluator):
     def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
         return pin_dataset(args)
 
+    @classmethod
+    def space_args_from_data(cls, args: dict[str, Any]) -> dict[str, Any]:
+        return {"num_classes": parse_dataset(args.get("dataset")).info().num_classes}
+
     def metric_names(self) -> set[str]:
-        names = {"val_acc", "val_loss", "train_loss", "train_time_s", "params", "flops",
-                 "test_acc"}
-        return names | ({"int8_val_acc"} if self.int8 else set())
+        names = {"val_acc", "val_loss", "train_loss", "train_time_s", "params", "flops"}
+        return names | ({"test_acc"} if self.dataset_info.has_test else set()) | \
+            ({"int8_val_acc"} if self.int8 else set())
 
     @classmethod
     def uses_gpu(cls, args: dict[str, Any]) -> bool:
@@ -109,13 +114,7 @@ class TrainEvaluator(Evaluator):
     def data(self) -> Dataset:
         """The dataset, loaded once per worker process."""
         if self._data is None:
-            data = self.dataset_spec.load()
-            classes = getattr(self.space, "num_classes", None)
-            if classes is not None and data.num_classes > classes:
-                raise EvaluationError(f"dataset {data.name} has {data.num_classes} classes but "
-                                      f"the space builds {classes} outputs: set "
-                                      f"space_args.num_classes: {data.num_classes}")
-            self._data = data
+            self._data = self.dataset_spec.load()
         return self._data
 
     def evaluate(self, arch: Arch, key: str) -> Evaluation:
@@ -151,7 +150,7 @@ class TrainEvaluator(Evaluator):
             metrics["int8_val_acc"], int8_latency = self._int8(arch, net, data)
             if int8_latency is not None:
                 measurements.append(int8_latency)
-        weights = _serialise(net) if self.save_weights else None
+        weights = _serialise(net, data.normalisation) if self.save_weights else None
         return Evaluation(metrics, measurements, params, flops, weights)
 
     def _latency(self, model: Any, input_shape: tuple[int, ...], device: str,
@@ -178,13 +177,36 @@ class TrainEvaluator(Evaluator):
         return accuracy, latency
 
 
-def _serialise(model: Any) -> bytes:
+def check_classes(space: SearchSpace, dataset: DatasetSpec) -> None:
+    """ValueError naming `space_args.num_classes` when labels reach past the network's
+    outputs (fewer classes than outputs is allowed: the extra outputs are never targets)."""
+    classes = getattr(space, "num_classes", None)
+    found = dataset.info().num_classes
+    if classes is not None and found > classes:
+        raise ValueError(f"dataset {dataset.describe()} has {found} classes (labels "
+                         f"0..{found - 1}) but the space builds {classes} outputs: set "
+                         f"space_args.num_classes: {found} (or leave it out: it is then "
+                         "taken from the labels)")
+
+
+#: Entries of a stored state_dict that are not the model's: the input standardisation the
+#: model was trained with (`nas.export.split_weights` takes them out again).
+NORMALISATION_KEYS = {"mean": "_nas.input_mean", "std": "_nas.input_std"}
+
+
+def _serialise(model: Any, normalisation: dict[str, list[float]] | None = None) -> bytes:
+    """The model's state_dict, plus the input standardisation it was trained with, so that
+    an export can take inputs as the dataset gives them."""
     import io
 
     import torch
 
+    state = dict(model.state_dict())
+    for name, key in NORMALISATION_KEYS.items():
+        if normalisation is not None:
+            state[key] = torch.tensor(normalisation[name], dtype=torch.float32)
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    torch.save(state, buffer)
     return buffer.getvalue()
 
 
