@@ -55,15 +55,20 @@ def export_trial(storage: Storage, job_id: int, number: int | None, fmt: str,
         "format": fmt, "path": str(target),
     }
     weights = storage.get_weights(job_id, trial["number"]) if fmt != "json" else None
+    state, normalisation = split_weights(weights)
     if fmt != "json":
         summary["weights"] = "trained" if weights else "initialised"
+        # the model takes inputs as the dataset gives them: the standardisation the weights
+        # were trained with is its first layer
+        summary["input_normalisation"] = {**normalisation, "folded": True} \
+            if normalisation else None
     if fmt == "json":
         text = json.dumps(summary, indent=2) + "\n"
         write_atomically(target, lambda tmp: tmp.write_text(text), option="-o")
     else:
         write_atomically(target, lambda tmp: _export_model(
-            space, trial["arch"], fmt, tmp, seed=int(spec.get("seed", 0)), weights=weights),
-            option="-o")
+            space, trial["arch"], fmt, tmp, seed=int(spec.get("seed", 0)), state=state,
+            normalisation=normalisation), option="-o")
     storage.add_artifact(job_id, f"export-{fmt}", str(target.resolve()))
     return summary
 
@@ -97,20 +102,57 @@ def _umask() -> int:
     return mask
 
 
-def _export_model(space: Any, arch: dict[str, Any], fmt: str, target: Path, seed: int,
-                  weights: bytes | None = None) -> None:
-    """Build the model with the trial's trained weights where they were kept, else with a
-    seeded initialisation (so every export of a trial is the same model)."""
+def _standardise_module(normalisation: dict[str, list[float]]) -> Any:
+    """A module computing (x - mean) / std per channel (constants of the exported graph)."""
+    import torch
+
+    class Standardise(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            shape = (1, -1, 1, 1)
+            self.register_buffer("mean", torch.tensor(normalisation["mean"]).reshape(shape))
+            self.register_buffer("std", torch.tensor(normalisation["std"]).reshape(shape))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x - self.mean) / self.std
+
+    return Standardise()
+
+
+def split_weights(weights: bytes | None) -> tuple[dict[str, Any] | None,
+                                                 dict[str, list[float]] | None]:
+    """A stored weights blob as (the model's state_dict, the input normalisation
+    {mean, std} it was trained with, or None when not recorded)."""
+    if not weights:
+        return None, None
     import io
 
+    import torch
+
+    from workers.evaluators.train import NORMALISATION_KEYS
+
+    state = torch.load(io.BytesIO(weights), weights_only=True)
+    found = {name: state.pop(key) for name, key in NORMALISATION_KEYS.items() if key in state}
+    normalisation = {name: [float(v) for v in value.flatten()] for name, value in found.items()}
+    return state, normalisation if len(normalisation) == len(NORMALISATION_KEYS) else None
+
+
+def _export_model(space: Any, arch: dict[str, Any], fmt: str, target: Path, seed: int,
+                  state: dict[str, Any] | None = None,
+                  normalisation: dict[str, list[float]] | None = None) -> None:
+    """Build the model with the trial's trained weights where they were kept, else with a
+    seeded initialisation (so every export of a trial is the same model); with the input
+    standardisation the weights were trained with as its first step."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = space.build(arch)
         example = torch.randn(1, *space.input_shape(arch))
-    if weights:
-        model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
+    if state:
+        model.load_state_dict(state)
+    if normalisation:
+        model = torch.nn.Sequential(_standardise_module(normalisation), model)
     model.eval()
     if fmt == "torchscript":
         with torch.no_grad():

@@ -4,7 +4,6 @@ accuracy on the same held-out digits."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 from sqlalchemy import select
 
 from nas import api
-from nas.export import export_trial
+from nas.export import export_trial, split_weights
 from nas.storage import Storage
 from nas.storage.schema import trial_weights, trials
 from search_spaces import get_space
@@ -55,11 +54,14 @@ def test_weights_of_the_best_trials_are_kept_and_exported(db_url, tmp_path):
 
     summary = export_trial(storage, job, None, "onnx", str(tmp_path / "best.onnx"))
     assert summary["trial"] == ranked[0]["number"] and summary["weights"] == "trained"
-    # the exported network is the trained one: same accuracy on the same validation split
+    # the exported network is the trained one: same accuracy on the same validation split,
+    # given as the loader reads it (the standardisation is folded into the model)
     data = parse_dataset({"kind": "digits", "limit": 200}).load()
+    mean, std = (np.asarray(data.normalisation[k], dtype=np.float32).reshape(1, -1, 1, 1)
+                 for k in ("mean", "std"))
     session = onnxruntime.InferenceSession(str(tmp_path / "best.onnx"),
                                            providers=["CPUExecutionProvider"])
-    (logits,) = session.run(None, {"input": data.x_val})
+    (logits,) = session.run(None, {"input": data.x_val * std + mean})
     accuracy = 100.0 * float((logits.argmax(axis=1) == data.y_val).mean())
     assert accuracy == pytest.approx(ranked[0]["metrics"]["val_acc"], abs=0.01)
     # ... and not a fresh initialisation, which is no better than chance
@@ -70,8 +72,8 @@ def test_weights_of_the_best_trials_are_kept_and_exported(db_url, tmp_path):
         chance = (fresh(torch.from_numpy(data.x_val)).argmax(1).numpy() == data.y_val).mean()
     assert accuracy > 100.0 * chance + 20
 
-    state = torch.load(io.BytesIO(storage.get_weights(job, ranked[1]["number"])),
-                       weights_only=True)
+    state, normalisation = split_weights(storage.get_weights(job, ranked[1]["number"]))
+    assert normalisation == {k: pytest.approx(v) for k, v in data.normalisation.items()}
     second = space.build(space.from_key(ranked[1]["key"]))
     assert set(state) == set(second.state_dict())
     second.load_state_dict(state)  # strict: the stored weights fit the architecture
