@@ -18,10 +18,12 @@ the proposals of `evolution` with the same seed and arguments.
 Breedable trials: a score (None for failed and constraint-violating trials: they never
 breed) and a finite value for every objective. A device objective missing from the trial
 (no measurement) is looked up with `SearchContext.value_of`; if still unknown, the trial
-does not breed. Each trial that does not breed is answered by one more random proposal, as
-in the random phase (as in `evolution`: with most trials failing, the population still fills
-and moves), and a parent with every neighbour known gives way to a random sample. Known
-constraint violations and known architectures are never proposed (`draw_acceptable`).
+does not breed. Each failed or infeasible trial (score None) is answered by one more random
+proposal, as in the random phase (as in `evolution`: with most trials failing, the
+population still fills and moves; a trial that only lacks a device value does not count, so
+`bench/multi_objective.py`'s proposals are unchanged), and a parent with every neighbour
+known gives way to a random sample. Known constraint violations and known architectures are
+never proposed (`draw_acceptable`).
 
 Defaults (population 30, sample 5): on NB201 valid_acc x edgegpu latency (direct ask/tell,
 40 seeds) populations 20, 30 and 50 were within noise of each other at 300 trials; 30 was
@@ -73,7 +75,7 @@ class MultiObjectiveEvolution(Strategy):
                 f"strategy_args.sample ({sample}) must not exceed population ({population})")
         self.population: deque[Member] = deque(maxlen=self.population_size)
         self.asked = 0
-        self.owed = self.init  # random proposals still due (+1 per trial that cannot breed)
+        self.owed = self.init  # random proposals still due (+1 per failed/infeasible trial)
 
     # ---- ask -------------------------------------------------------------------------------
     def ask(self) -> Arch:
@@ -100,7 +102,7 @@ class MultiObjectiveEvolution(Strategy):
         costs = self._costs(trial)
         if costs is not None:
             self.population.append((trial.arch, costs))
-        else:
+        elif trial.score is None:
             self.owed += 1
 
     def _costs(self, trial: TrialView) -> list[float] | None:
