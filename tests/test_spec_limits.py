@@ -108,6 +108,8 @@ def test_a_device_name_too_long_from_the_evaluator_fails_trials_not_the_job(db_u
 @pytest.mark.parametrize(("device", "csv_text", "mentions"), [
     pytest.param(LONG_DEVICE, None, ["--device", "200"], id="device-too-long"),
     pytest.param("my\x00phone", None, ["--device", "NUL"], id="nul-in-device"),
+    pytest.param("myphone", f"arch,{LONG_METRIC}\n{{key}},1.5\n", ["--metric", "64"],
+                 id="metric-too-long"),
     pytest.param("myphone", "arch,latency_ms\n{key},1\x00.5\n", ["line 2"], id="nul-in-value"),
     pytest.param("myphone", "arch,latency_ms\n{key}\x00,1.5\n", ["line 2"], id="nul-in-arch"),
 ])
@@ -117,8 +119,9 @@ def test_latency_import_refuses_what_the_database_cannot_hold(device, csv_text, 
           "nor_conv_3x3~2|"
     path = tmp_path / "phone.csv"
     path.write_text((csv_text or "arch,latency_ms\n{key},1.5\n").format(key=key))
+    metric = ["--metric", LONG_METRIC] if LONG_METRIC in (csv_text or "") else []
     result = runner.invoke(app, ["--db", db_url, "latency", "import", "--device", device,
-                                 str(path)])
+                                 *metric, str(path)])
     one_line_error(result, *mentions)
 
 
