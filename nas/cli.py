@@ -541,7 +541,8 @@ def best(
     _print_trials(rows, spec, device, title=f"job {job}: best {top}" + (
         f" under {max_latency_ms} ms on {device}" if max_latency_ms else ""))
     if unknown:
-        out.print(f"{unknown} completed trials have no latency on {device} (not ranked)")
+        how = "not ranked" if max_latency_ms else "shown as -"
+        out.print(f"{unknown} completed trials have no latency on {device} ({how})")
 
 
 def _number(value: float | None, spec: str) -> str:

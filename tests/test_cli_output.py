@@ -53,6 +53,7 @@ def test_best_on_a_device_some_trials_have_no_value_on(job):
     assert worst and "imported" in worst[0], text.stdout
     unknown = [line for line in lines if "unknown" in line]
     assert len(unknown) == 19, text.stdout
+    assert "19 completed trials have no latency on myphone (shown as -)" in text.stdout
     data = json.loads(nas("--db", job["url"], "best", job["job"], "--device", "myphone",
                           "--top", "20", "--json").stdout)
     values = {r["trial"]: (r["device_value"], r["device_source"]) for r in data["results"]}
