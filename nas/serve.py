@@ -7,9 +7,10 @@ whose lease expired, i.e. whose driver died (a killed `nas serve`, `nas drive` o
 
 The claim writes the lease in the same transaction that finds the job, so of several serve
 processes sharing one database (on any number of machines) exactly one gets each job. The
-process's `owner` (host:pid:random) is the lease owner of every job it runs; the supervisor
-loop (the main thread) heartbeats its registry row (`servers`) and extends those leases every
-tick, and each job's `Driver` runs in a thread of its own and heartbeats its lease too. When
+process's `owner` (host:pid:random) is the lease owner of every job it runs; a heartbeat
+thread writes its registry row (`servers`) and extends those leases every tick while the main
+thread claims jobs, and each job's `Driver` runs in a thread of its own and heartbeats its
+lease too. When
 the process dies, its leases expire after `lease_ttl_s` and another serve process takes the
 jobs over: trials that were in flight are run again, finished ones are kept, the job ends
 with exactly its budget. A driver that lost its lease (a takeover after a stall) stops at its

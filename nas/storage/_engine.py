@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -221,6 +221,31 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         raise NasError(f"--db: cannot upgrade the schema: {exc}") from None
 
 
+#: Key of the PostgreSQL advisory lock held while a process creates the schema.
+_SCHEMA_LOCK = 0x6E61735F736368  # "nas_sch"
+
+
+def _create_schema(engine: Engine) -> None:
+    """Create the schema in an empty database, once, however many processes open it at the
+    same moment (several `nas serve` started on a new database). The creation holds a lock
+    (PostgreSQL: a transaction-level advisory lock; SQLite: the write lock of its BEGIN
+    IMMEDIATE) and looks again under it: a process that waited finds the schema made by
+    another and leaves it. Before, the losers failed (SQLite: a false "not created by nas";
+    PostgreSQL: a duplicate key in pg_type)."""
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        if MigrationContext.configure(conn).get_current_revision() is not None:
+            return  # another process created it while this one waited for the lock
+        if set(inspect(conn).get_table_names()) & {"jobs", "trials"}:
+            raise NasError("--db: the database has nas tables but no schema version; "
+                           "it was not created by nas")
+        command.upgrade(_alembic_config(conn), "head")
+
+
 def ensure_schema(engine: Engine) -> None:
     """Create the schema in an empty database; refuse a database at an unknown revision."""
     try:
@@ -233,12 +258,8 @@ def ensure_schema(engine: Engine) -> None:
             raise
         raise NasError(f"--db: cannot connect: {str(exc.orig).strip().splitlines()[0]}") from None
     if revision is None:
-        tables = set(inspect(engine).get_table_names())
-        if tables & {"jobs", "trials"}:
-            raise NasError("--db: the database has nas tables but no schema version; "
-                           "it was not created by nas")
-        upgrade(engine)
-        return
+        _create_schema(engine)
+        revision = current_revision(engine)
     head = head_revision()
     if revision != head and not _known_revision(revision):
         raise NasError(f"--db: schema revision {revision} is unknown to this version of nas "
