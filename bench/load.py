@@ -15,6 +15,7 @@ the curve is RSS against progress. The driver keeps the keys of the job's archit
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -109,8 +110,10 @@ def run_load(url: str, spec: dict, sample_s: float = 0.25, timeout_s: float = 18
         run = LoadRun(spec["budget"]["trials"], job)
         t0 = time.monotonic()
         err = tempfile.TemporaryFile()  # not a pipe: a full pipe would stall the driver
-        proc = subprocess.Popen([sys.executable, "-m", "nas", "--db", url, "drive", str(job)],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        # the URL in the environment, not argv (`ps`): it may hold a password
+        proc = subprocess.Popen([sys.executable, "-m", "nas", "drive", str(job)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "NAS_DB_URL": url})
         watched = psutil.Process(proc.pid)
         try:
             while proc.poll() is None:
