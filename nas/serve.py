@@ -58,6 +58,8 @@ def check_options(poll_s: float, lease_ttl_s: float, max_jobs: int, name: str | 
         raise NasError(f"--max-jobs must be at least 1, got {max_jobs}")
     if name is not None and not 1 <= len(name) <= 200:
         raise NasError("--name must have 1 to 200 characters")
+    if name is not None and not name.isprintable():  # `nas servers` prints it to others
+        raise NasError("--name must be printable text (no control characters)")
 
 
 class _StopAwareStorage(Storage):

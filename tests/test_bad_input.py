@@ -325,6 +325,11 @@ CLI_CASES = [
                  ["--db", "nonsense"], id="submit-valid-spec-to-a-bad-db"),
     pytest.param(["submit"], ["missing argument", "spec"], id="submit-without-spec"),
     pytest.param(["frobnicate"], ["frobnicate"], id="unknown-command"),
+    pytest.param(["serve", "--poll-s", "0"], ["--poll-s", "0"], id="serve-poll-zero"),
+    pytest.param(["serve", "--lease-ttl-s", "0.5"], ["--lease-ttl-s"], id="serve-short-lease"),
+    pytest.param(["serve", "--max-jobs", "0"], ["--max-jobs"], id="serve-no-jobs"),
+    pytest.param(["serve", "--name", "a\x1b[2Jb"], ["--name", "control characters"],
+                 id="serve-name-with-escape-codes"),
     pytest.param(["db", "downgrade"], ["downgrade"], id="unknown-db-command"),
     pytest.param(["status", "1", "--jsn"], ["--jsn"], id="unknown-option"),
 ]
