@@ -29,8 +29,10 @@ def mask_url(url: str) -> str:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         return _mask_unparsed(url)
-    query = {key: ("***" if key.lower() in _SECRET_PARAMETERS else value)
-             for key, value in parsed.query.items()}
+    secret = {key for key in parsed.query if key.lower() in _SECRET_PARAMETERS}
+    if parsed.password is None and not secret:
+        return url  # as the user spelled it (rendering would percent-encode a path's `@`)
+    query = {key: ("***" if key in secret else value) for key, value in parsed.query.items()}
     return parsed.set(query=query).render_as_string(hide_password=True)
 
 
