@@ -348,16 +348,22 @@ def serve(
     once: bool = typer.Option(False, "--once", help="Run at most one job, then exit."),
     name: str | None = typer.Option(None, "--name", help="Name in `nas servers` "
                                                          "(default HOST:PID)."),
+    allow_modules: str | None = typer.Option(
+        None, "--allow-modules", help="Comma-separated top-level packages whose modules jobs "
+                                      "may reference (`space: mypkg.mod:MySpace`, ...); a job "
+                                      "referencing any other module fails. Default: none."),
 ) -> None:
     """Run queued jobs: claim the oldest pending job (or a running one whose driver died),
-    run it, repeat. SIGINT/SIGTERM pause the running jobs and stop."""
-    from .serve import Server, check_options
+    run it, repeat. SIGINT/SIGTERM pause the running jobs and stop. A job naming a module
+    (which runs that module's code) runs only when --allow-modules lists its package."""
+    from .serve import Server, check_options, parse_allow_modules
 
     check_options(poll_s, lease_ttl_s, max_jobs, name)
+    allowed = parse_allow_modules(allow_modules)
     c: Context = ctx.obj
     _interrupt_pauses()
     Server(c.storage(), poll_s=poll_s, lease_ttl_s=lease_ttl_s, max_jobs=max_jobs, once=once,
-           name=name, ray_address=c.ray_address).run()
+           name=name, ray_address=c.ray_address, allow_modules=allowed).run()
 
 
 @app.command()
@@ -666,34 +672,82 @@ def export(
 # ---- registries and the database --------------------------------------------------------------
 @app.command()
 def spaces(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Registered search spaces."""
-    from search_spaces import get_space, list_spaces
+    """Registered search spaces (built-in and plugins), with where each comes from."""
+    from search_spaces._base import SPACES
 
-    rows = [get_space(name).describe() for name in list_spaces()]
+    rows = [{**_describe_space(name, cls), "origin": SPACES.origin(name)}
+            for name, cls in SPACES.items()]
     if as_json:
         _emit_json(rows)
         return
-    table = Table("space", "size", "decisions", "input", "description")
+    table = Table("space", "size", "decisions", "input", "origin", "description")
     for r in rows:
-        size = f"{r['size']:,}" if r["size"] < 10**9 else f"{r['size']:.2e}"
-        table.add_row(r["name"], size, str(r["decisions"]), "x".join(map(str, r["input_shape"])),
-                      r["description"])
+        size = "-" if r["size"] is None else \
+            f"{r['size']:,}" if r["size"] < 10**9 else f"{r['size']:.2e}"
+        shape = "-" if r["input_shape"] is None else "x".join(map(str, r["input_shape"]))
+        table.add_row(r["name"], size, str(r["decisions"] if r["decisions"] is not None else "-"),
+                      shape, r["origin"], r["description"])
+    out.print(table)
+
+
+def _describe_space(name: str, cls: Any) -> dict[str, Any]:
+    """`describe()` of the space with its default arguments; a plugin space that cannot be
+    built without `space_args` (or fails) is listed with what is known, not dropped."""
+    try:
+        return cls().describe()
+    except Exception as exc:  # a plugin's code: one line, the listing goes on
+        return {"name": name, "description": f"(not described: {type(exc).__name__}: {exc})",
+                "size": None, "decisions": None, "encoding_length": None,
+                "conditional": bool(getattr(cls, "conditional", False)), "input_shape": None}
+
+
+def _registry_rows(registry: Any, description: Any) -> list[dict[str, Any]]:
+    """name, origin and description of every entry of a registry."""
+    return [{"name": name, "origin": registry.origin(name), "description": description(obj)}
+            for name, obj in registry.items()]
+
+
+def _first_doc_line(obj: Any) -> str:
+    lines = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _print_registry(rows: list[dict[str, Any]], kind: str, as_json: bool) -> None:
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(kind, "origin", "description")
+    for r in rows:
+        table.add_row(r["name"], r["origin"], r["description"])
     out.print(table)
 
 
 @app.command()
 def strategies(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Registered search strategies."""
-    from .strategies import list_strategies, strategy_class
+    """Registered search strategies (built-in and plugins), with where each comes from."""
+    from .strategies._base import STRATEGIES
 
-    rows = [{"name": n, "description": strategy_class(n).description} for n in list_strategies()]
-    if as_json:
-        _emit_json(rows)
-        return
-    table = Table("strategy", "description")
-    for r in rows:
-        table.add_row(r["name"], r["description"])
-    out.print(table)
+    rows = _registry_rows(STRATEGIES, lambda cls: cls.description or _first_doc_line(cls))
+    _print_registry(rows, "strategy", as_json)
+
+
+@app.command()
+def evaluators(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Registered evaluators (built-in and plugins), with where each comes from."""
+    from workers.evaluators._base import EVALUATORS
+
+    rows = _registry_rows(EVALUATORS, _first_doc_line)
+    _print_registry(rows, "evaluator", as_json)
+
+
+@app.command()
+def proxies(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Registered training-free proxies (built-in and plugins), with where each comes from."""
+    from predictors.proxies._base import PROXIES, load_builtin_proxies
+
+    load_builtin_proxies()
+    rows = _registry_rows(PROXIES, lambda proxy: proxy.description)
+    _print_registry(rows, "proxy", as_json)
 
 
 @db_app.command("upgrade")

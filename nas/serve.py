@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 
@@ -77,6 +78,33 @@ class _StopAwareStorage(Storage):
         return super().heartbeat(job_id, owner, ttl_s, elapsed_s)
 
 
+def parse_allow_modules(text: str | None) -> frozenset[str]:
+    """The packages of `--allow-modules pkg1,pkg2` (empty: none); NasError when malformed."""
+    if text is None:
+        return frozenset()
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if not name.isidentifier():
+            raise NasError("--allow-modules must be comma-separated top-level package names "
+                           f"(e.g. mypkg,otherpkg), got {text!r}")
+    return frozenset(names)
+
+
+def refused_modules(spec: dict[str, Any], allowed: frozenset[str]) -> list[str]:
+    """The modules a stored spec references (`spec_modules`) whose top-level package is not
+    in `allowed`: a shared serve process runs no code that its operator did not allow."""
+    from .spec import spec_modules
+
+    return [m for m in spec_modules(spec) if m.split(".")[0] not in allowed]
+
+
+def refusal(modules: list[str], allowed: frozenset[str]) -> str:
+    """The one line a refused job's error holds."""
+    given = f"it allows only {', '.join(sorted(allowed))}" if allowed else "none were given"
+    return (f"the job references module {', '.join(modules)}, which this serve process may not "
+            f"import: start `nas serve --allow-modules {modules[0].split('.')[0]}` ({given})")
+
+
 class Server:
     """Claims jobs and runs up to `max_jobs` of them at once, each in a driver thread."""
 
@@ -90,6 +118,7 @@ class Server:
         once: bool = False,
         name: str | None = None,
         ray_address: str | None = None,
+        allow_modules: frozenset[str] = frozenset(),
         log: Log = print_log,
     ) -> None:
         check_options(poll_s, lease_ttl_s, max_jobs, name)
@@ -101,6 +130,8 @@ class Server:
         self.owner = Storage.new_owner()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.ray_address = ray_address
+        #: top-level packages whose modules a job may reference (`--allow-modules`)
+        self.allow_modules = frozenset(allow_modules)
         self.log = log
         #: the tick of the claims loop and of the heartbeat thread
         self.tick_s = min(poll_s, lease_ttl_s / 3)
@@ -184,6 +215,8 @@ class Server:
         how = "taking over" if job["status"] == "running" else "claimed"
         self.log(f"{how} job {job_id} [{job['name']}]")
         self.started += 1
+        if self._refuse(job_id, job["spec"]):
+            return
         if job["spec"].get("executor", "ray") == "ray":
             try:
                 self._connect_ray()
@@ -194,6 +227,17 @@ class Server:
         with self._threads_lock:
             self._threads[job_id] = thread
         thread.start()
+
+    def _refuse(self, job_id: int, spec: dict[str, Any]) -> bool:
+        """Mark the job failed, without importing anything, when it references a module
+        outside `--allow-modules`; True when refused."""
+        modules = refused_modules(spec, self.allow_modules)
+        if not modules:
+            return False
+        message = refusal(modules, self.allow_modules)
+        self.log(f"job {job_id} failed: {message}")
+        self.storage.set_status(job_id, "failed", owner=self.owner, error=message)
+        return True
 
     def _connect_ray(self) -> None:
         """Connect to Ray here, in the main thread (ray.init expects it), before a driver

@@ -225,17 +225,12 @@ def _budget(value: Any) -> tuple[int | None, float | None]:
 def _build_components(spec: JobSpec) -> JobSpec:
     """Instantiate space, strategy and evaluator once, so their own argument checks run;
     returns the spec with their arguments in canonical form (`_canonical_args`)."""
-    from search_spaces import get_space, list_spaces
-    from workers.evaluators import get_evaluator, list_evaluators
+    from search_spaces import get_space
+    from workers.evaluators import get_evaluator
 
-    from .strategies import get_strategy, list_strategies
+    from .strategies import get_strategy
 
-    if spec.space not in list_spaces():
-        raise _fail("space", f"one of {', '.join(list_spaces())}", spec.space)
-    if spec.strategy not in list_strategies():
-        raise _fail("strategy", f"one of {', '.join(list_strategies())}", spec.strategy)
-    if spec.evaluator not in list_evaluators():
-        raise _fail("evaluator", f"one of {', '.join(list_evaluators())}", spec.evaluator)
+    _check_names(spec)
     spec = _canonical_args(spec)
     space = _construct("space_args", lambda: get_space(spec.space, **spec.space_args))
     spec, space = _space_args_from_data(spec, space)
@@ -267,6 +262,65 @@ def _build_components(spec: JobSpec) -> JobSpec:
     return spec
 
 
+def _check_names(spec: JobSpec) -> None:
+    """Space, strategy and evaluator each a registered name or a resolvable reference."""
+    from search_spaces import list_spaces, space_class
+    from workers.evaluators import evaluator_class, list_evaluators
+
+    from .strategies import list_strategies, strategy_class
+
+    _component("space", spec.space, list_spaces, space_class)
+    _component("strategy", spec.strategy, list_strategies, strategy_class)
+    _component("evaluator", spec.evaluator, list_evaluators, evaluator_class)
+
+
+def _component(path: str, name: str, names: Any, lookup: Any) -> None:
+    """A registered name (one of `names()`), or a `module:attr` reference that `lookup`
+    resolves to the right kind of object; SpecError naming the field otherwise. Resolving a
+    reference imports its module: a spec naming a module runs its code, like a Makefile."""
+    from search_spaces.registry import BadReferenceError, is_reference
+
+    if not is_reference(name):
+        if name not in names():
+            raise _fail(path, f"one of {', '.join(names())} (or a module:attr reference)",
+                        name)
+        return
+    try:
+        lookup(name)
+    except (BadReferenceError, KeyError) as exc:
+        text = exc.args[0] if exc.args else str(exc)
+        raise SpecError(f"spec field '{path}': {shorten_words(str(text))}") from None
+
+
+def spec_modules(spec: JobSpec | dict[str, Any]) -> list[str]:
+    """The modules a spec references (sorted, unique): its space, strategy and evaluator when
+    they are `module:attr` references, `evaluator_args.function`, `module:attr` entries of
+    `evaluator_args.proxies`, and function datasets (`{kind: function, function: mod:fn}` or
+    `py:mod:fn`) in `evaluator_args` or `strategy_args`. Nothing is imported."""
+    data = spec.to_dict() if isinstance(spec, JobSpec) else spec
+    evaluator_args = data.get("evaluator_args") or {}
+    strategy_args = data.get("strategy_args") or {}
+    refs = [data.get(k) for k in ("space", "strategy", "evaluator")]
+    refs.append(evaluator_args.get("function"))
+    proxies = evaluator_args.get("proxies")
+    if isinstance(proxies, list | tuple):
+        refs.extend(proxies)
+    for args in (evaluator_args, strategy_args):
+        refs.append(_dataset_function(args.get("dataset")))
+    return sorted({ref.partition(":")[0] for ref in refs
+                   if isinstance(ref, str) and ":" in ref and ref.partition(":")[0]})
+
+
+def _dataset_function(dataset: Any) -> str | None:
+    """The `module:function` of a function dataset (either form), else None."""
+    if isinstance(dataset, str) and dataset.startswith("py:"):
+        return dataset[3:]
+    if isinstance(dataset, dict) and dataset.get("kind") == "function":
+        function = dataset.get("function")
+        return function if isinstance(function, str) else None
+    return None
+
+
 def _construct(path: str, make: Any) -> Any:
     try:
         return make()
@@ -280,7 +334,9 @@ def _construct(path: str, make: Any) -> Any:
         raise SpecError(f"spec field '{path}': {exc.strerror or 'cannot be read'}: "
                         f"{short_repr(exc.filename)}") from None
     except (ValueError, KeyError) as exc:
-        text = shorten_words(str(exc).strip("'\""))
+        # a KeyError's str() is the repr of its message: take the message itself
+        text = shorten_words(str(exc.args[0] if isinstance(exc, KeyError) and exc.args
+                                 else exc))
         if text.startswith(path):
             field, rest = text.split(" ", 1)
             raise SpecError(f"spec field '{field.rstrip(':')}': {rest}") from None

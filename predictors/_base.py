@@ -21,7 +21,8 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-_REGISTRY: dict[str, type[Predictor]] = {}
+from search_spaces.registry import Registry, check_class
+
 P = TypeVar("P", bound="Predictor")
 
 
@@ -110,24 +111,22 @@ def _vector(v: Any, what: str, rows: int) -> np.ndarray:
     return arr
 
 
+#: The accuracy predictors by name, with the plugins of entry-point group `nas.predictors`.
+PREDICTORS: Registry[type[Predictor]] = Registry("predictor", "nas.predictors",
+                                                 check=check_class(Predictor, "predictor"))
+
+
 def register_predictor(cls: type[Predictor]) -> type[Predictor]:
     """Class decorator: make a predictor available by its `name`."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return PREDICTORS.decorator()(cls)
 
 
 def list_predictors() -> list[str]:
-    return sorted(_REGISTRY)
+    return PREDICTORS.names()
 
 
 def predictor_class(name: str) -> type[Predictor]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(list_predictors())
-        raise KeyError(f"unknown predictor {name!r}; known: {known}") from None
+    return PREDICTORS.get(name)
 
 
 def get_predictor(name: str, seed: int = 0, **kwargs: Any) -> Predictor:

@@ -24,26 +24,22 @@ from typing import Any, ClassVar
 import numpy as np
 
 from search_spaces import Arch, SearchSpace
-
-_REGISTRY: dict[str, type[LatencyPredictor]] = {}
+from search_spaces.registry import Registry, check_class
 
 
 def register_latency_predictor(cls: type[LatencyPredictor]) -> type[LatencyPredictor]:
-    _REGISTRY[cls.name] = cls
-    return cls
+    """Class decorator: make a latency predictor available by its `name`."""
+    return LATENCY_PREDICTORS.decorator()(cls)
 
 
 def list_latency_predictors() -> list[str]:
-    return sorted(_REGISTRY)
+    return LATENCY_PREDICTORS.names()
 
 
 def get_latency_predictor(name: str, space: SearchSpace, **args: Any) -> LatencyPredictor:
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(list_latency_predictors())
-        raise ValueError(f"unknown latency predictor {name!r}; known: {known}") from None
-    return cls(space, **args)
+    """Build a registered latency predictor (UnknownComponentError, a ValueError too, for an
+    unknown name)."""
+    return LATENCY_PREDICTORS.get(name)(space, **args)
 
 
 class LatencyPredictor(abc.ABC):
@@ -87,6 +83,12 @@ class LatencyPredictor(abc.ABC):
 
     def features(self, archs: Sequence[Arch]) -> np.ndarray:
         return np.stack([self.space.latency_encoding(a) for a in archs]).astype(np.float64)
+
+
+#: The latency predictors by name, with the plugins of `nas.latency_predictors`.
+LATENCY_PREDICTORS: Registry[type[LatencyPredictor]] = Registry(
+    "latency predictor", "nas.latency_predictors",
+    check=check_class(LatencyPredictor, "latency predictor"))
 
 
 @register_latency_predictor

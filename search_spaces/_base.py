@@ -17,14 +17,22 @@ from __future__ import annotations
 
 import abc
 import itertools
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
 
-Arch = dict[str, Any]
+from .registry import (
+    BadReferenceError,
+    Registry,
+    a_kind_of,
+    check_class,
+    is_reference,
+    resolve_reference,
+)
 
-_REGISTRY: dict[str, type[SearchSpace]] = {}
+Arch = dict[str, Any]
 
 
 class SearchSpace(abc.ABC):
@@ -167,28 +175,70 @@ class SearchSpace(abc.ABC):
         }
 
 
+#: The spaces by name (spec field `space`), with the plugins of entry-point group `nas.spaces`.
+SPACES: Registry[type[SearchSpace]] = Registry("space", "nas.spaces",
+                                               check=check_class(SearchSpace, "space"))
+
+
 def register_space(cls: type[SearchSpace]) -> type[SearchSpace]:
     """Class decorator: make a space available by its `name` (spec field `space`)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return SPACES.decorator()(cls)
 
 
 def list_spaces() -> list[str]:
-    return sorted(_REGISTRY)
+    return SPACES.names()
 
 
 def space_class(name: str) -> type[SearchSpace]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown space {name!r}; known: {', '.join(list_spaces())}") from None
+    """The class of a registered space, or of the space a `module:attr` reference names (a
+    `SearchSpace` subclass or instance, or a PyGlove hyper value: `PyGloveSpace`)."""
+    if not is_reference(name):
+        return SPACES.get(name)
+    obj = resolve_reference(name)
+    if isinstance(obj, type) and issubclass(obj, SearchSpace):
+        return obj
+    if isinstance(obj, SearchSpace):
+        return type(obj)
+    if _is_pyglove(obj):
+        return _pyglove_space_class()
+    raise BadReferenceError(f"{name!r} is {a_kind_of(obj)}, not a SearchSpace (class or instance) "
+                            "or a PyGlove hyper value")
 
 
 def get_space(name: str, **kwargs: Any) -> SearchSpace:
-    """Instantiate a registered space with its `space_args`."""
-    return space_class(name)(**kwargs)
+    """Instantiate a space with its `space_args`: a registered name, or a `module:attr`
+    reference (a `SearchSpace` instance is used as it is and takes no arguments)."""
+    if not is_reference(name):
+        return SPACES.get(name)(**kwargs)
+    cls = space_class(name)
+    obj = resolve_reference(name)
+    if isinstance(obj, SearchSpace):
+        if kwargs:
+            raise ValueError(f"space_args: {name!r} is a SearchSpace instance, which takes no "
+                             f"space_args (got {', '.join(sorted(kwargs))})")
+        return obj
+    if cls is not obj:  # a PyGlove hyper value or symbolic builder
+        return cls(obj, **kwargs)  # type: ignore[call-arg]
+    return cls(**kwargs)
+
+
+def _is_pyglove(obj: Any) -> bool:
+    """A PyGlove hyper value, symbolic value or symbolic class (only when the user's module
+    imported pyglove: nothing here imports it for a plain object)."""
+    pg = sys.modules.get("pyglove")
+    if pg is None:
+        return False
+    if isinstance(obj, type):
+        return issubclass(obj, pg.Symbolic)
+    return isinstance(obj, pg.hyper.HyperValue | pg.Symbolic)
+
+
+def _pyglove_space_class() -> type[SearchSpace]:
+    try:
+        from .pyglove_space import PyGloveSpace
+    except ImportError as exc:
+        raise BadReferenceError(f"PyGlove spaces are not available here ({exc})") from None
+    return PyGloveSpace
 
 
 SpaceFactory = Callable[..., SearchSpace]

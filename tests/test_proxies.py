@@ -255,7 +255,7 @@ def test_cifar_shaped_space_falls_back_to_gaussian_data_or_reads_a_dataset(tiny,
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    ({"proxies": ["synflow", "nope"]}, "evaluator_args.proxies: unknown proxy 'nope'"),
+    ({"proxies": ["synflow", "nope"]}, r"evaluator_args.proxies\[1\]: unknown proxy 'nope'"),
     ({"proxies": "synflow"}, "evaluator_args.proxies must be a non-empty list"),
     ({"proxies": []}, "evaluator_args.proxies must be a non-empty list"),
     ({"batch_size": 1}, "evaluator_args.batch_size must be an integer >= 2"),

@@ -142,10 +142,9 @@ def restore_proxy_registry():
     from predictors.proxies import _base
 
     _base.load_builtin_proxies()
-    proxies, formulas = dict(_base._REGISTRY), dict(evolved._REGISTERED)
+    proxies, formulas = _base.PROXIES.snapshot(), dict(evolved._REGISTERED)
     yield
-    _base._REGISTRY.clear()
-    _base._REGISTRY.update(proxies)
+    _base.PROXIES.restore(proxies)
     evolved._REGISTERED.clear()
     evolved._REGISTERED.update(formulas)
 

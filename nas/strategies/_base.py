@@ -10,8 +10,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from search_spaces import Arch, SearchSpace
-
-_REGISTRY: dict[str, type[Strategy]] = {}
+from search_spaces.registry import (
+    BadReferenceError,
+    Registry,
+    a_kind_of,
+    check_class,
+    is_reference,
+    resolve_reference,
+)
 
 
 @dataclass(frozen=True)
@@ -167,21 +173,28 @@ class Strategy(abc.ABC):
         self.rng.bit_generator.state = state["rng"]
 
 
+#: The strategies by name (spec field `strategy`), with the plugins of `nas.strategies`.
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "nas.strategies",
+                                                check=check_class(Strategy, "strategy"))
+
+
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    _REGISTRY[cls.name] = cls
-    return cls
+    """Class decorator: make a strategy available by its `name`."""
+    return STRATEGIES.decorator()(cls)
 
 
 def list_strategies() -> list[str]:
-    return sorted(_REGISTRY)
+    return STRATEGIES.names()
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(list_strategies())
-        raise KeyError(f"unknown strategy {name!r}; known: {known}") from None
+    """A registered strategy, or the `Strategy` subclass a `module:attr` reference names."""
+    if not is_reference(name):
+        return STRATEGIES.get(name)
+    obj = resolve_reference(name)
+    if not (isinstance(obj, type) and issubclass(obj, Strategy)):
+        raise BadReferenceError(f"{name!r} is {a_kind_of(obj)}, not a Strategy subclass")
+    return obj
 
 
 def get_strategy(name: str, space: SearchSpace, seed: int = 0, **args: Any) -> Strategy:

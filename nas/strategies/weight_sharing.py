@@ -109,7 +109,7 @@ class WeightSharingStrategy(Strategy):
 def _strategy(name: str, description: str) -> type[WeightSharingStrategy]:
     cls = type(f"WeightSharing_{name.replace('-', '_')}", (WeightSharingStrategy,),
                {"name": name, "method": name, "description": description,
-                "__doc__": description})
+                "__doc__": description, "__module__": __name__})
     return register_strategy(cls)
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from search_spaces.registry import Registry, is_reference, resolve_reference
+
 ProxyFn = Callable[[Any, Any, Any, Callable[..., Any]], float]
 #: A function computing several proxies from one pass: `(model, inputs, targets, loss_fn) ->
 #: {name: score}` (snip, grad_norm and fisher share one backward pass).
@@ -25,7 +27,6 @@ GroupFn = Callable[[Any, Any, Any, Callable[..., Any]], dict[str, float]]
 
 #: Modules holding the built-in proxies, imported by `load_builtin_proxies`.
 _FAMILIES = ("gradient", "synflow", "activation", "zen", "cost")
-_REGISTRY: dict[str, Proxy] = {}
 _GROUPS: dict[str, GroupFn] = {}
 _loaded = False
 
@@ -42,16 +43,38 @@ class Proxy:
     description: str = ""
     group: str | None = None
 
+    @classmethod
+    def of_function(cls, name: str, fn: Any) -> Proxy:
+        """A proxy (reading the minibatch) from a plain function (an entry point or a
+        `module:attr` reference); its docstring's first line is the description."""
+        if isinstance(fn, Proxy):
+            return fn
+        if not callable(fn) or isinstance(fn, type):
+            raise TypeError(f"proxy {name!r} must be a function (model, inputs, targets, "
+                            f"loss_fn) -> float, got {fn!r:.60}")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        return cls(name, fn, True, doc[0] if doc else "")
+
+
+def _check_proxy(name: str, proxy: Any) -> None:
+    if not isinstance(proxy, Proxy) or proxy.name != name:
+        raise TypeError(f"proxy {name!r}: expected a Proxy named {name!r}, got {proxy!r:.60}")
+
+
+#: The proxies by name (`evaluator_args.proxies`), with the plugins of `nas.proxies` (a
+#: function `(model, inputs, targets, loss_fn) -> float` each).
+PROXIES: Registry[Proxy] = Registry("proxy", "nas.proxies", check=_check_proxy,
+                                    from_entry_point=Proxy.of_function,
+                                    defined_by=lambda proxy: proxy.fn)
+
 
 def register_proxy(name: str, *, data: bool = True,
                    group: str | None = None) -> Callable[[ProxyFn], ProxyFn]:
     """Register `fn` as proxy `name` (the docstring's first line becomes its description)."""
 
     def wrap(fn: ProxyFn) -> ProxyFn:
-        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
-            raise ValueError(f"proxy {name!r} is already registered")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = Proxy(name, fn, data, doc[0] if doc else "", group)
+        PROXIES.register(name, Proxy(name, fn, data, doc[0] if doc else "", group))
         return fn
 
     return wrap
@@ -81,16 +104,15 @@ def load_builtin_proxies() -> None:
 
 def list_proxies() -> list[str]:
     load_builtin_proxies()
-    return sorted(_REGISTRY)
+    return PROXIES.names()
 
 
 def get_proxy(name: str) -> Proxy:
+    """A registered proxy, or the function a `module:attr` reference names (as proxy `name`)."""
+    if is_reference(name):
+        return Proxy.of_function(name, resolve_reference(name))
     load_builtin_proxies()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown proxy {name!r}; known: {', '.join(sorted(_REGISTRY))}") \
-            from None
+    return PROXIES.get(name)
 
 
 def run_proxy(name: str, model: Any, inputs: Any, targets: Any,

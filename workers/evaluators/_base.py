@@ -7,10 +7,16 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from search_spaces import Arch, SearchSpace
+from search_spaces.registry import (
+    BadReferenceError,
+    Registry,
+    a_kind_of,
+    check_class,
+    is_reference,
+    resolve_reference,
+)
 
 from ..files import CHECKSUMS, verify_checksums
-
-_REGISTRY: dict[str, type[Evaluator]] = {}
 
 
 class EvaluationError(Exception):
@@ -98,25 +104,44 @@ class Evaluator(abc.ABC):
         return None
 
 
+#: The evaluators by name (spec field `evaluator`), with the plugins of `nas.evaluators`.
+EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator", "nas.evaluators",
+                                                 check=check_class(Evaluator, "evaluator"))
+
+
 def register_evaluator(cls: type[Evaluator]) -> type[Evaluator]:
-    _REGISTRY[cls.name] = cls
-    return cls
+    """Class decorator: make an evaluator available by its `name`."""
+    return EVALUATORS.decorator()(cls)
 
 
 def list_evaluators() -> list[str]:
-    return sorted(_REGISTRY)
+    return EVALUATORS.names()
 
 
 def evaluator_class(name: str) -> type[Evaluator]:
+    """A registered evaluator, or what a `module:attr` reference names: an `Evaluator`
+    subclass, or a function, run by the `function` evaluator."""
+    if not is_reference(name):
+        return EVALUATORS.get(name)
+    obj = resolve_reference(name)
+    if isinstance(obj, type) and issubclass(obj, Evaluator):
+        return obj
+    if not callable(obj) or isinstance(obj, type):
+        raise BadReferenceError(f"{name!r} is {a_kind_of(obj)}, not an Evaluator subclass "
+                                "or a function")
     try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(list_evaluators())
-        raise KeyError(f"unknown evaluator {name!r}; known: {known}") from None
+        from .function import FunctionEvaluator
+    except ImportError as exc:
+        raise BadReferenceError(f"function evaluators are not available here ({exc})") \
+            from None
+    return FunctionEvaluator
 
 
 def get_evaluator(name: str, space: SearchSpace, **args: Any) -> Evaluator:
-    """Build an evaluator; the files pinned in `checksums` must be the ones submitted."""
+    """Build an evaluator; the files pinned in `checksums` must be the ones submitted. A
+    reference to a function becomes `FunctionEvaluator(space, function=name, **args)`."""
     cls = evaluator_class(name)
     verify_checksums(args.pop(CHECKSUMS, None), "evaluator_args")
+    if is_reference(name) and cls is not resolve_reference(name):  # a function
+        return cls(space, function=name, **args)  # type: ignore[call-arg]
     return cls(space, **args)

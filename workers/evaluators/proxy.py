@@ -50,6 +50,24 @@ GAUSSIAN = "gaussian"
 _ANALYTIC = ("params", "flops")
 
 
+def _check_proxy(i: int, name: Any, known: list[str]) -> None:
+    """A registered proxy name or a `module:attr` reference to a proxy function; ValueError
+    naming `evaluator_args.proxies[i]` otherwise."""
+    from predictors.proxies import get_proxy
+    from search_spaces.registry import is_reference
+
+    if not isinstance(name, str):
+        raise ValueError(f"evaluator_args.proxies[{i}]: expected a proxy name, got {name!r}")
+    if not is_reference(name) and name not in known:
+        raise ValueError(f"evaluator_args.proxies[{i}]: unknown proxy {name!r}; known: "
+                         f"{', '.join(known)}")
+    try:
+        get_proxy(name)
+    except (KeyError, ValueError, TypeError) as exc:
+        text = exc.args[0] if exc.args else str(exc)
+        raise ValueError(f"evaluator_args.proxies[{i}]: {text}") from None
+
+
 @register_evaluator
 class ProxyEvaluator(Evaluator):
     """Scores an untrained architecture with training-free proxies (see the module doc)."""
@@ -69,10 +87,8 @@ class ProxyEvaluator(Evaluator):
         if isinstance(proxies, str) or not isinstance(proxies, list | tuple) or not proxies:
             raise ValueError("evaluator_args.proxies must be a non-empty list of proxy names "
                              f"(known: {', '.join(known)}), got {proxies!r}")
-        for name in proxies:
-            if name not in known:
-                raise ValueError(f"evaluator_args.proxies: unknown proxy {name!r}; known: "
-                                 f"{', '.join(known)}")
+        for i, name in enumerate(proxies):
+            _check_proxy(i, name, known)
         self.proxies: list[str] = list(dict.fromkeys(proxies))
         self.score_proxies = [p for p in self.proxies if p in NB201_QUANTILES]
         if not self.score_proxies:

@@ -38,11 +38,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from search_spaces import Arch, SearchSpace
+from search_spaces.registry import Registry, check_class
 
 from ..torch_device import check_deterministic, check_device, deterministic_cuda, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
-_REGISTRY: dict[str, type[WeightSharingSearch]] = {}
 
 
 @dataclass
@@ -199,24 +199,23 @@ class WeightSharingSearch(abc.ABC):
 
 
 # ---- registry -------------------------------------------------------------------------------
+#: The weight-sharing methods by name, with the plugins of `nas.weight_sharing`.
+SEARCHES: Registry[type[WeightSharingSearch]] = Registry(
+    "weight-sharing search", "nas.weight_sharing",
+    check=check_class(WeightSharingSearch, "weight-sharing search"))
+
+
 def register_search(cls: type[WeightSharingSearch]) -> type[WeightSharingSearch]:
     """Class decorator: make a weight-sharing method available by its `name`."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return SEARCHES.decorator()(cls)
 
 
 def list_searches() -> list[str]:
-    return sorted(_REGISTRY)
+    return SEARCHES.names()
 
 
 def search_class(name: str) -> type[WeightSharingSearch]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown weight-sharing strategy {name!r}; known: "
-                       f"{', '.join(list_searches())}") from None
+    return SEARCHES.get(name)
 
 
 def get_search(name: str, space: SearchSpace, **kwargs: Any) -> WeightSharingSearch:
