@@ -7,7 +7,9 @@ check and the offending architecture. The fast DNA paths (`from_dna`, `choice_co
 compared with PyGlove's own decode of `template()`; `params()` and `flops()` with the model
 that `build()` returns, measured by torch. A conditional space (`conditional = True`) is held
 to the conditional contract as well: canonical DNAs, mutations and encodings that respect
-which decisions are active, and an exact `size()`.
+which decisions are active, and an exact `size()`. Float decisions (`float_decisions()`) are
+held to theirs: values within bounds, one encoding feature (the value scaled to [0, 1]), an
+infinite `size()`. A space that cannot build a model (`buildable` False) skips the torch checks.
 
 torch and pyglove are imported inside the checks, so importing this module stays cheap.
 """
@@ -68,6 +70,8 @@ def check_space(
     run(_check_seeded_sampling, n, seed)
     run(_check_validate_accepts, archs)
     run(_check_validate_rejects, archs)
+    if not space.buildable:
+        return
     with _one_torch_thread():
         for arch in archs[:build_n]:
             run(_check_build_forward_backward, arch, batch_size)
@@ -91,7 +95,22 @@ def _one_torch_thread() -> Iterator[None]:
 
 def _corner_archs(space: SearchSpace) -> list[Arch]:
     counts = space.choice_counts()
-    return [space.from_dna([0] * len(counts)), space.from_dna([c - 1 for c in counts])]
+    floats = space.float_decisions()
+    first = [floats[i].low if i in floats else 0 for i in range(len(counts))]
+    last = [floats[i].high if i in floats else c - 1 for i, c in enumerate(counts)]
+    return [space.from_dna(space.canonical_dna(first)), space.from_dna(space.canonical_dna(last))]
+
+
+def _random_dna(space: SearchSpace, rng: np.random.Generator) -> list[Any]:
+    """Any DNA (not canonicalised): uniform candidates, float decisions within bounds."""
+    floats = space.float_decisions()
+    return [floats[i].sample(rng) if i in floats else int(rng.integers(c))
+            for i, c in enumerate(space.choice_counts())]
+
+
+def _inactive_value(space: SearchSpace, i: int) -> Any:
+    floats = space.float_decisions()
+    return floats[i].low if i in floats else 0
 
 
 def _dna_spec(space: SearchSpace) -> Any:
@@ -154,6 +173,10 @@ def _check_choice_counts(space: SearchSpace) -> None:
     assert counts, "choice_counts() is empty: a space needs at least one decision"
     assert all(isinstance(c, int | np.integer) and c >= 1 for c in counts), \
         f"choice_counts() must be positive integers, got {counts}"
+    floats = space.float_decisions()
+    if floats or type(space).pyglove_dna is not SearchSpace.pyglove_dna:
+        _check_general_decisions(space, counts, floats)
+        return
     assert any(c > 1 for c in counts), f"no decision has two candidates: {counts}"
     spec = _dna_spec(space)
     points = spec.decision_points
@@ -188,6 +211,33 @@ def _check_choice_counts(space: SearchSpace) -> None:
             f"size() is {size}"
 
 
+def _check_general_decisions(space: SearchSpace, counts: list[int], floats: dict) -> None:
+    """Decisions that are not PyGlove's one to one (float decisions, nested conditional
+    choices, a manyof taken whole): the float decisions are PyGlove's, and the sizes agree."""
+    spec = _dna_spec(space)
+    assert all(0 <= i < len(counts) and counts[i] == 1 for i in floats), \
+        f"float decisions {sorted(floats)} must be decisions of count 1 in {counts}"
+    assert any(c > 1 for c in counts) or floats, f"no decision has two candidates: {counts}"
+    kinds = space.decision_kinds()
+    assert kinds == ["float" if i in floats else "choice" for i in range(len(counts))], \
+        f"decision_kinds() {kinds} disagrees with float_decisions() {sorted(floats)}"
+    pg_floats = sorted((p.min_value, p.max_value) for p in spec.decision_points
+                       if type(p).__name__ == "Float")
+    ours = sorted((f.low, f.high) for f in floats.values())
+    assert ours == pg_floats, f"float decisions {ours} differ from PyGlove's {pg_floats}"
+    size = space.size()
+    if floats:
+        assert size == float("inf"), f"size() of a space with float decisions is {size!r}, " \
+                                     "expected math.inf"
+        return
+    assert size == spec.space_size, f"size() {size} != PyGlove's space_size {spec.space_size}"
+    if int(np.prod([int(c) for c in counts], dtype=object)) <= _ENUMERATE_LIMIT:
+        keys = [space.key(arch) for arch in space.enumerate()]
+        assert len(keys) == size == len(set(keys)), \
+            f"enumerate() gave {len(keys)} architectures ({len(set(keys))} distinct keys), " \
+            f"size() is {size}"
+
+
 def _check_json_archs(space: SearchSpace, archs: list[Arch]) -> None:
     for arch in archs:
         assert isinstance(arch, dict), f"an architecture must be a dict, got {arch!r}"
@@ -212,12 +262,15 @@ def _check_key_round_trip(space: SearchSpace, archs: list[Arch]) -> None:
 
 def _check_dna_round_trip(space: SearchSpace, archs: list[Arch]) -> None:
     counts = space.choice_counts()
+    floats = space.float_decisions()
     for arch in archs:
         dna = space.to_dna(arch)
         assert len(dna) == len(counts), \
             f"to_dna() has {len(dna)} decisions, choice_counts() {len(counts)}: {arch!r}"
-        in_range = all(isinstance(v, int | np.integer) and 0 <= v < c
-                       for v, c in zip(dna, counts, strict=True))
+        in_range = all(
+            (isinstance(v, float) and floats[i].contains(v)) if i in floats
+            else (isinstance(v, int | np.integer) and 0 <= v < c)
+            for i, (v, c) in enumerate(zip(dna, counts, strict=True)))
         assert in_range, f"to_dna() {dna} is out of range of choice_counts() {counts}"
         back = space.from_dna(list(dna))
         assert back == arch, f"from_dna(to_dna(a)) != a: {back!r} vs {arch!r}"
@@ -238,12 +291,14 @@ def _check_conditional_decisions(space: SearchSpace, archs: list[Arch], seed: in
                 f"space is not conditional but active({dna}) reports inactive decisions"
         return
     rng = np.random.default_rng(seed)
-    dnas = [[int(rng.integers(c)) for c in counts] for _ in range(len(archs))]
-    dnas.append([int(c) - 1 for c in counts])
+    dnas = [_random_dna(space, rng) for _ in range(len(archs))]
+    floats = space.float_decisions()
+    dnas.append([floats[i].high if i in floats else int(c) - 1 for i, c in enumerate(counts)])
     for dna in dnas:
         active = _active(space, dna)
         canonical = space.canonical_dna(list(dna))
-        expected = [v if on else 0 for v, on in zip(dna, active, strict=True)]
+        expected = [v if on else _inactive_value(space, i)
+                    for i, (v, on) in enumerate(zip(dna, active, strict=True))]
         assert canonical == expected, \
             f"canonical_dna({dna}) = {canonical}, but active() says {expected}"
         assert _active(space, canonical) == active, \
@@ -259,21 +314,27 @@ def _check_conditional_decisions(space: SearchSpace, archs: list[Arch], seed: in
 
 
 def _check_pyglove_decode(space: SearchSpace, archs: list[Arch]) -> None:
+    """Our DNA paths against PyGlove's own decode and encode of `template()`, through the
+    space's PyGlove hooks (for most spaces PyGlove's DNA is ours and the arch is the JSON of
+    the decoded value)."""
     import pyglove as pg
 
     template = pg.template(space.template())
     for arch in archs:
-        dna = [int(v) for v in space.to_dna(arch)]
-        expected = template.decode(pg.DNA(dna)).to_json()
+        dna = list(space.to_dna(arch))
+        pg_dna = space.pyglove_dna(dna)
+        expected = space.from_pyglove(template.decode(pg_dna))
         assert space.from_dna(dna) == expected, \
             f"from_dna({dna}) = {space.from_dna(dna)!r} but PyGlove decodes {expected!r}"
-        encoded = template.encode(pg.from_json(expected))
-        assert encoded.to_numbers() == dna, \
-            f"PyGlove encodes {expected!r} as {encoded.to_numbers()}, to_dna() says {dna}"
+        encoded = template.encode(space.to_pyglove(expected))
+        assert encoded.to_numbers() == pg_dna.to_numbers(), \
+            f"PyGlove encodes {expected!r} as {encoded.to_numbers()}, to_dna() says " \
+            f"{pg_dna.to_numbers()} ({dna})"
 
 
 def _check_encoding(space: SearchSpace, archs: list[Arch]) -> None:
     counts = space.choice_counts()
+    floats = space.float_decisions()
     length = int(sum(counts))
     seen: dict[bytes, str] = {}
     for arch in archs:
@@ -284,13 +345,20 @@ def _check_encoding(space: SearchSpace, archs: list[Arch]) -> None:
                                        f"counts {length}"
         assert np.array_equal(vec, space.encode(json.loads(json.dumps(arch)))), \
             f"encode() is not deterministic for {arch!r}"
-        assert np.isin(vec, (0.0, 1.0)).all(), f"encode() is not 0/1: {vec}"
+        choice = np.ones(length, dtype=bool)
+        choice[[sum(counts[:i]) for i in floats]] = False
+        assert np.isin(vec[choice], (0.0, 1.0)).all(), f"encode() is not 0/1: {vec}"
         dna = list(space.to_dna(arch))
         active = _active(space, dna)
         offset = 0
         for i, (value, count, on) in enumerate(zip(dna, counts, active, strict=True)):
             block = vec[offset:offset + count]
-            if on:
+            if i in floats:
+                unit = floats[i].unit(float(value)) if on else 0.0
+                assert np.isclose(block[0], unit) and 0.0 <= block[0] <= 1.0, \
+                    f"float decision {i} of {arch!r}: feature {block[0]} is not {unit} (the " \
+                    "value scaled to [0, 1]; 0 when inactive)"
+            elif on:
                 assert block.sum() == 1 and block[value] == 1, \
                     f"decision {i} of {arch!r}: one-hot block {block} does not mark choice " \
                     f"{value}"
@@ -320,7 +388,8 @@ def _check_mutate(space: SearchSpace, archs: list[Arch], seed: int) -> None:
                 f"mutate() changed decisions {changed} of {parent_dna} (got {child_dna}); " \
                 "it must change exactly one (active in parent and child)"
             idle = [i for i, (v, on) in enumerate(zip(child_dna, _active(space, child_dna),
-                                                      strict=True)) if not on and v != 0]
+                                                      strict=True))
+                    if not on and v != _inactive_value(space, i)]
             assert not idle, f"mutate() gave {child_dna}, whose inactive decisions {idle} " \
                              "are not 0"
             assert space.validate(child) == child, f"mutate() gave a non-canonical {child!r}"
