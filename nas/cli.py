@@ -433,7 +433,7 @@ def _status_data(ctx: Context, job_id: int) -> dict[str, Any]:
 
 def _trial_counts(counts: dict[str, int]) -> dict[str, int]:
     """Every trial state, zeros included (`status --json`, `list --json`)."""
-    return {s: counts.get(s, 0) for s in ("queued", "running", "completed", "failed")}
+    return {s: counts.get(s, 0) for s in ("queued", "running", "completed", "failed", "pruned")}
 
 
 def _trial_json(row: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -465,7 +465,8 @@ def status(ctx: typer.Context, job: int = typer.Argument(..., help="Job id."),
         state += " (its driver is gone: `nas resume` continues it)"
     out.print(f"job {data['id']} [{data['name']}]: {state}  space={data['space']} "
               f"strategy={data['strategy']} budget={_budget_text(data['budget'])}")
-    out.print(f"trials: {t['completed']} completed, {t['failed']} failed, "
+    pruned = f"{t['pruned']} pruned, " if t["pruned"] else ""
+    out.print(f"trials: {t['completed']} completed, {t['failed']} failed, {pruned}"
               f"{t['running']} running, {t['queued']} queued  ({data['elapsed_s']:.1f}s)")
     if data["best"]:
         b = data["best"]
@@ -499,10 +500,12 @@ def list_jobs(ctx: typer.Context,
     if as_json:
         _emit_json(rows)
         return
-    table = Table("id", "name", "status", "space", "strategy", "completed", "failed", "created")
+    table = Table("id", "name", "status", "space", "strategy", "completed", "failed", "pruned",
+                  "created")
     for r in rows:
         table.add_row(str(r["id"]), r["name"], r["status"], r["space"], r["strategy"],
                       str(r["trials"]["completed"]), str(r["trials"]["failed"]),
+                      str(r["trials"]["pruned"]),
                       r["created_at"].strftime("%Y-%m-%d %H:%M"))
     out.print(table)
 

@@ -48,7 +48,7 @@ from .strategies.proxy import ProxySearch
 from .strategies.weight_sharing import WeightSharingStrategy
 
 Progress = Callable[[int, "int | None", "float | None"], None]
-FINISHED = ("completed", "failed")
+FINISHED = ("completed", "failed", "pruned")
 
 
 @dataclass
@@ -70,9 +70,9 @@ def score_result(spec: JobSpec, result: TrialResult) -> tuple[str, str | None, f
     feasible is False when a known value violates a constraint, None when a constrained
     value is unknown (it is not guessed), True otherwise.
     """
-    if result.status != "completed":
+    if result.status != "completed":  # failed, or pruned (told like a failed trial)
         error = result.error.replace("\x00", "\\x00") if result.error else result.error
-        return "failed", error, None, None, None
+        return ("pruned" if result.status == "pruned" else "failed"), error, None, None, None
     unstorable = _unstorable_measurement(result.measurements)
     if unstorable:
         return "failed", unstorable, None, None, None
@@ -321,6 +321,8 @@ class _Run:
         self.dispatched: list[tuple[int, int]] = []
         self.to_dispatch: list[_Slot] = []
         self.snapshot: tuple[dict[str, Any], int, int] | None = None
+        self.pruner: Any = None  # the job's early-stopping pruner (handle), if it has one
+        self.trials_folder: Path | None = None
         self._restore_window()
 
     # ---- restore ---------------------------------------------------------------------------
@@ -405,10 +407,10 @@ class _Run:
                 result.weights = self._subnet_weights(slot.key)
         self.results.append(StoredResult(
             slot.trial_id, status, result.attempt, result.worker, result.started_at,
-            result.finished_at, result.metrics if status == "completed" else None, score,
+            result.finished_at, result.metrics if status != "failed" else None, score,
             values, feasible, error, slot.architecture_id, result.params, result.flops,
             result.measurements if status == "completed" else [],
-            result.weights if status == "completed" else None))
+            result.weights if status == "completed" else None, result.reports))
         self.completed += status == "completed"
         if score is not None:
             self.best = score if self.best is None else max(self.best, score)
@@ -479,7 +481,15 @@ class _Run:
         if self.spec.budget_seconds is not None:
             deadline = time.time() + self.spec.budget_seconds - self._elapsed()
         return TrialTask(slot.number, slot.key, slot.arch, slot.attempt,
-                         timeout_s=self.spec.trial_timeout_s, deadline=deadline)
+                         timeout_s=self.spec.trial_timeout_s, deadline=deadline,
+                         job_seed=self.spec.seed, pruner=self.pruner,
+                         scratch_dir=str(self._trials_folder() / str(slot.number)))
+
+    def _trials_folder(self) -> Path:
+        """`<artifact dir>/trials`: trial N's scratch folder is `trials/N` (`ctx.scratch_dir`)."""
+        if self.trials_folder is None:
+            self.trials_folder = artifact_dir(self.storage.database_id, self.job_id) / "trials"
+        return self.trials_folder
 
     def _give_up(self, slot: _Slot) -> bool:
         """Fail a trial out of attempts (False: it is not dispatched)."""
@@ -503,6 +513,9 @@ class _Run:
                     if self.d.executor_factory
                     else make_executor(self.spec, self.evaluator_spec, self.d.ray_address))
         try:
+            if self.spec.early_stopping is not None:  # fed what finished trials reported
+                self.pruner = executor.start_pruner(self.spec.early_stopping,
+                                                    self.storage.load_reports(self.job_id))
             if isinstance(self.strategy, WeightSharingStrategy) and not self.strategy.searched:
                 stopped = self._run_search(executor, start)
                 if stopped is not None:

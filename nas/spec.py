@@ -18,6 +18,7 @@ FIELDS = (
     "name", "space", "space_args", "strategy", "strategy_args", "evaluator", "evaluator_args",
     "objectives", "constraints", "budget", "parallelism", "batch_size", "executor",
     "max_attempts", "trial_timeout_s", "snapshot_every", "keep_weights", "seed",
+    "early_stopping",
 )
 EXECUTORS = ("ray", "local")
 MAX_NAME = 200  # jobs.name is VARCHAR(200)
@@ -56,6 +57,8 @@ class JobSpec:
     snapshot_every: int = 50
     keep_weights: int = 10
     seed: int = 0
+    #: {rule, metric, mode, grace_steps, reduction_factor, min_trials} or None
+    early_stopping: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical form stored in the database (round-trips through `parse_spec`)."""
@@ -76,7 +79,7 @@ class JobSpec:
         data["constraints"] = [
             {k: v for k, v in asdict(c).items() if v is not None} for c in self.constraints
         ]
-        for optional in ("batch_size", "trial_timeout_s"):
+        for optional in ("batch_size", "trial_timeout_s", "early_stopping"):
             if data[optional] is None:
                 data.pop(optional)
         return data
@@ -222,11 +225,43 @@ def _budget(value: Any) -> tuple[int | None, float | None]:
     return trials, seconds
 
 
+#: The `early_stopping` fields: name -> (check of the value, default; None: required).
+EARLY_STOPPING_FIELDS: dict[str, tuple[Any, Any]] = {
+    "rule": (lambda p, v: v if v in ("median", "asha") else _fail_raise(p, "'median' or 'asha'",
+                                                                        v), None),
+    "metric": (lambda p, v: _str(p, v, MAX_METRIC), None),
+    "mode": (lambda p, v: v if v in ("max", "min") else _fail_raise(p, "'max' or 'min'", v),
+             "max"),
+    "grace_steps": (lambda p, v: _int(p, v, 0), 1),
+    "reduction_factor": (lambda p, v: _int(p, v, 2), 3),
+    "min_trials": (lambda p, v: _int(p, v, 1), 5),
+}
+
+
+def _fail_raise(path: str, expected: str, got: Any) -> Any:
+    raise _fail(path, expected, got)
+
+
+def _early_stopping(value: Any) -> dict[str, Any] | None:
+    """The `early_stopping` field with every default filled in (None: off)."""
+    if value is None:
+        return None
+    data = _mapping("early_stopping", value)
+    _only_keys("early_stopping", data, tuple(EARLY_STOPPING_FIELDS))
+    checked = {}
+    for name, (check, default) in EARLY_STOPPING_FIELDS.items():
+        path = f"early_stopping.{name}"
+        if name not in data and default is None:
+            raise SpecError(f"spec field '{path}': required")
+        checked[name] = check(path, data.get(name, default))
+    return checked
+
+
 def _build_components(spec: JobSpec) -> JobSpec:
     """Instantiate space, strategy and evaluator once, so their own argument checks run;
     returns the spec with their arguments in canonical form (`_canonical_args`)."""
     from search_spaces import get_space
-    from workers.evaluators import get_evaluator
+    from workers.evaluators import evaluator_class, get_evaluator
 
     from .strategies import get_strategy
 
@@ -238,6 +273,9 @@ def _build_components(spec: JobSpec) -> JobSpec:
                lambda: get_strategy(spec.strategy, space, seed=spec.seed, **spec.strategy_args))
     evaluator = _construct(
         "evaluator_args", lambda: get_evaluator(spec.evaluator, space, **spec.evaluator_args))
+    if spec.early_stopping is not None and not evaluator_class(spec.evaluator).reports_steps:
+        raise SpecError(f"spec field 'early_stopping': the {spec.evaluator} evaluator reports "
+                        "no intermediate values (`function` does, through ctx.report)")
     known = evaluator.metric_names()
     devices = evaluator.devices()
     for i, objective in enumerate(spec.objectives):
@@ -417,6 +455,7 @@ def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
         snapshot_every=_int("snapshot_every", data.get("snapshot_every", 50), 1),
         keep_weights=_int("keep_weights", data.get("keep_weights", 10), 0),
         seed=_int("seed", data.get("seed", 0), 0, MAX_SEED),
+        early_stopping=_early_stopping(data.get("early_stopping")),
     )
     if check_components:
         spec = _build_components(spec)

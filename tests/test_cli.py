@@ -91,7 +91,8 @@ def test_submit_wait_json_reports_the_completed_job(finished):
     assert data["name"] == "nb201-evolution"
     assert (data["space"], data["strategy"]) == ("nb201", "evolution")
     assert data["budget"] == {"trials": BUDGET}
-    assert data["trials"] == {"queued": 0, "running": 0, "completed": BUDGET, "failed": 0}
+    assert data["trials"] == {"queued": 0, "running": 0, "completed": BUDGET, "failed": 0,
+                              "pruned": 0}
     assert data["lease_owner"] is None and data["error"] is None
     best = data["best"]
     assert set(best["objectives"]) == {"valid_acc"}
@@ -135,7 +136,7 @@ def test_list(finished, tmp_path):
     assert [r["id"] for r in rows] == [first, second]
     assert [(r["name"], r["status"], r["strategy"]) for r in rows] == [
         ("first", "pending", "evolution"), ("second", "completed", "random")]
-    zero = {"queued": 0, "running": 0, "completed": 0, "failed": 0}
+    zero = {"queued": 0, "running": 0, "completed": 0, "failed": 0, "pruned": 0}
     assert rows[0]["trials"] == zero and rows[1]["trials"] == {**zero, "completed": 40}
     assert all(r["space"] == "nb201" and r["created_at"] for r in rows)
     text = nas("--db", url, "list").stdout
@@ -395,6 +396,7 @@ def test_detached_resume_of_an_interrupted_job(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["status"] == "resuming"
     done = wait_for_status(url, job, "completed", timeout=60)
-    assert done["trials"] == {"queued": 0, "running": 0, "completed": 30, "failed": 0}
+    assert done["trials"] == {"queued": 0, "running": 0, "completed": 30, "failed": 0,
+                             "pruned": 0}
     keys = [r["key"] for r in storage.load_trials(job)]
     assert len(keys) == len(set(keys)) == 30

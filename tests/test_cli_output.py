@@ -101,9 +101,11 @@ def test_list_json_gives_every_trial_count(job, tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     api.submit(Storage(url), nb201_spec())
     rows = json.loads(nas("--db", url, "list", "--json").stdout)
-    assert rows[0]["trials"] == {"queued": 0, "running": 0, "completed": 0, "failed": 0}
+    assert rows[0]["trials"] == {"queued": 0, "running": 0, "completed": 0, "failed": 0,
+                                 "pruned": 0}
     rows = json.loads(nas("--db", job["url"], "list", "--json").stdout)
-    assert rows[0]["trials"] == {"queued": 0, "running": 0, "completed": 20, "failed": 0}
+    assert rows[0]["trials"] == {"queued": 0, "running": 0, "completed": 20, "failed": 0,
+                                 "pruned": 0}
 
 
 # ---- item 15h: cancel --json --------------------------------------------------------------------

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import traceback
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,13 +45,20 @@ class TrialTask:
     timeout_s: float | None = None
     #: When the job's seconds budget runs out (epoch seconds): the evaluation fails then.
     deadline: float | None = None
+    #: The job's seed (an evaluator combines it with `number`, see `function.trial_seed`).
+    job_seed: int = 0
+    #: A folder of this trial that a retry finds again (`<artifact dir>/trials/<number>`).
+    scratch_dir: str | None = None
+    #: The job's early-stopping pruner (`workers.early_stopping`): the object itself
+    #: in-process, a `RayPrunerHandle` on Ray; None without early stopping.
+    pruner: Any = None
 
 
 @dataclass
 class TrialResult:
     number: int
     key: str
-    status: str  # completed | failed
+    status: str  # completed | failed | pruned
     attempt: int
     metrics: dict[str, float] = field(default_factory=dict)
     measurements: list[dict[str, Any]] = field(default_factory=list)
@@ -61,6 +69,26 @@ class TrialResult:
     worker: str = ""
     started_at: float = 0.0
     finished_at: float = 0.0
+    #: Intermediate reports (step, metric, value), whatever the status.
+    reports: list[tuple[int, str, float]] = field(default_factory=list)
+
+
+@dataclass
+class TrialScope:
+    """The trial an evaluator is evaluating (`current_trial()`), and what it reported."""
+
+    task: TrialTask
+    reports: list[tuple[int, str, float]] = field(default_factory=list)
+
+
+_CURRENT: ContextVar[TrialScope | None] = ContextVar("nas_current_trial", default=None)
+
+
+def current_trial() -> TrialScope | None:
+    """The trial being evaluated in this thread (None outside `evaluate_one`): evaluators
+    whose `evaluate(arch, key)` needs more (the `function` evaluator's seed, scratch folder
+    and pruner) read it here, so the `Evaluator` contract stays `evaluate(arch, key)`."""
+    return _CURRENT.get()
 
 
 _EVALUATORS: dict[str, Evaluator] = {}
@@ -137,6 +165,8 @@ def evaluate_one(evaluator: Evaluator, task: TrialTask) -> TrialResult:
 def _evaluate(evaluator: Evaluator, task: TrialTask, started: float) -> TrialResult:
     result = TrialResult(task.number, task.key, "completed", task.attempt, worker=worker_name(),
                          started_at=started)
+    scope = TrialScope(task)
+    token = _CURRENT.set(scope)
     try:
         evaluation = (evaluator.evaluate_cached(task.arch, task.key, task.cached)
                       if task.cached else evaluator.evaluate(task.arch, task.key))
@@ -146,10 +176,15 @@ def _evaluate(evaluator: Evaluator, task: TrialTask, started: float) -> TrialRes
         result.status = "failed"
         result.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
     else:
+        if evaluation.pruned is not None:
+            result.status, result.error = "pruned", evaluation.pruned
         result.metrics = evaluation.metrics
         result.measurements = [vars(m) for m in evaluation.measurements]
         result.params, result.flops = evaluation.params, evaluation.flops
         result.weights = evaluation.weights
+    finally:
+        _CURRENT.reset(token)
+    result.reports = list(scope.reports)
     result.finished_at = time.time()
     return result
 

@@ -36,6 +36,7 @@ from .schema import (
     jobs,
     measurements,
     servers,
+    trial_reports,
     trial_weights,
     trials,
 )
@@ -95,6 +96,8 @@ class StoredResult:
     flops: int | None
     measurements: list[dict[str, Any]]
     weights: bytes | None = None  # a torch state_dict, kept for the job's best trials
+    #: intermediate reports (step, metric, value) of the trial, stored in `trial_reports`
+    reports: Sequence[tuple[int, str, float]] = ()
 
 
 @dataclass(frozen=True)
@@ -328,6 +331,18 @@ class Storage:
         with self.read() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
+    @retried()
+    def load_reports(self, job_id: int) -> list[tuple[int, int, str, float]]:
+        """The job's stored intermediate reports as (trial number, step, metric, value), in
+        trial then step order (the order a sequential run made them in)."""
+        query = (select(trials.c.number, trial_reports.c.step, trial_reports.c.metric,
+                        trial_reports.c.value)
+                 .join(trials, trials.c.id == trial_reports.c.trial_id)
+                 .where(trials.c.job_id == job_id)
+                 .order_by(trials.c.number, trial_reports.c.step, trial_reports.c.metric))
+        with self.read() as conn:
+            return [(n, s, m, float(v)) for n, s, m, v in conn.execute(query)]
+
     def _architecture_ids(self, conn, space: str, new: Sequence[NewTrial]) -> dict[str, int]:  # noqa: ANN001
         keys = sorted({t.key for t in new})
         # rows in key order: two transactions writing the same architectures lock them in
@@ -452,6 +467,10 @@ class Storage:
               "t0": _epoch(r.started_at), "t1": _epoch(r.finished_at), "mx": r.metrics,
               "sc": r.score, "ob": r.objectives, "fe": r.feasible, "er": r.error}
              for r in results])
+        reported = [{"trial_id": r.trial_id, "step": step, "metric": metric, "value": value}
+                    for r in results for step, metric, value in r.reports]
+        if reported:  # a retried step finds them written: kept, not inserted twice
+            conn.execute(self._insert_ignore(trial_reports), reported)
         sized = sorted(({"aid": r.architecture_id, "p": r.params, "f": r.flops} for r in results
                         if r.params is not None or r.flops is not None),
                        key=lambda row: row["aid"])  # in id order, as above: no deadlocks

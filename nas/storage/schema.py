@@ -25,7 +25,7 @@ from sqlalchemy import (
 metadata = MetaData()
 
 JOB_STATUSES = ("pending", "running", "paused", "completed", "failed", "cancelled")
-TRIAL_STATUSES = ("queued", "running", "completed", "failed")
+TRIAL_STATUSES = ("queued", "running", "completed", "failed", "pruned")
 #: Preference when several sources give one (architecture, device, metric): lower wins.
 SOURCE_RANK = {"measured": 0, "imported": 1, "benchmark": 2, "predicted": 3}
 
@@ -141,6 +141,17 @@ trial_weights = Table(
     Column("size_bytes", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Intermediate values a trial reported (`ctx.report(step, **metrics)` of the `function`
+#: evaluator), stored with its result; a driver feeds them to the job's early-stopping
+#: pruner at start, so a resumed job decides as the interrupted one did.
+trial_reports = Table(
+    "trial_reports", metadata,
+    Column("trial_id", Integer, ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True),
+    Column("step", Integer, primary_key=True),
+    Column("metric", String(64), primary_key=True),
+    Column("value", Float, nullable=False),
 )
 
 artifacts = Table(

@@ -10,11 +10,13 @@ from ._base import (
 )
 from .analytic import AnalyticEvaluator
 from .benchmark import BenchmarkEvaluator
+from .function import FunctionEvaluator, TrialContext
 from .proxy import ProxyEvaluator
 from .train import TrainEvaluator
 
 __all__ = [
     "AnalyticEvaluator", "BenchmarkEvaluator", "Evaluation", "EvaluationError", "Evaluator",
+    "FunctionEvaluator", "TrialContext",
     "Measurement", "ProxyEvaluator", "TrainEvaluator", "evaluator_class", "get_evaluator",
     "list_evaluators", "register_evaluator",
 ]

@@ -39,6 +39,9 @@ class Evaluation:
     flops: int | None = None
     #: The trained model's `state_dict`, serialised with `torch.save` (trained evaluators).
     weights: bytes | None = None
+    #: Set (to the reason) when the job's early-stopping rule stopped the trial: it is
+    #: stored as `pruned` with `metrics`, its last reported values.
+    pruned: str | None = None
 
 
 class Evaluator(abc.ABC):
@@ -47,6 +50,9 @@ class Evaluator(abc.ABC):
     name: ClassVar[str] = ""
     #: Cheap evaluators (table look-ups) are sent to workers in batches of many trials.
     cheap: ClassVar[bool] = False
+    #: Trials report intermediate values (`function`'s `ctx.report`), so a job may declare
+    #: `early_stopping` on them.
+    reports_steps: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, **args: Any) -> None:
         self.space = space

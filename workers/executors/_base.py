@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..task import EvaluatorSpec, TrialResult, TrialTask
 
@@ -37,6 +37,18 @@ class Executor(abc.ABC):
 
     def free_slots(self) -> int:
         return self.slots - self.in_flight()
+
+    def start_pruner(self, config: dict[str, Any],
+                     reports: list[tuple[int, int, str, float]]) -> Any:
+        """The job's early-stopping pruner, fed with the stored `reports` (trial, step,
+        metric, value) of its finished trials; returns the handle tasks carry
+        (`TrialTask.pruner`). Default: the object itself, for executors that run trials in
+        this process."""
+        from ..early_stopping import Pruner
+
+        pruner = Pruner(config)
+        pruner.load(reports)
+        return pruner
 
     # ---- one long task: a weight-sharing search -------------------------------------------------
     def start_search(self, task: SearchTask) -> None:

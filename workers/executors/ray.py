@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import threading
@@ -117,6 +118,21 @@ class RayExecutor(Executor):
         self._dead_nodes: set[str] = set()
         self._submitter = self._remote  # the remote function, kept off nodes known dead
         self._search: tuple[Any, SearchTask] | None = None
+        self._pruner: Any = None
+
+    def start_pruner(self, config: dict[str, Any],
+                     reports: list[tuple[int, int, str, float]]) -> Any:
+        """A named actor holding the job's pruner (one per executor, so per driver session:
+        it dies with the driver and a resume starts a fresh one from the stored reports);
+        tasks carry a handle that finds it by name."""
+        from ..early_stopping import PrunerActor, RayPrunerHandle
+
+        name = f"nas-pruner-{os.getpid()}-{os.urandom(4).hex()}"
+        namespace = self.ray.get_runtime_context().namespace
+        self._pruner = self.ray.remote(num_cpus=0)(PrunerActor).options(
+            name=name, namespace=namespace).remote(config, reports)
+        self.ray.get(self._pruner.__ray_ready__.remote())
+        return RayPrunerHandle(name, namespace, config["metric"])
 
     def submit(self, batch: list[TrialTask]) -> None:
         ref = self._submitter.remote(self._spec_ref, batch)
@@ -210,3 +226,6 @@ class RayExecutor(Executor):
         for ref in list(self._batches):
             self.ray.cancel(ref, force=True)
         self._batches.clear()
+        if self._pruner is not None:
+            self.ray.kill(self._pruner)
+            self._pruner = None
