@@ -319,9 +319,11 @@ def _component(path: str, name: str, names: Any, lookup: Any) -> None:
     from search_spaces.registry import BadReferenceError, is_reference
 
     if not is_reference(name):
-        if name not in names():
+        try:
+            lookup(name)  # a registered name loads no plugin: a known name imports nothing
+        except KeyError:
             raise _fail(path, f"one of {', '.join(names())} (or a module:attr reference)",
-                        name)
+                        name) from None
         return
     try:
         lookup(name)

@@ -50,17 +50,13 @@ GAUSSIAN = "gaussian"
 _ANALYTIC = ("params", "flops")
 
 
-def _check_proxy(i: int, name: Any, known: list[str]) -> None:
+def _check_proxy(i: int, name: Any) -> None:
     """A registered proxy name or a `module:attr` reference to a proxy function; ValueError
-    naming `evaluator_args.proxies[i]` otherwise."""
+    naming `evaluator_args.proxies[i]` otherwise. (A registered name loads no plugin.)"""
     from predictors.proxies import get_proxy
-    from search_spaces.registry import is_reference
 
     if not isinstance(name, str):
         raise ValueError(f"evaluator_args.proxies[{i}]: expected a proxy name, got {name!r}")
-    if not is_reference(name) and name not in known:
-        raise ValueError(f"evaluator_args.proxies[{i}]: unknown proxy {name!r}; known: "
-                         f"{', '.join(known)}")
     try:
         get_proxy(name)
     except (KeyError, ValueError, TypeError) as exc:
@@ -81,14 +77,13 @@ class ProxyEvaluator(Evaluator):
         from predictors.combine import NB201_QUANTILES
         from predictors.proxies import list_proxies
 
-        known = list_proxies()
         if proxies is None:
             proxies = list(DEFAULT_PROXIES)
         if isinstance(proxies, str) or not isinstance(proxies, list | tuple) or not proxies:
             raise ValueError("evaluator_args.proxies must be a non-empty list of proxy names "
-                             f"(known: {', '.join(known)}), got {proxies!r}")
+                             f"(known: {', '.join(list_proxies())}), got {proxies!r}")
         for i, name in enumerate(proxies):
-            _check_proxy(i, name, known)
+            _check_proxy(i, name)
         self.proxies: list[str] = list(dict.fromkeys(proxies))
         self.score_proxies = [p for p in self.proxies if p in NB201_QUANTILES]
         if not self.score_proxies:
