@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from nas import api
+from nas.spec import spec_modules
 from nas.storage import Storage
 from tests.conftest import ROOT, nb201_spec, wait_until
 
@@ -190,6 +191,46 @@ def test_jobs_use_the_plugin_space_strategy_evaluator_and_proxy(plugin_python: P
     best = json.loads(_nas(plugin_python, run, "--db", f"sqlite:///{run / 'nas.db'}", "best",
                            str(job["id"]), "--json").stdout)
     assert best["results"][0]["metrics"]["proxy.demo_proxy"] > 0
+
+
+# ---- module:attr references in a job -------------------------------------------------------------
+USER_MODULE = '''
+from nas.strategies import RandomSearch
+from search_spaces import NB201Space
+
+space = NB201Space(channels=4, cells_per_stage=1)
+
+
+class Mine(RandomSearch):
+    """Random search, from the user's own module."""
+
+
+def evaluate(arch, ctx):
+    return {"convs": float(sum(op.startswith("nor_conv") for op in arch["ops"]))}
+'''
+
+
+def test_a_job_runs_the_users_space_strategy_and_function_from_the_current_folder(
+        tmp_path) -> None:
+    """Through the console script (whose sys.path lacks the current folder), as a user runs
+    `nas submit` beside their module."""
+    (tmp_path / "usermod_job.py").write_text(USER_MODULE)
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({
+        "name": "references", "space": "usermod_job:space", "strategy": "usermod_job:Mine",
+        "evaluator": "usermod_job:evaluate", "evaluator_args": {"device": "cpu"},
+        "objectives": [{"metric": "convs", "mode": "max"}], "budget": {"trials": 6},
+        "executor": "local"}))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NAS_DB_URL")}
+    nas = str(Path(sys.executable).parent / "nas")
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    job = json.loads(_run([nas, "--db", url, "submit", str(spec), "--wait", "--json"],
+                          cwd=tmp_path, env=env).stdout)
+    assert job["status"] == "completed" and job["trials"]["completed"] == 6, job
+    stored = Storage(url).get_job(job["id"])["spec"]
+    assert (stored["space"], stored["strategy"], stored["evaluator"]) == \
+        ("usermod_job:space", "usermod_job:Mine", "usermod_job:evaluate")
+    assert spec_modules(stored) == ["usermod_job"]
 
 
 # ---- nas serve --allow-modules ------------------------------------------------------------------

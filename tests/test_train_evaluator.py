@@ -109,7 +109,7 @@ def test_user_function_dataset(tmp_path, monkeypatch):
     ({"kind": "digits", "limit": 1}, "limit must be an integer >= 2"),
     ({"kind": "function", "function": "no_colon"}, "must read 'module:function'"),
     ({"kind": "function", "function": "no_such_module_xyz:f"}, "cannot import"),
-    ({"kind": "function", "function": "json:no_such"}, "has no function 'no_such'"),
+    ({"kind": "function", "function": "json:no_such"}, "has no attribute 'no_such'"),
 ])
 def test_bad_dataset_references_name_the_fault(value, message):
     with pytest.raises(ValueError, match="evaluator_args.dataset") as info:

@@ -8,7 +8,8 @@ A dataset is named in `evaluator_args.dataset`, either as a string or as a mappi
 - `{kind: npz, path: FILE}`: any `.npz` with `x` and `y` arrays (and optionally `x_val`,
   `y_val`, `x_test`, `y_test`); images as NHWC, NCHW or NHW; `npz:FILE`.
 - `{kind: function, function: "module:function"}` (or `py:module:function`): a function
-  of no arguments, importable where the job is submitted and on every worker (PYTHONPATH),
+  of no arguments, importable where the job is submitted and on every worker (as every
+  `module:attr` in a spec: PYTHONPATH or the current folder),
   returning numpy arrays or torch tensors: `(x_train, y_train)`, `(x_train, y_train, x_val,
   y_val)`, `(..., x_test, y_test)`, or a dict with keys `x_train`, `y_train` and optionally
   `x_val`/`y_val`, `x_test`/`y_test`. Images `x` are [N, C, H, W] (or NHWC, NHW as for npz),
@@ -23,7 +24,6 @@ the training set's statistics, so every dataset reaches the model on the same fo
 
 from __future__ import annotations
 
-import importlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,15 +243,15 @@ def _function_option(kind: str, function: Any) -> str | None:
                                                                             function[-1]):
         raise ValueError("evaluator_args.dataset.function must read 'module:function', got "
                          f"{function!r}")
-    module_name, attr = function.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"evaluator_args.dataset.function: cannot import {module_name!r} "
-                         f"({exc})") from None
-    if not callable(getattr(module, attr, None)):
-        raise ValueError(f"evaluator_args.dataset.function: {module_name!r} has no function "
-                         f"{attr!r}")
+    from search_spaces.registry import BadReferenceError, a_kind_of, resolve_reference
+
+    try:  # as every module:attr in a spec: the current folder on the path, never eval
+        target = resolve_reference(function)
+    except BadReferenceError as exc:
+        raise ValueError(f"evaluator_args.dataset.function: {exc}") from None
+    if not callable(target):
+        raise ValueError(f"evaluator_args.dataset.function: {function!r} is "
+                         f"{a_kind_of(target)}, not a function")
     return function
 
 
@@ -343,9 +343,10 @@ _FUNCTION_KEYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 def _load_function(spec: DatasetSpec) -> tuple[Split, Split | None, Split | None]:
     """Call the user's function; its return contract is in the module docstring."""
-    module_name, attr = str(spec.function).split(":")
+    from search_spaces.registry import resolve_reference
+
     try:
-        result = getattr(importlib.import_module(module_name), attr)()
+        result = resolve_reference(str(spec.function))()
     except Exception as exc:  # the user's code: one line naming it, not a traceback
         raise ValueError(f"evaluator_args.dataset.function {spec.function} raised "
                          f"{type(exc).__name__}: {exc}") from None
