@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import urllib.parse
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
@@ -105,15 +107,24 @@ def not_sqlite_error(database: str, why: str) -> NasError:
 
 
 def _check_sqlite_header(path: Path) -> None:
-    """Refuse a file that is not a SQLite database before SQLite opens it: opening one runs
-    pragmas that write, and its first query fails with a bare DatabaseError."""
+    """Refuse a file that is not a SQLite database before the engine opens it (opening one
+    runs pragmas that write). The file is read through SQLite, read-only, never with a plain
+    file handle: closing any handle on a database file drops every POSIX lock this process
+    holds on it, SQLite's own included, and then another process may checkpoint and delete
+    the WAL under this process's connections, which from then on see no new commit (a
+    `nas serve` registered after that was invisible to the process that had checked)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # missing (SQLite's own error says so) or empty (a new database)
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(_SQLITE_HEADER))
-    except OSError:  # missing or unreadable: SQLite's own error says which
-        return
-    if head and head != _SQLITE_HEADER:
-        raise not_sqlite_error(str(path), "no SQLite header")
+        probe = sqlite3.connect(uri, uri=True)
+        try:
+            probe.execute("PRAGMA schema_version").fetchone()
+        finally:
+            probe.close()
+    except sqlite3.DatabaseError as exc:
+        if any(text in str(exc) for text in _DAMAGED):
+            raise not_sqlite_error(str(path), str(exc)) from None
 
 
 def damaged_sqlite(url: str, exc: BaseException) -> NasError | None:
