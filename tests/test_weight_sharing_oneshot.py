@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from nas.export import split_weights
 from search_spaces import get_space
 from workers.weight_sharing import OneShotSearch, get_search
 from workers.weight_sharing.hybrid_supernet import HybridSupernet, extreme_archs
@@ -94,7 +95,9 @@ def test_exported_weights_reproduce_the_supernet_accuracy(reference: dict[str, A
     assert [e["key"] for e in index] == [space.key(a) for a in outcome.archs]
     for rank, (arch, metrics) in enumerate(zip(outcome.archs, outcome.metrics, strict=True), 1):
         net = space.build(arch)
-        net.load_state_dict(torch.load(folder / f"subnet-{rank}.pt"))
+        state, normalisation = split_weights((folder / f"subnet-{rank}.pt").read_bytes())
+        assert normalisation == data.normalisation  # what the supernet trained with
+        net.load_state_dict(state)
         net.eval()
         x = torch.from_numpy(data.x_val)
         if arch["resolution"] != 8:
@@ -139,7 +142,7 @@ def test_hybrid_search_with_measured_latency(tmp_path: Path) -> None:
         assert space.params(arch) <= 15_000
         assert 0.0 < metrics["latency_ms"] <= limit
     net = space.build(outcome.archs[0])
-    net.load_state_dict(torch.load(tmp_path / "subnet-1.pt"))
+    net.load_state_dict(split_weights((tmp_path / "subnet-1.pt").read_bytes())[0])
 
 
 def test_hybrid_extreme_archs_bound_the_flops() -> None:

@@ -444,9 +444,17 @@ class OneShotSearch(WeightSharingSearch):
         each written atomically."""
         import torch
 
+        from ..evaluators.train import NORMALISATION_KEYS
+
+        # the input standardisation the supernet trained with, so an export of the subnet
+        # takes inputs as the dataset gives them (as for a trained trial's weights)
+        normalisation = {key: torch.tensor(self.data.normalisation[name], dtype=torch.float32)
+                         for name, key in NORMALISATION_KEYS.items()
+                         } if self.data.normalisation else {}
         index = []
         for rank, (arch, record) in enumerate(zip(archs, metrics, strict=True), start=1):
             state = {k: v.detach().cpu() for k, v in self.export_subnet(arch).state_dict().items()}
+            state.update(normalisation)
             path = folder / f"subnet-{rank}.pt"
             torch.save(state, path.with_name(path.name + ".tmp"))
             os.replace(path.with_name(path.name + ".tmp"), path)
