@@ -130,14 +130,15 @@ def test_early_stopping_stores_pruned_trials_and_runs_fewer_steps(sqlite_url, ru
     print(f"{rule}: {steps} of {full} steps run")  # figures for the README
 
 
-def test_status_json_counts_pruned_trials(sqlite_url):
+def test_status_json_counts_pruned_trials(db_url):
     from typer.testing import CliRunner
 
     from nas.cli import app
 
-    storage = Storage(sqlite_url)
+    storage = Storage(db_url)  # SQLite and PostgreSQL: reports stored, pruned counted
     job = _job(storage, "median")
-    result = CliRunner().invoke(app, ["--db", sqlite_url, "status", str(job), "--json"])
+    assert len(storage.load_reports(job)) == 2 * _steps(storage, job)
+    result = CliRunner().invoke(app, ["--db", db_url, "status", str(job), "--json"])
     assert result.exit_code == 0, result.output
     import json
 

@@ -121,13 +121,19 @@ def _driver(url: str, job: int, env: dict) -> subprocess.Popen:
 def _finished(storage: Storage, job: int) -> int:
     with storage.read() as conn:
         return conn.execute(select(func.count()).where(
-            trials.c.job_id == job, trials.c.status == "completed")).scalar_one()
+            trials.c.job_id == job, trials.c.status.in_(("completed", "pruned")))).scalar_one()
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9_gives_the_trials_of_an_uninterrupted_run(sqlite_url):
-    """Local executor, no early stopping: the driver is killed mid-job and resumed."""
+@pytest.mark.parametrize("early_stopping", [None, "median"])
+def test_resume_after_kill_9_gives_the_trials_of_an_uninterrupted_run(sqlite_url,
+                                                                       early_stopping):
+    """Local executor: the driver is killed mid-job and resumed. With early stopping too:
+    trials run one after the other, and the resumed driver's pruner is fed what the
+    finished trials reported, so it decides as the uninterrupted run did."""
     spec = function_spec(budget={"trials": 40}, snapshot_every=5, seed=3)
+    if early_stopping:
+        spec["early_stopping"] = {"rule": early_stopping, "metric": "val_acc", "min_trials": 3}
     storage = Storage(sqlite_url)
     reference = api.submit(storage, spec)
     assert api.run(storage, reference) == "completed"
@@ -145,7 +151,9 @@ def test_resume_after_kill_9_gives_the_trials_of_an_uninterrupted_run(sqlite_url
                              str(job), "--wait", "--json"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["trials"]["completed"] == 40
+    counts = json.loads(result.stdout)["trials"]
+    assert counts["completed"] + counts["pruned"] == 40
+    assert (counts["pruned"] > 0) == bool(early_stopping)
 
     def trials_of(j: int) -> list:
         return [(r["number"], r["key"], r["status"], json.dumps(r["metrics"], sort_keys=True))
