@@ -48,6 +48,8 @@ def test_asha_promotes_the_top_third_of_each_rung():
     assert pruner.report(5, 1, 0.6)  # 5 recorded: keep 1
     assert not pruner.report(2, 2, 0.1)  # rung 1 passed, rung 3 not reached
     assert not pruner.report(2, 3, 0.9)  # first at rung 3
+    no_grace = Pruner(EarlyStopping("asha", "acc", "max", grace_steps=0, min_trials=1))
+    assert [no_grace._rung(s) for s in (0, 1, 3)] == [None, 1, 3]
 
 
 def test_stored_reports_reproduce_the_decisions():

@@ -83,8 +83,9 @@ class Pruner:
         return self.config.better(statistics.median(others), own)
 
     def _rung(self, step: int) -> int | None:
-        """The highest rung at or below `step` (rungs: grace * rf^k)."""
-        rung, found = self.config.grace_steps, None
+        """The highest rung at or below `step` (rungs: grace * rf^k; the first at step 1 or
+        later, so that `grace_steps: 0` does not make every rung step 0)."""
+        rung, found = max(1, self.config.grace_steps), None
         while rung <= step:
             found = rung
             rung *= self.config.reduction_factor
