@@ -14,9 +14,9 @@ any instant leaves the database at a step boundary.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,8 +44,7 @@ from .strategies import (
     TrialView,
     get_strategy,
 )
-from .strategies.proxy import ProxySearch
-from .strategies.weight_sharing import WeightSharingStrategy
+from .strategies.preparation import Evaluations, LongTask, Preparation
 
 Progress = Callable[[int, "int | None", "float | None"], None]
 FINISHED = ("completed", "failed", "pruned")
@@ -160,17 +159,11 @@ def default_batch_size(spec: JobSpec) -> int:
     return CHEAP_BATCH if evaluator_class(spec.evaluator).cheap else 1
 
 
-def _cache_device(spec: JobSpec, space: SearchSpace) -> str | None:
-    """The job evaluator's cache device (see `Evaluator.cache_device`), if it has one."""
+def _cache_device(spec: EvaluatorSpec, space: SearchSpace) -> str | None:
+    """The evaluator's cache device (see `Evaluator.cache_device`), if it has one."""
     if evaluator_class(spec.evaluator).cache_device is Evaluator.cache_device:
         return None
     return get_evaluator(spec.evaluator, space, **spec.evaluator_args).cache_device()
-
-
-def _analytic_proxies(space: SearchSpace, arch: Arch, proxies: list[str]) -> dict[str, float]:
-    """params / flops among `proxies`: computed by the space, never stored."""
-    return {p: float(space.params(arch) if p == "params" else space.flops(arch))
-            for p in proxies if p in ("params", "flops")}
 
 
 class Driver:
@@ -187,6 +180,7 @@ class Driver:
         progress: Progress | None = None,
         max_duplicate_proposals: int = 2000,
         executor_factory: Callable[[JobSpec, EvaluatorSpec], Any] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.storage = storage
         self.job_id = job_id
@@ -196,6 +190,9 @@ class Driver:
         self.progress = progress
         self.max_duplicate_proposals = max_duplicate_proposals
         self.executor_factory = executor_factory
+        #: set by another thread (`nas serve` stopping): the job pauses at its next
+        #: heartbeat, as a SIGINT pauses it (signals only reach the main thread)
+        self.stop = stop
         self.owner = Storage.new_owner()
 
     # ---- entry point ----------------------------------------------------------------------
@@ -215,18 +212,23 @@ class Driver:
         except (LeaseHeldError, DatabaseUnavailableError):
             raise  # not the job's fault: it stays as stored, for a resume or a takeover
         except KeyboardInterrupt:
-            self.storage.set_status(self.job_id, "paused", owner=self.owner,
-                                    error="interrupted; `nas resume` continues it")
+            self._pause()
             raise
         except BaseException as exc:
             self.storage.set_status(self.job_id, "failed", owner=self.owner,
                                     error=f"{type(exc).__name__}: {exc}")
             raise
-        if status == "failed":
+        if status == "paused":
+            self._pause()
+        elif status == "failed":
             self.storage.set_status(self.job_id, status, owner=self.owner, error=note)
         else:
             self.storage.set_status(self.job_id, status, owner=self.owner, note=note)
         return status
+
+    def _pause(self) -> None:
+        self.storage.set_status(self.job_id, "paused", owner=self.owner,
+                                error="interrupted; `nas resume` continues it")
 
 
 class KnownValues:
@@ -275,10 +277,12 @@ class KnownValues:
         return cached
 
 
-def search_context(spec: JobSpec, values: KnownValues, known: set[str]) -> SearchContext:
+def search_context(spec: JobSpec, values: KnownValues, known: set[str],
+                   artifacts: Path | None = None) -> SearchContext:
     return SearchContext(
         objectives=spec.objectives, constraints=spec.constraints,
-        value_of=values, is_known=known.__contains__)
+        value_of=values, is_known=known.__contains__, space_args=dict(spec.space_args),
+        artifacts=artifacts)
 
 
 class _Run:
@@ -296,7 +300,7 @@ class _Run:
                                             spec.evaluator_args)
         self.batch = default_batch_size(spec)
         self.window = spec.parallelism * self.batch
-        self.cache_device = _cache_device(spec, self.space)
+        self.cache_device = _cache_device(self.evaluator_spec, self.space)
         self.target = spec.budget_trials if spec.budget_trials is not None else math.inf
         self.elapsed_before = float(job["elapsed_s"] or 0.0)
         self.note: str | None = None
@@ -309,8 +313,9 @@ class _Run:
         self.stored = {row["number"]: row for row in self.storage.load_trials(self.job_id)}
         self.known = {row["key"] for n, row in self.stored.items() if n <= self.asked}
         job_keys = {row["key"] for row in self.stored.values()}
-        self.strategy.bind(search_context(spec, KnownValues(spec, self.space, self.storage,
-                                                            job_keys), self.known))
+        self.strategy.bind(search_context(
+            spec, KnownValues(spec, self.space, self.storage, job_keys), self.known,
+            artifact_dir(self.storage.database_id, self.job_id)))
         self.slots: dict[int, _Slot] = {}
         self.finished: dict[int, TrialView] = {}
         self.best: float | None = None
@@ -400,11 +405,12 @@ class _Run:
         if slot is None or result.number in self.finished or result.number <= self.told:
             return  # a stale duplicate of a result already taken
         status, error, score, values, feasible = score_result(self.spec, result)
-        if status == "completed" and isinstance(self.strategy, WeightSharingStrategy):
-            found = self.strategy.search_metrics(slot.key)  # e.g. the supernet accuracy
-            result.metrics = {**result.metrics, **{f"search.{k}": v for k, v in found.items()}}
-            if result.weights is None:  # `nas export` hands over the inherited weights
-                result.weights = self._subnet_weights(slot.key)
+        if status == "completed":  # what the strategy adds (e.g. a search's metrics)
+            extra = self.strategy.result_metrics(slot.key)
+            if extra:
+                result.metrics = {**result.metrics, **extra}
+            if result.weights is None:
+                result.weights = self.strategy.result_weights(slot.key)
         self.results.append(StoredResult(
             slot.trial_id, status, result.attempt, result.worker, result.started_at,
             result.finished_at, result.metrics if status != "failed" else None, score,
@@ -516,14 +522,9 @@ class _Run:
             if self.spec.early_stopping is not None:  # fed what finished trials reported
                 self.pruner = executor.start_pruner(self.spec.early_stopping,
                                                     self.storage.load_reports(self.job_id))
-            if isinstance(self.strategy, WeightSharingStrategy) and not self.strategy.searched:
-                stopped = self._run_search(executor, start)
-                if stopped is not None:
-                    return stopped
-            if isinstance(self.strategy, ProxySearch) and not self.strategy.scored:
-                stopped = self._score_pool(start)
-                if stopped is not None:
-                    return stopped
+            stopped = self._prepare(executor)
+            if stopped is not None:
+                return stopped
             self._tell_in_order()  # results stored past the snapshot are told first
             self._fill()
             last_beat = time.monotonic()
@@ -547,14 +548,13 @@ class _Run:
                         self._cut_off(executor)
                 if time.monotonic() - last_beat >= self.d.heartbeat_s:
                     last_beat = time.monotonic()
-                    if not self.storage.heartbeat(self.job_id, self.d.owner,
-                                                  self.d.lease_ttl_s, elapsed):
-                        raise LeaseHeldError(f"job {self.job_id}: lease lost; stopping")
-                    if self.storage.cancel_requested(self.job_id):
+                    stop = self._beat(elapsed)
+                    if stop is not None:
                         executor.shutdown()
                         self._commit(elapsed)
-                        self.storage.requeue_unfinished(self.job_id)
-                        return "cancelled", "cancelled by the user"
+                        if stop == "cancelled":
+                            self.storage.requeue_unfinished(self.job_id)
+                        return stop, "cancelled by the user" if stop == "cancelled" else None
             self._take_snapshot()
             self._commit(self.elapsed_before + time.monotonic() - start)
             self._report()
@@ -584,94 +584,82 @@ class _Run:
         return (f"every one of the {self.told} trials failed; the most common error "
                 f"({count} of {self.told}): {line[:500]}")
 
-    def _search_folder(self) -> Path:
-        """The weight-sharing search's checkpoint folder (this database's, this job's)."""
-        return artifact_dir(self.storage.database_id, self.job_id) / "search"
+    # ---- heartbeat, and the strategy's preparation ----------------------------------------------
+    def _beat(self, elapsed: float) -> str | None:
+        """Heartbeat the lease (LeaseHeldError when it was lost) and say whether to stop
+        here: `paused` when the driver's stop event is set (`nas serve` stopping),
+        `cancelled` when the user asked, else None."""
+        if self.d.stop is not None and self.d.stop.is_set():
+            return "paused"
+        if not self.storage.heartbeat(self.job_id, self.d.owner, self.d.lease_ttl_s, elapsed):
+            raise LeaseHeldError(f"job {self.job_id}: lease lost; stopping")
+        if self.storage.cancel_requested(self.job_id):
+            return "cancelled"
+        return None
 
-    def _subnet_weights(self, key: str) -> bytes | None:
-        """The weights a one-shot search saved for a derived subnet (`subnet-<rank>.pt` in
-        its checkpoint folder), if any."""
-        assert isinstance(self.strategy, WeightSharingStrategy)
-        keys = [item["key"] for item in self.strategy.derived or ()]
-        if key not in keys:
+    def _prepare(self, executor: Any) -> tuple[str, str | None] | None:
+        """Run what the strategy asks for before its first trial (`Strategy.preparation`),
+        hand the result back (`Strategy.prepared`) and store a snapshot with it, so a resume
+        never prepares twice. Returns a final status when the job was cancelled or stopped
+        meanwhile."""
+        preparation: Preparation | None = self.strategy.preparation()
+        if preparation is None:
             return None
-        path = self._search_folder() / f"subnet-{keys.index(key) + 1}.pt"
-        return path.read_bytes() if path.is_file() else None
+        if isinstance(preparation, LongTask):
+            stop, result = self._run_long_task(executor, preparation)
+        else:
+            stop, result = self._evaluate(preparation)
+        if stop is not None:
+            return stop, preparation.cancel_note if stop == "cancelled" else None
+        self.strategy.prepared(result)
+        self._take_snapshot()
+        self._commit(self._elapsed())
+        return None
 
-    def _run_search(self, executor: Any, start: float) -> tuple[str, str | None] | None:
-        """Run the weight-sharing strategy's supernet search as one task (it resumes from
-        its checkpoint folder), keeping the lease alive; its result goes into the strategy
-        and is stored with a snapshot, so a resume never trains again. Returns a final
-        status when the job was cancelled meanwhile."""
-        assert isinstance(self.strategy, WeightSharingStrategy)
-        folder = self._search_folder()
-        executor.start_search(self.strategy.search_task(str(folder), self.spec.space_args))
-        while True:
-            result = executor.poll_search(timeout=self.d.heartbeat_s)
-            elapsed = self.elapsed_before + time.monotonic() - start
-            if result is not None:
-                break
-            if not self.storage.heartbeat(self.job_id, self.d.owner, self.d.lease_ttl_s,
-                                          elapsed):
-                raise LeaseHeldError(f"job {self.job_id}: lease lost; stopping")
-            if self.storage.cancel_requested(self.job_id):
+    def _run_long_task(self, executor: Any, preparation: LongTask) -> tuple[str | None, Any]:
+        """Run the task on the job's executor (it resumes from its own checkpoint), keeping
+        the lease alive: (None, its result), or (why it stopped, None)."""
+        executor.start_search(preparation.task)
+        while (result := executor.poll_search(timeout=self.d.heartbeat_s)) is None:
+            elapsed = self._elapsed()
+            stop = self._beat(elapsed)
+            if stop is not None:
                 executor.stop_search()
                 self._commit(elapsed)
-                return "cancelled", ("cancelled by the user during the supernet search; "
-                                     "`nas resume` continues from its last checkpoint")
-        self.strategy.set_outcome(result)
-        (folder / "history.json").write_text(json.dumps(
-            {"device": result.device, "worker": result.worker,
-             "resumed_from_epoch": result.resumed_from_epoch, "history": result.history,
-             "derived": [{"key": k, **m} for k, m in zip(result.keys, result.metrics,
-                                                          strict=True)]}, indent=1))
-        self.storage.add_artifact(self.job_id, "search", str(folder))
-        self._take_snapshot()
-        self._commit(elapsed)
-        return None
+                return stop, None
+        for kind, path in preparation.artifacts:
+            self.storage.add_artifact(self.job_id, kind, path)
+        return None, result
 
-    def _score_pool(self, start: float) -> tuple[str, str | None] | None:
-        """Score the proxy strategy's candidate pool with the `proxy` evaluator on workers
-        (batches in parallel), reusing and storing scores under its cache device, then hand
-        the scores to the strategy. Returns a final status when the job was cancelled."""
-        strategy = self.strategy
-        assert isinstance(strategy, ProxySearch)
-        from workers.evaluators.proxy import ProxyEvaluator
+    def _evaluate(self, preparation: Evaluations) -> tuple[str | None,
+                                                            dict[str, dict[str, float]]]:
+        """Evaluate the candidates whose stored values (under the evaluator's cache device)
+        lack a wanted metric, on an executor of their own (batches in parallel): (None,
+        {key: values}), or (why it stopped, the values so far)."""
+        spec = EvaluatorSpec(self.spec.space, {**self.spec.space_args, **preparation.space_args},
+                             preparation.evaluator, preparation.evaluator_args)
+        device = _cache_device(spec, get_space(spec.space, **spec.space_args))
+        keys = [key for key, _ in preparation.candidates]
+        stored = stored_values(self.storage, self.space.name, keys, device) if device else {}
+        values = {key: dict(stored.get(key, {})) for key in keys}
+        todo = [(key, arch) for key, arch in preparation.candidates
+                if any(m not in values[key] for m in preparation.metrics)]
+        if not todo:
+            return None, values
+        executor = (self.d.executor_factory(self.spec, spec) if self.d.executor_factory
+                    else make_executor(self.spec, spec, self.d.ray_address))
+        try:
+            return self._evaluate_all(executor, todo, values), values
+        finally:
+            executor.shutdown()
 
-        pool = strategy.pool_candidates()
-        space_args = {**self.spec.space_args, **strategy.proxy_space_args}
-        proxy_space = get_space(self.spec.space, **space_args)
-        device = ProxyEvaluator(proxy_space, **strategy.evaluator_args).cache_device()
-        stored = stored_values(self.storage, self.space.name, [k for k, _ in pool], device)
-        scores = {key: _analytic_proxies(proxy_space, arch, strategy.proxies)
-                  | stored.get(key, {}) for key, arch in pool}
-        todo = [(key, arch) for key, arch in pool
-                if any(p not in scores[key] for p in strategy.proxies)]
-        if todo:
-            proxy_spec = EvaluatorSpec(self.spec.space, space_args, "proxy",
-                                       strategy.evaluator_args)
-            executor = (self.d.executor_factory(self.spec, proxy_spec)
-                        if self.d.executor_factory
-                        else make_executor(self.spec, proxy_spec, self.d.ray_address))
-            try:
-                stopped = self._score(executor, todo, scores, stored, start)
-            finally:
-                executor.shutdown()
-            if stopped is not None:
-                return stopped
-        strategy.set_scores({k: v for k, v in scores.items()
-                             if all(p in v for p in strategy.proxies)})
-        self._take_snapshot()
-        self._commit(self.elapsed_before + time.monotonic() - start)
-        return None
-
-    def _score(self, executor: Any, todo: list[tuple[str, Arch]],
-               scores: dict[str, dict[str, float]], stored: dict[str, dict[str, float]],
-               start: float) -> tuple[str, str | None] | None:
-        """Evaluate `todo` with the proxy executor, storing each result's scores as they
-        arrive (so a resume only scores what is missing)."""
+    def _evaluate_all(self, executor: Any, todo: list[tuple[str, Arch]],
+                      values: dict[str, dict[str, float]]) -> str | None:
+        """Evaluate `todo`, storing each result's measurements as they arrive (so a resume
+        only evaluates what is missing) and adding what it reports to `values`; returns why
+        it stopped early, if it did."""
         archs = dict(todo)
-        queue = [TrialTask(i, key, arch, 1, stored.get(key, {}))
+        queue = [TrialTask(i, key, arch, 1, dict(values[key]))
                  for i, (key, arch) in enumerate(todo)]
         size = max(1, min(8, len(queue) // max(1, 4 * self.spec.parallelism)))
         while queue or executor.in_flight():
@@ -681,20 +669,17 @@ class _Run:
             rows = []
             for result in executor.poll(timeout=self.d.heartbeat_s):
                 if result.status != "completed":
-                    continue  # left out of the ranking
+                    continue  # it keeps its stored values only
+                values[result.key].update(result.metrics)
                 for m in result.measurements:
-                    scores[result.key][m["metric"]] = float(m["value"])
+                    values[result.key][m["metric"]] = float(m["value"])
                     rows.append(MeasurementRow(result.key, archs[result.key], m["device"],
                                                m["metric"], float(m["value"]), m["source"]))
             if rows:
                 self.storage.put_measurements(self.space.name, rows)
-            elapsed = self.elapsed_before + time.monotonic() - start
-            if not self.storage.heartbeat(self.job_id, self.d.owner, self.d.lease_ttl_s,
-                                          elapsed):
-                raise LeaseHeldError(f"job {self.job_id}: lease lost; stopping")
-            if self.storage.cancel_requested(self.job_id):
-                return "cancelled", ("cancelled by the user while scoring the proxy pool; "
-                                     "the scores so far are stored and reused on resume")
+            stop = self._beat(self._elapsed())
+            if stop is not None:
+                return stop
         return None
 
     def _report(self) -> None:

@@ -17,8 +17,9 @@ with exactly its budget. A driver that lost its lease (a takeover after a stall)
 next write, so a job is never run by two drivers at once.
 
 SIGINT / SIGTERM (the CLI turns both into KeyboardInterrupt in the main thread) stop the
-process cleanly: each running driver is interrupted at its next heartbeat, which pauses its
-job exactly as a SIGINT pauses `nas drive`; the leases are released and the registry row
+process cleanly: it sets the stop event every driver of it was given (`Driver(stop=...)`;
+signals only reach the main thread), and each driver pauses its job at its next heartbeat,
+exactly as a SIGINT pauses `nas drive`; the leases are released and the registry row
 deleted. `nas resume JOB` continues a paused job (queues it when a serve process is alive).
 """
 
@@ -61,21 +62,6 @@ def check_options(poll_s: float, lease_ttl_s: float, max_jobs: int, name: str | 
         raise NasError("--name must have 1 to 200 characters")
     if name is not None and not name.isprintable():  # `nas servers` prints it to others
         raise NasError("--name must be printable text (no control characters)")
-
-
-class _StopAwareStorage(Storage):
-    """The storage as a driver of this process sees it: once the process is stopping, the
-    driver's next heartbeat raises KeyboardInterrupt, so the driver pauses its job at a step
-    boundary just as a SIGINT does to `nas drive` (signals only reach the main thread)."""
-
-    def __init__(self, base: Storage, stopping: threading.Event) -> None:  # noqa: D107
-        self.__dict__.update(base.__dict__)  # the same engine: no second connection pool
-        self._stopping = stopping
-
-    def heartbeat(self, job_id: int, owner: str, ttl_s: float, elapsed_s: float) -> bool:
-        if self._stopping.is_set():
-            raise KeyboardInterrupt
-        return super().heartbeat(job_id, owner, ttl_s, elapsed_s)
 
 
 def parse_allow_modules(text: str | None) -> frozenset[str]:
@@ -247,7 +233,7 @@ class Server:
         connect_ray(self.ray_address)  # it keeps this process's signal handlers
 
     def _stop(self, beat: threading.Thread) -> None:
-        """Interrupt the drivers (each pauses its job at its next heartbeat), wait for them
+        """Stop the drivers (each pauses its job at its next heartbeat), wait for them
         (the heartbeat thread keeps their leases meanwhile), release what is still leased
         and leave the registry."""
         self._stopping.set()
@@ -266,7 +252,9 @@ class Server:
     # ---- one job (a driver thread) ------------------------------------------------------------
     def _run_job(self, job_id: int) -> None:
         try:
-            self.log(f"job {job_id} {self._drive(job_id)}")
+            status = self._drive(job_id)
+            self.log(f"job {job_id} paused; `nas resume {job_id}` continues it"
+                     if status == "paused" else f"job {job_id} {status}")
         except KeyboardInterrupt:
             self.log(f"job {job_id} paused; `nas resume {job_id}` continues it")
         except LeaseHeldError as exc:
@@ -295,9 +283,9 @@ class Server:
     def _drive(self, job_id: int) -> str:
         if self._stopping.is_set():
             raise KeyboardInterrupt
-        driver = Driver(_StopAwareStorage(self.storage, self._stopping), job_id,
-                        ray_address=self.ray_address, lease_ttl_s=self.lease_ttl_s,
-                        heartbeat_s=min(2.0, self.lease_ttl_s / 3))
+        driver = Driver(self.storage, job_id, ray_address=self.ray_address,
+                        lease_ttl_s=self.lease_ttl_s, heartbeat_s=min(2.0, self.lease_ttl_s / 3),
+                        stop=self._stopping)
         driver.owner = self.owner  # the lease claimed for it: the process's owner
         return driver.run()
 

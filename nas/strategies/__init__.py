@@ -16,12 +16,14 @@ from .evolution import RegularizedEvolution
 from .gbdt import GBDTSearch
 from .moevo import MultiObjectiveEvolution
 from .optuna import NSGA2Strategy, TPEStrategy
+from .preparation import Evaluations, LongTask, Preparation
 from .proxy import ProxySearch
 from .random import RandomSearch
 from .weight_sharing import WeightSharingStrategy
 
 __all__ = [
-    "ConstraintInfo", "GBDTSearch", "MultiObjectiveEvolution", "ObjectiveInfo", "ProxySearch",
+    "ConstraintInfo", "Evaluations", "GBDTSearch", "LongTask", "MultiObjectiveEvolution",
+    "ObjectiveInfo", "Preparation", "ProxySearch",
     "RandomSearch",
     "RegularizedEvolution", "SearchContext", "Strategy", "TrialView", "check_strategy",
     "get_strategy", "list_strategies", "register_strategy", "strategy_class", "NSGA2Strategy",

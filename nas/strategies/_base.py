@@ -5,7 +5,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from search_spaces.registry import (
     is_reference,
     resolve_reference,
 )
+
+if TYPE_CHECKING:
+    from .preparation import Preparation
 
 
 @dataclass(frozen=True)
@@ -80,13 +84,18 @@ class SearchContext:
 
     `value_of(key, metric, device)` is a value known before evaluating (a benchmark's latency
     table, a stored measured/imported/predicted latency, analytic params/FLOPs) or None;
-    `is_known(key)` says whether the job already proposed that architecture.
+    `is_known(key)` says whether the job already proposed that architecture. `space_args`
+    are the job's (the space a preparation builds elsewhere starts from them) and
+    `artifacts` is the job's artifact folder (checkpoints, files a strategy keeps; None
+    outside a driver).
     """
 
     objectives: tuple[ObjectiveInfo, ...] = (ObjectiveInfo("score"),)
     constraints: tuple[ConstraintInfo, ...] = ()
     value_of: Callable[[str, str, str | None], float | None] = field(default=_no_value)
     is_known: Callable[[str], bool] = field(default=_nothing_known)
+    space_args: dict[str, Any] = field(default_factory=dict)
+    artifacts: Path | None = None
 
 
 #: Proposals a strategy draws before it gives up looking for an acceptable one.
@@ -171,6 +180,28 @@ class Strategy(abc.ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
+
+    # ---- optional hooks the driver always calls --------------------------------------------
+    def preparation(self) -> Preparation | None:
+        """Work to run on the job's executor before the first `ask` (scoring a candidate
+        pool, training a supernet: see `nas.strategies.preparation`), or None: nothing to
+        run, or already run (its result is part of the state). Called once per driver
+        session, after `bind` and `load_state_dict`."""
+        return None
+
+    def prepared(self, result: Any) -> None:  # noqa: B027 - optional hook
+        """Take back the result of `preparation()`'s work; the driver then stores a
+        snapshot, so `state_dict` must hold what a resumed job needs."""
+
+    def result_metrics(self, key: str) -> dict[str, float]:
+        """Metrics stored with a completed trial's own (e.g. a weight-sharing search's
+        `search.*` metrics of an architecture it derived); none by default."""
+        return {}
+
+    def result_weights(self, key: str) -> bytes | None:
+        """Weights stored for a completed trial whose evaluator returned none (e.g. a
+        one-shot subnet's inherited weights, for `nas export`); none by default."""
+        return None
 
 
 #: The strategies by name (spec field `strategy`), with the plugins of `nas.strategies`.

@@ -1,11 +1,13 @@
 """`proxy`: training-free search. Score a large candidate pool with training-free proxies
 (seconds per architecture, no training), then spend the job's real evaluations on the best.
 
-Before the first trial the driver scores the pool (`pool_candidates`) with the `proxy`
-evaluator on its executor's workers (Ray in parallel), reusing every score already stored
-for the same (architecture, proxy, data) and storing each new one as it arrives, so an
-interrupted scoring resumes where it stopped and a second job never computes a score twice.
-It hands the scores to `set_scores`; the ranking is then part of the strategy's state.
+Its preparation (`preparation`, see `nas.strategies.preparation`) scores the pool
+(`pool_candidates`) with the `proxy` evaluator on the job executor's workers (Ray in
+parallel) before the first trial; the driver reuses every score already stored for the same
+(architecture, proxy, data) and stores each new one as it arrives, so an interrupted scoring
+resumes where it stopped and a second job never computes a score twice. `prepared` adds the
+analytic proxies (params, FLOPs) and ranks the pool (`set_scores`); the ranking is then part
+of the strategy's state.
 
 The pool may be scored on a smaller network than the one the job evaluates
 (`proxy_space_args`, overriding the job's `space_args`): on NAS-Bench-201, one cell per stage
@@ -36,8 +38,11 @@ from search_spaces import Arch, SearchSpace, get_space
 
 from ._args import int_at_least
 from ._base import Strategy, TrialView, register_strategy
+from .preparation import Evaluations
 
 MODES = ("top", "evolution")
+#: Proxies the space computes itself (no network built): never stored, never sent out.
+ANALYTIC = ("params", "flops")
 
 
 @register_strategy
@@ -83,7 +88,8 @@ class ProxySearch(Strategy):
             raise ValueError("strategy_args.proxy_space_args must be a mapping of space_args "
                              f"overrides, got {proxy_space_args!r}")
         try:
-            get_space(space.name, **proxy_space_args)
+            if proxy_space_args:  # (a user's space object may have no registered name)
+                get_space(space.name, **proxy_space_args)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"strategy_args.proxy_space_args: {exc}") from None
         self.proxy_space_args = dict(proxy_space_args)
@@ -122,6 +128,30 @@ class ProxySearch(Strategy):
                 if len(found) >= self.pool_size:
                     break
         return list(found.items())
+
+    def preparation(self) -> Evaluations | None:
+        """Score the pool with the `proxy` evaluator (its analytic proxies excepted)."""
+        if self.scored:
+            return None
+        return Evaluations(
+            "proxy", self.evaluator_args, self.pool_candidates(),
+            tuple(p for p in self.proxies if p not in ANALYTIC),
+            space_args=self.proxy_space_args,
+            cancel_note="cancelled by the user while scoring the proxy pool; the scores so "
+                        "far are stored and reused on resume")
+
+    def prepared(self, result: dict[str, dict[str, float]]) -> None:
+        """Rank the pool by its scores plus the analytic proxies of the scoring network."""
+        space = get_space(self.space.name,
+                          **{**self.context.space_args, **self.proxy_space_args})
+        archs = dict(self.pool_candidates())
+        scores = {}
+        for key, values in result.items():
+            analytic = {p: float(space.params(archs[key]) if p == "params"
+                                 else space.flops(archs[key]))
+                        for p in self.proxies if p in ANALYTIC}
+            scores[key] = {p: v for p, v in (analytic | values).items() if p in self.proxies}
+        self.set_scores(scores)
 
     def set_scores(self, scores: dict[str, dict[str, float]]) -> None:
         """Rank the pool by rank voting over the proxies (architectures whose scoring failed

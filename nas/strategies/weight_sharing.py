@@ -1,11 +1,15 @@
 """Weight-sharing strategies (darts, pc-darts, rarts, fbnet, oneshot) as ask/tell strategies.
 
-The supernet training itself is `workers.weight_sharing`: one long, checkpointed task that
-the driver hands to its executor before the first trial (`search_task`). Its result (the
-derived architectures, best first, with the search's own metrics such as the supernet
-accuracy) is given back with `set_outcome` and is part of the strategy's `state_dict`, so a
-resumed job never trains again once the search has finished; a job interrupted during the
-search runs the task again and it resumes from its last checkpoint.
+The supernet training itself is `workers.weight_sharing`: one long, checkpointed task (in the
+job's artifact folder, `search/`) that the strategy's preparation hands to the driver's
+executor before the first trial (`preparation`, see `nas.strategies.preparation`). Its
+result (the derived architectures, best first, with the search's own metrics such as the
+supernet accuracy) comes back through `prepared` (`set_outcome`) and is part of the
+strategy's `state_dict`, so a resumed job never trains again once the search has finished;
+a job interrupted during the search runs the task again and it resumes from its last
+checkpoint. Trials of derived architectures get the search's metrics as `search.<name>` and,
+when the search saved them, the subnet's inherited weights (`result_metrics`,
+`result_weights`).
 
 Then the strategy is an ordinary ask/tell one: the derived architectures are proposed first
 (those that are acceptable: not known, not violating a constraint), each scored by the
@@ -17,11 +21,14 @@ once its neighbours are all known).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 from search_spaces import Arch, SearchSpace
 
 from ._base import Strategy, TrialView, register_strategy
+from .preparation import LongTask
 
 
 class WeightSharingStrategy(Strategy):
@@ -58,6 +65,31 @@ class WeightSharingStrategy(Strategy):
         return SearchTask(self.method, self.space.name, dict(space_args), self.args, self.seed,
                           checkpoint_dir)
 
+    def folder(self) -> Path:
+        """The search's checkpoint folder: `search/` in the job's artifact folder."""
+        if self.context.artifacts is None:
+            raise RuntimeError(f"{self.method}: no artifact folder bound (run it in a job)")
+        return self.context.artifacts / "search"
+
+    def preparation(self) -> LongTask | None:
+        if self.searched:
+            return None
+        folder = str(self.folder())
+        return LongTask(self.search_task(folder, self.context.space_args),
+                        artifacts=(("search", folder),),
+                        cancel_note="cancelled by the user during the supernet search; "
+                                    "`nas resume` continues from its last checkpoint")
+
+    def prepared(self, result: Any) -> None:
+        """Take the search's result and keep its record in `history.json` beside its
+        checkpoint."""
+        self.set_outcome(result)
+        (self.folder() / "history.json").write_text(json.dumps(
+            {"device": result.device, "worker": result.worker,
+             "resumed_from_epoch": result.resumed_from_epoch, "history": result.history,
+             "derived": [{"key": k, **m} for k, m in zip(result.keys, result.metrics,
+                                                          strict=True)]}, indent=1))
+
     def set_outcome(self, result: Any) -> None:
         """Take the search's result (a `workers.weight_sharing.task.SearchResult`)."""
         self.derived = [{"key": key, "arch": self.space.validate(arch), "metrics": metrics}
@@ -74,6 +106,19 @@ class WeightSharingStrategy(Strategy):
             if item["key"] == key:
                 return dict(item["metrics"])
         return {}
+
+    def result_metrics(self, key: str) -> dict[str, float]:
+        """The search's metrics of a derived architecture, as `search.<name>`."""
+        return {f"search.{k}": v for k, v in self.search_metrics(key).items()}
+
+    def result_weights(self, key: str) -> bytes | None:
+        """The weights the search saved for a derived subnet (`subnet-<rank>.pt` in its
+        folder), if any: `nas export` hands them over."""
+        keys = [item["key"] for item in self.derived or ()]
+        if key not in keys or self.context.artifacts is None:
+            return None
+        path = self.folder() / f"subnet-{keys.index(key) + 1}.pt"
+        return path.read_bytes() if path.is_file() else None
 
     # ---- ask / tell ------------------------------------------------------------------------------
     def ask(self) -> Arch:
