@@ -83,6 +83,15 @@ def test_unknown_device_names_the_devices_the_job_has(job, command):
         assert device in lines[0], lines[0]
 
 
+def test_a_job_with_no_device_value_yet_gets_an_empty_answer(tmp_path):
+    """A pending or just-started job has no device value yet: `nas best --device` answers
+    with no rows (as a reader polling a running job expects), not an error."""
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    job = api.submit(Storage(url), nb201_spec())
+    data = json.loads(nas("--db", url, "best", str(job), "--device", "pixel3", "--json").stdout)
+    assert data["results"] == [] and data["unknown_latency"] == 0
+
+
 # ---- item 15j: status in words, not Python reprs --------------------------------------------
 def test_status_prints_budget_and_objectives_in_words(job, tmp_path):
     text = nas("--db", job["url"], "status", job["job"]).stdout

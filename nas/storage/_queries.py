@@ -92,17 +92,23 @@ def best_trials(storage, job_id: int, top: int = 5, device: str | None = None,  
 
 def check_job_device(storage, job_id: int, device: str,  # noqa: ANN001
                      metric: str = "latency_ms") -> None:
-    """Refuse a device none of the job's completed trials has a `metric` value on, naming
-    the devices it has values on (a typo would otherwise give an empty table)."""
+    """Refuse a device that is a typo: none of the job's trials has a `metric` value on it,
+    no architecture in the database has one, and the job has values on other devices (named
+    in the error; a typo would otherwise give an empty table). A job with no device value
+    yet (pending, or just started) gets its empty answer, not an error."""
     tdv = trial_device_values
     mine = (tdv.c.job_id == job_id) & (tdv.c.metric == metric)
+    anywhere = select(measurements.c.id).where(measurements.c.device == device,
+                                               measurements.c.metric == metric).exists()
     with storage.read() as conn:
         if conn.execute(select(select(tdv.c.trial_id).where(
                 mine, tdv.c.device == device).exists())).scalar():
             return
         devices = list(conn.execute(select(tdv.c.device).where(mine).distinct()
                                     .order_by(tdv.c.device)).scalars())
-    known = ", ".join(devices) if devices else "none yet"
+        if not devices or conn.execute(select(anywhere)).scalar():
+            return
+    known = ", ".join(devices)
     raise NasError(f"--device: job {job_id} has no {metric} value on device {device!r} "
                    f"(devices with values: {known})")
 
