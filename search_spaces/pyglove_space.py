@@ -127,7 +127,7 @@ class PyGloveSpace(SearchSpace):
     `space_args`: `input_shape` (one sample, e.g. [3, 32, 32] or [64]; or `input_channels`
     and `input_size` for images), needed to count FLOPs and run the model; `num_classes`,
     passed to a builder argument of that name; `name` (default: the builder's name or
-    "pyglove").
+    "pyglove"; a space made from a spec's `module:attr` reference should be named by it).
     """
 
     name = "pyglove"
@@ -160,7 +160,8 @@ class PyGloveSpace(SearchSpace):
             raise ValueError(f"space_args.num_classes must be a positive integer, got "
                              f"{num_classes!r}")
         self.num_classes = num_classes
-        self.name = name or (f"pyglove:{type(obj).__name__}" if self._builder else "pyglove")
+        # a name with ':' would read as a module:attr reference (the registry passes that)
+        self.name = name or (f"pyglove-{type(obj).__name__}" if self._builder else "pyglove")
         if description is not None:
             self.description = description
 
@@ -465,10 +466,20 @@ def _json_of(value: Any, path: str) -> Any:
         same = json.loads(json.dumps(data, allow_nan=False)) == data
     except (TypeError, ValueError):
         same = False
-    if not same:
+    if not same or _opaque(data):
         raise ValueError(f"space: the value at {path or 'the root'} ({value!r:.60}) has no JSON "
-                         "form, so an architecture holding it would not be a JSON value")
+                         "form (PyGlove would pickle it), so an architecture holding it would "
+                         "not be a readable JSON value; use JSON values, classes, functions or "
+                         "symbolic objects")
     return data
+
+
+def _opaque(data: Any) -> bool:
+    """Whether PyGlove's JSON holds a pickled object."""
+    if isinstance(data, dict):
+        return str(data.get("_type", "")).endswith("_OpaqueObject") or any(
+            _opaque(v) for v in data.values())
+    return isinstance(data, list) and any(_opaque(v) for v in data)
 
 
 def _input_shape(shape: Any, channels: Any, size: Any) -> tuple[int, ...] | None:

@@ -78,7 +78,7 @@ _PRETRAIN_MODES = ("continue", "margin")
 class _Pool:
     """Candidates (DNA rows) with their feature rows; archs built lazily from the DNA."""
 
-    dna: np.ndarray  # (n, decisions) int
+    dna: np.ndarray  # (n, decisions) int (float when the space has float decisions)
     X: np.ndarray  # (n, features) float32
 
     def __len__(self) -> int:
@@ -125,7 +125,7 @@ def _choice_groups(space: SearchSpace) -> np.ndarray | None:
     import pyglove as pg
 
     counts = space.choice_counts()
-    if len(space.encode(space.from_dna([0] * len(counts)))) != sum(counts):
+    if len(space.encode(_first_arch(space))) != sum(counts):
         return None
     points = pg.dna_spec(space.template()).decision_points
     if len(points) != len(counts):
@@ -150,12 +150,25 @@ def _analytic_costs(space: SearchSpace) -> bool:
     if type(space).params is SearchSpace.params:
         return False
     try:
-        arch = space.from_dna([0] * len(space.choice_counts()))
+        arch = _first_arch(space)
         space.params(arch)
         space.flops(arch)
     except NotImplementedError:
         return False
     return True
+
+
+def _first_arch(space: SearchSpace) -> Arch:
+    """The architecture of every decision's first candidate (a float decision's low bound)."""
+    floats = space.float_decisions()
+    dna = [floats[i].low if i in floats else 0 for i in range(len(space.choice_counts()))]
+    return space.from_dna(space.canonical_dna(dna))
+
+
+def _dna_of_row(space: SearchSpace, row: np.ndarray) -> list[Any]:
+    """A pool's DNA row as a DNA list (ints; floats for float decisions)."""
+    floats = space.float_decisions()
+    return [float(v) if i in floats else int(v) for i, v in enumerate(row)]
 
 
 _ENUMERATED: weakref.WeakKeyDictionary[SearchSpace, dict[tuple[bool, bool], _Pool]] = \
@@ -227,7 +240,7 @@ class GBDTSearch(Strategy):
         self.counts = list(space.choice_counts())
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(int)
         one_hot = int(sum(self.counts))
-        if self.prune and len(space.encode(space.from_dna([0] * len(self.counts)))) != one_hot:
+        if self.prune and len(space.encode(_first_arch(space))) != one_hot:
             raise ValueError("strategy_args.prune needs a space whose encode() is the one-hot "
                              f"of its decisions; {space.name!r} encodes differently")
         self.features = _Features(space, flag("cost_features", cost_features),
@@ -293,8 +306,12 @@ class GBDTSearch(Strategy):
         if not self.pruned:
             return self.space.sample(rng)
         gone = set(self.pruned)
-        dna = []
+        floats = self.space.float_decisions()
+        dna: list[Any] = []
         for d, count in enumerate(self.counts):
+            if d in floats:  # never pruned
+                dna.append(floats[d].sample(rng))
+                continue
             left = [c for c in range(count) if (d, c) not in gone]
             dna.append(left[int(rng.integers(len(left)))])
         return self.space.from_dna(self.space.canonical_dna(dna))
@@ -325,7 +342,7 @@ class GBDTSearch(Strategy):
         while self._cursor < len(self._ranking):
             i = int(self._ranking[self._cursor])
             self._cursor += 1
-            arch = self.space.from_dna([int(v) for v in self._pool.dna[i]])
+            arch = self.space.from_dna(_dna_of_row(self.space, self._pool.dna[i]))
             if self.acceptable(arch):
                 return arch
         return None
@@ -399,7 +416,8 @@ class GBDTSearch(Strategy):
         children = [self.space.mutate(elite[i % len(elite)], rng)
                     for i in range(self.pool_size - len(archs))]
         archs = self._unique(archs + children)
-        dna = np.asarray([self.space.to_dna(a) for a in archs], dtype=np.int64)
+        dtype = np.float64 if self.space.float_decisions() else np.int64
+        dna = np.asarray([self.space.to_dna(a) for a in archs], dtype=dtype)
         return _Pool(dna, self.features.matrix(archs))
 
     def _unique(self, archs: list[Arch]) -> list[Arch]:
@@ -422,7 +440,7 @@ class GBDTSearch(Strategy):
             pool = _enumerated_pool(self.space, self.features)
             rows = rng.choice(len(pool), size=min(PRETRAIN_SIZE, len(pool)), replace=False)
             rows.sort()
-            archs = [self.space.from_dna([int(v) for v in pool.dna[i]]) for i in rows]
+            archs = [self.space.from_dna(_dna_of_row(self.space, pool.dna[i])) for i in rows]
         else:
             archs = self._unique([self.space.sample(rng) for _ in range(PRETRAIN_SIZE)])
         values = [self._free_value(a) for a in archs]

@@ -2,7 +2,8 @@
 
 Both run Optuna's ask/tell API on a private in-memory study whose parameters are the space's
 decisions (one `CategoricalDistribution` over the choice indices per entry of
-`space.choice_counts()`, named d0, d1, ...). A proposal is `space.from_dna(raw values)`; for a
+`space.choice_counts()`, a `FloatDistribution` over the bounds of a float decision, named d0,
+d1, ...). A proposal is `space.from_dna(raw values)`; for a
 conditional space that is the canonical form, but Optuna keeps the raw values it sampled. The
 job's database stays the source of truth: the study is a cache that `state_dict` describes and
 `load_state_dict` rebuilds.
@@ -99,6 +100,7 @@ class _OptunaStrategy(Strategy):
         counts = space.choice_counts()
         self._names = [f"d{i}" for i in range(len(counts))]
         self._choices = [tuple(range(c)) for c in counts]
+        self._floats = space.float_decisions()
         self.asked = 0
         self._study: optuna.Study | None = None
         self._storage: Any = None  # the study's InMemoryStorage (holds its system attrs)
@@ -127,8 +129,13 @@ class _OptunaStrategy(Strategy):
 
     # ---- the study ------------------------------------------------------------------------
     def _distributions(self) -> dict[str, Any]:
-        dist = _optuna().distributions.CategoricalDistribution
-        return {n: dist(c) for n, c in zip(self._names, self._choices, strict=True)}
+        distributions = _optuna().distributions
+        dist = distributions.CategoricalDistribution
+        out = {n: dist(c) for n, c in zip(self._names, self._choices, strict=True)}
+        for i, f in self._floats.items():
+            out[self._names[i]] = distributions.FloatDistribution(f.low, f.high,
+                                                                  log=f.scale == "log")
+        return out
 
     def _fixed_space(self, base: type) -> type:
         """`base` (an Optuna sampler class) with the decisions as its relative search space.
