@@ -55,6 +55,10 @@ class Pruner:
         #: rung -> trial -> value recorded there (asha)
         self.rungs: dict[int, dict[int, float]] = {}
 
+    @property
+    def metric(self) -> str:
+        return self.config.metric
+
     def load(self, reports: Iterable[tuple[int, int, str, float]]) -> None:
         """Replay stored reports (trial, step, metric, value) in order; decisions ignored."""
         for trial, step, metric, value in reports:

@@ -173,11 +173,10 @@ class FunctionEvaluator(Evaluator):
         if task.scratch_dir:
             scratch = Path(task.scratch_dir)
             scratch.mkdir(parents=True, exist_ok=True)
-        pruner = task.pruner
+        pruner = task.pruner  # a `Pruner` or a `RayPrunerHandle`: both name their metric
         return TrialContext(trial_seed(task.job_seed, task.number), task.number, task.attempt,
                             scratch, dict(self.args), _ray_gpus(), self.device_arg,
-                            scope.reports, pruner,
-                            pruner_metric(pruner))
+                            scope.reports, pruner, pruner.metric if pruner else None)
 
     def evaluate(self, arch: Arch, key: str) -> Evaluation:
         ctx = self.context()
@@ -186,14 +185,6 @@ class FunctionEvaluator(Evaluator):
         except TrialPruned as exc:
             return Evaluation(dict(ctx.last), pruned=str(exc) or "pruned")
         return Evaluation(check_metrics(returned))
-
-
-def pruner_metric(pruner: Any) -> str | None:
-    """The metric a pruner (or its handle) decides on."""
-    if pruner is None:
-        return None
-    config = getattr(pruner, "config", None)
-    return config.metric if config is not None else pruner.metric
 
 
 def check_metrics(returned: Any) -> dict[str, float]:
