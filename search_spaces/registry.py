@@ -32,6 +32,7 @@ import importlib.metadata
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -44,6 +45,9 @@ _IDENTIFIERS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 BUILT_IN = "built-in"
 #: The plugin whose entry point is being loaded (its components get its origin).
 _loading_plugin: list[str] = []
+#: Held while entry points load: a driver thread of `nas serve` looking up a plugin's name
+#: waits for the loading another thread started instead of finding the name missing.
+_PLUGIN_LOCK = threading.RLock()
 
 
 class UnknownComponentError(KeyError, ValueError):
@@ -158,6 +162,7 @@ class Registry(Generic[T]):
         self._defined_by = defined_by or (lambda obj: obj)
         self._entries: dict[str, T] = {}
         self._origins: dict[str, str] = {}
+        self._plugins_started = False  # set first: a plugin's own lookups do not recurse
         self._plugins_loaded = False
         #: one line per entry point that failed to load
         self.errors: list[str] = []
@@ -245,16 +250,20 @@ class Registry(Generic[T]):
         """Load this registry's entry points once; a broken one costs one line on stderr."""
         if self._plugins_loaded:
             return
-        self._plugins_loaded = True
-        for entry_point in importlib.metadata.entry_points(group=self.group):
-            try:
-                self._load(entry_point)
-            except Exception as exc:  # a broken plugin must not hide the others
-                line = (f"plugin entry point {self.group} {entry_point.name!r} "
-                        f"({entry_point.value}{_dist_label(entry_point)}) failed to load: "
-                        f"{_one_line(exc)}")
-                self.errors.append(line)
-                print(f"warning: {line}", file=sys.stderr)
+        with _PLUGIN_LOCK:
+            if self._plugins_started:
+                return
+            self._plugins_started = True
+            for entry_point in importlib.metadata.entry_points(group=self.group):
+                try:
+                    self._load(entry_point)
+                except Exception as exc:  # a broken plugin must not hide the others
+                    line = (f"plugin entry point {self.group} {entry_point.name!r} "
+                            f"({entry_point.value}{_dist_label(entry_point)}) failed to load: "
+                            f"{_one_line(exc)}")
+                    self.errors.append(line)
+                    print(f"warning: {line}", file=sys.stderr)
+            self._plugins_loaded = True
 
     def _load(self, entry_point: importlib.metadata.EntryPoint) -> None:
         dist = entry_point.dist
