@@ -172,8 +172,9 @@ def fit_and_predict(storage: Storage, space_name: str, device: str, metric: str 
 def _targets(storage: Storage, space: SearchSpace, known: dict[str, float],
              all_archs: bool) -> list[tuple[str, Arch]]:
     if all_archs:
-        if space.size() > ENUMERABLE:
-            raise NasError(f"--all: space {space.name!r} has {space.size():,} architectures; "
+        if space.size() > ENUMERABLE:  # math.inf for a space with float decisions
+            count = "infinitely many" if space.size() == math.inf else f"{space.size():,}"
+            raise NasError(f"--all: space {space.name!r} has {count} architectures; "
                            f"only spaces up to {ENUMERABLE:,} can be predicted in full")
         candidates = [(space.key(a), a) for a in space.enumerate()]
     else:

@@ -269,3 +269,25 @@ def test_bad_space_args_are_refused():
         PyGloveSpace(EXAMPLE, num_classes=0)
     with pytest.raises(NotImplementedError, match="input_shape"):
         PyGloveSpace(EXAMPLE).input_shape()
+
+
+# ---- evaluators that need a model ----------
+@pytest.mark.parametrize("name", ["train", "proxy", "analytic"])
+def test_evaluators_that_need_a_model_say_so_in_one_line(name):
+    from workers.evaluators import get_evaluator
+
+    with pytest.raises(ValueError, match=f"the {name} evaluator needs a torch model") as info:
+        get_evaluator(name, PyGloveSpace(EXAMPLE))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="set space_args.input_shape"):
+        get_evaluator(name, PyGloveSpace(mlp_space().template()))
+
+
+def test_the_analytic_evaluator_counts_a_builder_space():
+    from workers.evaluators import get_evaluator
+
+    space = mlp_space()
+    arch = {"depth": 1, "width": 8, "act": "relu", "dropout": 0.0, "head": {"kind": "linear"}}
+    result = get_evaluator("analytic", space).evaluate(arch, space.key(arch))
+    assert result.metrics == {"params": float(16 * 8 + 8 + 8 * 4 + 4),
+                              "flops": float(2 * (16 * 8 + 8 * 4))}

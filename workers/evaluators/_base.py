@@ -53,9 +53,15 @@ class Evaluator(abc.ABC):
     #: Trials report intermediate values (`function`'s `ctx.report`), so a job may declare
     #: `early_stopping` on them.
     reports_steps: ClassVar[bool] = False
+    #: The evaluator builds the space's torch model and feeds it inputs: a space without a
+    #: model (`buildable` False: a PyGlove hyper value that is no builder) or without an
+    #: input shape is refused in one line when the evaluator is made.
+    needs_model: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, **args: Any) -> None:
         self.space = space
+        if self.needs_model:
+            _check_model(self.name, space)
 
     @abc.abstractmethod
     def evaluate(self, arch: Arch, key: str) -> Evaluation:
@@ -151,3 +157,15 @@ def get_evaluator(name: str, space: SearchSpace, **args: Any) -> Evaluator:
     if is_reference(name) and cls is not resolve_reference(name):  # a function
         return cls(space, function=name, **args)  # type: ignore[call-arg]
     return cls(space, **args)
+
+
+def _check_model(evaluator: str, space: SearchSpace) -> None:
+    """ValueError (one line) when the evaluator cannot build and run the space's model."""
+    if not space.buildable:
+        raise ValueError(f"the {evaluator} evaluator needs a torch model, and space "
+                         f"{space.name!r} has none: it is a PyGlove hyper value, not a "
+                         "pg.symbolize'd builder (a class or function making a torch.nn.Module)")
+    try:
+        space.input_shape()
+    except NotImplementedError as exc:
+        raise ValueError(f"the {evaluator} evaluator runs the model: {exc}") from None

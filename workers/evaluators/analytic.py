@@ -25,6 +25,7 @@ class AnalyticEvaluator(Evaluator):
 
     name = "analytic"
     cheap = True
+    needs_model = True
 
     def __init__(self, space: SearchSpace) -> None:
         super().__init__(space)

@@ -70,6 +70,7 @@ class ProxyEvaluator(Evaluator):
 
     name = "proxy"
     cheap = False
+    needs_model = True
 
     def __init__(self, space: SearchSpace, proxies: Any = None, dataset: Any = None,
                  batch_size: Any = DEFAULT_BATCH_SIZE, seed: Any = 0) -> None:

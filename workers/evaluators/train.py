@@ -35,6 +35,7 @@ class TrainEvaluator(Evaluator):
     """
 
     name = "train"
+    needs_model = True
 
     def __init__(self, space: SearchSpace, dataset: Any = None, measure_latency: bool = True,
                  latency_repeats: int = 20, int8: bool | None = None, save_weights: bool = True,
