@@ -1,0 +1,156 @@
+"""A strategy with a preparation phase, defined here and run through the unchanged driver
+(`Strategy.preparation` / `prepared`): its pool is evaluated on the job's executor kind
+(in-process, or Ray workers) before the first ask, the result is in the snapshot so a paused
+and resumed job never prepares twice, and a driver's stop event pauses the job."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nas import api
+from nas.driver import Driver
+from nas.storage import Storage
+from nas.strategies import Evaluations, Strategy, register_strategy
+from search_spaces import Arch, NB201Space, SearchSpace
+from workers.executors import LocalExecutor
+
+POOL = 12
+#: (evaluator, keys) of every batch the executors were given, in order
+SUBMITTED: list[tuple[str, list[str]]] = []
+
+
+@register_strategy
+class SmallestFirst(Strategy):
+    """Evaluates a pool with the `analytic` evaluator before its first ask, then proposes it
+    fewest FLOPs first (random samples past it)."""
+
+    name = "test-smallest-first"
+    description = "test: analytic-scored pool, smallest first"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, pool: int = POOL) -> None:
+        super().__init__(space, seed)
+        self.seed = seed
+        self.pool = pool
+        self.order: list[str] | None = None
+        self.cursor = 0
+
+    def candidates(self) -> list[tuple[str, Arch]]:
+        rng = np.random.default_rng(self.seed)
+        found: dict[str, Arch] = {}
+        while len(found) < self.pool:
+            arch = self.space.sample(rng)
+            found.setdefault(self.space.key(arch), arch)
+        return list(found.items())
+
+    def preparation(self) -> Evaluations | None:
+        if self.order is not None:
+            return None
+        return Evaluations("analytic", {}, self.candidates(), ("flops",))
+
+    def prepared(self, result: dict[str, dict[str, float]]) -> None:
+        self.order = sorted((k for k, v in result.items() if "flops" in v),
+                            key=lambda k: (result[k]["flops"], k))
+
+    def ask(self) -> Arch:
+        assert self.order is not None, "ask() before the preparation"
+        while self.cursor < len(self.order):
+            key = self.order[self.cursor]
+            self.cursor += 1
+            if self.acceptable(self.space.from_key(key), key):
+                return self.space.from_key(key)
+        return self.draw_acceptable(lambda: self.space.sample(self.rng))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "order": self.order, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.order, self.cursor = state["order"], int(state["cursor"])
+
+
+def _counting(base: type) -> type:
+    """The real executor class, recording what it is given."""
+    class Counting(base):  # type: ignore[misc, valid-type]
+        def submit(self, batch):  # noqa: ANN001, ANN202
+            SUBMITTED.append((self.spec.evaluator, [t.key for t in batch]))
+            super().submit(batch)
+    return Counting
+
+
+def _spec(**overrides: Any) -> dict[str, Any]:
+    spec = {"name": "prep", "space": "nb201", "strategy": SmallestFirst.name,
+            "evaluator": "benchmark", "evaluator_args": {"table": "nb201-cifar10"},
+            "objectives": [{"metric": "valid_acc", "mode": "max"}],
+            "budget": {"trials": 5}, "executor": "local", "parallelism": 1, "batch_size": 1,
+            "seed": 4}
+    spec.update(overrides)
+    return spec
+
+
+def _expected(seed: int, n: int) -> list[str]:
+    """The `n` fewest-FLOPs architectures of the pool, computed here independently."""
+    space = NB201Space()
+    pool = SmallestFirst(space, seed=seed).candidates()
+    return [k for _, k in sorted((space.flops(a), k) for k, a in pool)][:n]
+
+
+def _pool_batches() -> list[str]:
+    return [k for evaluator, keys in SUBMITTED if evaluator == "analytic" for k in keys]
+
+
+def test_a_strategy_with_a_preparation_runs_through_the_driver_and_prepares_once():
+    storage = Storage("sqlite://")
+    job = api.submit(storage, _spec())
+    SUBMITTED.clear()
+    stop = threading.Event()
+
+    class StopAtFirstTrial(_counting(LocalExecutor)):
+        def submit(self, batch):  # noqa: ANN001, ANN202
+            super().submit(batch)
+            if self.spec.evaluator == "benchmark":  # the first trial: past the preparation
+                stop.set()
+
+    driver = Driver(storage, job, heartbeat_s=0.01, stop=stop,
+                    executor_factory=lambda s, e: StopAtFirstTrial(e, slots=1))
+    assert driver.run() == "paused"  # the stop event pauses it as a SIGINT would
+    row = storage.get_job(job)
+    assert row["status"] == "paused" and row["lease_owner"] is None
+    assert "nas resume" in row["error"]
+    assert sorted(_pool_batches()) == sorted(k for k, _ in SmallestFirst(
+        NB201Space(), seed=4).candidates())
+    assert row["strategy_state"]["order"] is not None  # prepared, in the snapshot
+    # resumed: the preparation is not run again, the trials follow its ranking
+    SUBMITTED.clear()
+    resumed = Driver(storage, job, executor_factory=lambda s, e: _counting(LocalExecutor)(
+        e, slots=1))
+    assert resumed.run() == "completed"
+    assert _pool_batches() == []
+    assert [t["key"] for t in storage.load_trials(job)] == _expected(4, 5)
+
+
+@pytest.mark.ray
+def test_the_preparation_runs_on_ray_workers():
+    import ray
+
+    from workers.executors import RayExecutor
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    try:
+        storage = Storage("sqlite://")
+        job = api.submit(storage, _spec(executor="ray", parallelism=2))
+        SUBMITTED.clear()
+        driver = Driver(storage, job, executor_factory=lambda s, e: _counting(RayExecutor)(
+            e, slots=s.parallelism))
+        assert driver.run() == "completed"
+    finally:
+        ray.shutdown()
+    assert sorted(_pool_batches()) == sorted(k for k, _ in SmallestFirst(
+        NB201Space(), seed=4).candidates())
+    assert [t["key"] for t in storage.load_trials(job)] == _expected(4, 5)
