@@ -154,3 +154,32 @@ def test_the_preparation_runs_on_ray_workers():
     assert sorted(_pool_batches()) == sorted(k for k, _ in SmallestFirst(
         NB201Space(), seed=4).candidates())
     assert [t["key"] for t in storage.load_trials(job)] == _expected(4, 5)
+
+
+def test_one_registration_of_a_weight_sharing_search_makes_its_strategy():
+    """`@register_search` alone: the strategy registry makes the strategy when it loads."""
+    from nas.strategies import WeightSharingStrategy, list_strategies, strategy_class
+    from nas.strategies._base import STRATEGIES
+    from workers.weight_sharing import WeightSharingSearch
+    from workers.weight_sharing._base import SEARCHES
+
+    saved = SEARCHES.snapshot(), STRATEGIES.snapshot()
+    try:
+        searches = set(SEARCHES.names())
+        assert searches <= set(list_strategies())
+        for name in searches:
+            assert strategy_class(name).method == name
+
+        class TinySearch(WeightSharingSearch):  # registered, never run
+            name = "test-tiny-search"
+            description = "test: a search registered once"
+            spaces = ("nb201",)
+
+        SEARCHES.register(TinySearch.name, TinySearch)
+        cls = strategy_class("test-tiny-search")
+        assert issubclass(cls, WeightSharingStrategy) and cls.method == "test-tiny-search"
+        assert cls.description == "test: a search registered once; nb201 spaces"
+        assert STRATEGIES.origin("test-tiny-search") == SEARCHES.origin("test-tiny-search")
+    finally:
+        SEARCHES.restore(saved[0])
+        STRATEGIES.restore(saved[1])

@@ -204,9 +204,22 @@ class Strategy(abc.ABC):
         return None
 
 
+class _StrategyRegistry(Registry["type[Strategy]"]):
+    """The strategy registry, whose lazy loading (on the first listing, or the first lookup
+    of a name not registered yet) also makes a strategy of every weight-sharing search
+    (`workers.weight_sharing`, plugins included) that is not one yet: `@register_search` is a
+    method's one registration. Lazy because the searches import torch (seconds)."""
+
+    def load_plugins(self) -> None:
+        super().load_plugins()
+        from .weight_sharing import register_search_strategies
+
+        register_search_strategies(self)
+
+
 #: The strategies by name (spec field `strategy`), with the plugins of `nas.strategies`.
-STRATEGIES: Registry[type[Strategy]] = Registry("strategy", "nas.strategies",
-                                                check=check_class(Strategy, "strategy"))
+STRATEGIES: Registry[type[Strategy]] = _StrategyRegistry(
+    "strategy", "nas.strategies", check=check_class(Strategy, "strategy"))
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:

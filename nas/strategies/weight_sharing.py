@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from search_spaces import Arch, SearchSpace
 
-from ._base import Strategy, TrialView, register_strategy
+from ._base import Strategy, TrialView
 from .preparation import LongTask
+
+if TYPE_CHECKING:
+    from search_spaces.registry import Registry
 
 
 class WeightSharingStrategy(Strategy):
@@ -151,19 +154,20 @@ class WeightSharingStrategy(Strategy):
         self.search_info = dict(state["search"])
 
 
-def _strategy(name: str, description: str) -> type[WeightSharingStrategy]:
-    cls = type(f"WeightSharing_{name.replace('-', '_')}", (WeightSharingStrategy,),
-               {"name": name, "method": name, "description": description,
-                "__doc__": description, "__module__": __name__})
-    return register_strategy(cls)
+def register_search_strategies(registry: Registry[type[Strategy]]) -> None:
+    """Register a `WeightSharingStrategy` for every weight-sharing search (built-in and
+    plugins, `workers.weight_sharing.SEARCHES`) whose name is not a strategy yet, with the
+    search's description and origin (called by the strategy registry's lazy loading)."""
+    from workers.weight_sharing._base import SEARCHES  # the package registers the built-ins
 
-
-for _name, _description in {
-    "darts": "DARTS: mixed ops + bilevel optimisation (order 1 or 2); nb201, darts spaces",
-    "pc-darts": "PC-DARTS: partial channels (1/K) + edge normalisation; nb201, darts spaces",
-    "rarts": "RARTS: single-level relaxed search, data and network splitting; nb201, darts",
-    "fbnet": "FBNet DNAS: Gumbel-softmax with a per-op latency table and a budget; nb201",
-    "oneshot": "One-shot supernet (sandwich rule, in-place distillation), then evolution "
-               "over subnets with inherited weights; mbconv, hybrid",
-}.items():
-    _strategy(_name, _description)
+    known = registry.snapshot()[0]  # without loading (this runs inside the loading)
+    for name, search in SEARCHES.items():
+        if name in known:
+            continue
+        spaces = getattr(search, "spaces", ())
+        description = search.description + (f"; {', '.join(spaces)} spaces" if spaces else "")
+        cls = type(f"WeightSharing_{name.replace('-', '_').replace('.', '_')}",
+                   (WeightSharingStrategy,),
+                   {"name": name, "method": name, "description": description,
+                    "__doc__": description, "__module__": __name__})
+        registry.register(name, cls, origin=SEARCHES.origin(name))
