@@ -132,6 +132,25 @@ def test_a_strategy_with_a_preparation_runs_through_the_driver_and_prepares_once
     assert [t["key"] for t in storage.load_trials(job)] == _expected(4, 5)
 
 
+def test_a_cancel_during_the_preparation_ends_the_job_with_the_strategy_s_note():
+    storage = Storage("sqlite://")
+    job = api.submit(storage, _spec())
+    SUBMITTED.clear()
+
+    class CancelAtFirstBatch(_counting(LocalExecutor)):
+        def submit(self, batch):  # noqa: ANN001, ANN202
+            super().submit(batch)
+            if len(SUBMITTED) == 1:  # the driver holds the lease: it honours it at its beat
+                assert storage.request_cancel(job) == "cancelling"
+
+    driver = Driver(storage, job, executor_factory=lambda s, e: CancelAtFirstBatch(e, 1))
+    assert driver.run() == "cancelled"
+    row = storage.get_job(job)
+    assert row["note"] == "cancelled by the user while its strategy was preparing"
+    assert row["strategy_state"] is None and storage.load_trials(job) == []
+    assert len(_pool_batches()) < POOL  # stopped at the first heartbeat
+
+
 @pytest.mark.ray
 def test_the_preparation_runs_on_ray_workers():
     import ray
