@@ -340,10 +340,16 @@ def get_space(name: str, **kwargs: Any) -> SearchSpace:
         if kwargs:
             raise ValueError(f"space_args: {name!r} is a SearchSpace instance, which takes no "
                              f"space_args (got {', '.join(sorted(kwargs))})")
-        return obj
-    if cls is not obj:  # a PyGlove hyper value or symbolic builder
-        return cls(obj, **kwargs)  # type: ignore[call-arg]
-    return cls(**kwargs)
+        space = obj
+    elif cls is not obj:  # a PyGlove hyper value or symbolic builder
+        space = cls(obj, **kwargs)  # type: ignore[call-arg]
+    else:
+        space = cls(**kwargs)
+    # known by its reference: `get_space(space.name)` finds it again anywhere (a worker, a
+    # strategy's preparation), and its architectures have a namespace of their own in the
+    # database (two users' spaces both called "pyglove" would share keys)
+    space.name = name  # type: ignore[misc]
+    return space
 
 
 def _is_pyglove(obj: Any) -> bool:

@@ -291,3 +291,44 @@ def test_the_analytic_evaluator_counts_a_builder_space():
     result = get_evaluator("analytic", space).evaluate(arch, space.key(arch))
     assert result.metrics == {"params": float(16 * 8 + 8 + 8 * 4 + 4),
                               "flops": float(2 * (16 * 8 + 8 * 4))}
+
+
+USER_MODULE = '''
+import pyglove as pg
+
+space = pg.Dict(depth=pg.oneof([2, 3, 4]), width=pg.oneof([16, 32, 64]),
+                act=pg.oneof(["relu", "gelu"]), dropout=pg.floatv(0.0, 0.5),
+                blocks=pg.manyof(2, ["conv", "attn", "mlp"], distinct=True, sorted=True))
+
+
+def evaluate(arch, ctx):
+    """A made-up score: deeper and wider is better, dropout costs a little."""
+    return {"score": arch["depth"] * arch["width"] - 10 * arch["dropout"]}
+'''
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "gbdt", "tpe"])
+def test_a_job_searches_a_user_pyglove_space_by_reference(strategy, tmp_path, monkeypatch):
+    """`space: usermod:space` and `evaluator: usermod:evaluate` from the current folder: the
+    job runs to its budget, and its architectures are stored under the reference (a space of
+    its own in the database, found again by that name anywhere)."""
+    from nas import api
+    from nas.storage import Storage
+    from search_spaces import get_space
+
+    (tmp_path / "usermod.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    storage = Storage(f"sqlite:///{tmp_path / 'nas.db'}")
+    job = api.submit(storage, {
+        "space": "usermod:space", "strategy": strategy, "evaluator": "usermod:evaluate",
+        "objectives": [{"metric": "score", "mode": "max"}], "budget": {"trials": 24},
+        "executor": "local", "seed": 0})
+    assert api.run(storage, job) == "completed"
+    rows = storage.load_trials(job)
+    assert len(rows) == 24 and all(r["status"] == "completed" for r in rows)
+    space = get_space("usermod:space")
+    assert space.name == "usermod:space"
+    assert all(space.key(space.validate(r["arch"])) == r["key"] for r in rows)
+    with storage.read() as conn:
+        spaces = {s for (s,) in conn.exec_driver_sql("SELECT DISTINCT space FROM architectures")}
+    assert spaces == {"usermod:space"}
