@@ -102,8 +102,8 @@ def _pool_batches() -> list[str]:
     return [k for evaluator, keys in SUBMITTED if evaluator == "analytic" for k in keys]
 
 
-def test_a_strategy_with_a_preparation_runs_through_the_driver_and_prepares_once():
-    storage = Storage("sqlite://")
+def test_a_strategy_with_a_preparation_runs_through_the_driver_and_prepares_once(db_url):
+    storage = Storage(db_url)
     job = api.submit(storage, _spec())
     SUBMITTED.clear()
     stop = threading.Event()
@@ -132,8 +132,8 @@ def test_a_strategy_with_a_preparation_runs_through_the_driver_and_prepares_once
     assert [t["key"] for t in storage.load_trials(job)] == _expected(4, 5)
 
 
-def test_a_cancel_during_the_preparation_ends_the_job_with_the_strategy_s_note():
-    storage = Storage("sqlite://")
+def test_a_cancel_during_the_preparation_ends_the_job_with_the_strategy_s_note(db_url):
+    storage = Storage(db_url)
     job = api.submit(storage, _spec())
     SUBMITTED.clear()
 
