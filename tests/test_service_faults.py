@@ -191,16 +191,21 @@ def test_a_trial_that_aborts_its_process_fails_after_max_attempts(tmp_path, monk
     crashing = api.submit(storage, _train_spec(tmp_path, max_attempts=2))
     behind = api.submit(storage, nb201_spec(budget={"trials": 8}))
     env = _env(tmp_path, NAS_TEST_ABORT="1")
+
+    def both_done() -> bool:
+        return status_of(storage, crashing) == "failed" and \
+            status_of(storage, behind) == "completed"
+
     deaths = 0
     for attempt in range(5):
         log = tmp_path / f"serve-{attempt}.log"
         with open(log, "w") as out:
             serve = subprocess.Popen(
                 [sys.executable, "-m", "nas", "--db", url, "serve", "--poll-s", "0.2",
-                 "--lease-ttl-s", "2"], cwd=tmp_path, env=env, stdout=out, stderr=out)
+                 "--lease-ttl-s", "2", "--allow-modules", "faultdata"], cwd=tmp_path, env=env,
+                stdout=out, stderr=out)
         try:
-            wait_until(lambda: serve.poll() is not None  # noqa: B023
-                       or status_of(storage, behind) == "completed",
+            wait_until(lambda: serve.poll() is not None or both_done(),  # noqa: B023
                        "the serve process to die or finish the queue", timeout=120,
                        logs=(log,))
         finally:
@@ -210,7 +215,7 @@ def test_a_trial_that_aborts_its_process_fails_after_max_attempts(tmp_path, monk
             else:
                 deaths += 1
                 assert serve.returncode == -signal.SIGABRT, log.read_text()
-        if status_of(storage, behind) == "completed":
+        if both_done():
             break
     assert deaths == 2  # one per attempt, then no more
     job = storage.get_job(crashing)
