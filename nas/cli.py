@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import re
 import subprocess
@@ -178,9 +177,9 @@ def _json_default(value: Any) -> Any:
 
 
 def _positive_job(job: int) -> int:
-    if not 1 <= job <= MAX_ID:
-        raise NasError(f"JOB must be a positive job id, got {job}")
-    return job
+    from .results import check_job_id
+
+    return check_job_id(job)
 
 
 # ---- running jobs -------------------------------------------------------------------------
@@ -400,54 +399,16 @@ def cancel(ctx: typer.Context, job: int = typer.Argument(..., help="Job id."),
 
 
 # ---- looking at jobs ------------------------------------------------------------------------
-def _driver_alive(job: dict[str, Any]) -> bool:
-    """A live lease whose owner is not a dead process of this host."""
-    from .storage import Storage, utcnow
-
-    owner, expires = job["lease_owner"], job["lease_expires_at"]
-    if owner is None or expires is None or expires < utcnow():
-        return False
-    return not Storage.owner_is_dead_here(owner)
-
-
 def _status_data(ctx: Context, job_id: int) -> dict[str, Any]:
-    from .storage import best_trials
+    from . import results
 
-    storage = ctx.storage(existing=True)
-    job = storage.get_job(job_id)
-    spec = job["spec"]
-    best = best_trials(storage, job_id, top=1)
-    counts = storage.trial_counts(job_id)
-    return {
-        "id": job["id"], "name": job["name"], "status": job["status"],
-        "space": spec["space"], "strategy": spec["strategy"], "budget": spec["budget"],
-        "trials": _trial_counts(counts),
-        "best": _trial_json(best[0], spec) if best else None,
-        "elapsed_s": round(job["elapsed_s"] or 0.0, 3),
-        "lease_owner": job["lease_owner"], "lease_expires_at": job["lease_expires_at"],
-        "driver_alive": _driver_alive(job), "created_at": job["created_at"],
-        "updated_at": job["updated_at"],
-        "note": job["note"], "error": job["error"],
-    }
+    return results.status(ctx.storage(existing=True), job_id)
 
 
 def _trial_counts(counts: dict[str, int]) -> dict[str, int]:
-    """Every trial state, zeros included (`status --json`, `list --json`)."""
-    return {s: counts.get(s, 0) for s in ("queued", "running", "completed", "failed", "pruned")}
+    from .results import trial_counts
 
-
-def _trial_json(row: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    data = {
-        "trial": row["number"], "key": row["key"], "arch": row["arch"],
-        "objectives": {o["metric"]: v for o, v in zip(spec["objectives"],
-                                                      row["objectives"] or [], strict=False)},
-        "score": row["score"], "feasible": row["feasible"], "metrics": row["metrics"],
-        "params": row["params"], "flops": row["flops"],
-    }
-    if "device_value" in row:
-        data["device_value"] = row["device_value"]
-        data["device_source"] = row["device_source"]
-    return data
+    return trial_counts(counts)
 
 
 @app.command()
@@ -510,13 +471,6 @@ def list_jobs(ctx: typer.Context,
     out.print(table)
 
 
-def _device_options(device: str | None, max_latency: float | None) -> None:
-    if max_latency is not None and device is None:
-        raise NasError("--max-latency-ms needs --device")
-    if max_latency is not None and not (math.isfinite(max_latency) and max_latency > 0):
-        raise NasError(f"--max-latency-ms must be a positive number, got {max_latency}")
-
-
 @app.command()
 @handle_errors
 def best(
@@ -529,26 +483,20 @@ def best(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The best architectures of a job, optionally under a latency budget on a device."""
-    from .storage import best_trials, unknown_measurement_count
-    from .storage._queries import check_job_device
+    from . import results
 
-    _device_options(device, max_latency_ms)
+    results.check_device_options(device, max_latency_ms)
     if top < 1:
         raise NasError(f"--top must be at least 1, got {top}")
     storage = ctx.obj.storage(existing=True)
-    spec = storage.get_job(_positive_job(job))["spec"]
-    if device is not None:
-        check_job_device(storage, job, device)
-    rows = best_trials(storage, job, top=min(top, MAX_ID), device=device,
-                       max_value=max_latency_ms)
-    unknown = unknown_measurement_count(storage, job, device) if device else 0
+    data = results.best(storage, _positive_job(job), top, device, max_latency_ms)
     if as_json:
-        _emit_json({"job": job, "device": device, "max_latency_ms": max_latency_ms,
-                    "unknown_latency": unknown,
-                    "results": [_trial_json(r, spec) for r in rows]})
+        _emit_json(data)
         return
-    _print_trials(rows, spec, device, title=f"job {job}: best {top}" + (
+    spec = storage.get_job(job)["spec"]
+    _print_trials(data["results"], spec, device, title=f"job {job}: best {top}" + (
         f" under {max_latency_ms} ms on {device}" if max_latency_ms else ""))
+    unknown = data["unknown_latency"]
     if unknown:
         how = "not ranked" if max_latency_ms else "shown as -"
         out.print(f"{unknown} completed trials have no latency on {device} ({how})")
@@ -561,6 +509,7 @@ def _number(value: float | None, spec: str) -> str:
 
 def _print_trials(rows: list[dict[str, Any]], spec: dict[str, Any], device: str | None,
                   title: str) -> None:
+    """A table of trials given as `nas.results.trial_json` objects."""
     metrics = [o["metric"] for o in spec["objectives"]]
     columns = ["#", "trial", *metrics]
     if device:
@@ -568,11 +517,11 @@ def _print_trials(rows: list[dict[str, Any]], spec: dict[str, Any], device: str 
     table = Table(*columns, "params (M)", title=title)
     table.add_column("architecture", overflow="fold")
     for rank, r in enumerate(rows, 1):
-        values = [_number(v, ".4g") for v in (r["objectives"] or [])]
+        values = [_number(v, ".4g") for v in r["objectives"].values()]
         extra = [_number(r["device_value"], ".3f"), r["device_source"] or "unknown"] \
             if device else []
         params = f"{r['params'] / 1e6:.3f}" if r["params"] is not None else "-"
-        table.add_row(str(rank), str(r["number"]), *values, *extra, params, r["key"])
+        table.add_row(str(rank), str(r["trial"]), *values, *extra, params, r["key"])
     out.print(table)
 
 
@@ -586,8 +535,7 @@ def pareto(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The Pareto front of the primary objective against latency on a device."""
-    from .storage import pareto_front, trials_with_device_value
-    from .storage._queries import check_job_device
+    from . import results
 
     if plot is not None:
         if plot.suffix.lower() != ".png":
@@ -597,20 +545,16 @@ def pareto(
         if plot.is_dir():
             raise NasError(f"--plot: {str(plot)!r} is a folder")
     storage = ctx.obj.storage(existing=True)
-    spec = storage.get_job(_positive_job(job))["spec"]
-    check_job_device(storage, job, device)
-    rows = trials_with_device_value(storage, job, device)
-    if not rows:
-        raise NasError(f"job {job} has no completed trial with a latency on device {device!r}")
-    front = pareto_front(rows)
+    data = results.pareto(storage, _positive_job(job), device)
+    rows, front = data.pop("rows"), data.pop("front_rows")
+    spec = storage.get_job(job)["spec"]
     if plot is not None:
         _plot_front(rows, front, spec, device, plot)
     if as_json:
-        _emit_json({"job": job, "device": device, "points": len(rows),
-                    "front": [_trial_json(r, spec) for r in front]})
+        _emit_json(data)
         return
-    _print_trials(front, spec, device, title=f"job {job}: Pareto front on {device} "
-                                             f"({len(front)} of {len(rows)} trials)")
+    _print_trials(data["front"], spec, device, title=f"job {job}: Pareto front on {device} "
+                                                    f"({len(front)} of {len(rows)} trials)")
     if plot is not None:
         out.print(f"plot: {plot}")
 

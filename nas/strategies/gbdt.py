@@ -130,7 +130,8 @@ def _choice_groups(space: SearchSpace) -> np.ndarray | None:
     points = pg.dna_spec(space.template()).decision_points
     if len(points) != len(counts):
         return None
-    lists = [tuple(repr(v) for v in (p.literal_values or ())) for p in points]
+    # a float decision (pg.floatv) has no candidates: it shares no list
+    lists = [tuple(repr(v) for v in (getattr(p, "literal_values", None) or ())) for p in points]
     shared = sorted({c for c in lists if len(c) > 1 and lists.count(c) > 1})
     if not shared:
         return None

@@ -1,0 +1,129 @@
+"""What a job found, as plain data: the one code path behind `nas status/best/pareto` (their
+`--json` objects) and the Python handle `nas.Job`. No printing here, no heavy imports."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .errors import NasError
+from .storage import Storage
+
+MAX_ID = 2**31 - 1  # job ids and trial numbers are 32-bit integer columns
+TRIAL_STATES = ("queued", "running", "completed", "failed", "pruned")
+
+
+def check_job_id(job: int) -> int:
+    if isinstance(job, bool) or not isinstance(job, int) or not 1 <= job <= MAX_ID:
+        raise NasError(f"JOB must be a positive job id, got {job!r}")
+    return job
+
+
+def trial_counts(counts: dict[str, int]) -> dict[str, int]:
+    """Every trial state, zeros included (`status --json`, `list --json`)."""
+    return {s: counts.get(s, 0) for s in TRIAL_STATES}
+
+
+def trial_json(row: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """A stored trial as the stable JSON object of `best --json` and `pareto --json`."""
+    data = {
+        "trial": row["number"], "key": row["key"], "arch": row["arch"],
+        "objectives": {o["metric"]: v for o, v in zip(spec["objectives"],
+                                                      row["objectives"] or [], strict=False)},
+        "score": row["score"], "feasible": row["feasible"], "metrics": row["metrics"],
+        "params": row["params"], "flops": row["flops"],
+    }
+    if "device_value" in row:
+        data["device_value"] = row["device_value"]
+        data["device_source"] = row["device_source"]
+    return data
+
+
+def driver_alive(job: dict[str, Any]) -> bool:
+    """A live lease whose owner is not a dead process of this host."""
+    from .storage import utcnow
+
+    owner, expires = job["lease_owner"], job["lease_expires_at"]
+    if owner is None or expires is None or expires < utcnow():
+        return False
+    return not Storage.owner_is_dead_here(owner)
+
+
+def status(storage: Storage, job_id: int) -> dict[str, Any]:
+    """The `status --json` object."""
+    from .storage import best_trials
+
+    job = storage.get_job(check_job_id(job_id))
+    spec = job["spec"]
+    best = best_trials(storage, job_id, top=1)
+    return {
+        "id": job["id"], "name": job["name"], "status": job["status"],
+        "space": spec["space"], "strategy": spec["strategy"], "budget": spec["budget"],
+        "trials": trial_counts(storage.trial_counts(job_id)),
+        "best": trial_json(best[0], spec) if best else None,
+        "elapsed_s": round(job["elapsed_s"] or 0.0, 3),
+        "lease_owner": job["lease_owner"], "lease_expires_at": job["lease_expires_at"],
+        "driver_alive": driver_alive(job), "created_at": job["created_at"],
+        "updated_at": job["updated_at"],
+        "note": job["note"], "error": job["error"],
+    }
+
+
+def check_device_options(device: str | None, max_latency_ms: float | None) -> None:
+    if max_latency_ms is not None and device is None:
+        raise NasError("--max-latency-ms needs --device")
+    if max_latency_ms is not None and not (math.isfinite(max_latency_ms) and max_latency_ms > 0):
+        raise NasError(f"--max-latency-ms must be a positive number, got {max_latency_ms}")
+
+
+def best(storage: Storage, job_id: int, top: int = 5, device: str | None = None,
+         max_latency_ms: float | None = None) -> dict[str, Any]:
+    """The `best --json` object: {job, device, max_latency_ms, unknown_latency, results}."""
+    from .storage import best_trials, unknown_measurement_count
+    from .storage._queries import check_job_device
+
+    check_device_options(device, max_latency_ms)
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise NasError(f"--top must be at least 1, got {top!r}")
+    spec = storage.get_job(check_job_id(job_id))["spec"]
+    if device is not None:
+        check_job_device(storage, job_id, device)
+    rows = best_trials(storage, job_id, top=min(top, MAX_ID), device=device,
+                       max_value=max_latency_ms)
+    unknown = unknown_measurement_count(storage, job_id, device) if device else 0
+    return {"job": job_id, "device": device, "max_latency_ms": max_latency_ms,
+            "unknown_latency": unknown, "results": [trial_json(r, spec) for r in rows]}
+
+
+def pareto(storage: Storage, job_id: int, device: str) -> dict[str, Any]:
+    """The `pareto --json` object {job, device, points, front}, plus `rows`: every trial with
+    a value on the device (for a plot; not part of the JSON)."""
+    from .storage import pareto_front, trials_with_device_value
+    from .storage._queries import check_job_device
+
+    spec = storage.get_job(check_job_id(job_id))["spec"]
+    check_job_device(storage, job_id, device)
+    rows = trials_with_device_value(storage, job_id, device)
+    if not rows:
+        raise NasError(f"job {job_id} has no completed trial with a latency on device {device!r}")
+    front = pareto_front(rows)
+    return {"job": job_id, "device": device, "points": len(rows),
+            "front": [trial_json(r, spec) for r in front], "rows": rows, "front_rows": front}
+
+
+def trials(storage: Storage, job_id: int) -> list[dict[str, Any]]:
+    """Every trial of a job, one flat record each: trial, status, attempt, key, arch, score,
+    feasible, then one entry per objective and per reported metric (a metric that is also an
+    objective appears once)."""
+    spec = storage.get_job(check_job_id(job_id))["spec"]
+    metrics = [o["metric"] for o in spec["objectives"]]
+    records = []
+    for row in storage.load_trials(job_id):
+        record = {"trial": row["number"], "status": row["status"], "attempt": row["attempt"],
+                  "key": row["key"], "arch": row["arch"], "score": row["score"],
+                  "feasible": row["feasible"]}
+        record.update(zip(metrics, row["objectives"] or [None] * len(metrics), strict=False))
+        for name, value in (row["metrics"] or {}).items():
+            record.setdefault(name, value)
+        records.append(record)
+    return records
