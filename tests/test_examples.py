@@ -4,7 +4,10 @@ same job (the evolution's first population is uniformly random) by a clear margi
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,56 @@ def test_training_example_finds_better_than_median_random(name, tmp_path):
     stored = device_measurements(storage, [t["key"] for t in completed], spec["space"])
     assert all(any(m["source"] == "measured" and m["metric"] == "latency_ms" and m["value"] > 0
                    for m in stored.get(t["key"], [])) for t in completed)
+
+
+# ---- examples/custom: a user's own model family, searched from the CLI and from Python ----
+CUSTOM = EXAMPLES / "custom"
+#: small budgets: 8 trials of 2 epochs (the example itself: 24 trials of 5 epochs)
+CUSTOM_SMALL = {"budget.trials": "8", "evaluator_args.epochs": "2", "strategy_args.init": "4"}
+
+
+def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent), "NAS_ARTIFACTS": str(cwd)}
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_the_custom_job_is_a_valid_spec(monkeypatch):
+    monkeypatch.chdir(CUSTOM)  # `model:space` is found in the current folder
+    spec = load_spec_file(CUSTOM / "job.yaml")
+    assert (spec.space, spec.evaluator) == ("model:space", "model:evaluate")
+    assert spec.early_stopping["rule"] == "median"
+
+
+def test_custom_example_from_the_cli(tmp_path):
+    """`cd examples/custom && nas submit job.yaml --wait` (on a local Ray), then `nas best`."""
+    nas = [sys.executable, "-m", "nas", "--db", f"sqlite:///{tmp_path / 'cli.db'}"]
+    overrides = [a for k, v in CUSTOM_SMALL.items() for a in ("--set", f"{k}={v}")]
+    _run([*nas, "submit", "job.yaml", "--wait", "--json", *overrides], CUSTOM)
+    best = json.loads(_run([*nas, "best", "1", "--top", "3", "--json"], CUSTOM).stdout)
+    status = json.loads(_run([*nas, "status", "1", "--json"], CUSTOM).stdout)
+    assert status["status"] == "completed" and status["space"] == "model:space"
+    assert status["trials"]["completed"] + status["trials"]["pruned"] == 8
+    assert best["results"][0]["objectives"]["val_acc"] > 50.0
+
+
+def test_custom_example_from_python(tmp_path):
+    """`python search.py`: nas.search, job.best() printed, the best exported to ONNX."""
+    import onnx
+
+    output = tmp_path / "best.onnx"
+    done = _run([sys.executable, "search.py", "--db", f"sqlite:///{tmp_path / 'py.db'}",
+                 "--trials", CUSTOM_SMALL["budget.trials"], "--epochs",
+                 CUSTOM_SMALL["evaluator_args.epochs"], "--executor", "local",
+                 "--output", str(output)], CUSTOM)
+    lines = done.stdout.splitlines()
+    assert ": completed, trials" in lines[0] and "'failed': 0" in lines[0], lines[0]
+    assert lines[1].startswith("1. trial") and lines[-1].startswith("exported trial")
+    onnx.checker.check_model(onnx.load(str(output)))
+    storage = Storage(f"sqlite:///{tmp_path / 'py.db'}")
+    spec = storage.get_job(1)["spec"]
+    assert (spec["space"], spec["evaluator"]) == ("model:space", "model:evaluate")
