@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .code_check import CodeChangedError, compare_code
 from .driver import Driver, Progress
 from .errors import NasError
 from .spec import JobSpec, load_spec_file, parse_spec
@@ -29,19 +30,28 @@ def run(storage: Storage, job_id: int, *, ray_address: str | None = None,
                   **driver_args).run()
 
 
-def reopen(storage: Storage, job_id: int) -> None:
+def reopen(storage: Storage, job_id: int, *, allow_code_change: bool = False) -> None:
     """Put an interrupted, failed or cancelled job back to `pending`, withdrawing an earlier
     cancel request; raises LeaseHeldError while a live driver runs it, NasError when it is
-    completed. A cancel requested after this call stops the job."""
-    if storage.get_job(job_id)["status"] == "completed":
+    completed, CodeChangedError (nothing changed) when its user code here differs from the
+    code it ran, unless `allow_code_change`, which records the code here. A cancel requested
+    after this call stops the job."""
+    job = storage.get_job(job_id)
+    if job["status"] == "completed":
         raise NasError(f"job {job_id} is already completed")
+    code, changed = compare_code(job)
+    if changed is not None and not allow_code_change:
+        raise CodeChangedError(changed)
     probe = Storage.new_owner()
     storage.acquire_lease(job_id, probe, ttl_s=5.0)
+    if changed is not None:
+        storage.set_code(job_id, code.record() if code is not None else None)
     storage.reopen_job(job_id, probe)
 
 
 def resume(storage: Storage, job_id: int, *, ray_address: str | None = None,
-           progress: Progress | None = None, **driver_args: Any) -> str:
+           progress: Progress | None = None, allow_code_change: bool = False,
+           **driver_args: Any) -> str:
     """Reopen the job (see `reopen`) and run it here to the end of its budget."""
-    reopen(storage, job_id)
+    reopen(storage, job_id, allow_code_change=allow_code_change)
     return run(storage, job_id, ray_address=ray_address, progress=progress, **driver_args)

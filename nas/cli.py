@@ -308,14 +308,20 @@ def resume(
     job: int = typer.Argument(..., help="Job id."),
     wait: bool = typer.Option(False, "--wait", help="Run here, with a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    allow_code_change: bool = typer.Option(
+        False, "--allow-code-change",
+        help="Resume even if the job's own modules differ here from the code it ran "
+             "(records the code here)."),
 ) -> None:
     """Finish an interrupted job from the database, without losing or repeating work."""
     from . import api
 
     c: Context = ctx.obj
-    # refused here, not in the background, when it is completed or a live driver runs it;
-    # an earlier cancel is withdrawn now, so a `nas cancel` from here on is a new one
-    api.reopen(c.storage(existing=True), _positive_job(job))
+    # refused here, not in the background, when it is completed, a live driver runs it or
+    # its user code differs from the code it ran; an earlier cancel is withdrawn now, so a
+    # `nas cancel` from here on is a new one
+    api.reopen(c.storage(existing=True), _positive_job(job),
+               allow_code_change=allow_code_change)
     if wait:
         _finish(c, job, _drive(c, job, show_progress=not as_json), as_json)
         return

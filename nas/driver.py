@@ -26,7 +26,9 @@ from typing import Any
 from search_spaces import Arch, SearchSpace, get_space
 from workers import EvaluatorSpec, TrialResult, TrialTask
 from workers.evaluators import Evaluator, evaluator_class, get_evaluator
+from workers.user_code import UserCode
 
+from .code_check import check_code, shipped_code
 from .errors import DatabaseUnavailableError, LeaseHeldError, NasError
 from .spec import MAX_DEVICE, MAX_METRIC, JobSpec, parse_spec, short_repr
 from .storage import (
@@ -129,7 +131,9 @@ def artifact_dir(database_id: str, job_id: int) -> Path:
     return root / database_id / f"job-{job_id}"
 
 
-def make_executor(spec: JobSpec, evaluator_spec: EvaluatorSpec, ray_address: str | None):
+def make_executor(spec: JobSpec, evaluator_spec: EvaluatorSpec, ray_address: str | None,
+                  user_code: UserCode | None = None):
+    """The job's executor; on Ray, `user_code` travels to the workers (`RayExecutor`)."""
     from workers.executors import LocalExecutor, RayExecutor
 
     if spec.executor == "local":  # one batch at a time: it runs them one after the other,
@@ -137,7 +141,8 @@ def make_executor(spec: JobSpec, evaluator_spec: EvaluatorSpec, ray_address: str
         return LocalExecutor(evaluator_spec, slots=1)
     gpu_trials = evaluator_class(evaluator_spec.evaluator).uses_gpu(evaluator_spec.evaluator_args)
     return RayExecutor(evaluator_spec, slots=spec.parallelism, address=ray_address,
-                       max_attempts=spec.max_attempts, gpu_trials=gpu_trials)
+                       max_attempts=spec.max_attempts, gpu_trials=gpu_trials,
+                       user_code=shipped_code(user_code))
 
 
 #: Trials per worker task for cheap evaluators. The strategy is told results in order, so
@@ -181,6 +186,7 @@ class Driver:
         max_duplicate_proposals: int = 2000,
         executor_factory: Callable[[JobSpec, EvaluatorSpec], Any] | None = None,
         stop: threading.Event | None = None,
+        allow_code_change: bool = False,
     ) -> None:
         self.storage = storage
         self.job_id = job_id
@@ -193,6 +199,9 @@ class Driver:
         #: set by another thread (`nas serve` stopping): the job pauses at its next
         #: heartbeat, as a SIGINT pauses it (signals only reach the main thread)
         self.stop = stop
+        #: run even if the job's user code differs from the code it ran (`nas.code_check`)
+        self.allow_code_change = allow_code_change
+        self.user_code: UserCode | None = None
         self.owner = Storage.new_owner()
 
     # ---- entry point ----------------------------------------------------------------------
@@ -204,6 +213,8 @@ class Driver:
         spec = parse_spec(job["spec"], check_components=False)
         self.storage.acquire_lease(self.job_id, self.owner, self.lease_ttl_s)
         try:
+            self.user_code = check_code(self.storage, self.job_id,
+                                        allow_change=self.allow_code_change)
             self.storage.start_running(self.job_id, self.owner)
             if self.storage.cancel_requested(self.job_id):  # asked before this driver started
                 status, note = "cancelled", "cancelled by the user"
@@ -517,7 +528,8 @@ class _Run:
         start = self.started = time.monotonic()
         executor = (self.d.executor_factory(self.spec, self.evaluator_spec)
                     if self.d.executor_factory
-                    else make_executor(self.spec, self.evaluator_spec, self.d.ray_address))
+                    else make_executor(self.spec, self.evaluator_spec, self.d.ray_address,
+                                       self.d.user_code))
         try:
             if self.spec.early_stopping is not None:  # fed what finished trials reported
                 self.pruner = executor.start_pruner(self.spec.early_stopping,

@@ -224,6 +224,13 @@ class Storage:
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(condition).values(**values))
 
+    @retried()
+    def set_code(self, job_id: int, code: dict[str, Any] | None) -> None:
+        """Record the user code the job runs (`jobs.code`, see `nas.code_check`)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id)
+                         .values(code=code, updated_at=utcnow()))
+
     def request_cancel(self, job_id: int) -> str:
         """Cancel a job: at once if no driver runs it, else the driver stops at its next
         heartbeat. Returns the status the job has now."""

@@ -47,6 +47,9 @@ jobs = Table(
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("note", Text),
     Column("error", Text),
+    #: {sha256, modules: {module: sha256}} of the user code the job ran (workers.user_code);
+    #: null for a job without user modules
+    Column("code", JSON),
 )
 
 architectures = Table(

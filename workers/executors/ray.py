@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..task import EvaluatorSpec, TrialResult, TrialTask, evaluate_batch
 from ..torch_device import gpu_share
+from ..user_code import UserCode, keep_uploaded, upload
 from ._base import Executor
 
 if TYPE_CHECKING:
@@ -89,11 +90,31 @@ def _avoiding(remote: Any, dead_nodes: set[str]) -> Any:
         return remote
 
 
+class _ShippedCode:
+    """A job's user modules, uploaded once to the cluster, and the runtime environment
+    (`py_modules` URIs) of the job's tasks and actors, kept pinned while the job submits."""
+
+    #: re-pin the packages this often (Ray keeps an unreferenced one for 600 s)
+    PIN_EVERY_S = 300.0
+
+    def __init__(self, code: UserCode) -> None:
+        self.uris = upload(code.paths.values())
+        self.pinned_at = time.monotonic()
+
+    def runtime_env(self) -> dict[str, Any]:
+        if time.monotonic() - self.pinned_at >= self.PIN_EVERY_S:
+            keep_uploaded(self.uris)
+            self.pinned_at = time.monotonic()
+        return {"py_modules": list(self.uris)}
+
+
 class RayExecutor(Executor):
     """`max_attempts` bounds how often a trial is run when its worker process or node dies.
     `scheduling` is the batch tasks' Ray scheduling strategy (default: `batch_scheduling`).
     With `gpu_trials` each batch task asks for `gpu_share` of the cluster's GPUs (nothing on
-    a cluster without GPUs), so the trials in flight share them."""
+    a cluster without GPUs), so the trials in flight share them. `user_code` (the job's
+    modules outside installed packages) travels to the workers in the runtime environment of
+    every task and actor of the job; without it, tasks get no runtime environment at all."""
 
     def __init__(
         self,
@@ -104,6 +125,7 @@ class RayExecutor(Executor):
         num_cpus: float = 1.0,
         scheduling: str | None = None,
         gpu_trials: bool = False,
+        user_code: UserCode | None = None,
     ) -> None:
         super().__init__(spec, slots)
         self.ray = connect_ray(address)
@@ -111,8 +133,10 @@ class RayExecutor(Executor):
         self.scheduling = scheduling or batch_scheduling(self.ray)
         self.num_gpus = (gpu_share(self.ray.cluster_resources().get("GPU", 0), slots)
                          if gpu_trials else 0.0)
+        self._code = _ShippedCode(user_code) if user_code is not None else None
         self._remote = self.ray.remote(num_cpus=num_cpus, num_gpus=self.num_gpus, max_retries=0,
-                                       scheduling_strategy=self.scheduling)(evaluate_batch)
+                                       scheduling_strategy=self.scheduling,
+                                       **self._env())(evaluate_batch)
         self._spec_ref = self.ray.put(spec)
         self._batches: dict[Any, list[TrialTask]] = {}
         self._dead_nodes: set[str] = set()
@@ -129,12 +153,18 @@ class RayExecutor(Executor):
 
         name = f"nas-pruner-{os.getpid()}-{os.urandom(4).hex()}"
         namespace = self.ray.get_runtime_context().namespace
-        self._pruner = self.ray.remote(num_cpus=0)(PrunerActor).options(
+        self._pruner = self.ray.remote(num_cpus=0, **self._env())(PrunerActor).options(
             name=name, namespace=namespace).remote(config, reports)
         self.ray.get(self._pruner.__ray_ready__.remote())
         return RayPrunerHandle(name, namespace, config["metric"])
 
+    def _env(self) -> dict[str, Any]:
+        """The `runtime_env` option of the job's tasks and actors (none without user code)."""
+        return {} if self._code is None else {"runtime_env": self._code.runtime_env()}
+
     def submit(self, batch: list[TrialTask]) -> None:
+        if self._code is not None:
+            self._code.runtime_env()  # keeps the uploaded packages pinned
         ref = self._submitter.remote(self._spec_ref, batch)
         self._batches[ref] = batch
 
@@ -189,7 +219,8 @@ class RayExecutor(Executor):
         from ..weight_sharing.task import run_search
 
         gpus = 1 if self.ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        remote = self.ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(run_search)
+        remote = self.ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0,
+                                 **self._env())(run_search)
         self._search = (_avoiding(remote, self._dead_nodes).remote(task), task)
 
     def poll_search(self, timeout: float) -> SearchResult | None:
