@@ -21,18 +21,19 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from nas import api
 from nas.code_check import NO_SHIPPING_ENV, CodeChangedError, check_code
 from nas.driver import Driver
-from nas.storage import Storage
-from nas.storage.schema import trials
+from nas.storage import Storage, utcnow
+from nas.storage.schema import jobs, trials
 from tests.conftest import ROOT, nb201_spec, ray_test_cluster
 from workers.user_code import find_user_code
 
@@ -264,20 +265,32 @@ def test_resume_with_other_code_is_refused_unless_allowed(user_folder, tmp_path,
     storage.close()
 
 
-def test_api_resume_and_a_driver_refuse_other_code(user_folder, tmp_path, monkeypatch):
-    """`api.resume` refuses as `nas resume` does; a driver that finds other code (a serve
-    process taking the job over on another machine) fails the job with the same line."""
+def test_api_resume_and_a_serve_takeover_refuse_other_code(user_folder, tmp_path,
+                                                           monkeypatch):
+    """`api.resume` refuses as `nas resume` does; a `nas serve` taking the job over from a
+    dead driver on a machine with other code fails it with that line instead of running it."""
+    from nas.serve import Server
+
     storage, job = _paused_job(tmp_path, user_folder, monkeypatch)
     recorded = storage.get_job(job)["code"]
+    trials_before = len(storage.load_trials(job))
     _new_code(user_folder)
     with pytest.raises(CodeChangedError, match=r"job \d+ ran other code: module usermod "):
         api.resume(storage, job)
     assert storage.get_job(job)["code"] == recorded
     assert storage.get_job(job)["status"] == "paused"
-    with pytest.raises(CodeChangedError):
-        api.run(storage, job)  # as a serve's driver runs a job it claims
-    assert storage.get_job(job)["status"] == "failed"
-    assert "ran other code" in storage.get_job(job)["error"]
+
+    with storage.engine.begin() as conn:  # its driver died mid-run elsewhere
+        conn.execute(update(jobs).where(jobs.c.id == job).values(
+            status="running", lease_owner="elsewhere:1:gone",
+            lease_expires_at=utcnow() - timedelta(seconds=1)))
+    lines: list[str] = []
+    assert Server(storage, once=True, poll_s=0.2, allow_modules=frozenset({"usermod"}),
+                  log=lines.append).run() == 1
+    taken = storage.get_job(job)
+    assert taken["status"] == "failed" and "ran other code" in taken["error"], taken["error"]
+    assert taken["code"] == recorded and len(storage.load_trials(job)) == trials_before
+    assert any(f"taking over job {job}" in line for line in lines), lines
     assert api.resume(storage, job, allow_code_change=True) == "completed"
     assert storage.get_job(job)["code"]["sha256"] == find_user_code(["usermod"]).sha256
     storage.close()
