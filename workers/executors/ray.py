@@ -94,18 +94,23 @@ class _ShippedCode:
     """A job's user modules, uploaded once to the cluster, and the runtime environment
     (`py_modules` URIs) of the job's tasks and actors, kept pinned while the job submits."""
 
-    #: re-pin the packages this often (Ray keeps an unreferenced one for 600 s)
-    PIN_EVERY_S = 300.0
+    #: re-pin the packages this often: Ray's GCS deletes a package no Ray job references
+    #: 600 s after its last pin, and a task's own runtime environment is no such reference
+    #: (nodes that ran the job keep their copy, a node that joins later would find none)
+    PIN_EVERY_S = 120.0
 
     def __init__(self, code: UserCode) -> None:
         self.uris = upload(code.paths.values())
         self.pinned_at = time.monotonic()
 
     def runtime_env(self) -> dict[str, Any]:
+        return {"py_modules": list(self.uris)}
+
+    def keep_pinned(self) -> None:
+        """Called at every submit and poll: a GCS call once every `PIN_EVERY_S`."""
         if time.monotonic() - self.pinned_at >= self.PIN_EVERY_S:
             keep_uploaded(self.uris)
             self.pinned_at = time.monotonic()
-        return {"py_modules": list(self.uris)}
 
 
 class RayExecutor(Executor):
@@ -162,9 +167,12 @@ class RayExecutor(Executor):
         """The `runtime_env` option of the job's tasks and actors (none without user code)."""
         return {} if self._code is None else {"runtime_env": self._code.runtime_env()}
 
-    def submit(self, batch: list[TrialTask]) -> None:
+    def _keep_pinned(self) -> None:
         if self._code is not None:
-            self._code.runtime_env()  # keeps the uploaded packages pinned
+            self._code.keep_pinned()
+
+    def submit(self, batch: list[TrialTask]) -> None:
+        self._keep_pinned()
         ref = self._submitter.remote(self._spec_ref, batch)
         self._batches[ref] = batch
 
@@ -172,6 +180,7 @@ class RayExecutor(Executor):
         return len(self._batches)
 
     def poll(self, timeout: float) -> list[TrialResult]:
+        self._keep_pinned()
         if not self._batches:
             return []
         ready, _ = self.ray.wait(list(self._batches), num_returns=1, timeout=timeout)
@@ -228,6 +237,7 @@ class RayExecutor(Executor):
         its last checkpoint) up to `max_attempts` times."""
         if self._search is None:
             raise RuntimeError("no search was started")
+        self._keep_pinned()
         ref, task = self._search
         ready, _ = self.ray.wait([ref], num_returns=1, timeout=timeout)
         if not ready:
