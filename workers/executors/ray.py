@@ -22,10 +22,16 @@ if TYPE_CHECKING:
 
 
 def connect_ray(address: str | None = None) -> Any:
-    """`ray.init` on a local instance (address None) or an existing cluster, keeping this
-    process's SIGINT and SIGTERM handlers (see `_signal_handlers_kept`)."""
+    """`ray.init` on a new local instance (address None) or an existing cluster, keeping this
+    process's SIGINT and SIGTERM handlers (see `_signal_handlers_kept`).
+
+    Address None means a Ray of this process's own (`"local"`), unless `RAY_ADDRESS` names
+    one: Ray's own default would attach to whatever cluster was started last on this machine
+    (`/tmp/ray/ray_current_cluster`), someone else's or one whose head is gone."""
     import ray
 
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        address = "local"
     if not ray.is_initialized():
         with _signal_handlers_kept():
             ray.init(
