@@ -59,11 +59,13 @@ CUSTOM = EXAMPLES / "custom"
 CUSTOM_SMALL = {"budget.trials": "8", "evaluator_args.epochs": "2", "strategy_args.init": "4"}
 
 
-def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """`command` run in examples/custom, its artifacts (driver logs) under `tmp_path`."""
     import os
 
-    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent), "NAS_ARTIFACTS": str(cwd)}
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent),
+           "NAS_ARTIFACTS": str(tmp_path / "artifacts")}
+    done = subprocess.run(command, cwd=CUSTOM, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -80,9 +82,9 @@ def test_custom_example_from_the_cli(tmp_path):
     """`cd examples/custom && nas submit job.yaml --wait` (on a local Ray), then `nas best`."""
     nas = [sys.executable, "-m", "nas", "--db", f"sqlite:///{tmp_path / 'cli.db'}"]
     overrides = [a for k, v in CUSTOM_SMALL.items() for a in ("--set", f"{k}={v}")]
-    _run([*nas, "submit", "job.yaml", "--wait", "--json", *overrides], CUSTOM)
-    best = json.loads(_run([*nas, "best", "1", "--top", "3", "--json"], CUSTOM).stdout)
-    status = json.loads(_run([*nas, "status", "1", "--json"], CUSTOM).stdout)
+    _run([*nas, "submit", "job.yaml", "--wait", "--json", *overrides], tmp_path)
+    best = json.loads(_run([*nas, "best", "1", "--top", "3", "--json"], tmp_path).stdout)
+    status = json.loads(_run([*nas, "status", "1", "--json"], tmp_path).stdout)
     assert status["status"] == "completed" and status["space"] == "model:space"
     assert status["trials"]["completed"] + status["trials"]["pruned"] == 8
     assert best["results"][0]["objectives"]["val_acc"] > 50.0
@@ -96,7 +98,7 @@ def test_custom_example_from_python(tmp_path):
     done = _run([sys.executable, "search.py", "--db", f"sqlite:///{tmp_path / 'py.db'}",
                  "--trials", CUSTOM_SMALL["budget.trials"], "--epochs",
                  CUSTOM_SMALL["evaluator_args.epochs"], "--executor", "local",
-                 "--output", str(output)], CUSTOM)
+                 "--output", str(output)], tmp_path)
     lines = done.stdout.splitlines()
     assert ": completed, trials" in lines[0] and "'failed': 0" in lines[0], lines[0]
     assert lines[1].startswith("1. trial") and lines[-1].startswith("exported trial")
