@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -86,8 +87,15 @@ def run_nas(folder: Path, trials: int, executor: str, strategy: str = "random",
             profile: cProfile.Profile | None = None) -> float:
     """Seconds of `submit` + `run` of one job on a fresh SQLite file (schema made before)."""
     path = folder / f"nas-{executor}-{strategy}-{parallelism}-{batch_size}-{seed}.db"
-    storage = Storage(f"sqlite:///{path}")
     spec = nas_spec(trials, executor, strategy, parallelism, batch_size, seed)
+    return time_job(path, spec, profile)
+
+
+def time_job(path: Path, spec: dict, profile: cProfile.Profile | None = None) -> float:
+    """Seconds of `api.submit` + `api.run` of `spec` on a fresh SQLite file `path`; every
+    trial must complete."""
+    trials = spec["budget"]["trials"]
+    storage = Storage(f"sqlite:///{path}")
     try:
         t0 = time.perf_counter()
         if profile is not None:
@@ -116,9 +124,18 @@ def run_optuna(folder: Path, trials: int, sampler_name: str, seed: int) -> float
         ops = [trial.suggest_categorical(f"edge{i}", list(OPS)) for i in range(6)]
         return rows[cell_string(ops)]["valid_acc"]
 
+    return time_optuna(folder / f"optuna-{sampler_name}-{seed}.db", objective, trials,
+                       sampler_name, seed)
+
+
+def time_optuna(path: Path, objective: Any, trials: int, sampler_name: str, seed: int) -> float:
+    """Seconds of `study.optimize(objective, n_trials=trials)` (maximize) with RDBStorage on a
+    fresh SQLite file `path`, `sampler_name` random or tpe."""
+    import optuna
+
     sampler = (optuna.samplers.RandomSampler(seed=seed) if sampler_name == "random"
                else optuna.samplers.TPESampler(seed=seed))
-    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / f'optuna-{sampler_name}-{seed}.db'}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
     study = optuna.create_study(storage=storage, sampler=sampler, direction="maximize",
                                 study_name=f"bench-{sampler_name}-{seed}")
     t0 = time.perf_counter()
