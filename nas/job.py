@@ -101,12 +101,13 @@ class Job:
             raise NasError(f"trial must be a positive trial number, got {trial!r}")
         return export_trial(self._storage, self.id, trial, format, str(path))
 
-    def resume(self, progress: Any = None) -> str:
-        """Finish an interrupted job here (as `nas resume --wait`); returns its status."""
+    def resume(self, progress: Any = None, allow_code_change: bool = False) -> str:
+        """Finish an interrupted job here (as `nas resume --wait [--allow-code-change]`);
+        returns its status."""
         from . import api
 
         return api.resume(self._storage, self.id, ray_address=self.ray_address,
-                          progress=progress)
+                          progress=progress, allow_code_change=allow_code_change)
 
     def cancel(self) -> str:
         """Ask the job to stop (`cancelled`, or `cancelling` while its driver stops)."""

@@ -198,3 +198,20 @@ def test_import_nas_stays_cheap():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     assert done.stdout.split("\n")[:2] == ["[]", "True"], done.stderr
+
+
+def test_resume_and_cancel_through_the_handle(usermod, tmp_path):
+    """A job submitted but never run: the handle resumes it here to the end of its budget; a
+    pending job is cancelled at once."""
+    from nas import api
+    from nas.storage import Storage
+
+    db = f"sqlite:///{tmp_path / 'resume.db'}"
+    storage = Storage(db)
+    spec = {"space": "apimod:space", "evaluator": "apimod:evaluate", "strategy": "random",
+            "objectives": [{"metric": "score"}], "budget": {"trials": 6}, "executor": "local"}
+    first, second = api.submit(storage, spec), api.submit(storage, spec)
+    job = nas.load(first, db=db)
+    assert job.resume() == "completed" and len(job.trials()) == 6
+    assert nas.load(second, db=db).cancel() == "cancelled"
+    assert nas.load(second, db=db).status()["status"] == "cancelled"
