@@ -30,7 +30,6 @@ for folder in (BENCH.parent, BENCH):  # the repository, and this file as module 
         sys.path.insert(0, str(folder))
 
 import pyglove as pg  # noqa: E402
-from overhead import _fmt, _median, time_job, time_optuna  # noqa: E402
 
 MODULE = "plugin_overhead"
 GOAL = 5.0  # Optuna's per-trial time / ours
@@ -68,6 +67,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CI smoke test")
     parser.add_argument("--repeats", type=int, help="repeats per figure (default 5, quick 1)")
     args = parser.parse_args()
+    # imported here, not at the top: a Ray worker imports this module for `evaluate` alone
+    from overhead import _fmt, _median, time_job, time_optuna
+
     repeats = args.repeats or (1 if args.quick else 5)
     n_nas, n_optuna = (200, 60) if args.quick else (1000, 300)
     # (label, executor, batch_size): None = the driver's default (1 trial per task for a
