@@ -67,6 +67,11 @@ def cli_json(db: str, *args: str) -> dict | list:
 def test_objects_are_named_by_the_module_that_defines_them(usermod):
     assert reference_of(usermod.space) == "apimod:space"
     assert reference_of(usermod.evaluate) == "apimod:evaluate"
+    from search_spaces.nb201 import NB201Space
+
+    assert reference_of(NB201Space) == "search_spaces.nb201:NB201Space"  # a SearchSpace class
+    usermod.instance = NB201Space()  # a SearchSpace instance held by the user's module
+    assert reference_of(usermod.instance) == "apimod:instance"
     holder = types.ModuleType("aaa_reexport")  # sorts first, holds the same objects
     holder.space, holder.evaluate = usermod.space, usermod.evaluate
     sys.modules["aaa_reexport"] = holder
