@@ -161,6 +161,15 @@ def load():
     x = rng.random((40, 1, 8, 8), dtype=np.float32)
     y = np.arange(40) % 10
     return x[:30], y[:30], x[30:], y[30:]
+
+
+def evaluate(arch, ctx):
+    """A user evaluate function (called for every trial); kills or hangs when told to."""
+    if os.environ.get("NAS_TEST_ABORT"):
+        os.abort()
+    if os.environ.get("NAS_TEST_HANG"):
+        time.sleep(3600)
+    return {"score": float(sum(map(ord, str(arch))) % 97)}
 '''
 
 
@@ -179,6 +188,16 @@ def _train_spec(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return spec
 
 
+def _function_spec(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A job whose evaluator is `faultdata:evaluate` (run for every trial), one at a time."""
+    (tmp_path / "faultdata.py").write_text(textwrap.dedent(DATASET_MODULE))
+    spec = nb201_spec(strategy="random", strategy_args={}, evaluator="faultdata:evaluate",
+                      evaluator_args={}, objectives=[{"metric": "score", "mode": "max"}],
+                      budget={"trials": 1}, parallelism=1, batch_size=1)
+    spec.update(overrides)
+    return spec
+
+
 def test_a_trial_that_aborts_its_process_fails_after_max_attempts(tmp_path, monkeypatch):
     """The dataset function calls os.abort() in every serve process (as a crash in native
     code would). Each attempt kills the serve that runs it; with the attempt stored before
@@ -188,7 +207,8 @@ def test_a_trial_that_aborts_its_process_fails_after_max_attempts(tmp_path, monk
     monkeypatch.syspath_prepend(str(tmp_path))
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     storage = Storage(url)
-    crashing = api.submit(storage, _train_spec(tmp_path, max_attempts=2))
+    monkeypatch.chdir(tmp_path)
+    crashing = api.submit(storage, _function_spec(tmp_path, max_attempts=2))
     behind = api.submit(storage, nb201_spec(budget={"trials": 8}))
     env = _env(tmp_path, NAS_TEST_ABORT="1")
 
@@ -244,10 +264,10 @@ def test_a_trial_that_killed_its_batch_runs_alone_on_resume(sqlite_url):
 
 # ---- item 14: trial timeouts and a seconds budget that ends the job on time ------------------
 def test_a_hanging_trial_fails_at_its_timeout(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
     storage = Storage(f"sqlite:///{tmp_path / 'nas.db'}")
-    job = api.submit(storage, _train_spec(tmp_path, trial_timeout_s=1.5,
-                                          budget={"trials": 2}))
+    job = api.submit(storage, _function_spec(tmp_path, trial_timeout_s=1.5,
+                                             budget={"trials": 2}))
     monkeypatch.setenv("NAS_TEST_HANG", "1")
     started = time.monotonic()
     assert api.run(storage, job) == "failed"
@@ -257,15 +277,19 @@ def test_a_hanging_trial_fails_at_its_timeout(tmp_path, monkeypatch):
     assert storage.trial_counts(job) == {"failed": 2}
 
 
-@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.ray)])
-def test_the_seconds_budget_stops_a_job_with_a_hanging_trial_on_time(tmp_path, executor,
+@pytest.mark.parametrize(("executor", "hangs"), [
+    ("local", "trial"), ("local", "data"),
+    pytest.param("ray", "trial", marks=pytest.mark.ray),
+    pytest.param("ray", "data", marks=pytest.mark.ray)])
+def test_the_seconds_budget_stops_a_job_with_a_hanging_trial_on_time(tmp_path, executor, hangs,
                                                                    monkeypatch):
-    """`budget.seconds: 5` with an evaluator that hangs: the job ends about 5 s in (before,
-    it never ended), the trial failed saying why."""
+    """`budget.seconds: 5` with an evaluate function that hangs, or a data set function that
+    hangs while the evaluator is built: the job ends about 5 s in (before, it never ended),
+    the trial failed saying why."""
     url = f"sqlite:///{tmp_path / 'nas.db'}"
-    monkeypatch.syspath_prepend(str(tmp_path))
-    job = api.submit(Storage(url), _train_spec(tmp_path, budget={"seconds": 5},
-                                               executor=executor))
+    monkeypatch.chdir(tmp_path)
+    make = _function_spec if hangs == "trial" else _train_spec
+    job = api.submit(Storage(url), make(tmp_path, budget={"seconds": 5}, executor=executor))
     started = time.monotonic()
     result = nas_cli(tmp_path, url, "resume", str(job), "--wait", "--json", timeout=120,
                      env=_env(tmp_path, NAS_TEST_HANG="1"))

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,25 +141,51 @@ def _time_limit(task: TrialTask, now: float) -> tuple[float | None, str]:
     return limit, reason
 
 
-def evaluate_one(evaluator: Evaluator, task: TrialTask) -> TrialResult:
-    """Evaluate a task; any exception becomes a failed result carrying its message, and an
-    evaluation past the task's time limit (`timeout_s`, `deadline`) a failed result saying so.
+class _TimedOut(Exception):
+    """A time-limited call ran past its limit (its thread is abandoned)."""
 
-    A time-limited evaluation runs in a thread of its own that is abandoned when the limit
-    passes: Python cannot stop a thread, but the job goes on (on Ray the worker process keeps
-    the abandoned thread until Ray retires it)."""
-    started = time.time()
-    limit, reason = _time_limit(task, started)
+
+def _within(limit: float | None, call: Callable[[], Any], name: str) -> Any:
+    """`call()`, or, with a limit, `call()` in a thread of its own that is abandoned when the
+    limit passes (`_TimedOut`): Python cannot stop a thread, but the job goes on (on Ray the
+    worker process keeps the abandoned thread until Ray retires it). Its exceptions are
+    raised here."""
     if limit is None:
-        return _evaluate(evaluator, task, started)
-    box: list[TrialResult] = []
-    thread = threading.Thread(target=lambda: box.append(_evaluate(evaluator, task, started)),
-                              name=f"nas-trial-{task.number}", daemon=True)
+        return call()
+    box: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            box.append((True, call()))
+        except BaseException as exc:  # handed to the caller
+            box.append((False, exc))
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
     thread.join(limit)
-    if box:
-        return box[0]
-    return TrialResult(task.number, task.key, "failed", task.attempt, error=reason,
+    if not box:
+        raise _TimedOut
+    finished, value = box[0]
+    if not finished:
+        raise value
+    return value
+
+
+def evaluate_one(evaluator: Evaluator, task: TrialTask) -> TrialResult:
+    """Evaluate a task; any exception becomes a failed result carrying its message, and an
+    evaluation past the task's time limit (`timeout_s`, `deadline`) a failed result saying so
+    (see `_within`)."""
+    started = time.time()
+    limit, reason = _time_limit(task, started)
+    try:
+        return _within(limit, lambda: _evaluate(evaluator, task, started),
+                       f"nas-trial-{task.number}")
+    except _TimedOut:
+        return _failed(task, reason, started)
+
+
+def _failed(task: TrialTask, error: str, started: float) -> TrialResult:
+    return TrialResult(task.number, task.key, "failed", task.attempt, error=error,
                        worker=worker_name(), started_at=started, finished_at=time.time())
 
 
@@ -190,12 +217,15 @@ def _evaluate(evaluator: Evaluator, task: TrialTask, started: float) -> TrialRes
 
 
 def evaluate_batch(spec: EvaluatorSpec, tasks: list[TrialTask]) -> list[TrialResult]:
-    """Run on a worker: evaluate a batch of trials with the job's evaluator."""
+    """Run on a worker: evaluate a batch of trials with the job's evaluator. Building the
+    evaluator (loading a table or a data set, which may be the user's function) is held to
+    the first trial's time limit as well: a load that hangs fails the batch, saying why."""
+    started = time.time()
+    limit, reason = _time_limit(tasks[0], started)
     try:
-        evaluator = build_evaluator(spec)
+        evaluator = _within(limit, lambda: build_evaluator(spec), "nas-build-evaluator")
+    except _TimedOut:
+        return [_failed(t, reason, started) for t in tasks]
     except Exception as exc:
-        now = time.time()
-        return [TrialResult(t.number, t.key, "failed", t.attempt,
-                            error=f"cannot build evaluator: {exc}", worker=worker_name(),
-                            started_at=now, finished_at=now) for t in tasks]
+        return [_failed(t, f"cannot build evaluator: {exc}", started) for t in tasks]
     return [evaluate_one(evaluator, task) for task in tasks]
