@@ -20,6 +20,7 @@ them again: they must be module-level names of an importable module (see `refere
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import sys
 from collections.abc import Iterable
@@ -131,7 +132,8 @@ def search(space: Any, evaluate: Any, strategy: Any = "gbdt", budget: int | dict
     function `evaluate(arch, ctx) -> dict`, a Strategy class). `budget` is a trial count or a
     spec budget (`{"trials": 100, "seconds": 600}`); any other spec field (`space_args`,
     `evaluator_args`, `executor`, `parallelism`, `early_stopping`, `seed`, ...) goes in
-    `fields`. `progress(done, total, best)` is called as results arrive."""
+    `fields`. `progress(done, total, best)` is called as results arrive. Ctrl-C pauses the
+    job (and says how to resume it) before the KeyboardInterrupt goes on."""
     from . import api
     from .storage import Storage
 
@@ -150,7 +152,14 @@ def search(space: Any, evaluate: Any, strategy: Any = "gbdt", budget: int | dict
     parsed = parse_spec(spec)  # every field checked before the database is touched
     storage = Storage(db)
     job_id = api.submit(storage, parsed)
-    api.run(storage, job_id, ray_address=ray_address, progress=progress)
+    try:
+        api.run(storage, job_id, ray_address=ray_address, progress=progress)
+    except KeyboardInterrupt:  # the driver paused the job: say how to go on
+        from .storage._engine import mask_url
+
+        print(f"nas: job {job_id} paused; nas.load({job_id}, db={mask_url(db)!r}).resume() "
+              "continues it", file=sys.stderr)
+        raise
     return Job(job_id, db, ray_address, storage=storage)
 
 
@@ -231,7 +240,12 @@ def _importable_name(module: ModuleType, argument: str) -> str:
     if module.__name__ != "__main__":
         return module.__name__
     spec = getattr(module, "__spec__", None)
-    name = spec.name if spec is not None else _script_module(module, argument)
+    if spec is None:  # `python search.py`: give it the spec `python -m search` would have,
+        # so that importlib.util.find_spec (code shipped to workers, its hash) finds its file
+        name = _script_module(module, argument)
+        module.__spec__ = importlib.util.spec_from_file_location(name, module.__file__)
+    else:
+        name = spec.name
     sys.modules.setdefault(name, module)
     return name
 

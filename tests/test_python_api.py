@@ -220,3 +220,42 @@ def test_resume_and_cancel_through_the_handle(usermod, tmp_path):
     assert job.resume() == "completed" and len(job.trials()) == 6
     assert nas.load(second, db=db).cancel() == "cancelled"
     assert nas.load(second, db=db).status()["status"] == "cancelled"
+
+
+def test_ctrl_c_pauses_the_search_and_the_handle_resumes_it(usermod, tmp_path):
+    """SIGINT during `nas.search` pauses the job and says how to go on; `resume()` ends it
+    with every trial once."""
+    import signal
+    import time
+
+    (tmp_path / "slow.py").write_text(textwrap.dedent('''
+        import sys, time
+        import nas
+        from apimod import space
+
+        def evaluate(arch, ctx):
+            time.sleep(0.2)
+            return {"score": float(arch["width"])}
+
+        if __name__ == "__main__":
+            print("started", flush=True)
+            nas.search(space=space, evaluate=evaluate, strategy="random", budget=20,
+                       objectives=[{"metric": "score"}], db=sys.argv[1], executor="local")
+    '''))
+    db = f"sqlite:///{tmp_path / 'slow.db'}"
+    process = subprocess.Popen([sys.executable, "slow.py", db], cwd=tmp_path, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert process.stdout.readline() == "started\n"
+    time.sleep(4.0)  # imports, then some trials
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert f"nas: job 1 paused; nas.load(1, db='{db}').resume() continues it" in stderr
+    job = nas.load(1, db=db)
+    assert job.status()["status"] == "paused" and job.status()["trials"]["completed"] < 20
+    try:
+        assert job.resume() == "completed"  # imports slow.py here: its call is guarded
+    finally:
+        sys.modules.pop("slow", None)
+    assert sorted(job.trials()["trial"]) == list(range(1, 21))
