@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-import nas
 from model import evaluate, space
+
+import nas
 
 
 def main() -> None:
