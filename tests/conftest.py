@@ -88,6 +88,32 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("pg_url")
 
 
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[Any]:
+    """A Ray of this test module's own (2 CPUs) whose workers import this repository."""
+    import ray
+
+    if ray.is_initialized():  # another module's Ray (e.g. a weight-sharing job's)
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def procs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """Processes (`subprocess.Popen`) a test starts, such as `nas serve`: any still running at
+    its end is killed. Artifacts go to the test's folder."""
+    monkeypatch.setenv("NAS_ARTIFACTS", str(tmp_path / "artifacts"))
+    started: list[Any] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def nb201_spec(**overrides) -> dict:
     """A small, valid NB201 job spec (local executor) for tests to adapt."""
     spec = {

@@ -11,7 +11,6 @@ from nas.errors import SpecError
 from nas.spec import parse_spec
 from nas.storage import Storage
 from nas.storage.schema import trials
-from tests.conftest import ROOT
 from tests.test_function_evaluator import function_spec
 from workers.early_stopping import EarlyStopping, Pruner
 
@@ -146,18 +145,6 @@ def test_status_json_counts_pruned_trials(db_url):
 
     counts = json.loads(result.stdout)["trials"]
     assert counts["pruned"] > 0 and sum(counts.values()) == 24
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    yield ray
-    ray.shutdown()
 
 
 @pytest.mark.ray

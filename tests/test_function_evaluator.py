@@ -164,18 +164,6 @@ def test_resume_after_kill_9_gives_the_trials_of_an_uninterrupted_run(sqlite_url
 
 
 # ---- Ray -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.ray
 def test_user_function_on_ray_gives_the_trials_of_the_local_executor(ray_local, sqlite_url):
     storage = Storage(sqlite_url)

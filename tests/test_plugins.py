@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -243,17 +242,6 @@ class Mine(RandomSearch):
 '''
 
 
-@pytest.fixture
-def serve_procs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
-    monkeypatch.setenv("NAS_ARTIFACTS", str(tmp_path / "artifacts"))
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def _serve(procs: list, url: str, cwd: Path, *args: str) -> subprocess.Popen:
     """`nas serve` through the console script, whose sys.path does not hold `cwd`: a module
     there is found as `uvicorn main:app` finds one."""
@@ -267,7 +255,7 @@ def _serve(procs: list, url: str, cwd: Path, *args: str) -> subprocess.Popen:
 
 
 def test_serve_runs_module_jobs_only_from_its_allow_list(tmp_path, monkeypatch,
-                                                         serve_procs) -> None:
+                                                         procs) -> None:
     module = f"allowmod_{tmp_path.name.replace('-', '_')}"
     (tmp_path / f"{module}.py").write_text(USER_STRATEGY)
     monkeypatch.chdir(tmp_path)
@@ -278,7 +266,7 @@ def test_serve_runs_module_jobs_only_from_its_allow_list(tmp_path, monkeypatch,
                                              strategy_args={}, **small))
     plain = api.submit(storage, nb201_spec(name="plain", **small))
 
-    serve = _serve(serve_procs, url, tmp_path)  # no --allow-modules: no module runs
+    serve = _serve(procs, url, tmp_path)  # no --allow-modules: no module runs
     wait_until(lambda: storage.get_job(plain)["status"] == "completed", "the plain job",
                logs=(tmp_path / "serve-0.log",))
     serve.send_signal(signal.SIGTERM)
@@ -294,13 +282,13 @@ def test_serve_runs_module_jobs_only_from_its_allow_list(tmp_path, monkeypatch,
 
     allowed = api.submit(storage, nb201_spec(name="mine-allowed", strategy=f"{module}:Mine",
                                              strategy_args={}, **small))
-    other = _serve(serve_procs, url, tmp_path, "--once", "--allow-modules", "otherpkg")
+    other = _serve(procs, url, tmp_path, "--once", "--allow-modules", "otherpkg")
     assert other.wait(timeout=60) == 0
     assert "it allows only otherpkg" in storage.get_job(allowed)["error"]
 
     allowed = api.submit(storage, nb201_spec(name="mine-allowed", strategy=f"{module}:Mine",
                                              strategy_args={}, **small))
-    ok = _serve(serve_procs, url, tmp_path, "--once", "--allow-modules", f"json,{module}")
+    ok = _serve(procs, url, tmp_path, "--once", "--allow-modules", f"json,{module}")
     assert ok.wait(timeout=120) == 0
     assert storage.get_job(allowed)["status"] == "completed", \
         (tmp_path / "serve-2.log").read_text()

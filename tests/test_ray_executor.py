@@ -21,18 +21,6 @@ pytestmark = pytest.mark.ray
 ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"  # noqa: E501
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if ray.is_initialized():  # another module's Ray (e.g. a weight-sharing job's)
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
 def _spec(delay: float = 0.0) -> EvaluatorSpec:
     return EvaluatorSpec("nb201", {}, "benchmark", {"latency_table": "hw-nas-bench-cifar10",
                                                     "delay_s": delay})

@@ -11,12 +11,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from sqlalchemy import select, update
 from typer.testing import CliRunner
@@ -38,18 +36,6 @@ def _spec(seed: int, budget: int = BUDGET, delay_s: float = 0.03) -> dict[str, A
     # a few seconds per job on a loaded machine, so that a kill lands in the middle of one
     return nb201_spec(budget={"trials": budget}, evaluator_args={"delay_s": delay_s},
                       parallelism=1, batch_size=2, seed=seed)
-
-
-@pytest.fixture
-def procs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen]]:
-    """Serve processes started by a test; any still running at its end is killed."""
-    monkeypatch.setenv("NAS_ARTIFACTS", str(tmp_path / "artifacts"))
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def _serve(procs: list[subprocess.Popen], url: str, log: Path, *args: str) -> subprocess.Popen:
