@@ -309,26 +309,27 @@ def evaluate(arch, ctx):
 
 @pytest.mark.parametrize("strategy", ["evolution", "gbdt", "tpe"])
 def test_a_job_searches_a_user_pyglove_space_by_reference(strategy, tmp_path, monkeypatch):
-    """`space: usermod:space` and `evaluator: usermod:evaluate` from the current folder: the
+    """`space: mod:space` and `evaluator: mod:evaluate` from the current folder: the
     job runs to its budget, and its architectures are stored under the reference (a space of
     its own in the database, found again by that name anywhere)."""
     from nas import api
     from nas.storage import Storage
     from search_spaces import get_space
 
-    (tmp_path / "usermod.py").write_text(USER_MODULE)
+    module = f"pgjob_{strategy}"  # a name no other test imports (sys.modules is shared)
+    (tmp_path / f"{module}.py").write_text(USER_MODULE)
     monkeypatch.chdir(tmp_path)
     storage = Storage(f"sqlite:///{tmp_path / 'nas.db'}")
     job = api.submit(storage, {
-        "space": "usermod:space", "strategy": strategy, "evaluator": "usermod:evaluate",
+        "space": f"{module}:space", "strategy": strategy, "evaluator": f"{module}:evaluate",
         "objectives": [{"metric": "score", "mode": "max"}], "budget": {"trials": 24},
         "executor": "local", "seed": 0})
     assert api.run(storage, job) == "completed"
     rows = storage.load_trials(job)
     assert len(rows) == 24 and all(r["status"] == "completed" for r in rows)
-    space = get_space("usermod:space")
-    assert space.name == "usermod:space"
+    space = get_space(f"{module}:space")
+    assert space.name == f"{module}:space"
     assert all(space.key(space.validate(r["arch"])) == r["key"] for r in rows)
     with storage.read() as conn:
         spaces = {s for (s,) in conn.exec_driver_sql("SELECT DISTINCT space FROM architectures")}
-    assert spaces == {"usermod:space"}
+    assert spaces == {f"{module}:space"}
