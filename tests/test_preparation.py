@@ -14,7 +14,7 @@ import pytest
 from nas import api
 from nas.driver import Driver
 from nas.storage import Storage
-from nas.strategies import Evaluations, Strategy, register_strategy
+from nas.strategies import Evaluations, Strategy
 from search_spaces import Arch, NB201Space, SearchSpace
 from workers.executors import LocalExecutor
 
@@ -23,7 +23,6 @@ POOL = 12
 SUBMITTED: list[tuple[str, list[str]]] = []
 
 
-@register_strategy
 class SmallestFirst(Strategy):
     """Evaluates a pool with the `analytic` evaluator before its first ask, then proposes it
     fewest FLOPs first (random samples past it)."""
@@ -82,7 +81,8 @@ def _counting(base: type) -> type:
 
 
 def _spec(**overrides: Any) -> dict[str, Any]:
-    spec = {"name": "prep", "space": "nb201", "strategy": SmallestFirst.name,
+    # by reference, not registered: a strategy in the user's (here the test's) own module
+    spec = {"name": "prep", "space": "nb201", "strategy": f"{__name__}:SmallestFirst",
             "evaluator": "benchmark", "evaluator_args": {"table": "nb201-cifar10"},
             "objectives": [{"metric": "valid_acc", "mode": "max"}],
             "budget": {"trials": 5}, "executor": "local", "parallelism": 1, "batch_size": 1,
