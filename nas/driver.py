@@ -324,9 +324,11 @@ class _Run:
         self.stored = {row["number"]: row for row in self.storage.load_trials(self.job_id)}
         self.known = {row["key"] for n, row in self.stored.items() if n <= self.asked}
         job_keys = {row["key"] for row in self.stored.values()}
+        #: the job's artifact folder; trial N's scratch folder is `trials/N` (`ctx.scratch_dir`)
+        self.artifacts = artifact_dir(self.storage.database_id, self.job_id)
         self.strategy.bind(search_context(
             spec, KnownValues(spec, self.space, self.storage, job_keys), self.known,
-            artifact_dir(self.storage.database_id, self.job_id)))
+            self.artifacts))
         self.slots: dict[int, _Slot] = {}
         self.finished: dict[int, TrialView] = {}
         self.best: float | None = None
@@ -338,7 +340,6 @@ class _Run:
         self.to_dispatch: list[_Slot] = []
         self.snapshot: tuple[dict[str, Any], int, int] | None = None
         self.pruner: Any = None  # the job's early-stopping pruner (handle), if it has one
-        self.trials_folder: Path | None = None
         self._restore_window()
 
     # ---- restore ---------------------------------------------------------------------------
@@ -500,13 +501,7 @@ class _Run:
         return TrialTask(slot.number, slot.key, slot.arch, slot.attempt,
                          timeout_s=self.spec.trial_timeout_s, deadline=deadline,
                          job_seed=self.spec.seed, pruner=self.pruner,
-                         scratch_dir=str(self._trials_folder() / str(slot.number)))
-
-    def _trials_folder(self) -> Path:
-        """`<artifact dir>/trials`: trial N's scratch folder is `trials/N` (`ctx.scratch_dir`)."""
-        if self.trials_folder is None:
-            self.trials_folder = artifact_dir(self.storage.database_id, self.job_id) / "trials"
-        return self.trials_folder
+                         scratch_dir=str(self.artifacts / "trials" / str(slot.number)))
 
     def _give_up(self, slot: _Slot) -> bool:
         """Fail a trial out of attempts (False: it is not dispatched)."""
