@@ -689,7 +689,7 @@ def evaluators(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     """Registered evaluators (built-in and plugins), with where each comes from."""
     from workers.evaluators._base import EVALUATORS
 
-    rows = _registry_rows(EVALUATORS, _first_doc_line)
+    rows = _registry_rows(EVALUATORS, lambda cls: cls.description or _first_doc_line(cls))
     _print_registry(rows, "evaluator", as_json)
 
 

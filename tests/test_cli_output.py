@@ -155,3 +155,11 @@ def test_user_strings_are_printed_with_control_characters_escaped(job, tmp_path)
     assert "evil\\x1b]0;owned\\x07" in outputs[0].stdout
     assert "boom evil\\x1b" in outputs[0].stdout and "note evil\\x1b" in outputs[0].stdout
     assert "evil\\x1b" in outputs[2].stderr
+
+
+def test_nas_evaluators_describes_each_in_one_line():
+    rows = json.loads(nas("evaluators", "--json").stdout)
+    assert {r["name"] for r in rows} >= {"analytic", "benchmark", "function", "proxy", "train"}
+    for row in rows:
+        assert row["description"] and "\n" not in row["description"], row
+        assert not row["description"].startswith(("`", "Metrics")), row  # not a docstring cut

@@ -48,6 +48,8 @@ class Evaluator(abc.ABC):
     """Built once per worker process from (space, evaluator_args); `evaluate` per trial."""
 
     name: ClassVar[str] = ""
+    #: one line for `nas evaluators` (a plugin without one shows its docstring's first line)
+    description: ClassVar[str] = ""
     #: Cheap evaluators (table look-ups) are sent to workers in batches of many trials.
     cheap: ClassVar[bool] = False
     #: Trials report intermediate values (`function`'s `ctx.report`), so a job may declare

@@ -23,6 +23,9 @@ class AnalyticEvaluator(Evaluator):
     `evaluator_args`: the counts follow the space and its `space_args` (input size,
     classes)."""
 
+    description = ("exact params and FLOPs counted from the architecture; no model built, nothing "
+                   "trained")
+
     name = "analytic"
     cheap = True
     needs_model = True

@@ -33,6 +33,9 @@ class BenchmarkEvaluator(Evaluator):
     fault-injection tests).
     """
 
+    description = ("look-up in a table with an `arch` column (e.g. NAS-Bench-201), device "
+                   "latencies from a latency table")
+
     name = "benchmark"
     cheap = True
 

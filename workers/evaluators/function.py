@@ -140,6 +140,9 @@ class FunctionEvaluator(Evaluator):
     cuda | cuda:N, default auto: on Ray a trial then asks for a GPU share where the
     cluster has GPUs), anything else is passed to the function as `ctx.args`."""
 
+    description = ("your own `evaluate(arch, ctx) -> dict` (`function: module:attr`), with "
+                   "reports for early stopping")
+
     name = "function"
     #: `ctx.report` gives intermediate values: the job may set `early_stopping`.
     reports_steps: ClassVar[bool] = True

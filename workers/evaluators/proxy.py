@@ -68,6 +68,8 @@ def _check_proxy(i: int, name: Any) -> None:
 class ProxyEvaluator(Evaluator):
     """Scores an untrained architecture with training-free proxies (see the module doc)."""
 
+    description = "training-free proxy scores of the untrained network (cached in the database)"
+
     name = "proxy"
     cheap = False
     needs_model = True

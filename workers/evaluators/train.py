@@ -34,6 +34,9 @@ class TrainEvaluator(Evaluator):
     driver keeps the job's `keep_weights` best). A diverging run (NaN loss) fails the trial.
     """
 
+    description = ("builds the candidate, trains it a few epochs, reports validation figures and "
+                   "latency")
+
     name = "train"
     needs_model = True
 
