@@ -1,3 +1,6 @@
+"""Evaluators: what turns an architecture into metrics on a worker (benchmark, train, proxy,
+analytic, function), their registry and the Evaluator contract."""
+
 from ._base import (
     Evaluation,
     EvaluationError,

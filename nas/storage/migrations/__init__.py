@@ -1,0 +1,1 @@
+"""Alembic migrations of the nas database schema (env.py; one revision per file in versions/)."""
