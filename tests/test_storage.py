@@ -47,7 +47,8 @@ from tests.conftest import nb201_spec
 
 SPACE = NB201Space()
 TABLES = {"jobs", "architectures", "trials", "measurements", "artifacts", "trial_weights",
-          "trial_device_values", "servers", "database_info", "trial_reports", "alembic_version"}
+          "trial_device_values", "servers", "database_info", "trial_reports", "job_progress",
+          "alembic_version"}
 
 
 @pytest.fixture
@@ -120,7 +121,7 @@ def test_schema_is_created_on_first_open_at_alembic_head(db_url):
     storage = Storage(db_url)
     try:
         assert set(inspect(storage.engine).get_table_names()) == TABLES
-        assert current_revision(storage.engine) == head_revision() == "0008"
+        assert current_revision(storage.engine) == head_revision() == "0009"
         assert storage.list_jobs() == []
     finally:
         storage.close()
@@ -189,7 +190,7 @@ def test_unknown_revision_is_refused_with_upgrade_advice(db_url):
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     storage.close()
     with pytest.raises(NasError, match=r"schema revision 9999 is unknown to this version of "
-                                        r"nas \(newest 0008\).*run `nas db upgrade`"):
+                                        r"nas \(newest 0009\).*run `nas db upgrade`"):
         Storage(db_url)
     # upgrading cannot help until nas itself is newer: a clear error, not a traceback
     from nas.storage import make_engine, upgrade
@@ -219,10 +220,10 @@ def test_older_known_revision_asks_for_upgrade_and_upgrade_keeps_the_data(db_url
                           "CURRENT_TIMESTAMP, 0, 0, 0, false)"))
     assert "trial_weights" not in inspect(engine).get_table_names()
     with pytest.raises(NasError, match=r"schema revision 0001 differs from this version's "
-                                        r"0008; run `nas db upgrade`"):
+                                        r"0009; run `nas db upgrade`"):
         Storage(db_url)
     upgrade(engine)
-    assert current_revision(engine) == "0008"
+    assert current_revision(engine) == "0009"
     assert "trial_weights" in inspect(engine).get_table_names()
     assert "model_version" in {c["name"] for c in inspect(engine).get_columns("measurements")}
     assert "code" in {c["name"] for c in inspect(engine).get_columns("jobs")}

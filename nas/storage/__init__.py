@@ -8,6 +8,7 @@ from ._engine import (
     mask_url,
     upgrade,
 )
+from ._progress import PhaseProgress, job_progress, set_progress
 from ._queries import (
     best_trials,
     device_measurements,
@@ -26,4 +27,5 @@ __all__ = [
     "mask_url", "pareto_front", "preferred_device_values", "stored_values",
     "trials_with_device_value",
     "unknown_measurement_count", "upgrade", "utcnow",
+    "PhaseProgress", "job_progress", "set_progress",
 ]

@@ -168,6 +168,24 @@ artifacts = Table(
 )
 
 
+#: How far each phase of a job has come (`nas.storage._progress`): `pool` (proxy pool cells
+#: scored), `supernet` (weight-sharing epochs), `trials` (trials told); written by the
+#: driver, throttled, and read by any process. `started_at` and `start_done` are when and
+#: where the current driver session took the phase up, so the rate (and the ETA) counts
+#: this session's work only, not a pause between sessions.
+job_progress = Table(
+    "job_progress", metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("phase", String(32), primary_key=True),
+    Column("done", Integer, nullable=False),
+    Column("total", Integer),
+    Column("detail", JSON),
+    Column("start_done", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
 #: The `nas serve` processes: each heartbeats its row every tick (alive = a heartbeat within
 #: 3 x poll_s) and deletes it when it stops cleanly. `owner` is also the lease owner of the
 #: jobs the process runs (`jobs.lease_owner`).
