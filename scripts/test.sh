@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Set up, make sure PostgreSQL is running, then lint and run the whole test suite.
+# `--fast`: the unit tier only (no Ray, subprocess, server or browser; under a minute).
+# Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -12,4 +14,8 @@ if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
   fi
 fi
 ruff check .
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  set -- -m unit "$@"
+fi
 python -m pytest -q -p no:cacheprovider "$@"

@@ -24,6 +24,28 @@ PG_ADMIN_URL = os.environ.get("NAS_TEST_PG_ADMIN", "postgresql://postgres@127.0.
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+#: Tiers (pyproject.toml): `./scripts/test.sh --fast` runs `unit` only, which is defined by
+#: exclusion -- every test not marked `integration` or `system` (see the hook below).
+SLOW_TIERS = ("integration", "system")
+#: Fixtures that reach outside the test process: a test using one is `integration` at least.
+OUT_OF_PROCESS_FIXTURES = ("ray_local", "procs", "pg_url", "pg_available")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test its tier: a test that needs Ray or PostgreSQL (`ray` marker, an
+    out-of-process fixture, the `postgresql` case of `db_url`) is at least `integration`, so
+    that the unit tier never starts Ray or a server; any other unmarked test is `unit`."""
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in SLOW_TIERS):
+            continue
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (item.get_closest_marker("ray") or params.get("db_url") == "postgresql"
+                or any(f in item.fixturenames for f in OUT_OF_PROCESS_FIXTURES)):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
 def skip_or_fail(reason: str) -> None:
     """Skip on a developer's machine; fail under CI, where everything must run."""
     if IN_CI:
