@@ -20,12 +20,13 @@ from ._queries import (
     unknown_measurement_count,
 )
 from ._storage import MeasurementRow, NewTrial, Storage, StoredResult, as_utc, utcnow
+from ._trials_table import TrialsPage, trials_page
 
 __all__ = [
     "DEFAULT_URL", "MeasurementRow", "NewTrial", "Storage", "StoredResult", "as_utc", "best_trials",
     "current_revision", "device_measurements", "get_trial", "head_revision", "make_engine",
     "mask_url", "pareto_front", "preferred_device_values", "stored_values",
-    "trials_with_device_value",
+    "TrialsPage", "trials_page", "trials_with_device_value",
     "unknown_measurement_count", "upgrade", "utcnow",
     "PhaseProgress", "job_progress", "set_progress",
 ]
