@@ -3,7 +3,7 @@
 
 The driver (`nas drive`, a subprocess) runs random search on the `hybrid` space with the
 `analytic` evaluator and the local executor on a SQLite file; its RSS is sampled against
-the number of completed trials (`bench/load.py`, which this test shares).
+the number of completed trials (`nas.load_probe`, which `bench/load.py` shares).
 
 What may grow: the driver keeps the key of every architecture the job proposed, to never
 evaluate one twice. On `hybrid` a key is a ~70-character string. tracemalloc of a
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from bench.load import load_spec, run_load
 from nas import api
+from nas.load_probe import load_spec, run_load
 from nas.storage import Storage, best_trials
 from nas.storage.schema import trials
 from search_spaces import get_space, list_spaces

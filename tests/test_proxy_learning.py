@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from bench.proxies import CACHE, data_key, load_cache
 from predictors import check_predictor, combine, evolved, fewshot, get_predictor
 from predictors.evolved import Binary, Formula, Term, Unary
 from predictors.metrics import spearman
@@ -21,6 +23,9 @@ from tests.conftest import SHARED_DATA, skip_or_fail
 from workers.tables import load_table
 
 torch.set_num_threads(1)
+#: 1,000 NAS-Bench-201 cells' proxy scores (fewshot.FEATURE_PROXIES) on the 20 CIFAR-10 test
+#: images, init seed 0, as `bench/proxies.py` computes them (provenance: tests/data/README.md).
+SCORES = Path(__file__).parent / "data" / "nb201_proxy_scores.csv.gz"
 #: A network small enough to take its statistics in a few tens of milliseconds.
 SMALL = {"channels": 4, "cells_per_stage": 1, "input_size": 8}
 EXAMPLE = Formula("sum_log", Binary("div", Unary("sqrt", Term("G", "abs", "l2")),
@@ -203,12 +208,12 @@ def test_proxy_features_refuse_missing_proxies() -> None:
 
 @pytest.fixture(scope="module")
 def scored_cells():
-    cells = load_cache(CACHE, data_key(20, 0))
-    keys = sorted(k for k, c in cells.items()
-                  if all(p in c["scores"] for p in fewshot.FEATURE_PROXIES))
-    assert len(keys) >= 900, f"{CACHE} holds {len(keys)} fully scored cells"
+    with gzip.open(SCORES, "rt", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1000, f"{SCORES} holds {len(rows)} cells"
+    keys = [row["arch"] for row in rows]
     table = load_table("nb201-cifar10")
-    scores = {n: [cells[k]["scores"][n] for k in keys] for n in fewshot.FEATURE_PROXIES}
+    scores = {n: [float(row[n]) for row in rows] for n in fewshot.FEATURE_PROXIES}
     return (fewshot.proxy_features(scores),
             combine.mean_rank({n: scores[n] for n in fewshot.ZERO_LABEL_PROXIES}),
             np.asarray([table.rows[k]["valid_acc"] for k in keys]),
