@@ -555,7 +555,9 @@ def pareto(
     rows, front = data.pop("rows"), data.pop("front_rows")
     spec = storage.get_job(job)["spec"]
     if plot is not None:
-        _plot_front(rows, front, spec, device, plot)
+        from .charts import plot as draw
+
+        draw(storage, job, "pareto", plot, device, option="--plot")
     if as_json:
         _emit_json(data)
         return
@@ -565,31 +567,43 @@ def pareto(
         out.print(f"plot: {plot}")
 
 
-def _plot_front(rows: list[dict[str, Any]], front: list[dict[str, Any]],
-                spec: dict[str, Any], device: str, path: Path) -> None:
-    import matplotlib
+@app.command("plot")
+@handle_errors
+def plot_chart(
+    ctx: typer.Context,
+    job: int = typer.Argument(..., help="Job id."),
+    kind: str = typer.Option(..., "--kind", help="history | pareto | importance | parallel"),
+    output: Path = typer.Option(..., "-o", "--output", help="File to write: .png or .html."),
+    device: str | None = typer.Option(None, "--device",
+                                      help="pareto: the device (default: the job's latency "
+                                           "objective's)."),
+    max_latency_ms: float | None = typer.Option(None, "--max-latency-ms",
+                                                help="pareto: the latency budget to draw."),
+) -> None:
+    """Draw a job: best so far (history), the Pareto front with a latency budget (pareto),
+    which decisions matter (importance) or every trial's decisions (parallel)."""
+    from .charts import check_plot_target, plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    check_plot_target(kind, output)  # before the database is opened
+    plot(ctx.obj.storage(existing=True), _positive_job(job), kind, output, device,
+         max_latency_ms)
+    out.print(f"{kind} plot of job {job}: {output}")
 
-    metric = spec["objectives"][0]["metric"]
-    value = (lambda r: r["objectives"][0])  # noqa: E731
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    ax.scatter([r["device_value"] for r in rows], [value(r) for r in rows], s=8,
-               color="0.7", label=f"trials ({len(rows)})")
-    ax.step([r["device_value"] for r in front], [value(r) for r in front], where="post",
-            color="C3", marker="o", ms=4, label=f"Pareto front ({len(front)})")
-    ax.set_xlabel(f"latency on {device} (ms)")
-    ax.set_ylabel(metric)
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    from .export import write_atomically
 
-    try:
-        write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"), option="--plot")
-    finally:
-        plt.close(fig)
+@app.command()
+@handle_errors
+def report(
+    ctx: typer.Context,
+    job: int = typer.Argument(..., help="Job id."),
+    output: Path = typer.Option(..., "-o", "--output", help="HTML file to write."),
+) -> None:
+    """Write one self-contained HTML report of a job (opens with no network): summary,
+    failures, charts, the best trials, the Pareto front per device, the best architecture."""
+    from .report import check_report_target, write_report
+
+    check_report_target(output)
+    write_report(ctx.obj.storage(existing=True), _positive_job(job), output)
+    out.print(f"report of job {job}: {output}")
 
 
 @app.command()
