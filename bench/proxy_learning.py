@@ -2,7 +2,8 @@
 and an evolved (EMQ-style) proxy formula.
 
 1. Few labels (`predictors.fewshot`): the 1,000 cells scored by `bench/proxies.py` (its
-   cache `bench/results/proxies_cells.jsonl`); for 10, 20 and 50 labels, 30 random label
+   cache `bench/results/proxies_cells.jsonl`, filled in here when cells are missing: hours
+   on 2 cores from a clean checkout, resumable); for 10, 20 and 50 labels, 30 random label
    subsets each: a labelled subset's valid_acc trains the predictor, which ranks the other
    cells; Spearman/Kendall against test_acc on those held-out cells (mean +- std over the
    subsets), next to the zero-label combined score (`combine.mean_rank` of
@@ -16,8 +17,9 @@ and an evolved (EMQ-style) proxy formula.
    `predictors/data/evolved_proxies.json`.
 
     python bench/proxy_learning.py --workers 2   # full: fills the stats cache (resumable)
-    python bench/proxy_learning.py --quick       # CI (< 60 s): 60 cells, small network,
-                                                 # a temporary folder, nothing stored
+    python bench/proxy_learning.py --quick       # CI (< 60 s): 60 cells scored live on a
+                                                 # small network, a temporary folder,
+                                                 # nothing stored
 
 Writes bench/results/proxy_learning.json (`--quick`: in a fresh temporary folder).
 """
@@ -41,7 +43,16 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from bench.proxies import CACHE, IMAGES, data_key, images_present, load_cache  # noqa: E402
+from bench.proxies import (  # noqa: E402
+    CACHE,
+    IMAGES,
+    data_key,
+    images_present,
+    load_cache,
+    naslib_reference,
+    sample_cells,
+    score_cells,
+)
 from predictors import combine, evolved, fewshot  # noqa: E402
 from predictors.metrics import kendall_tau, spearman  # noqa: E402
 from search_spaces import NB201Space  # noqa: E402
@@ -49,7 +60,7 @@ from workers.tables import load_table  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 STATS = RESULTS / "proxy_stats_cells.npz"
-FULL = {"labels": (10, 20, 50), "subsets": 30, "evo_labels": 100, "evo_steps": 4000,
+FULL = {"cells": 1000, "labels": (10, 20, 50), "subsets": 30, "evo_labels": 100, "evo_steps": 4000,
         "evo_population": 64, "evo_seeds": (0, 1, 2), "space": {}}
 QUICK = {"labels": (10, 20), "subsets": 5, "evo_labels": 30, "evo_steps": 300,
          "evo_population": 24, "evo_seeds": (0,), "cells": 60,
@@ -138,6 +149,33 @@ def fill_stats(keys: list[str], cache: dict, path: Path | None, workers: int,
         if pool:
             pool.close()
             pool.join()
+
+
+# ---- the proxies' scores ------------------------------------------------------------------
+def proxy_scores(table, cfg: dict, quick: bool, workers: int, seed: int) -> dict[str, dict]:
+    """Scores of `fewshot.FEATURE_PROXIES` by cell key. Full: bench/proxies.py's sample of
+    `cfg["cells"]` cells on the default network, from its cache, scoring missing cells into
+    it. Quick: `cfg["cells"]` random cells scored live on `cfg["space"]`, nothing stored."""
+    names = list(fewshot.FEATURE_PROXIES)
+    if not quick:
+        data = data_key(20, seed)
+        cells = load_cache(CACHE, data)
+        keys = sample_cells(sorted(table.rows), naslib_reference(), cfg["cells"], seed)
+        score_cells(keys, names, cells, CACHE, workers, 20, seed, data)
+        return {k: cells[k] for k in keys}
+    from workers.evaluators.proxy import ProxyEvaluator
+
+    space = NB201Space(**cfg["space"])
+    evaluator = ProxyEvaluator(space, proxies=names, dataset=f"npz:{IMAGES}", batch_size=20,
+                               seed=seed)
+    rows = sorted(table.rows)
+    keys = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))[: cfg["cells"]]]
+    cells = {}
+    for key in keys:
+        times: dict[str, float] = {}
+        scores = evaluator.compute(space.from_key(key), names, times)
+        cells[key] = {"scores": scores, "times": times}
+    return cells
 
 
 # ---- 1. few labels -----------------------------------------------------------------------
@@ -368,12 +406,8 @@ def main() -> None:
     out_dir = Path(tempfile.mkdtemp(prefix="proxy_learning_")) if args.quick else RESULTS
     table = load_table("nb201-cifar10")
     data = data_key(20, args.seed)
-    cells = load_cache(CACHE, data)
-    keys = sorted(k for k, c in cells.items()
-                  if all(p in c["scores"] for p in fewshot.FEATURE_PROXIES))
-    if args.quick:
-        keys = [keys[i] for i in np.random.default_rng(args.seed).permutation(len(keys))
-                [: cfg["cells"]]]
+    cells = proxy_scores(table, cfg, args.quick, args.workers, args.seed)
+    keys = sorted(cells)
     start = time.perf_counter()
     result: dict = {"mode": "quick" if args.quick else "full", "config": cfg,
                     "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),

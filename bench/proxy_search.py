@@ -16,7 +16,8 @@ through the service, then searches with 10 and 100 real evaluations.
    and random search with N evaluations.
 
     python bench/proxy_search.py --score     # step 1 (tens of minutes), then step 2
-    python bench/proxy_search.py             # step 2 from the stored scores
+    python bench/proxy_search.py             # step 2 from the stored scores (step 1
+                                             # first when they are missing)
     python bench/proxy_search.py --quick     # CI smoke test: 60 cells scored live, 4 seeds
 """
 
@@ -204,7 +205,7 @@ def main() -> None:
         results = searches(scores, 4, [10], 20, table)
         report(results, [10])
         return
-    if args.score:
+    if args.score or not SCORES.is_file():  # the scores are a cache, not kept in git
         with tempfile.TemporaryDirectory() as folder:
             storage = Storage(f"sqlite:///{folder}/scores.db")
             record["scoring"] = score_space(storage, 15_625, args.workers)
