@@ -833,6 +833,28 @@ def latency_measure(
               f"{100 * result['median_relative_iqr']:.0f}%)")
 
 
+@app.command()
+@handle_errors
+def dashboard(
+    ctx: typer.Context,
+    db: str | None = typer.Option(None, "--db", help="Database URL (default: nas --db)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8080, "--port", help="Port to listen on."),
+    allow_actions: bool = typer.Option(False, "--allow-actions",
+                                       help="Show cancel and resume buttons (default: "
+                                            "read-only)."),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", help="File holding a token every request must carry (or set "
+                                   "NAS_DASHBOARD_TOKEN)."),
+) -> None:
+    """A live web dashboard of the database's jobs, trials and architectures."""
+    from .dashboard.server import run
+
+    if db is not None:
+        ctx.obj.db = db
+    run(ctx.obj.db, host, port, allow_actions, token_file, say=out.print)
+
+
 def main() -> None:
     app(prog_name="nas")
 
