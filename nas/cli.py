@@ -439,9 +439,16 @@ def status(ctx: typer.Context, job: int = typer.Argument(..., help="Job id."),
         b = data["best"]
         objectives = " ".join(f"{m}={_number(v, '.4g')}" for m, v in b["objectives"].items())
         out.print(f"best: trial {b['trial']} {objectives} {b['key']}")
+    for note in data.get("best_notes", []):
+        out.print(f"note: {note}")
     for label in ("note", "error"):
         if data[label]:
             out.print(f"{label}: {data[label]}")
+    if data.get("failures"):
+        out.print(f"most common failures (`nas trials {data['id']} --status failed` lists "
+                  "them):")
+        for failure in data["failures"]:
+            out.print(f"  {failure['count']:>6}x  {failure['error']}")
 
 
 def _budget_text(budget: dict[str, Any]) -> str:
@@ -529,6 +536,105 @@ def _print_trials(rows: list[dict[str, Any]], spec: dict[str, Any], device: str 
         params = f"{r['params'] / 1e6:.3f}" if r["params"] is not None else "-"
         table.add_row(str(rank), str(r["trial"]), *values, *extra, params, r["key"])
     out.print(table)
+
+
+@app.command("trials")
+@handle_errors
+def trials_command(
+    ctx: typer.Context,
+    job: int = typer.Argument(..., help="Job id."),
+    status_filter: str | None = typer.Option(
+        None, "--status", help="Only trials in this state: completed|failed|pruned|running|"
+                               "queued."),
+    sort: str = typer.Option("score", "--sort", help="number | score | duration | an "
+                                                     "objective or a metric name."),
+    ascending: bool | None = typer.Option(
+        None, "--asc/--desc", help="Order (default: best score and best objective first, "
+                                   "number ascending, longest duration and largest metric "
+                                   "first); trials without a value come last."),
+    limit: int = typer.Option(20, "--limit", help="How many."),
+    offset: int = typer.Option(0, "--offset", help="Skip this many first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV (one column per objective, "
+                                                     "metric and decision)."),
+) -> None:
+    """A job's trials: filtered by state, sorted by any metric, a page at a time."""
+    from . import results
+
+    if as_json and as_csv:
+        raise NasError("give at most one of --json and --csv")
+    data = results.trials_table(
+        ctx.obj.storage(existing=True), _positive_job(job), status=status_filter, sort=sort,
+        descending=None if ascending is None else not ascending, limit=limit, offset=offset)
+    if as_json:
+        _emit_json(data)
+    elif as_csv:
+        _write_trials_csv(data["rows"])
+    else:
+        _print_trials_page(data)
+
+
+def _print_trials_page(data: dict[str, Any]) -> None:
+    rows, total, offset = data["rows"], data["total"], data["offset"]
+    which = f"{data['status']} " if data["status"] else ""
+    if not rows:
+        out.print(f"job {data['job']}: no {which}trials" + (
+            f" from offset {offset} (of {total})" if total else ""))
+        return
+    objectives = data["objectives"]
+    metric = data["sort"] if data["sort"] not in ("number", "score", "duration", *objectives) \
+        else None
+    order = "descending" if data["descending"] else "ascending"
+    table = Table("trial", "status", "score", *objectives, *([metric] if metric else []),
+                  "params (M)", "MFLOPs", "seconds", title=f"job {data['job']}: {which}trials "
+                  f"{offset + 1}-{offset + len(rows)} of {total}, by {data['sort']} ({order})")
+    table.add_column("architecture / error", overflow="fold")
+    for r in rows:
+        values = [_number(r["objectives"].get(m), ".4g") for m in objectives]
+        if metric:
+            values.append(_number((r["metrics"] or {}).get(metric), ".4g"))
+        last = r["key"] if r["status"] != "failed" else \
+            "error: " + ((r["error"] or "").strip().partition("\n")[0] or "(no message)")
+        table.add_row(str(r["trial"]), r["status"], _number(r["score"], ".4g"), *values,
+                      _number(None if r["params"] is None else r["params"] / 1e6, ".3f"),
+                      _number(None if r["flops"] is None else r["flops"] / 1e6, ".1f"),
+                      _number(r["duration_s"], ".1f"), last)
+    out.print(table)
+    if offset + len(rows) < total:
+        out.print(f"{total - offset - len(rows)} more: --offset {offset + len(rows)}")
+
+
+def _flat(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
+    """(column, value) of each leaf of nested dicts and lists: arch.ops.0, arch.ops.1, ..."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flat(f"{prefix}.{key}", item)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _flat(f"{prefix}.{index}", item)
+    else:
+        yield prefix, value
+
+
+def _write_trials_csv(rows: list[dict[str, Any]]) -> None:
+    """One line per trial for a spreadsheet: the trial's fields, one column per objective
+    and per metric, then one per decision of the architecture (arch.PATH, flattened)."""
+    import csv
+
+    fields = ("trial", "status", "score", "feasible", "params", "flops", "duration_s",
+              "attempt", "worker", "started_at", "finished_at", "key", "error")
+    records = []
+    for r in rows:
+        record = {f: r[f].isoformat() if isinstance(r[f], datetime) else r[f] for f in fields}
+        record.update(r["objectives"])
+        for name, value in (r["metrics"] or {}).items():
+            record.setdefault(name, value)
+        record.update(_flat("arch", r["arch"]))
+        records.append(record)
+    columns = list(dict.fromkeys(c for record in records for c in record)) or list(fields)
+    writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
 
 
 @app.command()

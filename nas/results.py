@@ -11,6 +11,7 @@ from .storage import Storage
 
 MAX_ID = 2**31 - 1  # job ids and trial numbers are 32-bit integer columns
 TRIAL_STATES = ("queued", "running", "completed", "failed", "pruned")
+FAILURE_REASONS = 5  # the most common first lines of failed trials' errors in `status`
 
 
 def check_job_id(job: int) -> int:
@@ -51,7 +52,7 @@ def driver_alive(job: dict[str, Any]) -> bool:
 
 def status(storage: Storage, job_id: int) -> dict[str, Any]:
     """The `status --json` object."""
-    from .storage import best_trials
+    from .storage import best_trials, job_progress
 
     job = storage.get_job(check_job_id(job_id))
     spec = job["spec"]
@@ -66,7 +67,52 @@ def status(storage: Storage, job_id: int) -> dict[str, Any]:
         "driver_alive": driver_alive(job), "created_at": job["created_at"],
         "updated_at": job["updated_at"],
         "note": job["note"], "error": job["error"],
+        "progress": [p.as_dict() for p in job_progress(storage, job_id)],
+        "failures": [{"error": line, "count": count}
+                     for line, count in storage.common_errors(job_id, limit=FAILURE_REASONS)],
+        "best_notes": best_notes(storage, job_id, spec, best[0]) if best else [],
     }
+
+
+def best_notes(storage: Storage, job_id: int, spec: dict[str, Any],
+               best: dict[str, Any]) -> list[str]:
+    """What to know about the best trial before trusting it: it violates a constraint, or
+    its feasibility or a device value the job's objectives or constraints name is unknown."""
+    from .storage import unknown_measurement_count
+    from .storage._trials_table import measured_device_metrics
+
+    number, notes = best["number"], []
+    if best["feasible"] is False:
+        notes.append(f"best trial {number} is infeasible: it violates a constraint of the job")
+    elif best["feasible"] is None and spec.get("constraints"):
+        notes.append(f"best trial {number}: a constrained value is unknown, so whether it is "
+                     "feasible is unknown")
+    named = [(c["device"], c["metric"]) for c in (*spec["objectives"], *spec.get("constraints", []))
+             if c.get("device")]
+    known = measured_device_metrics(storage, job_id, number)
+    for device, metric in dict.fromkeys(named):
+        if (device, metric) not in known:
+            others = unknown_measurement_count(storage, job_id, device, metric)
+            notes.append(f"best trial {number} has no {metric} value on {device} (unknown; "
+                         f"{others} completed trials have none)")
+    return notes
+
+
+def trials_table(storage: Storage, job_id: int, *, status: str | None = None,
+                 sort: str = "score", descending: bool | None = None, limit: int = 20,
+                 offset: int = 0) -> dict[str, Any]:
+    """The `trials --json` object: {job, objectives (the metric names), status, sort,
+    descending, offset, limit, total, rows}; `rows` as `trial_json` objects plus status,
+    attempt, worker, started_at, finished_at, duration_s and error (see
+    `nas.storage.trials_page`)."""
+    from .storage import trials_page
+
+    page = trials_page(storage, check_job_id(job_id), status=status, sort=sort,
+                       descending=descending, limit=limit, offset=offset)
+    spec = storage.get_job(job_id)["spec"]
+    return {"job": job_id, "objectives": [o["metric"] for o in spec["objectives"]],
+            "status": status, "sort": page.sort, "descending": page.descending,
+            "offset": offset, "limit": limit, "total": page.total, "rows": page.rows}
 
 
 def check_device_options(device: str | None, max_latency_ms: float | None) -> None:
