@@ -16,8 +16,9 @@ from sqlalchemy import case, func, select, text
 from ..errors import NasError
 from ._retry import retried
 from ._storage import as_utc
-from .schema import TRIAL_STATUSES, architectures, trials
+from .schema import TRIAL_STATUSES, architectures, measurements, trials
 
+_CHUNK = 500
 MAX_ID = 2**31 - 1  # job ids are 32-bit integer columns
 #: Sort keys every job has; any other key is an objective or a metric of the job.
 BUILTIN_SORTS = ("number", "score", "duration")
@@ -111,6 +112,17 @@ def _page_columns() -> list[Any]:
             architectures.c.arch, architectures.c.params, architectures.c.flops]
 
 
+def _rows_by_id(conn: Any, ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The page's full rows, read by id (in chunks: SQLite bounds a query's parameters)."""
+    found: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(ids), _CHUNK):
+        query = (select(*_page_columns())
+                 .join(architectures, architectures.c.id == trials.c.architecture_id)
+                 .where(trials.c.id.in_(ids[start:start + _CHUNK])))
+        found.update((r["id"], dict(r)) for r in conn.execute(query).mappings())
+    return found
+
+
 def _page_row(row: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     from ..results import trial_json  # nas.results imports this package
 
@@ -147,9 +159,18 @@ def trials_page(storage, job_id: int, *, status: str | None = None,  # noqa: ANN
                                 .order_by(ordered.nulls_last(), tie)
                                 .limit(limit).offset(offset)).scalars())
         total = conn.execute(select(func.count()).select_from(trials).where(*where)).scalar_one()
-        found = {r["id"]: dict(r) for r in conn.execute(
-            select(*_page_columns())
-            .join(architectures, architectures.c.id == trials.c.architecture_id)
-            .where(trials.c.id.in_(ids))).mappings()} if ids else {}
+        found = _rows_by_id(conn, ids)
     return TrialsPage(rows=[_page_row(found[i], spec) for i in ids if i in found],
                       total=int(total), sort=sort, descending=descending)
+
+
+@retried()
+def measured_device_metrics(storage, job_id: int, number: int) -> set[tuple[str, str]]:  # noqa: ANN001
+    """The (device, metric) pairs a trial's architecture has a stored value for, from any
+    source."""
+    architecture = select(trials.c.architecture_id).where(
+        trials.c.job_id == job_id, trials.c.number == number).scalar_subquery()
+    query = select(measurements.c.device, measurements.c.metric).where(
+        measurements.c.architecture_id == architecture).distinct()
+    with storage.read() as conn:
+        return {(device, metric) for device, metric in conn.execute(query)}
