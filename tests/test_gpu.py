@@ -2,7 +2,7 @@
 
 The tests marked `needs_cuda` run where torch sees a CUDA device and skip elsewhere with that
 reason: this project's CI machines have no GPU, and these tests were run on an NVIDIA H200
-lent to a session (README, "GPUs"). Everything else runs on any machine: the device
+lent to a session (docs/guide.md, "GPUs"). Everything else runs on any machine: the device
 arguments, the GPU shares that Ray trial tasks ask for (on a Ray cluster whose node declares
 a GPU), and the one-line failure of a trial that asks for a GPU its worker lacks.
 """

@@ -1,5 +1,5 @@
-"""A user's own model family and training code, searched by nas (see README "Bring your own
-model"). Nothing here knows about nas except the `ctx` argument of `evaluate`.
+"""A user's own model family and training code, searched by nas (see docs/guide.md, "Bring your
+own model"). Nothing here knows about nas except the `ctx` argument of `evaluate`.
 
 - `cnn(...)`: a small CNN for 8x8 digit images (depth, width, activation, dropout and the kind
   of block are its choices). `pg.symbolize` makes it a symbolic builder, so `space` below,
