@@ -43,17 +43,11 @@ def _optional_chart(kind: str, build: Any) -> dict[str, Any]:
             "data": data}
 
 
-def _architecture_picture(space: str, arch: dict[str, Any]) -> str | None:
-    """The best architecture drawn as SVG by nas/pictures.py (another part of issue 16),
-    None while that module is absent or cannot draw this space."""
-    try:
-        from .pictures import architecture_svg  # type: ignore[import-not-found]
-    except ImportError:  # HOOK (issue 16): nas/pictures.py not landed yet; the table stays
-        return None
-    try:
-        return architecture_svg(space, arch)
-    except (NotImplementedError, ValueError):
-        return None
+def _architecture_picture(best: dict[str, Any]) -> str:
+    """The best architecture drawn by nas.pictures (a graph, stages or a decisions table)."""
+    from .pictures import architecture_svg
+
+    return architecture_svg(best["space"], best["arch"], best["space_args"])
 
 
 def _best_architecture(storage: Storage, job_id: int) -> dict[str, Any] | None:
@@ -68,7 +62,7 @@ def _best_architecture(storage: Storage, job_id: int) -> dict[str, Any] | None:
     best["decisions"] = [
         {"name": d["name"], "value": v if d["kind"] == "float" else d["candidates"][int(v)]}
         for d, v in zip(described, dna, strict=True)]
-    best["svg"] = _architecture_picture(best["space"], best["arch"])
+    best["svg"] = _architecture_picture(best)
     return best
 
 
