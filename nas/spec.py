@@ -260,17 +260,22 @@ def _early_stopping(value: Any) -> dict[str, Any] | None:
 def _build_components(spec: JobSpec) -> JobSpec:
     """Instantiate space, strategy and evaluator once, so their own argument checks run;
     returns the spec with their arguments in canonical form (`_canonical_args`)."""
-    from search_spaces import get_space
     from workers.evaluators import evaluator_class, get_evaluator
 
-    from .strategies import get_strategy
+    from .strategies import get_strategy, strategy_class
 
     _check_names(spec)
     spec = _canonical_args(spec)
-    space = _construct("space_args", lambda: get_space(spec.space, **spec.space_args))
+    space = _make_space(spec.space, spec.space_args)
     spec, space = _space_args_from_data(spec, space)
+    if "seed" in spec.strategy_args:
+        raise SpecError("spec field 'strategy_args.seed': unknown field; the job's top-level "
+                        "'seed' seeds the strategy")
+    _bind_or_fail("strategy_args", strategy_class(spec.strategy), space, seed=spec.seed,
+                  **_without_checksums(spec.strategy_args))
     _construct("strategy_args",
                lambda: get_strategy(spec.strategy, space, seed=spec.seed, **spec.strategy_args))
+    _bind_evaluator(spec, space)
     evaluator = _construct(
         "evaluator_args", lambda: get_evaluator(spec.evaluator, space, **spec.evaluator_args))
     if spec.early_stopping is not None and not evaluator_class(spec.evaluator).reports_steps:
@@ -362,14 +367,20 @@ def _dataset_function(dataset: Any) -> str | None:
 
 
 def _construct(path: str, make: Any) -> Any:
+    """`make()`, its argument errors turned into a SpecError naming the field: an
+    `ArgumentError` names it relative to `path` (the component's arguments), an
+    `UnsupportedSpaceError` names `space`. A TypeError is not caught: the arguments were bound
+    to the component's signature first (`_bind_or_fail`), so one raised here is a bug of the
+    component, not the user's mistake, and keeps its traceback."""
+    from search_spaces.validation import ArgumentError, UnsupportedSpaceError
+
     try:
         return make()
-    except TypeError as exc:  # an unexpected keyword argument
-        message = shorten_words(str(exc))
-        if "unexpected keyword argument" in message:
-            name = message.rsplit("argument", 1)[1].strip(" '\"")
-            raise SpecError(f"spec field '{path}.{name}': unknown field") from None
-        raise SpecError(f"spec field '{path}': {message}") from None
+    except ArgumentError as exc:
+        field = f"{path}.{shorten_words(exc.field, MAX_ECHO)}" if exc.field else path
+        raise SpecError(f"spec field '{field}': {shorten_words(exc.message)}") from None
+    except UnsupportedSpaceError as exc:
+        raise SpecError(f"spec field '{exc.field}': {shorten_words(str(exc))}") from None
     except OSError as exc:  # e.g. a file name too long for the filesystem
         raise SpecError(f"spec field '{path}': {exc.strerror or 'cannot be read'}: "
                         f"{short_repr(exc.filename)}") from None
@@ -377,17 +388,58 @@ def _construct(path: str, make: Any) -> Any:
         # a KeyError's str() is the repr of its message: take the message itself
         text = shorten_words(str(exc.args[0] if isinstance(exc, KeyError) and exc.args
                                  else exc))
-        if text.startswith(path):
+        if text.startswith(path):  # a message that names its field itself (older plugins)
             field, rest = text.split(" ", 1)
             raise SpecError(f"spec field '{field.rstrip(':')}': {rest}") from None
         raise SpecError(f"spec field '{path}': {text}") from None
+
+
+def _bind_or_fail(path: str, target: Any, *args: Any, **kwargs: Any) -> None:
+    """SpecError naming the field when `target(*args, **kwargs)` does not fit its signature
+    (an argument it does not take, a required one missing): bound before the call, so that a
+    TypeError raised inside the constructor is never taken for the user's mistake."""
+    from search_spaces.validation import check_call
+
+    _construct(path, lambda: check_call(target, *args, **kwargs))
+
+
+def _without_checksums(args: dict[str, Any]) -> dict[str, Any]:
+    from workers.files import CHECKSUMS
+
+    return {k: v for k, v in args.items() if k != CHECKSUMS}
+
+
+def _make_space(name: str, space_args: dict[str, Any]) -> Any:
+    """The job's space, its arguments bound to the class's signature first."""
+    from search_spaces import SearchSpace, get_space, space_class
+    from search_spaces.registry import is_reference, resolve_reference
+
+    cls = space_class(name)
+    target = resolve_reference(name) if is_reference(name) else cls
+    if target is cls:
+        _bind_or_fail("space_args", cls, **space_args)
+    elif not isinstance(target, SearchSpace):  # a PyGlove value, built as cls(value, **args)
+        _bind_or_fail("space_args", cls, target, **space_args)
+    return _construct("space_args", lambda: get_space(name, **space_args))
+
+
+def _bind_evaluator(spec: JobSpec, space: Any) -> None:
+    """The evaluator's arguments bound to its signature (a function evaluator takes the
+    function's reference as `function`)."""
+    from search_spaces.registry import is_reference, resolve_reference
+    from workers.evaluators import evaluator_class
+
+    cls = evaluator_class(spec.evaluator)
+    args = _without_checksums(spec.evaluator_args)
+    if is_reference(spec.evaluator) and cls is not resolve_reference(spec.evaluator):
+        args = {"function": spec.evaluator, **args}
+    _bind_or_fail("evaluator_args", cls, space, **args)
 
 
 def _space_args_from_data(spec: JobSpec, space: Any) -> tuple[JobSpec, Any]:
     """Set the `space_args` the evaluator's data implies and the job leaves out (e.g.
     `num_classes` from a dataset's labels), so that the stored spec builds the network that
     is trained: right params and FLOPs, right export. Returns the spec and its space."""
-    from search_spaces import get_space
     from workers.evaluators import evaluator_class
 
     implied = _construct(
@@ -398,7 +450,7 @@ def _space_args_from_data(spec: JobSpec, space: Any) -> tuple[JobSpec, Any]:
     if not missing:
         return spec, space
     space_args = {**spec.space_args, **missing}
-    space = _construct("space_args", lambda: get_space(spec.space, **space_args))
+    space = _make_space(spec.space, space_args)
     return replace(spec, space_args=space_args), space
 
 

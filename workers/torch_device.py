@@ -14,24 +14,23 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from search_spaces.validation import ArgumentError, flag
+
 CHOICES = "auto, cpu, cuda or cuda:N"
 
 
 def check_device(field: str, value: Any) -> str:
-    """`value` if it names a device (`auto`, `cpu`, `cuda`, `cuda:N`), else ValueError naming
-    `field` (for example `evaluator_args.device`)."""
+    """`value` if it names a device (`auto`, `cpu`, `cuda`, `cuda:N`), else `ArgumentError`
+    naming `field` (the component's argument, e.g. `device`)."""
     if isinstance(value, str) and (value in ("auto", "cpu", "cuda")
                                    or re.fullmatch(r"cuda:\d+", value)):
         return value
-    raise ValueError(f"{field} must be {CHOICES}, got {value!r}")
+    raise ArgumentError(field, f"must be {CHOICES}, got {value!r}")
 
 
 def check_deterministic(field: str, value: Any) -> bool:
-    """`value` if it is a boolean (the `deterministic` argument), else ValueError naming
-    `field`."""
-    if isinstance(value, bool):
-        return value
-    raise ValueError(f"{field} must be true or false, got {value!r}")
+    """`value` if it is a boolean (the `deterministic` argument), else `ArgumentError`."""
+    return flag(field, value)
 
 
 def resolve_device(field: str, name: str) -> Any:

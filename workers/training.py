@@ -9,6 +9,15 @@ from typing import Any
 
 import numpy as np
 
+from search_spaces.validation import (
+    ArgumentError,
+    int_at_least,
+    integer,
+    non_negative,
+    one_of,
+    positive_int,
+)
+
 from .datasets import Dataset
 from .torch_device import check_deterministic, check_device, deterministic_cuda, resolve_device
 
@@ -42,42 +51,20 @@ class TrainConfig:
     deterministic: bool = False
 
     def __post_init__(self) -> None:
-        check_device("evaluator_args.device", self.device)
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("threads", self.threads)
-        _positive_int("eval_batch_size", self.eval_batch_size)
-        if isinstance(self.bn_recalibration, bool) or not isinstance(self.bn_recalibration, int) \
-                or self.bn_recalibration < 0:
-            raise ValueError("evaluator_args.bn_recalibration must be an integer >= 0, got "
-                             f"{self.bn_recalibration!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"evaluator_args.optimizer must be one of {', '.join(OPTIMIZERS)}, "
-                             f"got {self.optimizer!r}")
-        _non_negative("lr", self.lr, strict=True)
-        _non_negative("momentum", self.momentum)
-        _non_negative("weight_decay", self.weight_decay)
-        _non_negative("warmup_epochs", self.warmup_epochs)
-        _non_negative("label_smoothing", self.label_smoothing)
+        check_device("device", self.device)
+        for name in ("epochs", "batch_size", "threads", "eval_batch_size"):
+            positive_int(name, getattr(self, name))
+        int_at_least("bn_recalibration", self.bn_recalibration, 0)
+        one_of("optimizer", self.optimizer, OPTIMIZERS)
+        non_negative("lr", self.lr, strict=True)
+        for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
+            non_negative(name, getattr(self, name))
         if self.label_smoothing >= 1:
-            raise ValueError("evaluator_args.label_smoothing must be below 1")
+            raise ArgumentError("label_smoothing", "must be below 1")
         if self.grad_clip is not None:
-            _non_negative("grad_clip", self.grad_clip, strict=True)
-        check_deterministic("evaluator_args.deterministic", self.deterministic)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"evaluator_args.seed must be an integer, got {self.seed!r}")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"evaluator_args.{name} must be a positive integer, got {value!r}")
-
-
-def _non_negative(name: str, value: Any, strict: bool = False) -> None:
-    bad = isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
-    if bad or value < 0 or (strict and value == 0):
-        bound = "> 0" if strict else ">= 0"
-        raise ValueError(f"evaluator_args.{name} must be a number {bound}, got {value!r}")
+            non_negative("grad_clip", self.grad_clip, strict=True)
+        check_deterministic("deterministic", self.deterministic)
+        integer("seed", self.seed)
 
 
 @dataclass

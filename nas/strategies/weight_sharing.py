@@ -41,8 +41,10 @@ class WeightSharingStrategy(Strategy):
 
     def __init__(self, space: SearchSpace, seed: int = 0, **args: Any) -> None:
         super().__init__(space, seed)
-        from workers.weight_sharing import get_search
+        from search_spaces.validation import check_init_chain
+        from workers.weight_sharing import get_search, search_class
 
+        check_init_chain(search_class(self.method), space, seed=seed, **args)
         get_search(self.method, space, seed=seed, **args)  # bad arguments fail at submit
         self.seed = int(seed)
         self.args = dict(args)

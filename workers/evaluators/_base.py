@@ -15,6 +15,7 @@ from search_spaces.registry import (
     is_reference,
     resolve_reference,
 )
+from search_spaces.validation import UnsupportedSpaceError
 
 from ..files import CHECKSUMS, verify_checksums
 
@@ -162,12 +163,15 @@ def get_evaluator(name: str, space: SearchSpace, **args: Any) -> Evaluator:
 
 
 def _check_model(evaluator: str, space: SearchSpace) -> None:
-    """ValueError (one line) when the evaluator cannot build and run the space's model."""
+    """UnsupportedSpaceError (one line) when the evaluator cannot build and run the space's
+    model."""
     if not space.buildable:
-        raise ValueError(f"the {evaluator} evaluator needs a torch model, and space "
-                         f"{space.name!r} has none: it is a PyGlove hyper value, not a "
-                         "pg.symbolize'd builder (a class or function making a torch.nn.Module)")
+        raise UnsupportedSpaceError(
+            f"the {evaluator} evaluator needs a torch model, and space {space.name!r} has none: "
+            "it is a PyGlove hyper value, not a pg.symbolize'd builder (a class or function "
+            "making a torch.nn.Module)")
     try:
         space.input_shape()
     except NotImplementedError as exc:
-        raise ValueError(f"the {evaluator} evaluator runs the model: {exc}") from None
+        raise UnsupportedSpaceError(f"the {evaluator} evaluator runs the model: {exc}",
+                                    "space_args.input_shape") from None

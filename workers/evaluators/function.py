@@ -155,7 +155,7 @@ class FunctionEvaluator(Evaluator):
         if function is None:
             raise ValueError("evaluator_args.function is required ('module:function')")
         self.function = resolve_function(function, "evaluator_args.function")
-        self.device_arg = check_device("evaluator_args.device", device)
+        self.device_arg = check_device("device", device)
         self.args = args
 
     @classmethod

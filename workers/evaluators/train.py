@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from search_spaces import Arch, SearchSpace
+from search_spaces.validation import ArgumentError, int_at_least
 
 from ..datasets import Dataset, DatasetSpec, parse_dataset, pin_dataset
 from ..latency import device_key, measure_latency_ms
@@ -49,21 +50,17 @@ class TrainEvaluator(Evaluator):
             known = ", ".join(sorted(_CONFIG_FIELDS | {"dataset", "measure_latency",
                                                        "latency_repeats", "int8",
                                                        "save_weights"}))
-            raise ValueError(f"evaluator_args has unknown field {unknown[0]!r} for the train "
-                             f"evaluator; known: {known}")
+            raise ArgumentError(unknown[0], f"unknown field of the train evaluator; known: {known}")
         self.config = TrainConfig(**train_args)
         self.dataset_spec: DatasetSpec = parse_dataset(dataset)
-        if isinstance(latency_repeats, bool) or not isinstance(latency_repeats, int) \
-                or latency_repeats < 3:
-            raise ValueError("evaluator_args.latency_repeats must be an integer >= 3, got "
-                             f"{latency_repeats!r}")
+        int_at_least("latency_repeats", latency_repeats, 3)
         self.measure_latency = bool(measure_latency)
         self.save_weights = bool(save_weights)
         self.latency_repeats = latency_repeats
         can_int8 = callable(getattr(space, "int8_model", None))
         if int8 and not can_int8:
-            raise ValueError(f"evaluator_args.int8: space {space.name!r} cannot produce an "
-                             "INT8 model")
+            raise ArgumentError("int8", f"is not possible: space {space.name!r} cannot "
+                                        "produce an INT8 model")
         self.int8 = can_int8 if int8 is None else bool(int8)
         self._data: Dataset | None = None
         # at submit and when a worker builds it: a mismatch is one line, not a wrong network

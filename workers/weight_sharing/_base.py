@@ -39,6 +39,7 @@ import numpy as np
 
 from search_spaces import Arch, SearchSpace
 from search_spaces.registry import Registry, check_class
+from search_spaces.validation import UnsupportedSpaceError, int_at_least, integer
 
 from ..torch_device import check_deterministic, check_device, deterministic_cuda, resolve_device
 
@@ -72,8 +73,9 @@ class WeightSharingSearch(abc.ABC):
     available, else CPU; or `cpu`, `cuda`, `cuda:N`), `threads` (torch CPU threads),
     `deterministic` (on a GPU, deterministic kernels, so that a run and a stopped and resumed
     one end bit for bit alike there too; the CPU always is).
-    Method-specific arguments follow as keywords; unknown ones raise TypeError, bad values
-    ValueError naming `strategy_args.<field>`.
+    Method-specific arguments follow as keywords; unknown ones raise TypeError (the strategy
+    names them first: `check_init_chain`), bad values
+    `ArgumentError` naming the field (`search_spaces.validation`).
     """
 
     name: ClassVar[str] = ""
@@ -87,16 +89,16 @@ class WeightSharingSearch(abc.ABC):
         from workers.datasets import parse_dataset
 
         if self.spaces and space.name not in self.spaces:
-            raise ValueError(f"strategy {self.name!r} supports the spaces "
-                             f"{', '.join(self.spaces)}, not {space.name!r}")
+            raise UnsupportedSpaceError(f"strategy {self.name!r} supports the spaces "
+                                        f"{', '.join(self.spaces)}, not {space.name!r}")
         self.space = space
         self.seed = _int_field("seed", seed, None)
         self.dataset = parse_dataset(dataset)
         self.epochs = _int_field("epochs", epochs, 1)
         self.batch_size = _int_field("batch_size", batch_size, 1)
         self.threads = _int_field("threads", threads, 1)
-        self.device_name = check_device("strategy_args.device", device)
-        self.deterministic = check_deterministic("strategy_args.deterministic", deterministic)
+        self.device_name = check_device("device", device)
+        self.deterministic = check_deterministic("deterministic", deterministic)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
 
@@ -233,11 +235,7 @@ def _dataset_split(spec: Any) -> dict[str, Any]:
 
 
 def _int_field(name: str, value: Any, low: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
-            (low is not None and value < low):
-        bound = f" >= {low}" if low is not None else ""
-        raise ValueError(f"strategy_args.{name} must be an integer{bound}, got {value!r}")
-    return int(value)
+    return integer(name, value) if low is None else int_at_least(name, value, low)
 
 
 def _resolve_device(name: str) -> Any:
