@@ -117,6 +117,9 @@ class Canvas:
 
 
 # ---- graphs: states on a line, edges as labelled arcs --------------------------------------
+BOX_HALF_HEIGHT = 16
+
+
 @dataclass(frozen=True)
 class Node:
     """A state of a cell graph: `shape` "circle" or "box" (a cell input or output)."""
@@ -132,6 +135,23 @@ class Node:
     def radius(self) -> float:
         return 19 if self.shape == "circle" else 24
 
+    @property
+    def half_width(self) -> float:
+        return self.radius if self.shape == "circle" else \
+            max(self.radius, text_width(self.name, 13) / 2 + 7)
+
+    def boundary(self, ox: float, oy: float, ux: float, uy: float) -> tuple[float, float]:
+        """Where the ray from (ox, oy), a point inside the node, in the unit direction
+        (ux, uy) leaves the node's shape."""
+        dx, dy = ox - self.x, oy - self.y
+        if self.shape == "circle":
+            b = ux * dx + uy * dy
+            t = -b + math.sqrt(max(b * b - (dx * dx + dy * dy - self.radius ** 2), 0.0))
+        else:
+            t = min((h - math.copysign(1, u) * d) / abs(u)
+                    for h, u, d in ((self.half_width, ux, dx), (BOX_HALF_HEIGHT, uy, dy)) if u)
+        return ox + ux * t, oy + uy * t
+
 
 def draw_node(canvas: Canvas, node: Node) -> None:
     r = node.radius
@@ -140,10 +160,11 @@ def draw_node(canvas: Canvas, node: Node) -> None:
                 f'stroke="#3c4043" stroke-width="1.5"/>'
         canvas.cover(node.x - r, node.y - r, node.x + r, node.y + r)
     else:
-        w = max(2 * r, text_width(node.name, 13) + 14)
-        shape = f'<rect x="{node.x - w / 2:.1f}" y="{node.y - 16:.1f}" width="{w:.1f}" ' \
-                f'height="32" rx="6" fill="{node.fill}" stroke="#3c4043" stroke-width="1.5"/>'
-        canvas.cover(node.x - w / 2, node.y - 16, node.x + w / 2, node.y + 16)
+        w, h = 2 * node.half_width, BOX_HALF_HEIGHT
+        shape = f'<rect x="{node.x - w / 2:.1f}" y="{node.y - h:.1f}" width="{w:.1f}" ' \
+                f'height="{2 * h}" rx="6" fill="{node.fill}" stroke="#3c4043" ' \
+                f'stroke-width="1.5"/>'
+        canvas.cover(node.x - w / 2, node.y - h, node.x + w / 2, node.y + h)
     label = canvas.text(node.x, node.y, node.name, size=13, weight="bold")
     caption = canvas.text(node.x, node.y + r + 13, node.caption, size=10, fill="#5f6368") \
         if node.caption else ""
@@ -151,13 +172,16 @@ def draw_node(canvas: Canvas, node: Node) -> None:
 
 
 def draw_edge(canvas: Canvas, source: Node, target: Node, op: str, lift: float, *,
-              label: bool = True, extra_class: str = "", colour: str = "") -> None:
+              label: bool = True, extra_class: str = "", colour: str = "",
+              start_dx: float = 0.0, end_dx: float = 0.0) -> None:
     """An arrow from `source` to `target` bending by `lift` (negative: upwards; 0: straight),
-    labelled with `op` at its apex. A `none` edge is grey and dashed but still labelled."""
+    labelled with `op` at its apex. A `none` edge is grey and dashed but still labelled.
+    `start_dx` and `end_dx` shift where it leaves and enters a node (fanned-out arcs)."""
     (x0, y0), (x2, y2) = (source.x, source.y), (target.x, target.y)
     cx, cy = (x0 + x2) / 2, (y0 + y2) / 2 + 2 * lift  # the quadratic's apex is at lift
-    start = _towards(x0, y0, cx, cy, source.radius + 1)
-    end = _towards(x2, y2, cx, cy, target.radius + 3)
+    start = source.boundary(x0 + start_dx, y0, *_unit(x0 + start_dx, y0, cx, cy))
+    end = target.boundary(x2 + end_dx, y2, *_unit(x2 + end_dx, y2, cx, cy))
+    end = _towards(*end, cx, cy, 2)  # the arrowhead's tip touches the node
     colour = colour or op_colour(op)
     dashed = ' stroke-dasharray="5 4"' if colour == _GREY else ""
     width = 1.2 if not label else 1.8
@@ -165,11 +189,24 @@ def draw_edge(canvas: Canvas, source: Node, target: Node, op: str, lift: float, 
             f'{end[1]:.1f}" fill="none" stroke="{colour}" stroke-width="{width}"{dashed} '
             f'marker-end="url(#{canvas.arrow(colour)})"/>')
     canvas.cover(x0, min(y0, y0 + lift), x2, max(y2, y0 + lift))
-    text = canvas.text((x0 + x2) / 2, (y0 + y2) / 2 + lift, op, size=11, fill=colour,
-                       halo=True) if label else ""
+    text = _label(canvas, (x0 + x2) / 2, (y0 + y2) / 2 + lift, op, colour) if label else ""
     classes = f"edge {extra_class}".strip()
     canvas.add(f'<g class="{classes}" data-op={quoteattr(op)} data-from={quoteattr(source.name)} '
                f'data-to={quoteattr(target.name)}>{path}{text}</g>')
+
+
+def _label(canvas: Canvas, x: float, y: float, text: str, colour: str) -> str:
+    """An edge label on a white plate (a line under the letters would read as dashes)."""
+    width, height = text_width(text, 11) + 6, 15
+    plate = (f'<rect x="{x - width / 2:.1f}" y="{y - height / 2:.1f}" width="{width:.1f}" '
+             f'height="{height}" rx="3" fill="#ffffff" fill-opacity="0.92"/>')
+    return plate + canvas.text(x, y, text, size=11, fill=colour)
+
+
+def _unit(x: float, y: float, tx: float, ty: float) -> tuple[float, float]:
+    """The unit vector from (x, y) towards (tx, ty)."""
+    norm = math.hypot(tx - x, ty - y) or 1.0
+    return (tx - x) / norm, (ty - y) / norm
 
 
 def _towards(x: float, y: float, tx: float, ty: float, distance: float) -> tuple[float, float]:
@@ -212,7 +249,12 @@ def _string_list(arch: Any, key: str, length: int) -> list[str]:
 
 # ---- DARTS ------------------------------------------------------------------------------------
 DARTS_SPACING = 130
-DARTS_LIFT = 34  # arc height per state of span
+DARTS_LIFT = 24  # arc height per state of span (labels of different spans never meet)
+DARTS_BASE_LIFT = 24  # a short arc is steeper than a long one: arcs leave a node apart
+
+
+def darts_lift(span: int) -> float:
+    return DARTS_BASE_LIFT + DARTS_LIFT * span
 
 
 def darts_picture(canvas: Canvas, arch: Any, space: Any = None) -> str:
@@ -225,7 +267,7 @@ def darts_picture(canvas: Canvas, arch: Any, space: Any = None) -> str:
     top = 0.0
     titles = []
     for name, nodes in cells:
-        above = max((DARTS_LIFT * (i + 2 - n["inputs"][k])
+        above = max((darts_lift(i + 2 - n["inputs"][k])
                      for i, n in enumerate(nodes) for k in range(0, len(n["inputs"]), 2)),
                     default=0)
         baseline = top + above + 36
@@ -262,17 +304,38 @@ def _darts_cell(canvas: Canvas, nodes: list[dict[str, Any]], y: float) -> None:
                                                             "#e6f4ea")]
     states += [Node(str(i), (i + 2) * DARTS_SPACING, y) for i in range(count)]
     output = Node("c_{k}", (count + 2) * DARTS_SPACING, y, "box", "#fef7e0")
-    for i, node in enumerate(nodes):
-        target = states[i + 2]
-        for k, (source, op) in enumerate(zip(node["inputs"], node["ops"], strict=True)):
-            lift = DARTS_LIFT * (i + 2 - source) * (-1 if k % 2 == 0 else 1)
-            draw_edge(canvas, states[source], target, op, lift)
-    for i in range(count):  # the concatenation: thin grey arcs below, under the op labels
-        span = count + 2 - (i + 2)
-        draw_edge(canvas, states[i + 2], output, "concat", DARTS_LIFT * span + 14,
-                  label=False, extra_class="concat", colour="#bdc1c6")
-    for node in [*states, output]:
+    nodes_out = [*states, output]
+    # (source, target, op, lift): each node's first edge above, its second below; then the
+    # concatenation of the nodes into the output, as thin grey arcs below the labels
+    edges = [(s, i + 2, op, darts_lift(i + 2 - s) * (-1 if k % 2 == 0 else 1))
+             for i, node in enumerate(nodes)
+             for k, (s, op) in enumerate(zip(node["inputs"], node["ops"], strict=True))]
+    edges += [(i + 2, count + 2, "concat", darts_lift(count - i) + 12) for i in range(count)]
+    starts, ends = _fan(edges, 0, nodes_out), _fan(edges, 1, nodes_out)
+    for e, (s, t, op, lift) in enumerate(edges):
+        concat = op == "concat" and t == count + 2
+        draw_edge(canvas, nodes_out[s], nodes_out[t], op, lift, label=not concat,
+                  extra_class="concat" if concat else "", colour="#bdc1c6" if concat else "",
+                  start_dx=starts[e], end_dx=-ends[e])
+    for node in nodes_out:
         draw_node(canvas, node)
+
+
+def _fan(edges: list[tuple[int, int, str, float]], end: int, nodes: list[Node]) -> list[float]:
+    """Horizontal offsets where arcs leave (end 0) or enter (end 1) a node on the same side,
+    so that they do not start as one line: the longer (outer) arc further out, all within
+    80% of the node's half width."""
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for e, edge in enumerate(edges):
+        groups.setdefault((edge[end], edge[3] < 0), []).append(e)
+    offsets = [0.0] * len(edges)
+    for members in groups.values():
+        members.sort(key=lambda e: abs(edges[e][1] - edges[e][0]))
+        node = nodes[edges[members[0]][end]]
+        spread = min(14.0, 1.6 * node.half_width / max(1, len(members) - 1))
+        for rank, e in enumerate(members):
+            offsets[e] = ((len(members) - 1) / 2 - rank) * spread
+    return offsets
 
 
 # ---- networks: one row of boxes per stage -----------------------------------------------------
