@@ -128,43 +128,39 @@ def job_summary(storage: Storage, job_id: int, allow_actions: bool) -> dict[str,
     return clean(data)
 
 
-def job_charts(storage: Storage, job_id: int) -> dict[str, Any]:
-    """The job page's charts as Plotly figures: best so far and every trial, which
-    decisions matter, the decisions of every trial."""
+def job_charts(storage: Storage, job_id: int) -> dict[str, str]:
+    """The job page's charts as Plotly figures in JSON text (plotly's own encoder): best so
+    far and every trial, which decisions matter, the decisions of every trial. A chart that
+    cannot be drawn yet is {"message": why}."""
+    import json
+
     from .. import charts, insights
 
-    figures: dict[str, Any] = {"history": charts.history_figure(insights.history(
-        storage, job_id)).to_plotly_json()}
+    figures = {"history": charts.history_figure(insights.history(storage, job_id)).to_json()}
     for name, data, draw in (("importance", insights.importance, charts.importance_figure),
                              ("parallel", insights.parallel, charts.parallel_figure)):
         try:
-            figures[name] = draw(data(storage, job_id)).to_plotly_json()
+            figures[name] = draw(data(storage, job_id)).to_json()
         except NasError as exc:  # e.g. too few trials for importances yet
-            figures[name] = {"message": str(exc)}
-    return clean(figures)
-
-
-def best_under_budget(storage: Storage, job_id: int, device: str | None,
-                      max_latency_ms: float | None, top: int = 5) -> dict[str, Any]:
-    """Exactly `nas best --json` (the same function)."""
-    return clean(results.best(storage, job_id, top=top, device=device,
-                              max_latency_ms=max_latency_ms))
+            figures[name] = json.dumps({"message": str(exc)})
+    return figures
 
 
 def pareto_panel(storage: Storage, job_id: int, device: str | None,
-                 max_latency_ms: float | None) -> dict[str, Any]:
-    """The Pareto front on `device` with the budget drawn, and the best list under it:
-    `nas best --device D --max-latency-ms X --json`'s `results` (same function)."""
+                 max_latency_ms: float | None) -> tuple[dict[str, Any], str]:
+    """The Pareto front on `device` with the budget drawn (a Plotly figure in JSON text),
+    and the best list under the budget: `nas best --device D --max-latency-ms X --json`'s
+    `results`, from the same function."""
     from .. import charts, insights
 
     data = insights.pareto_points(storage, job_id, device, max_latency_ms)
     latencies = [p["latency_ms"] for p in data["points"]]
-    return clean({
+    panel = clean({
         "device": data["device"], "max_latency_ms": max_latency_ms,
         "range": [min(latencies), max(latencies)] if latencies else None,
         "best": data["best"], "unknown_latency": data["unknown_latency"],
-        "figure": charts.pareto_figure(data).to_plotly_json(),
     })
+    return panel, charts.pareto_figure(data).to_json()
 
 
 def job_devices(storage: Storage, job_id: int) -> list[str]:
@@ -226,7 +222,8 @@ def trial_detail(storage: Storage, job_id: int, number: int) -> dict[str, Any]:
     row = get_trial(storage, job_id, number)
     data = results.trial_json(row, spec)
     data.update(status=row["status"], error=row["error"], attempt=row["attempt"],
-                worker=row["worker"], job=job_id, job_name=job["name"], space=spec["space"])
+                worker=row["worker"], job=job_id, job_name=job["name"], space=spec["space"],
+                space_args=spec.get("space_args", {}))
     data["measurements"] = device_measurements(storage, [row["key"]], spec["space"]).get(
         row["key"], [])
     return clean(data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import math
 import tempfile
 from functools import partial
@@ -157,7 +158,8 @@ class Dashboard:
     async def trial_page(self, request: Request) -> Response:
         job_id, number = _path_int(request, "job"), _path_int(request, "trial")
         trial = await self._call(views.trial_detail, job_id, number)
-        picture = await asyncio.to_thread(_picture, trial["space"], trial["arch"])
+        picture = await asyncio.to_thread(_picture, trial["space"], trial["arch"],
+                                          trial["space_args"])
         return self.page("trial.html", title=f"job {job_id} trial {number}", trial=trial,
                          picture=picture)
 
@@ -170,13 +172,15 @@ class Dashboard:
         return JSONResponse(await self._call(views.job_summary, job_id, self.allow_actions))
 
     async def api_charts(self, request: Request) -> Response:
-        return JSONResponse(await self._call(views.job_charts, _path_int(request, "job")))
+        figures = await self._call(views.job_charts, _path_int(request, "job"))
+        return _json_text(figures)
 
     async def api_pareto(self, request: Request) -> Response:
         job_id = _path_int(request, "job")
         device = request.query_params.get("device") or None
         budget = _query_float(request, "max_latency_ms")
-        return JSONResponse(await self._call(views.pareto_panel, job_id, device, budget))
+        panel, figure = await self._call(views.pareto_panel, job_id, device, budget)
+        return _json_text({**{k: json.dumps(v) for k, v in panel.items()}, "figure": figure})
 
     async def api_best(self, request: Request) -> Response:
         job_id = _path_int(request, "job")
@@ -253,16 +257,18 @@ def _reopen(storage: Storage, job_id: int) -> None:
     api.reopen(storage, job_id)
 
 
-def _picture(space: str, arch: dict[str, Any]) -> str | None:
-    """The architecture as inline SVG, or None where it cannot be drawn."""
-    try:
-        from ..pictures import architecture_svg
-    except ImportError:
-        return None
-    try:
-        return architecture_svg(space, arch)
-    except (NasError, KeyError, ValueError, TypeError):
-        return None
+def _picture(space: str, arch: dict[str, Any], space_args: dict[str, Any]) -> str:
+    """The architecture as inline SVG (`nas.pictures` escapes every text and never raises:
+    a space it cannot draw becomes a table of its decisions)."""
+    from ..pictures import architecture_svg
+
+    return architecture_svg(space, arch, space_args)
+
+
+def _json_text(parts: dict[str, str]) -> Response:
+    """A JSON object from members already encoded (plotly figures: plotly's encoder)."""
+    body = "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in parts.items()) + "}"
+    return Response(body, media_type="application/json")
 
 
 def _attachment(name: str) -> dict[str, str]:

@@ -97,7 +97,13 @@ function drawFigure(id, figure) {
     return;
   }
   if (node.firstChild && node.firstChild.tagName === "P") node.replaceChildren();
-  const layout = Object.assign({}, figure.layout, { autosize: true });
+  // the card's heading names the chart: no title; the legend below, the width the card's
+  const layout = Object.assign({}, figure.layout, {
+    autosize: true, width: null,
+    height: figure.layout.height || (node.classList.contains("wide") ? 380 : 340),
+    title: { text: "" }, margin: { t: 36, r: 16, b: 50, l: 60 },
+    legend: { orientation: "h", x: 0, y: -0.22, yanchor: "top" },
+  });
   Plotly.react(node, figure.data, layout, { responsive: true, displaylogo: false });
 }
 
@@ -112,6 +118,7 @@ function jobPage() {
     drawFigure("chart-history", charts.history);
     drawFigure("chart-importance", charts.importance);
     drawFigure("chart-parallel", charts.parallel);
+    document.body.dataset.chartsReady = String(Date.now());
   }
 
   function showSummary(s) {
