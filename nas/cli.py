@@ -190,36 +190,82 @@ def _interrupt_pauses() -> None:
     import signal
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise _Terminated
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises KeyboardInterrupt (the driver pauses on both);
+    told apart for the exit status: 143 instead of 130, as a shell would say."""
+
+
 def _drive(ctx: Context, job_id: int, show_progress: bool) -> str:
+    """Run the job here; with `show_progress`, a bar per phase on stderr. SIGINT/SIGTERM
+    pause the job: one line says how to resume it, exit status 130/143."""
     from . import api
 
     _interrupt_pauses()
-    if not show_progress:
-        return api.run(ctx.storage(), job_id, ray_address=ctx.ray_address)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("job {task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("best {task.fields[best]}"), TimeElapsedColumn())
-    bar = Progress(*columns, console=err, transient=False)
-    task = bar.add_task("search", total=None, job=job_id, best="-")
-
-    def update(done: int, total: int | None, best: float | None) -> None:
-        if not bar.live.is_started:  # only once the job runs: a refusal stays one line
-            bar.start()
-        bar.update(task, completed=done, total=total,
-                   best="-" if best is None else f"{best:.4g}")
-
+    bar = _PhaseBars(job_id) if show_progress else None
     try:
-        return api.run(ctx.storage(), job_id, ray_address=ctx.ray_address, progress=update)
-    finally:
-        if bar.live.is_started:
+        return api.run(ctx.storage(), job_id, ray_address=ctx.ray_address,
+                       **({"on_phase": bar.update} if bar is not None else {}))
+    except KeyboardInterrupt as exc:
+        if bar is not None:
             bar.stop()
+        err.print(f"job {job_id} paused; `{_nas_command(ctx)} resume {job_id}` continues it")
+        raise typer.Exit(143 if isinstance(exc, _Terminated) else 130) from None
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+class _PhaseBars:
+    """One rich progress bar per phase of the job (pool, supernet, trials), with its text
+    (`nas.progress.phase_text`) and an ETA; started at the first update, so a refused job
+    stays one line."""
+
+    def __init__(self, job_id: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.job_id = job_id
+        self.bars = Progress(TextColumn("job {task.fields[job]}"),
+                             TextColumn("{task.description}"), BarColumn(), TextColumn("ETA"),
+                             TimeRemainingColumn(), TimeElapsedColumn(), console=err,
+                             transient=False)
+        self.tasks: dict[str, Any] = {}
+
+    def update(self, phase: str, done: int, total: int | None, detail: dict[str, Any]) -> None:
+        from .progress import phase_text
+
+        if not self.bars.live.is_started:
+            self.bars.start()
+        text = safe_text(phase_text(phase, done, total, detail))
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bars.add_task(text, total=total, completed=done,
+                                                   job=self.job_id)
+        self.bars.update(self.tasks[phase], description=text, completed=done, total=total)
+
+    def stop(self) -> None:
+        if self.bars.live.is_started:
+            self.bars.stop()
+
+
+def _nas_command(ctx: Context) -> str:
+    """`nas`, with `--db URL` (password masked) when the database is not the default one
+    nor NAS_DB_URL's, for commands the user is told to run next."""
+    from .storage import mask_url
+
+    if ctx.db in ("sqlite:///nas.db", os.environ.get("NAS_DB_URL")):
+        return "nas"
+    return f"nas --db {mask_url(ctx.db)}"
 
 
 def _spawn_driver(ctx: Context, job_id: int) -> Path:
@@ -245,9 +291,28 @@ def _finish(ctx: Context, job_id: int, status: str, as_json: bool) -> None:
     if as_json:
         _emit_json(_status_data(ctx, job_id))
     else:
+        _closing_summary(ctx, job_id)
         out.print(f"job {job_id} {status}")
     if status not in ("completed",):
         raise typer.Exit(1)
+
+
+def _closing_summary(ctx: Context, job_id: int) -> None:
+    """After `--wait` (stderr, beside the bars): the trials, the best, what to run next."""
+    data = _status_data(ctx, job_id)
+    t = data["trials"]
+    pruned = f", {t['pruned']} pruned" if t["pruned"] else ""
+    err.print(f"job {job_id}: {t['completed']} trials completed, {t['failed']} failed"
+              f"{pruned} in {data['elapsed_s']:.1f}s")
+    nas = _nas_command(ctx)
+    if data["best"]:
+        b = data["best"]
+        objectives = " ".join(f"{m}={_number(v, '.4g')}" for m, v in b["objectives"].items())
+        err.print(f"best: trial {b['trial']} {objectives} {b['key']}")
+        err.print(f"next: `{nas} best {job_id}` (the top 5), `{nas} trials {job_id}` (every "
+                  f"trial), `{nas} export {job_id} --best --format onnx -o model.onnx`")
+    elif data["status"] != "completed":
+        err.print(f"next: `{nas} status {job_id}` (why), `{nas} resume {job_id}`")
 
 
 @app.command()
@@ -435,6 +500,8 @@ def status(ctx: typer.Context, job: int = typer.Argument(..., help="Job id."),
     pruned = f"{t['pruned']} pruned, " if t["pruned"] else ""
     out.print(f"trials: {t['completed']} completed, {t['failed']} failed, {pruned}"
               f"{t['running']} running, {t['queued']} queued  ({data['elapsed_s']:.1f}s)")
+    for phase in data.get("progress", []):
+        out.print(_phase_line(phase, running=data["status"] == "running"))
     if data["best"]:
         b = data["best"]
         objectives = " ".join(f"{m}={_number(v, '.4g')}" for m, v in b["objectives"].items())
@@ -449,6 +516,20 @@ def status(ctx: typer.Context, job: int = typer.Argument(..., help="Job id."),
                   "them):")
         for failure in data["failures"]:
             out.print(f"  {failure['count']:>6}x  {failure['error']}")
+
+
+def _phase_line(phase: dict[str, Any], running: bool) -> str:
+    """A phase of `status --json`'s `progress` as `nas status` shows it:
+    "progress: trials 40/100 best 0.93 (40%, ETA 1m20s)"."""
+    from .progress import eta_text, phase_text
+
+    notes = []
+    if phase["fraction"] is not None:
+        notes.append(f"{100 * phase['fraction']:.0f}%")
+    if running and phase["fraction"] != 1.0 and eta_text(phase["eta_s"]):
+        notes.append(eta_text(phase["eta_s"]))
+    text = phase_text(phase["phase"], phase["done"], phase["total"], phase["detail"])
+    return f"progress: {text}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _budget_text(budget: dict[str, Any]) -> str:

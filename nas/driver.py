@@ -30,6 +30,7 @@ from workers.user_code import UserCode
 
 from .code_check import check_code, shipped_code
 from .errors import DatabaseUnavailableError, LeaseHeldError, NasError
+from .progress import PhaseListener, ProgressWriter, epoch_detail
 from .spec import MAX_DEVICE, MAX_METRIC, JobSpec, parse_spec, short_repr
 from .storage import (
     MeasurementRow,
@@ -187,6 +188,7 @@ class Driver:
         executor_factory: Callable[[JobSpec, EvaluatorSpec], Any] | None = None,
         stop: threading.Event | None = None,
         allow_code_change: bool = False,
+        on_phase: PhaseListener | None = None,
     ) -> None:
         self.storage = storage
         self.job_id = job_id
@@ -201,6 +203,8 @@ class Driver:
         self.stop = stop
         #: run even if the job's user code differs from the code it ran (`nas.code_check`)
         self.allow_code_change = allow_code_change
+        #: told of every phase's progress (pool, supernet, trials) as it happens, unthrottled
+        self.on_phase = on_phase
         self.user_code: UserCode | None = None
         self.owner = Storage.new_owner()
 
@@ -340,6 +344,8 @@ class _Run:
         self.to_dispatch: list[_Slot] = []
         self.snapshot: tuple[dict[str, Any], int, int] | None = None
         self.pruner: Any = None  # the job's early-stopping pruner (handle), if it has one
+        #: the job's phases in the database, for `nas status` and the dashboard
+        self.phases = ProgressWriter(self.storage, self.job_id, listener=driver.on_phase)
         self._restore_window()
 
     # ---- restore ---------------------------------------------------------------------------
@@ -570,6 +576,7 @@ class _Run:
             return "completed", self.note
         finally:
             executor.shutdown()
+            self.phases.flush()
 
     def _cut_off(self, executor: Any) -> None:
         """The seconds budget is spent and trials are still out (workers enforce it, so one
@@ -627,13 +634,16 @@ class _Run:
         """Run the task on the job's executor (it resumes from its own checkpoint), keeping
         the lease alive: (None, its result), or (why it stopped, None)."""
         executor.start_search(preparation.task)
+        epochs = _SearchEpochs(self.phases, preparation.phase, self.storage, self.job_id)
         while (result := executor.poll_search(timeout=self.d.heartbeat_s)) is None:
+            epochs.take(executor.search_progress())
             elapsed = self._elapsed()
             stop = self._beat(elapsed)
             if stop is not None:
                 executor.stop_search()
                 self._commit(elapsed)
                 return stop, None
+        epochs.take(executor.search_progress(), final=True)
         for kind, path in preparation.artifacts:
             self.storage.add_artifact(self.job_id, kind, path)
         return None, result
@@ -651,17 +661,18 @@ class _Run:
         values = {key: dict(stored.get(key, {})) for key in keys}
         todo = [(key, arch) for key, arch in preparation.candidates
                 if any(m not in values[key] for m in preparation.metrics)]
+        pool = _Counted(self.phases, preparation.phase, len(keys), len(keys) - len(todo))
         if not todo:
             return None, values
         executor = (self.d.executor_factory(self.spec, spec) if self.d.executor_factory
                     else make_executor(self.spec, spec, self.d.ray_address))
         try:
-            return self._evaluate_all(executor, todo, values), values
+            return self._evaluate_all(executor, todo, values, pool), values
         finally:
             executor.shutdown()
 
     def _evaluate_all(self, executor: Any, todo: list[tuple[str, Arch]],
-                      values: dict[str, dict[str, float]]) -> str | None:
+                      values: dict[str, dict[str, float]], pool: _Counted) -> str | None:
         """Evaluate `todo`, storing each result's measurements as they arrive (so a resume
         only evaluates what is missing) and adding what it reports to `values`; returns why
         it stopped early, if it did."""
@@ -675,6 +686,7 @@ class _Run:
                 queue = queue[size:]
             rows = []
             for result in executor.poll(timeout=self.d.heartbeat_s):
+                pool.add()  # scored or failed: done with
                 if result.status != "completed":
                     continue  # it keeps its stored values only
                 values[result.key].update(result.metrics)
@@ -690,6 +702,60 @@ class _Run:
         return None
 
     def _report(self) -> None:
+        total = None if math.isinf(self.target) else int(self.target)
+        objective = self.spec.objectives[0]
+        best = None if self.best is None else objective.score(self.best)  # its own sign
+        self.phases.update("trials", self.told, total,
+                           {"best": best, "metric": objective.metric,
+                            "completed": self.completed})
         if self.d.progress is not None:
-            total = None if math.isinf(self.target) else int(self.target)
             self.d.progress(self.told, total, self.best)
+
+
+class _Counted:
+    """A preparation's evaluations done of all (`done` of them were stored already)."""
+
+    def __init__(self, phases: ProgressWriter, phase: str, total: int, done: int) -> None:
+        self.phases, self.phase, self.total, self.done = phases, phase, total, done
+        phases.update(phase, done, total, final=True)
+
+    def add(self) -> None:
+        self.done += 1
+        self.phases.update(self.phase, self.done, self.total)
+
+
+class _SearchEpochs:
+    """A long task's epochs (its `progress` records, drained from the executor), written
+    as the phase's epoch e of E with the epoch's numbers as detail. A resumed search starts
+    from the epoch it had reached, until its first record says where it resumed."""
+
+    def __init__(self, phases: ProgressWriter, phase: str, storage: Storage,
+                 job_id: int) -> None:
+        from .storage import job_progress
+
+        self.phases, self.phase = phases, phase
+        before = [p for p in _quietly(job_progress, storage, job_id) or []
+                  if p.phase == phase]
+        self.done = before[0].done if before else 0
+        self.total = before[0].total if before else None
+        self.detail = before[0].detail if before else {}
+        phases.update(phase, self.done, self.total, self.detail, final=True)
+
+    def take(self, records: list[dict[str, Any]], final: bool = False) -> None:
+        for record in records:  # each one, so that the bar shows every epoch
+            if record.get("epochs") is not None:
+                self.total = int(record["epochs"])
+            if record.get("epoch") is not None:
+                self.done = int(record["epoch"])
+                self.detail = epoch_detail(record)
+            self.phases.update(self.phase, self.done, self.total, self.detail)
+        if final:
+            self.phases.update(self.phase, self.done, self.total, self.detail, final=True)
+
+
+def _quietly(read: Callable[..., Any], *args: Any) -> Any:
+    """`read(*args)`, or None when the database fails it (progress is only for showing)."""
+    try:
+        return read(*args)
+    except Exception:  # noqa: BLE001
+        return None

@@ -43,6 +43,8 @@ class Evaluations:
     space_args: dict[str, Any] = field(default_factory=dict)
     #: the job's note when it is cancelled meanwhile
     cancel_note: str = "cancelled by the user while its strategy was preparing"
+    #: the job's progress phase (`job_progress`): candidates evaluated of all
+    phase: str = "pool"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class LongTask:
     task: SearchTask
     artifacts: tuple[tuple[str, str], ...] = ()
     cancel_note: str = "cancelled by the user while its strategy was preparing"
+    #: the job's progress phase (`job_progress`): the task's epochs done of all, from the
+    #: records it reports (`run_search`'s `progress`)
+    phase: str = "supernet"
 
 
 #: What `Strategy.preparation` returns when it has something to run.

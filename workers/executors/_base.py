@@ -60,6 +60,10 @@ class Executor(abc.ABC):
         raises the search's error if it failed."""
         raise NotImplementedError(f"{type(self).__name__} cannot run a weight-sharing search")
 
+    def search_progress(self) -> list[dict[str, Any]]:
+        """The search's progress records (`run_search`'s `progress`) since the last call."""
+        return []
+
     def stop_search(self) -> None:  # noqa: B027 - optional hook
         """Stop a running search (its last checkpoint stays for a resume)."""
 

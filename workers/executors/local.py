@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..task import EvaluatorSpec, TrialResult, TrialTask, evaluate_batch
 from ._base import Executor
@@ -22,6 +22,7 @@ class LocalExecutor(Executor):
         self._search: threading.Thread | None = None
         self._search_stop = threading.Event()
         self._search_out: list[SearchResult | BaseException] = []
+        self._search_records: deque[dict[str, Any]] = deque()  # appended by the search
 
     def submit(self, batch: list[TrialTask]) -> None:
         self._queue.append(batch)
@@ -40,10 +41,12 @@ class LocalExecutor(Executor):
 
         self._search_stop.clear()
         self._search_out.clear()
+        self._search_records.clear()
 
         def target() -> None:
             try:
-                self._search_out.append(run_search(task, stop=self._search_stop.is_set))
+                self._search_out.append(run_search(task, stop=self._search_stop.is_set,
+                                                   progress=self._search_records.append))
             except BaseException as exc:  # handed to the driver by poll_search
                 self._search_out.append(exc)
 
@@ -61,6 +64,12 @@ class LocalExecutor(Executor):
         if isinstance(out, BaseException):
             raise out
         return out
+
+    def search_progress(self) -> list[dict[str, Any]]:
+        records = []
+        while self._search_records:  # deque: appends and pops are thread-safe
+            records.append(self._search_records.popleft())
+        return records
 
     def stop_search(self) -> None:
         """Asks the search to stop after its current epoch and waits for it."""

@@ -153,6 +153,7 @@ class RayExecutor(Executor):
         self._dead_nodes: set[str] = set()
         self._submitter = self._remote  # the remote function, kept off nodes known dead
         self._search: tuple[Any, SearchTask] | None = None
+        self._search_records: Any = None  # the search's `_Records` actor
         self._pruner: Any = None
 
     def start_pruner(self, config: dict[str, Any],
@@ -236,7 +237,20 @@ class RayExecutor(Executor):
         gpus = 1 if self.ray.cluster_resources().get("GPU", 0) >= 1 else 0
         remote = self.ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0,
                                  **self._env())(run_search)
-        self._search = (_avoiding(remote, self._dead_nodes).remote(task), task)
+        if self._search_records is None:  # kept over restarts of the search
+            self._search_records = self.ray.remote(num_cpus=0)(_Records).remote()
+        progress = _SendRecord(self._search_records)
+        self._search = (_avoiding(remote, self._dead_nodes).remote(task, None, progress), task)
+
+    def search_progress(self) -> list[dict[str, Any]]:
+        """The records the search sent its `_Records` actor since the last call (none when
+        the actor does not answer within a second: progress is only for showing)."""
+        if self._search_records is None:
+            return []
+        try:
+            return self.ray.get(self._search_records.drain.remote(), timeout=1.0)
+        except Exception:  # noqa: BLE001
+            return []
 
     def poll_search(self, timeout: float) -> SearchResult | None:
         """The result; a search whose worker or node died is started again (it resumes from
@@ -267,6 +281,9 @@ class RayExecutor(Executor):
         if self._search is not None:
             self.ray.cancel(self._search[0], force=True)
             self._search = None
+        if self._search_records is not None:
+            self.ray.kill(self._search_records)
+            self._search_records = None
 
     def shutdown(self) -> None:
         self.stop_search()
@@ -276,3 +293,28 @@ class RayExecutor(Executor):
         if self._pruner is not None:
             self.ray.kill(self._pruner)
             self._pruner = None
+
+
+class _Records:
+    """A Ray actor holding a search's progress records until the driver drains them."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def drain(self) -> list[dict[str, Any]]:
+        records, self.records = self.records, []
+        return records
+
+
+class _SendRecord:
+    """`run_search`'s `progress` on a worker: sends each record to the `_Records` actor,
+    without waiting (a record lost with the driver is only a record not shown)."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self.actor.add.remote(record)

@@ -39,8 +39,11 @@ class SearchResult:
     worker: str = ""
 
 
-def run_search(task: SearchTask, stop: Callable[[], bool] | None = None) -> SearchResult:
-    """Build the space and the search, run it (resuming from the checkpoint folder)."""
+def run_search(task: SearchTask, stop: Callable[[], bool] | None = None,
+               progress: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
+    """Build the space and the search, run it (resuming from the checkpoint folder).
+    `progress` receives `{"epochs": E}` first, then each epoch's history record with
+    `"epochs": E` added (the driver shows the search as epoch e of E)."""
     import os
     import socket
 
@@ -48,7 +51,14 @@ def run_search(task: SearchTask, stop: Callable[[], bool] | None = None) -> Sear
 
     space = get_space(task.space, **task.space_args)
     search = get_search(task.method, space, seed=task.seed, **task.args)
-    outcome = search.run(task.checkpoint_dir, stop=stop)
+    report = None
+    if progress is not None:
+        progress({"epochs": search.epochs})
+
+        def report(record: dict[str, Any]) -> None:
+            progress({**record, "epochs": search.epochs})
+
+    outcome = search.run(task.checkpoint_dir, stop=stop, progress=report)
     return SearchResult(
         [space.key(a) for a in outcome.archs], [dict(a) for a in outcome.archs],
         [dict(m) for m in outcome.metrics], outcome.history, outcome.finished,
