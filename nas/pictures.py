@@ -28,11 +28,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape as _escape
+from xml.sax.saxutils import quoteattr as _quoteattr
 
 #: Approximate advance of one character, as a fraction of the font size (DejaVu Sans and
 #: Arial average about 0.55; a little more keeps boxes wide enough).
@@ -54,6 +56,20 @@ def op_colour(op: str) -> str:
         if part in op:
             return colour
     return _OTHER_OP
+
+
+#: Characters XML 1.0 does not allow (C0 controls but tab, newline, return; surrogates...).
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def escaped(text: str) -> str:
+    """`text` as XML character data: markup escaped, characters XML forbids replaced."""
+    return _escape(_NOT_XML.sub("\ufffd", text))
+
+
+def attribute(value: str) -> str:
+    """`value` as a quoted XML attribute value (escaped as `escaped` does)."""
+    return _quoteattr(_NOT_XML.sub("\ufffd", value))
 
 
 def text_width(text: str, size: float) -> float:
@@ -80,25 +96,23 @@ class Canvas:
         self.parts.append(markup)
 
     def text(self, x: float, y: float, text: str, *, size: float = 12, anchor: str = "middle",
-             fill: str = "#202124", weight: str = "normal", halo: bool = False) -> str:
-        """A `<text>` centred vertically on y (covered in the bounding box); a halo draws a
-        white outline under the letters so that a label stays readable over lines."""
+             fill: str = "#202124", weight: str = "normal") -> str:
+        """A `<text>` centred vertically on y, covered in the bounding box."""
         width = text_width(text, size)
         x0 = {"start": x, "middle": x - width / 2, "end": x - width}[anchor]
         self.cover(x0, y - size * 0.7, x0 + width, y + size * 0.7)
-        extra = ' stroke="#ffffff" stroke-width="4" paint-order="stroke"' if halo else ""
         bold = ' font-weight="bold"' if weight != "normal" else ""
         return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" '
-                f'dominant-baseline="central" fill="{fill}"{bold}{extra}>{escape(text)}</text>')
+                f'dominant-baseline="central" fill="{fill}"{bold}>{escaped(text)}</text>')
 
     def svg(self, title: str, kind: str, margin: float = 12) -> str:
         x0, y0, x1, y1 = self.box if math.isfinite(self.box[0]) else (0, 0, 10, 10)
         x0, y0, w, h = x0 - margin, y0 - margin, x1 - x0 + 2 * margin, y1 - y0 + 2 * margin
         return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="{x0:.0f} {y0:.0f} {w:.0f} '
                 f'{h:.0f}" width="{w:.0f}" height="{h:.0f}" style="max-width:100%;height:auto" '
-                f'role="img" aria-label={quoteattr(title)} class="nas-arch" '
+                f'role="img" aria-label={attribute(title)} class="nas-arch" '
                 f'data-kind="{kind}" font-family="{FONT}">'
-                f'<title>{escape(title)}</title>'
+                f'<title>{escaped(title)}</title>'
                 f'{self._markers()}{"".join(self.parts)}</svg>')
 
     def arrow(self, colour: str) -> str:
@@ -168,7 +182,7 @@ def draw_node(canvas: Canvas, node: Node) -> None:
     label = canvas.text(node.x, node.y, node.name, size=13, weight="bold")
     caption = canvas.text(node.x, node.y + r + 13, node.caption, size=10, fill="#5f6368") \
         if node.caption else ""
-    canvas.add(f'<g class="node" data-node={quoteattr(node.name)}>{shape}{label}{caption}</g>')
+    canvas.add(f'<g class="node" data-node={attribute(node.name)}>{shape}{label}{caption}</g>')
 
 
 def draw_edge(canvas: Canvas, source: Node, target: Node, op: str, lift: float, *,
@@ -191,8 +205,8 @@ def draw_edge(canvas: Canvas, source: Node, target: Node, op: str, lift: float, 
     canvas.cover(x0, min(y0, y0 + lift), x2, max(y2, y0 + lift))
     text = _label(canvas, (x0 + x2) / 2, (y0 + y2) / 2 + lift, op, colour) if label else ""
     classes = f"edge {extra_class}".strip()
-    canvas.add(f'<g class="{classes}" data-op={quoteattr(op)} data-from={quoteattr(source.name)} '
-               f'data-to={quoteattr(target.name)}>{path}{text}</g>')
+    canvas.add(f'<g class="{classes}" data-op={attribute(op)} data-from={attribute(source.name)} '
+               f'data-to={attribute(target.name)}>{path}{text}</g>')
 
 
 def _label(canvas: Canvas, x: float, y: float, text: str, colour: str) -> str:
@@ -274,7 +288,7 @@ def darts_picture(canvas: Canvas, arch: Any, space: Any = None) -> str:
         title = canvas.text(-40, top, f"{name} cell", size=14, anchor="start", weight="bold")
         inner = Canvas(canvas.uid, colours=canvas.colours)
         _darts_cell(inner, nodes, baseline)
-        canvas.add(f'<g class="cell" data-cell={quoteattr(name)}>{title}{"".join(inner.parts)}'
+        canvas.add(f'<g class="cell" data-cell={attribute(name)}>{title}{"".join(inner.parts)}'
                    f'</g>')
         canvas.cover(*inner.box)
         top = inner.box[3] + 34
@@ -399,7 +413,7 @@ def _draw_block(canvas: Canvas, x: float, y: float, block: Block) -> str:
         size = 12 if i == 0 else 10.5
         parts.append(canvas.text(x + BOX_W / 2, y + step * (i + 1), _fit(line, size),
                                  size=size, weight="bold" if i == 0 else "normal"))
-    data = "".join(f" data-{k}={quoteattr(v)}" for k, v in block.data)
+    data = "".join(f" data-{k}={attribute(v)}" for k, v in block.data)
     return f'<g class="block"{data}>{"".join(parts)}</g>'
 
 
@@ -416,6 +430,7 @@ def mbconv_picture(canvas: Canvas, arch: Any, space: Any = None) -> str:
         raise ValueError("an mbconv architecture has a list of stages")
     specs = _try(lambda: space.net_spec(arch).blocks) if space is not None else None
     by_position = {(b.stage, b.index): b for b in specs or ()}
+    kernels = tuple(getattr(space, "kernel_sizes", (3, 5, 7)))
     stages = []
     for s, stage in enumerate(arch["stages"]):
         depth, blocks = stage.get("depth"), stage.get("blocks")
@@ -428,7 +443,7 @@ def mbconv_picture(canvas: Canvas, arch: Any, space: Any = None) -> str:
             lines = [f"MB{expand} {kernel}x{kernel}", f"expand {expand}"]
             if spec is not None:
                 lines.append(f"{spec.c_out} ch, {spec.side_out}x{spec.side_out}")
-            boxes.append(Block(tuple(lines), _shade(kernel, (3, 5, 7)),
+            boxes.append(Block(tuple(lines), _shade(kernel, kernels),
                                bool(spec and spec.stride == 2),
                                (("kernel", str(kernel)), ("expand", str(expand)))))
         stages.append(Stage(f"stage {s + 1}", f"depth {depth}", tuple(boxes)))
@@ -562,7 +577,7 @@ def table_picture(canvas: Canvas, arch: Any, space: Any = None, *, heading: str 
         y += row_h
         band = (f'<rect x="0" y="{y - row_h / 2:.1f}" width="{name_w + value_w:.1f}" '
                 f'height="{row_h}" fill="#f8f9fa"/>') if i % 2 else ""
-        canvas.add(f'<g class="decision" data-name={quoteattr(name)}>{band}'
+        canvas.add(f'<g class="decision" data-name={attribute(name)}>{band}'
                    f'{canvas.text(8, y, name, size=size, anchor="start", fill="#3c4043")}'
                    f'{canvas.text(name_w + 8, y, value, size=size, anchor="start")}</g>')
     canvas.cover(0, -row_h / 2, name_w + value_w, y + row_h / 2)
@@ -577,28 +592,42 @@ def architecture_svg(space_name: str, arch: Any, space_args: dict[str, Any] | No
     """A standalone SVG picture of `arch`, an architecture of space `space_name` as trials
     store it. `space_args` (the job's) refine a network picture (channels, stage lengths);
     without them the space's defaults are tried. Never raises (see the module docstring)."""
-    uid = "nas" + hashlib.sha1(json.dumps([space_name, arch], sort_keys=True, default=repr)
-                               .encode()).hexdigest()[:10]
     drawer, space = _drawer(space_name, space_args)
+    arch = _as_arch(arch, space)
     if space is not None and _try(lambda: space.validate(arch)) is None:
         space = None  # another configuration of the space: draw from the arch alone
+    uid = _uid(space_name, arch)
     if drawer is not None:
         canvas = Canvas(uid)
         try:
             title = drawer(canvas, arch, space)
             return canvas.svg(title, drawer.__name__.removesuffix("_picture"))
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-            pass  # not the layout this picture expects: the table shows what there is
+        except Exception:  # noqa: BLE001 - not the layout this picture expects: the table
+            pass
     canvas = Canvas(uid)
-    title = table_picture(canvas, arch, heading=f"space {space_name}")
+    try:
+        title = table_picture(canvas, arch, heading=f"space {space_name}")
+    except Exception:  # noqa: BLE001 - e.g. nested too deep to flatten
+        canvas = Canvas(uid)
+        title = table_picture(canvas, {"architecture": "(cannot be shown)"},
+                              heading=f"space {space_name}")
     return canvas.svg(title, "table")
+
+
+def _uid(space_name: Any, arch: Any) -> str:
+    """A prefix for the picture's ids: the same picture gets the same ids, two pictures of
+    different architectures in one page do not share any."""
+    text = _try(lambda: json.dumps([space_name, arch], sort_keys=True, default=repr)) \
+        or _try(lambda: repr((space_name, arch))) or f"{space_name!s} {id(arch)}"
+    return "nas" + hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()[:10]
 
 
 def architecture_summary(space_name: str, arch: Any,
                          space_args: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """Rows (name, value) for a table next to the picture: the cell edges of NB201 and DARTS,
-    the blocks of each stage of a network, or the flattened decisions of any other space."""
-    drawer, _ = _drawer(space_name, space_args)
+    the flattened decisions of any other space. Never raises."""
+    drawer, space = _drawer(space_name, space_args)
+    arch = _as_arch(arch, space)
     try:
         if drawer is nb201_picture:
             from search_spaces.nb201 import EDGES
@@ -610,9 +639,18 @@ def architecture_summary(space_name: str, arch: Any,
                                                     zip(n["inputs"], n["ops"], strict=True)))
                     for cell in ("normal", "reduce")
                     for i, n in enumerate(_darts_nodes(arch[cell], cell))]
-    except (KeyError, TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - not the layout of its space: its decisions
         pass
-    return decisions(arch)
+    return _try(lambda: decisions(arch)) or [("architecture", "(cannot be shown)")]
+
+
+def _as_arch(arch: Any, space: Any) -> Any:
+    """An architecture given by its key (a string) as the space's JSON form, when the
+    space can read the key; anything else as it is."""
+    if isinstance(arch, str) and space is not None:
+        parsed = _try(lambda: space.from_key(arch))
+        return arch if parsed is None else parsed
+    return arch
 
 
 def _state_name(state: int) -> str:

@@ -98,6 +98,14 @@ def test_nb201_cell_has_four_nodes_and_six_edges_labelled_with_its_ops_in_order(
             assert dashed == (op == "none")
 
 
+def test_an_architecture_given_by_its_key_is_drawn_as_its_json_form():
+    for name, arch in [("nb201", NB201_CELL), ("darts", genotype_arch(DARTS_V2)),
+                       ("mbconv", get_space("mbconv").sample(np.random.default_rng(7)))]:
+        key = get_space(name).key(arch)
+        assert architecture_svg(name, key) == architecture_svg(name, arch)
+        assert architecture_summary(name, key) == architecture_summary(name, arch)
+
+
 def test_nb201_summary_names_each_edge():
     assert architecture_summary("nb201", NB201_CELL) == [
         (f"edge {i}->{j}", op) for (i, j), op in zip(EDGES, NB201_CELL["ops"], strict=True)]
@@ -228,6 +236,22 @@ def test_an_architecture_that_does_not_fit_its_picture_gets_the_table(space_name
     assert root.get("data-kind") == "table"
     assert [(r.get("data-name"), texts(r)[1]) for r in groups(root, "decision")] == \
             decisions(arch)
+
+
+def deeply_nested(depth: int) -> dict:
+    arch: dict = {"leaf": 1}
+    for _ in range(depth):
+        arch = {"x": arch}
+    return arch
+
+
+@pytest.mark.parametrize("arch", [{1: "int key", "b": 2}, {"nan": float("nan"), "s": {1, 2}},
+                                  {"bytes": b"\x00\xff"}, {"a\x00\x1b": "b\x01\ud800"},
+                                  deeply_nested(5000)])
+def test_odd_values_still_give_a_picture(arch):
+    root = assert_standalone(architecture_svg("nb201", arch))
+    assert root.get("data-kind") == "table" and groups(root, "decision")
+    assert architecture_summary("nb201", arch)
 
 
 def test_decisions_flatten_nested_values_and_cut_long_ones():
