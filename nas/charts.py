@@ -24,6 +24,15 @@ def _metric(data: dict[str, Any]) -> str:
     return f"{objective['metric']} ({objective['mode']})"
 
 
+def _below(values: Any) -> float:
+    """A level a little under every value: where failed and pruned trials are marked."""
+    values = list(values)
+    if not values:
+        return 0.0
+    low, high = min(values), max(values)
+    return low - 0.04 * ((high - low) or abs(low) or 1.0)
+
+
 def _budget_set(data: dict[str, Any]) -> set[int]:
     return {r["trial"] for r in data["best"]}
 
@@ -40,7 +49,7 @@ def history_figure(data: dict[str, Any]) -> Any:
                         subplot_titles=("against trials", "against time"))
     done = [t for t in data["trials"] if t["value"] is not None]
     lost = [t for t in data["trials"] if t["status"] in ("failed", "pruned")]
-    floor = min((t["value"] for t in done), default=0.0)
+    floor = _below(t["value"] for t in done)
     for col, x in ((1, "number"), (2, "elapsed_s")):
         first = col == 1
         fig.add_trace(go.Scatter(
@@ -100,8 +109,13 @@ def pareto_figure(data: dict[str, Any]) -> Any:
 
 
 def _best_label(data: dict[str, Any], count: int) -> str:
+    """What `nas best` lists; without a budget it also ranks trials with no latency, which
+    have no point here."""
     budget = data["max_latency_ms"]
-    return f"nas best, top {count}" + (f" under {budget:g} ms" if budget is not None else "")
+    label = f"nas best, top {len(data['best'])}"
+    if budget is not None:
+        label += f" under {budget:g} ms"
+    return label if count == len(data["best"]) else f"{label} ({count} with a latency)"
 
 
 def importance_figure(data: dict[str, Any]) -> Any:
@@ -153,8 +167,11 @@ FIGURES: dict[str, Callable[[dict[str, Any]], Any]] = {
     "parallel": parallel_figure}
 
 
-def figure_div(fig: Any) -> str:
-    """The figure as an HTML fragment for a page that loads plotly.js once itself."""
+def figure_div(fig: Any, titled: bool = True) -> str:
+    """The figure as an HTML fragment for a page that loads plotly.js once itself; without
+    `titled`, for a page whose own heading names the chart."""
+    if not titled:
+        fig.update_layout(title=None, margin={"t": 30})
     return fig.to_html(full_html=False, include_plotlyjs=False, config=CONFIG)
 
 
@@ -174,7 +191,7 @@ def _history_png(data: dict[str, Any], fig: Any) -> None:
     done = [t for t in data["trials"] if t["value"] is not None]
     best = [t for t in data["trials"] if t["best_so_far"] is not None]
     lost = [t for t in data["trials"] if t["status"] in ("failed", "pruned")]
-    floor = min((t["value"] for t in done), default=0.0)
+    floor = _below(t["value"] for t in done)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, x, label in zip(axes, ("number", "elapsed_s"),
                             ("trial", "seconds since the first trial started"), strict=True):

@@ -39,8 +39,8 @@ def _optional_chart(kind: str, build: Any) -> dict[str, Any]:
         data = build()
     except NasError as exc:
         return {"kind": kind, "html": None, "why": str(exc), "data": None}
-    return {"kind": kind, "html": charts.figure_div(charts.FIGURES[kind](data)), "why": None,
-            "data": data}
+    html = charts.figure_div(charts.FIGURES[kind](data), titled=False)
+    return {"kind": kind, "html": html, "why": None, "data": data}
 
 
 def _architecture_picture(best: dict[str, Any]) -> str:
