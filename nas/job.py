@@ -78,12 +78,16 @@ class Job:
 
         return results.pareto(self._storage, self.id, device)["front"]
 
-    def trials(self) -> Any:
+    def trials(self, status: str | None = None, sort: str = "number",
+               descending: bool | None = None, limit: int | None = None) -> Any:
         """Every trial, one row each (trial, status, key, arch, score, objectives, metrics):
-        a pandas DataFrame when pandas is installed, else a list of dicts."""
+        a pandas DataFrame when pandas is installed, else a list of dicts. Optionally only
+        those with `status`, ordered by `sort` (number, score, duration, an objective or a
+        metric; `descending` None: its natural order), the first `limit`, as `nas trials`."""
         from . import results
 
-        records = results.trials(self._storage, self.id)
+        records = results.trials(self._storage, self.id, status=status, sort=sort,
+                                 descending=descending, limit=limit)
         try:
             import pandas as pd
         except ImportError:

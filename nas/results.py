@@ -94,7 +94,7 @@ def best_notes(storage: Storage, job_id: int, spec: dict[str, Any],
         if (device, metric) not in known:
             others = unknown_measurement_count(storage, job_id, device, metric)
             notes.append(f"best trial {number} has no {metric} value on {device} (unknown; "
-                         f"{others} completed trials have none)")
+                         f"completed trials without one: {others})")
     return notes
 
 
@@ -157,18 +157,23 @@ def pareto(storage: Storage, job_id: int, device: str) -> dict[str, Any]:
             "front": [trial_json(r, spec) for r in front], "rows": rows, "front_rows": front}
 
 
-def trials(storage: Storage, job_id: int) -> list[dict[str, Any]]:
-    """Every trial of a job, one flat record each: trial, status, attempt, key, arch, score,
-    feasible, then one entry per objective and per reported metric (a metric that is also an
-    objective appears once)."""
+def trials(storage: Storage, job_id: int, *, status: str | None = None, sort: str = "number",
+           descending: bool | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Every trial of a job (or those with `status`, in the order of `sort`, the first
+    `limit`: see `nas.storage.trials_page`), one flat record each: trial, status, attempt,
+    key, arch, score, feasible, then one entry per objective and per reported metric (a
+    metric that is also an objective appears once)."""
+    from .storage import trials_page
+
     spec = storage.get_job(check_job_id(job_id))["spec"]
     metrics = [o["metric"] for o in spec["objectives"]]
+    page = trials_page(storage, job_id, status=status, sort=sort, descending=descending,
+                       limit=MAX_ID if limit is None else limit)
     records = []
-    for row in storage.load_trials(job_id):
-        record = {"trial": row["number"], "status": row["status"], "attempt": row["attempt"],
-                  "key": row["key"], "arch": row["arch"], "score": row["score"],
-                  "feasible": row["feasible"]}
-        record.update(zip(metrics, row["objectives"] or [None] * len(metrics), strict=False))
+    for row in page.rows:
+        record = {k: row[k] for k in ("trial", "status", "attempt", "key", "arch", "score",
+                                      "feasible")}
+        record.update((m, row["objectives"].get(m)) for m in metrics)
         for name, value in (row["metrics"] or {}).items():
             record.setdefault(name, value)
         records.append(record)
