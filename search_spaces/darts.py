@@ -40,14 +40,19 @@ import itertools
 from typing import Any, NamedTuple
 
 from ._base import Arch, SearchSpace, register_space
+from .layers.darts_plan import (
+    CELLS,
+    NODES,
+    STEM_MULTIPLIER,
+    CellPlan,  # noqa: F401 (re-exported: the weight-sharing supernet uses it)
+    edge_stride,
+    network_plan,
+)
 
 OPS: tuple[str, ...] = (
     "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
     "dil_conv_3x3", "dil_conv_5x5", "max_pool_3x3", "avg_pool_3x3",
 )
-CELLS: tuple[str, ...] = ("normal", "reduce")
-NODES = 4
-STEM_MULTIPLIER = 3  # the stem has 3 x `channels` channels, as in DARTS
 # PAIRS[i]: the candidate input pairs of node i (states 0 .. i + 1), lower input first.
 PAIRS: tuple[tuple[tuple[int, int], ...], ...] = tuple(
     tuple(itertools.combinations(range(i + 2), 2)) for i in range(NODES)
@@ -66,37 +71,6 @@ class Genotype(NamedTuple):
     normal_concat: range
     reduce: list[tuple[str, int]]
     reduce_concat: range
-
-
-class CellPlan(NamedTuple):
-    """Channels and role of one cell of the network (DARTS `NetworkCIFAR` bookkeeping)."""
-
-    c_prev_prev: int  # channels of state 0 (output of the cell two back, or the stem)
-    c_prev: int  # channels of state 1
-    c: int  # channels of every node of this cell (its output has 4 * c)
-    reduction: bool
-    reduction_prev: bool  # state 0 has twice the spatial side of state 1
-
-
-def network_plan(channels: int, layers: int) -> list[CellPlan]:
-    """The cells of the DARTS CIFAR network: reduction cells at 1/3 and 2/3 of the depth
-    double the channels; the stem feeds both inputs of the first cell."""
-    c_stem = STEM_MULTIPLIER * channels
-    c_pp, c_p, c = c_stem, c_stem, channels
-    reduction_prev = False
-    plan = []
-    for i in range(layers):
-        reduction = i in (layers // 3, 2 * layers // 3)
-        if reduction:
-            c *= 2
-        plan.append(CellPlan(c_pp, c_p, c, reduction, reduction_prev))
-        c_pp, c_p, reduction_prev = c_p, NODES * c, reduction
-    return plan
-
-
-def edge_stride(reduction: bool, state: int) -> int:
-    """Edges from a cell input of a reduction cell halve the spatial side."""
-    return 2 if reduction and state < 2 else 1
 
 
 # ---- validation ----------------------------------------------------------------------------

@@ -40,25 +40,14 @@ positions are the cumulative stage lengths).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from ._base import Arch, SearchSpace, register_space
+from .layers.hybrid_plan import BOTTLENECK_REDUCTION, BlockSpec
 
 BLOCK_TYPES: tuple[str, ...] = ("basic", "bottleneck", "transformer")
-BOTTLENECK_REDUCTION = 4  # a bottleneck's inner width is width // 4
 DEFAULT_WIDTHS: tuple[tuple[int, ...], ...] = ((16, 24, 32), (32, 48, 64), (64, 96, 128))
 _ARCH_FIELDS = ("blocks", "downsample", "widths")
-
-
-class BlockSpec(NamedTuple):
-    """One block of the network as the builder and the cost model see it."""
-
-    kind: str
-    c_in: int
-    c_out: int
-    stride: int
-    side_in: int  # spatial side of the block's input
-    side_out: int  # spatial side of its output
 
 
 def _half(side: int) -> int:

@@ -31,10 +31,10 @@ feature map never shrinks below 1x1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ._base import Arch, SearchSpace, register_space
+from .layers.mbconv_plan import BlockSpec, NetSpec
 
 Number = int | float
 
@@ -47,46 +47,6 @@ def scale_channels(channels: int, width: float) -> int:
 def conv_side(side: int, stride: int) -> int:
     """Output side of a conv with an odd kernel and padding kernel // 2."""
     return (side - 1) // stride + 1
-
-
-@dataclass(frozen=True)
-class BlockSpec:
-    """One active MBConv block of an architecture (stage, index within the stage)."""
-
-    stage: int
-    index: int
-    c_in: int
-    mid: int
-    c_out: int
-    kernel: int
-    stride: int
-    side_in: int
-    side_out: int
-
-    @property
-    def residual(self) -> bool:
-        return self.stride == 1 and self.c_in == self.c_out
-
-
-@dataclass(frozen=True)
-class NetSpec:
-    """Every layer size of one architecture's network (what `build` and the cost model use)."""
-
-    input_channels: int
-    resolution: int
-    stem: int
-    first: int
-    blocks: tuple[BlockSpec, ...]
-    head: int
-    num_classes: int
-
-    @property
-    def last_side(self) -> int:
-        return self.blocks[-1].side_out if self.blocks else self.resolution
-
-    @property
-    def last_channels(self) -> int:
-        return self.blocks[-1].c_out if self.blocks else self.first
 
 
 def _positive_int(field: str, value: Any) -> int:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from ._base import Arch, SearchSpace, register_space
+from .layers.nb201_plan import EDGES
 
 OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-# (source node, target node) of each edge, in cell-string order.
-EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
 _OP_INDEX = {op: i for i, op in enumerate(OPS)}
 _CONV_KERNEL = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}
 

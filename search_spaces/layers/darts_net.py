@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..darts import CELLS, NODES, STEM_MULTIPLIER, CellPlan, edge_stride, network_plan
+from .darts_plan import CELLS, NODES, STEM_MULTIPLIER, CellPlan, edge_stride, network_plan
 from .pooling import GlobalAvgPool
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..hybrid import BOTTLENECK_REDUCTION, BlockSpec
+from .hybrid_plan import BOTTLENECK_REDUCTION, BlockSpec
 
 
 class ConvBN(nn.Sequential):

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..mbconv import NetSpec
+from .mbconv_plan import ElasticSpace, NetSpec
 from .pooling import GlobalAvgPool
 
 if TYPE_CHECKING:
-    from ..mbconv import Arch, MBConvSpace
+    from .._base import Arch
 
 
 class ConvBN(nn.Module):
@@ -131,7 +131,7 @@ class MBConvSupernet(nn.Module):
     count batches, so the cumulative average of `momentum=None` is not supported.
     """
 
-    def __init__(self, space: MBConvSpace) -> None:
+    def __init__(self, space: ElasticSpace) -> None:
         super().__init__()
         self.space = space
         spec = space.net_spec(space.max_arch())

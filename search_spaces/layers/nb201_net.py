@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nb201 import EDGES
+from .nb201_plan import EDGES
 from .pooling import GlobalAvgPool
 
 
