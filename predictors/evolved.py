@@ -352,8 +352,9 @@ def layer_tensors(model: Any, inputs: Any, targets: Any,
     try:
         with torch.set_grad_enabled(want_grad):
             out = model(inputs)
-            if want_grad:
-                loss_fn(out, targets).backward()
+            loss = loss_fn(out, targets) if want_grad else None
+            if loss is not None and loss.requires_grad:  # a model with no weight has no graph
+                loss.backward()
     finally:
         for handle in handles:
             handle.remove()

@@ -5,7 +5,10 @@ A proxy is a function `(model, inputs, targets, loss_fn) -> float`, registered b
 conventions are kept, e.g. GraSP's `-theta * Hg`). A proxy may change the model it is given
 (hooks are removed, but gradients, dtype or weights may not be restored): callers hand each
 proxy a freshly built model, as `compute_proxies` does. Randomness inside a proxy (Zen-score's
-Gaussian inputs) comes from torch's global generator, which `run_proxy` seeds.
+Gaussian inputs) comes from torch's global generator, which `run_proxy` seeds. A proxy leaves
+its minibatch unchanged and the model usable (finite outputs of the same dtype), scores a batch
+of one example, and scores a model without weights (0 for a sum over weights) or refuses it
+with ValueError. `check_proxy` (`checks.py`) checks these promises.
 
 This module does not import torch; the proxy families are imported on first use, so that
 `import predictors.proxies` stays cheap for code that only lists names.

@@ -44,7 +44,7 @@ def jacov(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     worst = -len(x) * (math.log(JACOV_K) + 1.0 / JACOV_K)
     if not np.all(np.isfinite(jac)) or np.any(jac.std(axis=1) == 0):
         return worst
-    corr = np.corrcoef(jac)
+    corr = np.atleast_2d(np.corrcoef(jac))  # one example: the 1 x 1 matrix [1]
     values = np.clip(np.linalg.eigvalsh(corr), 0.0, None)
     return float(-np.sum(np.log(values + JACOV_K) + 1.0 / (values + JACOV_K)))
 

@@ -54,7 +54,9 @@ def loss_saliencies(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     layers = weighted_layers(model)
     handles = [layer.register_forward_hook(on_forward) for layer in layers]
     try:
-        loss_fn(model(inputs), targets).backward()
+        loss = loss_fn(model(inputs), targets)
+        if loss.requires_grad:  # a model without parameters: every saliency is an empty sum
+            loss.backward()
     finally:
         for handle in handles:
             handle.remove()
@@ -98,6 +100,8 @@ def grasp(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     clear_grads(model)
     layers = weighted_layers(model)
     weights = [weight_param(m) for m in layers]
+    if not weights:  # the sum over no weight
+        return 0.0
     loss = loss_fn(model(inputs), targets)
     g = torch.autograd.grad(loss, weights, allow_unused=True)
     g = [x.detach() if x is not None else torch.zeros_like(w) for x, w in zip(g, weights,

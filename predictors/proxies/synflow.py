@@ -25,8 +25,11 @@ def synflow(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     equivalent of NASLib building the network without BatchNorm (`bn=False`); batch statistics
     of a single constant input would be meaningless.
     """
+    first = next(model.parameters(), None)
+    if first is None:  # no weight: the sum over none
+        return 0.0
     was_training = model.training
-    dtype = next(model.parameters()).dtype
+    dtype = first.dtype
     model.eval().double()
     signs = []
     with torch.no_grad():
