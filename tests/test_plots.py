@@ -259,3 +259,25 @@ def test_default_device_is_the_latency_objective_or_constraint():
         {"metric": "latency_ms", "mode": "min", "device": "edgegpu"}])) == "edgegpu"
     assert insights.default_device(nb201_spec(constraints=[
         {"metric": "latency_ms", "device": "pixel3", "max": 10}])) == "pixel3"
+
+
+def test_insights_on_sqlite_and_postgresql_with_a_minimised_objective(db_url, shared_data):
+    """The same data on both databases; with `mode: min` the best so far only goes down and
+    the front pairs low latency with a low value (score is the negated objective)."""
+    storage = Storage(db_url)
+    job = api.submit(storage, nb201_spec(
+        strategy="random", strategy_args={}, budget={"trials": 24},
+        objectives=[{"metric": "params_mb", "mode": "min"}]))
+    assert api.run(storage, job) == "completed"
+    history = insights.history(storage, job)
+    best = [t["best_so_far"] for t in history["trials"]]
+    assert len(best) == 24 and best == sorted(best, reverse=True)
+    assert best[-1] == min(t["value"] for t in history["trials"])
+    assert history["objective"] == {"metric": "params_mb", "mode": "min"}
+    rows = insights.parallel(storage, job)["trials"]
+    assert len(rows) == 24 and all(len(r["values"]) == 6 for r in rows)
+    assert len(insights.importance(storage, job)["decisions"]) == 6
+    data = insights.pareto_points(storage, job, "pixel3", 10.0)
+    front = [next(p for p in data["points"] if p["number"] == n) for n in data["front"]]
+    assert [p["value"] for p in front] == sorted((p["value"] for p in front), reverse=True)
+    assert data["best"] == results.best(storage, job, 5, "pixel3", 10.0)["results"]
