@@ -163,6 +163,13 @@ def pareto_panel(storage: Storage, job_id: int, device: str | None,
     return panel, charts.pareto_figure(data).to_json()
 
 
+def best_under_budget(storage: Storage, job_id: int, device: str | None,
+                      max_latency_ms: float | None, top: int = 5) -> dict[str, Any]:
+    """Exactly `nas best --json` (the same function)."""
+    return clean(results.best(storage, job_id, top=top, device=device,
+                              max_latency_ms=max_latency_ms))
+
+
 def job_devices(storage: Storage, job_id: int) -> list[str]:
     from .. import insights
 

@@ -8,6 +8,7 @@ import ipaddress
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import NasError
@@ -43,44 +44,59 @@ def is_local(host: str) -> bool:
 
 
 def check_port(port: int) -> None:
-    if isinstance(port, bool) or not 1 <= port <= 65535:
-        raise NasError(f"--port must be between 1 and 65535, got {port}")
+    """1 to 65535, or 0 for any free port (the line printed at start says which)."""
+    if isinstance(port, bool) or not 0 <= port <= 65535:
+        raise NasError(f"--port must be between 1 and 65535 (or 0: any free port), got {port}")
 
 
 def open_storage(url: str) -> Storage:
     """The database, with the checks every command makes (a missing SQLite file, a damaged
     file, a schema of another version), and one more: a database holding tables but no nas
-    schema is refused, not given ours beside its own (the dashboard only reads)."""
+    schema is refused, not given ours beside its own, and is not touched at all (a SQLite
+    file is looked at through a read-only connection, before the engine's pragmas)."""
     from sqlalchemy import inspect
+    from sqlalchemy.exc import OperationalError
 
-    from ..storage import current_revision, make_engine
-    from ..storage._engine import damaged_sqlite, mask_url
+    from ..storage import make_engine, mask_url
     from ..storage._retry import retry_window_s
 
     retry_window_s()
-    engine = make_engine(url, create=False)
+    engine = make_engine(url, create=False)  # checks a SQLite file's header; connects not
     try:
-        if current_revision(engine) is None:
+        if engine.dialect.name == "sqlite":
+            tables = _sqlite_tables(engine.url.database)
+        else:
             with engine.connect() as conn:
                 tables = inspect(conn).get_table_names()
-            if tables:
-                raise NasError(f"--db: {mask_url(url)} is not a nas database (it has tables "
-                               f"such as {tables[0]!r} but no nas schema version)")
-    except NasError:
+    except OperationalError as exc:
         engine.dispose()
-        raise
-    except Exception as exc:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise NasError(f"--db: cannot connect: {first}") from None
+    if tables and "alembic_version" not in tables:
         engine.dispose()
-        damaged = damaged_sqlite(url, exc)
-        if damaged is not None:
-            raise damaged from None
-        from sqlalchemy.exc import OperationalError
-
-        if isinstance(exc, OperationalError):
-            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise NasError(f"--db: cannot connect: {first}") from None
-        raise
+        raise NasError(f"--db: {mask_url(url)} is not a nas database (it has tables such as "
+                       f"{sorted(tables)[0]!r} but no nas schema version); it was left as it is")
     return Storage(url, engine=engine)
+
+
+def _sqlite_tables(database: str | None) -> list[str]:
+    """The tables of a SQLite file, read without writing anything (none: a new database)."""
+    import sqlite3
+    import urllib.parse
+
+    if database in (None, "", ":memory:") or not Path(database).expanduser().is_file():
+        return []
+    path = Path(database).expanduser().resolve()
+    probe = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True)
+    try:
+        return [name for (name,) in probe.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.DatabaseError as exc:
+        from ..storage._engine import not_sqlite_error
+
+        raise not_sqlite_error(str(database), str(exc)) from None
+    finally:
+        probe.close()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -108,7 +124,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run(url: str, host: str, port: int, allow_actions: bool, token_file: Path | None,
-        say=print) -> None:  # noqa: ANN001
+        say: Callable[[str], None] = print) -> None:
     """Serve the dashboard until interrupted."""
     import uvicorn
 
@@ -131,7 +147,10 @@ def run(url: str, host: str, port: int, allow_actions: bool, token_file: Path | 
         f"{', token required' if token else ''}) over {storage.url}; Ctrl-C stops it")
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     try:
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again
         uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # Ctrl-C: stopped, no traceback
     finally:
         sock.close()
         storage.close()
