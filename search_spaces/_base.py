@@ -32,7 +32,7 @@ import abc
 import itertools
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -369,9 +369,6 @@ def _pyglove_space_class() -> type[SearchSpace]:
     except ImportError as exc:
         raise BadReferenceError(f"PyGlove spaces are not available here ({exc})") from None
     return PyGloveSpace
-
-
-SpaceFactory = Callable[..., SearchSpace]
 
 
 def _product(counts: list[int]) -> int:

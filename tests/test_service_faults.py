@@ -59,12 +59,6 @@ def _paused_job(storage: Storage, spec: dict[str, Any], after: int) -> int:
     return job
 
 
-def _driver_gone(storage: Storage, job: int) -> bool:
-    row = storage.get_job(job)
-    return row["status"] not in ("pending", "running") or row["lease_owner"] is None \
-        and row["status"] != "running"
-
-
 # ---- item 1: a cancel right after a resume is kept ------------------------------------------
 def test_a_cancel_right_after_a_detached_resume_stops_the_job(tmp_path):
     """`nas resume J` (detached driver) then at once `nas cancel J`: the job ends cancelled.

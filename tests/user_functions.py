@@ -30,11 +30,6 @@ def _digits() -> Any:
     return _DATA
 
 
-def _ops(arch: dict) -> list[str]:
-    return [op for node in arch["cell"] for op in node] if "cell" in arch else \
-        [str(v) for v in arch.values()]
-
-
 def evaluate(arch: dict, ctx: Any) -> dict[str, float]:
     """A one-hidden-layer MLP: width 4 + 8 per 3x3 conv of the cell, learning rate
     0.02 x 2^(skips + 1x1 convs)."""

@@ -22,8 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-RULES = ("median", "asha")
-
 
 @dataclass(frozen=True)
 class EarlyStopping:

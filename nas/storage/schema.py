@@ -24,7 +24,6 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
-JOB_STATUSES = ("pending", "running", "paused", "completed", "failed", "cancelled")
 TRIAL_STATUSES = ("queued", "running", "completed", "failed", "pruned")
 #: Preference when several sources give one (architecture, device, metric): lower wins.
 SOURCE_RANK = {"measured": 0, "imported": 1, "benchmark": 2, "predicted": 3}

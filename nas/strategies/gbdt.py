@@ -222,8 +222,6 @@ class GBDTSearch(Strategy):
         self.batch = int_at_least("batch", batch, 1)
         self.explore = number_in("explore", explore, 0.0, 1.0)
         self.explore_random = number_in("explore_random", explore_random, 0.0, 1.0)
-        self._model: GBDTPredictor | None = None
-        self._margin: tuple[float, float] | None = None
         self.pool_size = int_at_least("pool", pool, 10)
         self.prune = flag("prune", prune)
         self.pretrain = flag("pretrain", pretrain)
@@ -374,7 +372,6 @@ class GBDTSearch(Strategy):
             model.fit(X, y, base_margin=a * pretrained.predict(X) + b)
         else:
             model.fit(X, y)
-        self._model, self._margin = model, margin
         pool = self._make_pool(n, model, margin, pretrained)
         pred = self._predict(model, pool.X, margin, pretrained)
         if update_pruning:

@@ -30,8 +30,6 @@ from ..early_stopping import TrialPruned
 from ..torch_device import check_device, resolve_device
 from ._base import Evaluation, EvaluationError, Evaluator, register_evaluator
 
-#: `evaluator_args` the evaluator itself takes; every other one is passed as `ctx.args`.
-RESERVED = ("function", "device")
 MAX_METRIC = 64  # measurements.metric / trial_reports.metric is VARCHAR(64)
 
 
