@@ -331,8 +331,12 @@ def chart_data(storage: Any, job_id: int, kind: str, device: str | None = None,
         raise NasError(f"--device and --max-latency-ms apply to --kind pareto, not {kind}")
     if kind == "pareto":
         return insights.pareto_points(storage, job_id, device, max_latency_ms)
-    return {"history": insights.history, "importance": insights.importance,
+    data = {"history": insights.history, "importance": insights.importance,
             "parallel": insights.parallel}[kind](storage, job_id)
+    if not data.get("trials"):  # an empty chart says less than this line
+        state = "finished" if kind == "history" else "completed"
+        raise NasError(f"job {job_id} has no {state} trial to draw yet")
+    return data
 
 
 def plot(storage: Any, job_id: int, kind: str, path: Path, device: str | None = None,

@@ -82,9 +82,8 @@ def context(storage: Storage, job_id: int) -> dict[str, Any]:
     return {
         "job": job, "spec_json": json.dumps(spec, indent=2, sort_keys=False),
         "metrics": [o["metric"] for o in spec["objectives"]],
-        "charts": [_optional_chart("history", lambda: insights.history(storage, job_id)),
-                   _optional_chart("importance", lambda: insights.importance(storage, job_id)),
-                   _optional_chart("parallel", lambda: insights.parallel(storage, job_id))],
+        "charts": [_optional_chart(kind, lambda k=kind: charts.chart_data(storage, job_id, k))
+                   for kind in ("history", "importance", "parallel")],
         "fronts": fronts, "best": _best_architecture(storage, job_id),
         "importance_method": insights.IMPORTANCE_METHOD, "plotly_js": charts.plotly_js(),
     }

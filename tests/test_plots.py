@@ -51,7 +51,7 @@ def partial_table(shared_data: Path, path: Path, keep: float = 0.75) -> Path:
 
 
 def make_jobs(shared_data: Path, folder: Path) -> dict[str, Any]:
-    """A finished 60-trial job (some trials failed) and a finished 5-trial one."""
+    """A finished 60-trial job (some trials failed), a finished 5-trial one and a pending one."""
     url = f"sqlite:///{folder / 'nas.db'}"
     storage = Storage(url)
     table = partial_table(shared_data, folder / "partial.csv")
@@ -59,7 +59,8 @@ def make_jobs(shared_data: Path, folder: Path) -> dict[str, Any]:
     job = api.submit(storage, nb201_spec(evaluator_args=args, budget={"trials": TRIALS}))
     small = api.submit(storage, nb201_spec(budget={"trials": 5}))
     assert api.run(storage, job) == "completed" and api.run(storage, small) == "completed"
-    return {"url": url, "storage": storage, "job": job, "small": small}
+    pending = api.submit(storage, nb201_spec())  # never run: no trial at all
+    return {"url": url, "storage": storage, "job": job, "small": small, "pending": pending}
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +243,8 @@ def test_bad_input_is_one_line_and_writes_nothing(jobs, tmp_path, args, message)
 
 @pytest.mark.parametrize("job_key, kind, message", [
     ("small", "importance", "importance needs at least 10"),
+    ("pending", "history", "has no finished trial to draw yet"),
+    ("pending", "parallel", "has no completed trial to draw yet"),
     (None, "history", "no job 999999"),
 ])
 def test_unknown_job_and_too_few_trials(jobs, tmp_path, job_key, kind, message):

@@ -94,11 +94,17 @@ def test_report_pictures_the_best_architecture(report):
         assert f"<code>ops[{i}]</code></td><td>{op}</td>" in section
 
 
-def test_report_of_a_job_with_too_few_trials_says_why_a_chart_is_missing(report, tmp_path):
+def test_report_of_a_job_with_few_or_no_trials_says_why_a_chart_is_missing(report, tmp_path):
     path = tmp_path / "small.html"
     nas("--db", report["url"], "report", str(report["small"]), "-o", str(path))
     text = text_of(path.read_text())
     assert "importance needs at least 10" in text
+    path = tmp_path / "pending.html"
+    nas("--db", report["url"], "report", str(report["pending"]), "-o", str(path))
+    text = text_of(path.read_text())
+    assert "status pending" in text and "No completed trial yet" in text
+    assert "has no finished trial to draw yet" in text
+    assert "Plotly.newPlot(" not in path.read_text()
 
 
 @pytest.mark.parametrize("job, output, message", [
