@@ -228,8 +228,8 @@ SEARCH = {"epochs": 2, "dataset": {"kind": "digits", "limit": 300}, "batch_size"
 
 
 def _darts_spec(**overrides) -> dict:
-    return nb201_spec(strategy="darts", strategy_args=SEARCH, budget={"trials": 2},
-                      batch_size=1, **overrides)
+    return nb201_spec(**{"strategy": "darts", "strategy_args": SEARCH, "budget": {"trials": 2},
+                         "batch_size": 1, **overrides})
 
 
 def _supernet_records(storage: Storage, job: int, heard: list) -> None:
@@ -357,4 +357,36 @@ def test_an_interrupted_wait_says_how_to_resume(tmp_path, sig, code, procs):
     assert storage.get_job(1)["status"] == "paused"
     lines = [x for x in stderr.splitlines() if "resume" in x]
     assert lines == [f"job 1 paused; `nas --db {url} resume 1` continues it"], stderr
+    storage.close()
+
+
+def test_a_resumed_supernet_goes_on_from_the_epoch_it_had_reached(sqlite_url, tmp_path,
+                                                                    monkeypatch):
+    """Paused during the search (as `nas serve` stopping pauses it), the job's supernet
+    phase keeps its epoch; the resumed session starts from it and restarts its clock."""
+    import threading
+
+    from nas.driver import Driver
+
+    monkeypatch.setenv("NAS_ARTIFACTS", str(tmp_path / "artifacts"))
+    storage = Storage(sqlite_url)
+    job = api.submit(storage, _darts_spec(strategy_args={**SEARCH, "epochs": 3}))
+    stop, heard = threading.Event(), []
+
+    def listen(phase: str, done: int, total: int | None, detail: dict) -> None:
+        heard.append((phase, done, total))
+        if phase == "supernet" and done >= 1:
+            stop.set()
+
+    assert Driver(storage, job, stop=stop, heartbeat_s=0.2, on_phase=listen).run() == "paused"
+    (paused,) = job_progress(storage, job)
+    assert paused.phase == "supernet" and 1 <= paused.done < 3 and paused.total == 3
+    heard.clear()
+    assert api.run(storage, job, on_phase=listen) == "completed"
+    supernet = [(done, total) for phase, done, total in heard if phase == "supernet"]
+    assert supernet[0] == (paused.done, 3)  # from where it was, not from 0
+    assert supernet[-1] == (3, 3) and [d for d, _ in supernet] == sorted(d for d, _ in supernet)
+    phases = {p.phase: p for p in job_progress(storage, job)}
+    assert phases["supernet"].started_at > paused.started_at  # this session's clock
+    assert (phases["trials"].done, phases["trials"].total) == (2, 2)
     storage.close()
