@@ -43,6 +43,7 @@ TRIALS: dict[int, tuple[str, float | None, float | None, float | None, float, st
     9: ("pruned", None, None, None, 4.0, "pruned at step 2"),
     10: ("running", None, None, None, 0.0, None),
     11: ("queued", None, None, None, 0.0, None),
+    12: ("completed", None, 1.0, None, 6.0, None),  # no primary objective value: no score
 }
 SPEC = nb201_spec(objectives=[{"metric": "valid_acc", "mode": "max"},
                               {"metric": "latency_ms", "device": "pixel3", "mode": "min"}],
@@ -122,14 +123,14 @@ def test_each_status_filter_gives_its_trials_and_total(job):
 
 
 def test_score_sorts_best_first_with_unscored_trials_last_both_ways(job):
-    unscored = [6, 7, 8, 9, 10, 11]
+    unscored = [6, 7, 8, 9, 10, 11, 12]
     assert numbers(job) == [2, 5, 3, 1, 4, *unscored]
     assert numbers(job, "--asc") == [4, 1, 3, 5, 2, *unscored]
     assert numbers(job, "--sort", "score", "--desc") == numbers(job)
 
 
 def test_a_metric_with_missing_values_sorts_them_last(job):
-    missing = [2, 4, 6, 7, 8, 9, 10, 11]  # no train_s: by number after the others
+    missing = [2, 4, 6, 7, 8, 9, 10, 11, 12]  # no train_s: by number after the others
     assert numbers(job, "--sort", "train_s") == [3, 1, 5, *missing]
     assert numbers(job, "--sort", "train_s", "--asc") == [5, 1, 3, *missing]
 
@@ -137,30 +138,34 @@ def test_a_metric_with_missing_values_sorts_them_last(job):
 def test_a_minimised_objective_sorts_best_first_by_default(job):
     data = trials_json(job, "--sort", "latency_ms", "--limit", "100")
     assert data["descending"] is False
-    assert [r["trial"] for r in data["rows"]][:5] == [5, 1, 3, 4, 2]  # 2: unknown latency
-    assert data["rows"][4]["objectives"] == {"valid_acc": 90.0, "latency_ms": None}
+    assert [r["trial"] for r in data["rows"]][:6] == [12, 5, 1, 3, 4, 2]  # 2: unknown
+    assert data["rows"][5]["objectives"] == {"valid_acc": 90.0, "latency_ms": None}
 
 
 def test_number_and_duration_sorts(job):
-    assert numbers(job, "--sort", "number") == list(range(1, 12))
-    assert numbers(job, "--sort", "number", "--desc") == list(range(11, 0, -1))
-    assert numbers(job, "--sort", "duration")[:9] == [5, 2, 4, 1, 3, 9, 8, 7, 6]
+    assert numbers(job, "--sort", "number") == list(range(1, 13))
+    assert numbers(job, "--sort", "number", "--desc") == list(range(12, 0, -1))
+    assert numbers(job, "--sort", "duration")[:10] == [5, 2, 4, 1, 12, 3, 9, 8, 7, 6]
     assert numbers(job, "--sort", "duration", "--asc")[:5] == [6, 7, 8, 9, 3]
 
 
-def test_pages_cover_the_order_once_with_a_constant_total(job):
-    everything = numbers(job, "--sort", "train_s")
-    pages = [trials_json(job, "--sort", "train_s", "--limit", "4", "--offset", str(offset))
-             for offset in (0, 4, 8, 12)]
-    assert [p["total"] for p in pages] == [11] * 4
-    assert [r["trial"] for p in pages for r in p["rows"]] == everything
-    assert pages[-1]["rows"] == []
+@pytest.mark.parametrize("order", [["--sort", "train_s"], ["--sort", "score"],
+                                   ["--sort", "score", "--asc"], ["--status", "completed"]])
+def test_pages_cover_the_order_once_with_a_constant_total(job, order):
+    """Pages of 4 and 3 (the score order reads its scored trials, then the others: pages
+    across that boundary too)."""
+    everything = numbers(job, *order)
+    for size in (4, 3):
+        pages = [trials_json(job, *order, "--limit", str(size), "--offset", str(offset))
+                 for offset in range(0, 13, size)]
+        assert {p["total"] for p in pages} == {len(everything)}
+        assert [r["trial"] for p in pages for r in p["rows"]] == everything
 
 
 def test_trials_page_is_the_same_query_for_the_dashboard(job):
     page = trials_page(job["storage"], job["job"], status="completed", sort="valid_acc",
                        limit=2, offset=1)
-    assert (page.total, page.sort, page.descending) == (5, "valid_acc", True)
+    assert (page.total, page.sort, page.descending) == (6, "valid_acc", True)
     assert [r["trial"] for r in page.rows] == [5, 3]
     row = page.rows[0]
     assert row["worker"] == "host:1" and row["attempt"] == 1
@@ -197,7 +202,7 @@ def test_csv_has_a_column_per_objective_metric_and_decision(job):
     text = nas_cli("--db", job["url"], "trials", str(job["job"]), "--csv", "--sort", "number",
                    "--limit", "100").stdout
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert [int(r["trial"]) for r in rows] == list(range(1, 12))
+    assert [int(r["trial"]) for r in rows] == list(range(1, 13))
     columns = set(rows[0])
     assert {"valid_acc", "latency_ms", "train_s", "error", "key", "duration_s"} <= columns
     assert {f"arch.ops.{i}" for i in range(6)} <= columns
@@ -216,7 +221,7 @@ def test_table_shows_the_first_line_of_each_error(job):
 
 def test_table_says_how_to_get_the_next_page(job):
     text = nas_cli("--db", job["url"], "trials", str(job["job"]), "--limit", "4").stdout
-    assert "trials 1-4 of 11" in text and "7 more: --offset 4" in text
+    assert "trials 1-4 of 12" in text and "8 more: --offset 4" in text
 
 
 @pytest.mark.parametrize("args, message", [
