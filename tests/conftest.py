@@ -32,18 +32,32 @@ OUT_OF_PROCESS_FIXTURES = ("ray_local", "procs", "pg_url", "pg_available")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give every test its tier: a test that needs Ray or PostgreSQL (`ray` marker, an
-    out-of-process fixture, the `postgresql` case of `db_url`) is at least `integration`, so
-    that the unit tier never starts Ray or a server; any other unmarked test is `unit`."""
+    """Give every test its tier: a test that is `slow` or needs Ray or PostgreSQL (`ray`
+    marker, an out-of-process fixture, the `postgresql` case of `db_url`) is at least
+    `integration`, so that the unit tier never starts Ray or a server; any other unmarked
+    test is `unit`."""
     for item in items:
         if any(item.get_closest_marker(tier) for tier in SLOW_TIERS):
             continue
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if (item.get_closest_marker("ray") or params.get("db_url") == "postgresql"
+        if (item.get_closest_marker("ray") or item.get_closest_marker("slow")
+                or params.get("db_url") == "postgresql"
                 or any(f in item.fixturenames for f in OUT_OF_PROCESS_FIXTURES)):
             item.add_marker(pytest.mark.integration)
         else:
             item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_ray(request: pytest.FixtureRequest,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit tier runs without Ray: a unit test that reaches `connect_ray` (a Ray
+    executor, `nas serve`) fails, saying which tier it belongs to."""
+    if request.node.get_closest_marker("unit"):
+        def refuse(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("a unit test starts Ray: mark it integration")
+
+        monkeypatch.setattr("workers.executors.ray.connect_ray", refuse)
 
 
 def skip_or_fail(reason: str) -> None:
