@@ -171,6 +171,7 @@ def test_a_job_without_user_modules_records_no_code_and_is_never_refused(sqlite_
 
 
 # ---- a real 2-node cluster --------------------------------------------------------------------
+@pytest.mark.system
 @pytest.mark.ray
 @pytest.mark.slow
 def test_user_code_travels_to_workers_that_never_saw_it(cluster, user_folder, tmp_path):
@@ -232,6 +233,7 @@ def _scores(storage: Storage, job: int) -> set[float]:
     return {row["metrics"]["score"] for row in storage.load_trials(job)}
 
 
+@pytest.mark.system
 def test_resume_with_other_code_is_refused_unless_allowed(user_folder, tmp_path,
                                                           monkeypatch):
     """The job records its code at its first start; after an edit of the module,

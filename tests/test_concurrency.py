@@ -28,6 +28,8 @@ from nas.storage.schema import architectures, measurements, trial_device_values,
 from tests.conftest import ROOT, nb201_spec
 from workers.tables import load_table
 
+pytestmark = pytest.mark.system
+
 JOBS = 8
 BUDGETS = [60 + 12 * i for i in range(JOBS)]  # 60 .. 144 trials
 DELAY_S = 0.03  # per trial, so the jobs are still running when the last driver starts

@@ -23,6 +23,8 @@ from nas.storage import Storage
 from nas.storage.schema import trials as trials_table
 from tests.conftest import ROOT, nb201_spec
 
+pytestmark = pytest.mark.system
+
 BUDGET = 300
 KILLS = 10
 

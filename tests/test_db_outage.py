@@ -77,6 +77,7 @@ RUNNERS = {"drive": lambda job: ["drive", str(job)],
            "serve": lambda job: ["serve", "--once", "--poll-s", "0.5", "--lease-ttl-s", "60"]}
 
 
+@pytest.mark.system
 @pytest.mark.slow
 @pytest.mark.parametrize("runner", list(RUNNERS))
 def test_postgres_restarts_mid_job_and_every_trial_is_stored_once(runner, private_pg,
@@ -127,6 +128,7 @@ def test_postgres_restarts_mid_job_and_every_trial_is_stored_once(runner, privat
     storage.close()
 
 
+@pytest.mark.integration
 def test_a_lasting_outage_ends_in_one_clear_error(private_pg, monkeypatch):
     storage = Storage(private_pg.url)
     job = api.submit(storage, nb201_spec(name="outage"))
@@ -143,6 +145,7 @@ def test_a_lasting_outage_ends_in_one_clear_error(private_pg, monkeypatch):
     storage.close()
 
 
+@pytest.mark.integration
 def test_a_short_outage_is_waited_out(private_pg):
     storage = Storage(private_pg.url)
     job = api.submit(storage, nb201_spec(name="blip"))

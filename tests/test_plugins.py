@@ -21,6 +21,8 @@ from nas.spec import spec_modules
 from nas.storage import Storage
 from tests.conftest import ROOT, nb201_spec, wait_until
 
+pytestmark = pytest.mark.system
+
 PLUGIN_PYPROJECT = """
 [build-system]
 requires = ["setuptools"]

@@ -126,6 +126,7 @@ def test_batches_can_be_kept_off_dead_nodes():
         assert _avoiding(remote, dead) is not remote  # Ray accepted the label selector
 
 
+@pytest.mark.system
 def test_a_job_places_its_trials_on_both_nodes(cluster, db_url, tmp_path):
     storage = Storage(db_url)
     job = api.submit(storage, _job_spec(budget=16, parallelism=2, delay_s=0.1, batch_size=2))
@@ -137,6 +138,7 @@ def test_a_job_places_its_trials_on_both_nodes(cluster, db_url, tmp_path):
     storage.close()
 
 
+@pytest.mark.system
 def test_a_worker_killed_mid_trial_is_retried_and_the_job_completes(cluster, sqlite_url,
                                                                     tmp_path):
     storage = Storage(sqlite_url)
@@ -154,6 +156,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_job_completes(cluster, sql
     storage.close()
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_a_node_killed_mid_job_loses_no_trial(cluster, sqlite_url, tmp_path):
     doomed = cluster.add_node(**NODE_ARGS)

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from sqlalchemy import select, update
 from typer.testing import CliRunner
@@ -198,6 +199,7 @@ def test_a_claim_retried_after_it_landed_returns_the_same_job(db_url):
     assert claim(storage, owner, 30, [first, second], replay=True) is None
 
 
+@pytest.mark.system
 def test_a_cancel_between_the_claim_and_the_driver_start_is_kept(db_url):
     """The user cancels a job a serve process has just claimed: the driver that then starts
     stops at its first heartbeat (before, starting the job withdrew the request)."""
@@ -217,6 +219,7 @@ def test_a_cancel_between_the_claim_and_the_driver_start_is_kept(db_url):
 
 
 # ---- real serve processes ---------------------------------------------------------------------
+@pytest.mark.system
 def test_two_servers_run_each_job_once_and_take_over_a_killed_ones_job(db_url, tmp_path, procs):
     storage = Storage(db_url)
     queued = [api.submit(storage, _spec(seed)) for seed in range(6)]
@@ -266,6 +269,7 @@ def test_two_servers_run_each_job_once_and_take_over_a_killed_ones_job(db_url, t
     assert [s["name"] for s in storage.list_servers()] == ["A"]  # B left the registry
 
 
+@pytest.mark.system
 def test_submit_and_resume_queue_for_a_live_serve_and_sigterm_pauses(tmp_path, procs):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     storage = Storage(url)
@@ -305,6 +309,7 @@ def test_submit_and_resume_queue_for_a_live_serve_and_sigterm_pauses(tmp_path, p
         _assert_exact_budget(storage, job, budget=60)
 
 
+@pytest.mark.system
 def test_submit_without_a_live_serve_spawns_a_driver_and_says_so(tmp_path, procs):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     storage = Storage(url)

@@ -60,6 +60,7 @@ def _paused_job(storage: Storage, spec: dict[str, Any], after: int) -> int:
 
 
 # ---- item 1: a cancel right after a resume is kept ------------------------------------------
+@pytest.mark.system
 def test_a_cancel_right_after_a_detached_resume_stops_the_job(tmp_path):
     """`nas resume J` (detached driver) then at once `nas cancel J`: the job ends cancelled.
     Before, the driver's start withdrew the request of a job that had been cancelled before
@@ -109,6 +110,7 @@ def _partial_table(path: Path, rows: int) -> Path:
     return path
 
 
+@pytest.mark.system
 def test_a_job_whose_every_trial_failed_is_failed_with_the_reason(tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     table = _partial_table(tmp_path / "one.csv", rows=1)
@@ -192,6 +194,7 @@ def _function_spec(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     return spec
 
 
+@pytest.mark.system
 def test_a_trial_that_aborts_its_process_fails_after_max_attempts(tmp_path, monkeypatch):
     """The dataset function calls os.abort() in every serve process (as a crash in native
     code would). Each attempt kills the serve that runs it; with the attempt stored before
@@ -271,6 +274,7 @@ def test_a_hanging_trial_fails_at_its_timeout(tmp_path, monkeypatch):
     assert storage.trial_counts(job) == {"failed": 2}
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(("executor", "hangs"), [
     ("local", "trial"), ("local", "data"),
     pytest.param("ray", "trial", marks=pytest.mark.ray),
@@ -309,6 +313,7 @@ def _driver_pid(storage: Storage, job: int) -> int:
     return int(owner.split(":")[1])
 
 
+@pytest.mark.system
 @pytest.mark.ray
 @pytest.mark.parametrize("how", ["wait", "detached"])
 def test_sigterm_pauses_a_job_that_runs_on_ray(tmp_path, how):
@@ -342,6 +347,7 @@ def test_sigterm_pauses_a_job_that_runs_on_ray(tmp_path, how):
 
 
 # ---- item 6: a serve process stays alive to others while it starts a job ---------------------
+@pytest.mark.system
 @pytest.mark.ray
 def test_a_serve_process_stays_alive_while_it_connects_to_ray(tmp_path):
     """Its heartbeat stopped while the main thread connected to Ray for a job it had just
@@ -380,6 +386,7 @@ Storage(sys.argv[1])
 '''
 
 
+@pytest.mark.system
 def test_several_processes_create_a_new_database_at_once(db_url, tmp_path):
     """Six processes open one empty database at the same instant (as several `nas serve`
     started on a new database do): all succeed and the schema is made once. Before, most

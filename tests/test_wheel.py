@@ -66,6 +66,7 @@ print(json.dumps({"files": [m.__file__ for m in (nas, predictors, search_spaces,
 """
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_the_installed_wheel_runs_a_proxy_job_with_every_proxy(tmp_path):
     from predictors.proxies import list_proxies
