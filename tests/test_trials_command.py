@@ -55,7 +55,7 @@ def arch_of(number: int) -> dict[str, Any]:
 
 
 def _result(number: int, trial: tuple, trial_id: int, architecture_id: int,
-            ) -> StoredResult | None:
+            sign: float = 1.0) -> StoredResult | None:
     status, acc, latency, train_s, duration, error = trial
     if status in ("running", "queued"):
         return None
@@ -68,19 +68,23 @@ def _result(number: int, trial: tuple, trial_id: int, architecture_id: int,
     return StoredResult(
         trial_id=trial_id, status=status, attempt=1, worker="host:1", started_at=started,
         finished_at=started + duration, metrics=metrics if done else None,
-        score=acc if done else None, objectives=[acc, latency] if done else None,
+        score=sign * acc if done and acc is not None else None,
+        objectives=[acc, latency] if done else None,
         feasible=feasible if done else None, error=error, architecture_id=architecture_id,
         params=1000 * number, flops=10_000 * number, measurements=measured)
 
 
 def write_job(storage: Storage, spec: dict[str, Any], trials: dict[int, tuple]) -> int:
-    """A job whose trials went through the driver's writes: created, dispatched, finished."""
+    """A job whose trials went through the driver's writes: created, dispatched, finished;
+    scored as the driver scores them (a minimised primary objective: score = -value)."""
+    sign = -1.0 if spec["objectives"][0].get("mode") == "min" else 1.0
     job = storage.create_job(spec, spec["name"], seed=0)
     owner = Storage.new_owner()
     storage.acquire_lease(job, owner, ttl_s=60.0)
     created = storage.commit_step(job, owner, "nb201", new_trials=[
         NewTrial(n, "|".join(arch_of(n)["ops"]) + f"#{n}", arch_of(n)) for n in trials])
-    results = [r for n, (tid, aid) in created.items() if (r := _result(n, trials[n], tid, aid))]
+    results = [r for n, (tid, aid) in created.items()
+               if (r := _result(n, trials[n], tid, aid, sign))]
     running = [(tid, 1) for n, (tid, _) in created.items() if trials[n][0] == "running"]
     storage.commit_step(job, owner, "nb201", results=results, dispatched=running)
     storage.release_leases(owner, job)
@@ -140,6 +144,17 @@ def test_a_minimised_objective_sorts_best_first_by_default(job):
     assert data["descending"] is False
     assert [r["trial"] for r in data["rows"]][:6] == [12, 5, 1, 3, 4, 2]  # 2: unknown
     assert data["rows"][5]["objectives"] == {"valid_acc": 90.0, "latency_ms": None}
+
+
+def test_a_minimised_primary_objective_sorts_by_its_value(db_url):
+    storage = Storage(db_url)
+    spec = {**SPEC, "name": "min", "objectives": [{"metric": "valid_acc", "mode": "min"}],
+            "constraints": []}
+    job = {"url": db_url, "job": write_job(storage, spec, TRIALS)}
+    unscored = [6, 7, 8, 9, 10, 11, 12]
+    assert numbers(job, "--sort", "valid_acc") == [4, 1, 3, 5, 2, *unscored]
+    assert numbers(job, "--sort", "valid_acc", "--desc") == [2, 5, 3, 1, 4, *unscored]
+    assert numbers(job) == [4, 1, 3, 5, 2, *unscored]  # the best score: the lowest value
 
 
 def test_number_and_duration_sorts(job):

@@ -181,8 +181,10 @@ def trials_page(storage, job_id: int, *, status: str | None = None,  # noqa: ANN
     with storage.read() as conn:
         key, natural = _sort_key(conn, job_id, spec, sort, storage.dialect)
         descending = natural if descending is None else bool(descending)
-        if sort == "score":
-            ids = _ids_by_score(conn, job_id, status, descending, limit, offset)
+        primary = spec["objectives"][0]
+        if sort in ("score", primary["metric"]):  # the score orders the primary objective
+            flip = sort != "score" and primary.get("mode", "max") == "min"
+            ids = _ids_by_score(conn, job_id, status, descending != flip, limit, offset)
         else:
             ordered = key.desc() if descending else key.asc()
             tie = trials.c.number.desc() if descending and sort == "number" else trials.c.number
