@@ -245,6 +245,7 @@ def test_table_says_how_to_get_the_next_page(job):
     (["--offset", "-1"], "--offset must be 0 or more, got -1"),
     (["--json", "--csv"], "give at most one of --json and --csv"),
     (["--sort", "nope"], "has no metric 'nope'"),
+    (["--sort", 'a"b'], "has no metric 'a\"b'"),  # not a JSON path: refused, not an error
 ])
 def test_bad_input_is_one_line_and_exit_2(job, args, message):
     result = nas_cli("--db", job["url"], "trials", str(job["job"]), *args, code=2)

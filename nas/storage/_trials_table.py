@@ -56,6 +56,8 @@ def _duration(dialect: str) -> Any:
 
 
 def _metric_exists(conn: Any, job_id: int, name: str, dialect: str) -> bool:
+    if "\x00" in name or '"' in name:  # not in a JSON path (SQLite) or a parameter (PG)
+        return False
     found = select(trials.c.id).where(
         trials.c.job_id == job_id, _number_in(trials.c.metrics, name, dialect).is_not(None))
     return bool(conn.execute(select(found.exists())).scalar())
