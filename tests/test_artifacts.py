@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from nas import api
@@ -39,6 +40,7 @@ def _submit_detached(folder: Path, db: str, artifacts: Path) -> dict:
     return json.loads(proc.stdout)
 
 
+@pytest.mark.integration
 def test_two_databases_in_one_folder_keep_their_driver_logs_apart(tmp_path):
     artifacts = tmp_path / "artifacts"
     first = _submit_detached(tmp_path, "a.db", artifacts)

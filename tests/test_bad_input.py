@@ -458,6 +458,7 @@ def test_bad_postgres_url_is_one_line(url, mentions, pg_available, workdir):
     assert files_under(workdir) == set()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("args", "mentions"), [
     pytest.param(["submit", "{spec}"], ["budget.trials"], id="bad-spec"),
     pytest.param(["best", "1", "--top", "x"], ["--top"], id="usage-error"),

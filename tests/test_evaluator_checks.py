@@ -33,6 +33,7 @@ def test_every_registered_evaluator_has_a_case():
     assert sorted(CASES) == list_evaluators()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_registered_evaluator_passes(name, check):

@@ -76,6 +76,7 @@ def test_table_without_arch_column_and_missing_file_are_rejected(tmp_path):
         load_table(str(tmp_path / "absent.csv"))
 
 
+@pytest.mark.integration
 def test_latency_measured_on_the_worker_cpu():
     space = get_space("nb201")
     evaluator = get_evaluator("benchmark", space, measure_latency=True)

@@ -10,6 +10,8 @@ import torch
 from nas.export import _export_model
 from search_spaces import get_space, list_spaces
 
+pytestmark = pytest.mark.integration
+
 
 def _reference(space, arch, seed: int) -> torch.nn.Module:
     """The model `_export_model` builds: the same seed gives the same initial weights."""

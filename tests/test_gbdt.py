@@ -16,6 +16,8 @@ from search_spaces import MBConvSpace, NB201Space
 from tests.conftest import ask_unseen
 from workers.tables import load_table
 
+pytestmark = pytest.mark.integration
+
 SPACE = NB201Space()
 
 

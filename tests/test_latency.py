@@ -65,6 +65,7 @@ def test_effective_ops_drop_dead_edges():
     assert effective_ops(live) == live
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("model, floor", [(AdditiveLUT, 0.94), (GBDTLatency, 0.95)])
 def test_predictors_rank_held_out_hw_nas_bench_cells(model, floor):
     """Fitted on 300 Pixel 3 cells, scored on 2,000 others (a fixed split)."""
@@ -143,6 +144,7 @@ def test_bad_import_files_are_refused_and_nothing_is_written(tmp_path, content, 
     assert dump(db) == before
 
 
+@pytest.mark.integration
 def test_bad_latency_calls(tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     good = _write_csv(tmp_path / "good.csv", [(_pixel3_cells()[0][0], 1.0)])
@@ -170,6 +172,7 @@ def searched(tmp_path_factory):
     return url, job
 
 
+@pytest.mark.integration
 def test_fit_predicts_the_missing_latencies_and_best_says_so(searched):
     url, job = searched
     storage = Storage(url)
@@ -197,6 +200,7 @@ def test_fit_predicts_the_missing_latencies_and_best_says_so(searched):
     assert (row["device_value"], row["device_source"]) == (3.25, "imported")
 
 
+@pytest.mark.integration
 def test_fit_all_covers_the_whole_space(searched, tmp_path):
     url, _ = searched
     result = json.loads(nas("--db", url, "latency", "fit", "--device", "edgegpu", "--model",
@@ -206,6 +210,7 @@ def test_fit_all_covers_the_whole_space(searched, tmp_path):
     assert len(_rows(url, "edgegpu")) == 15625
 
 
+@pytest.mark.integration
 def test_a_constrained_search_uses_predicted_latencies(searched):
     """After `latency fit --all`, every cell has a Pixel 3 latency before evaluation, so a
     constrained job spends no trial on a cell over its budget, whatever the source."""
@@ -220,6 +225,7 @@ def test_a_constrained_search_uses_predicted_latencies(searched):
     assert len(rows) == 60 and all(r["device_value"] <= 12.0 for r in rows)
 
 
+@pytest.mark.integration
 def test_measure_here_with_each_runtime(tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     for runtime, suffix in (("eager", "-t1-b1"), ("onnx", "-t1-b1-ort")):

@@ -167,6 +167,7 @@ def _search(name: str, seed: int, trials: int, accuracy: dict, latency: dict,
     return keys, pareto.hypervolume(np.array(points), reference)
 
 
+@pytest.mark.integration
 def test_moevo_beats_random_in_hypervolume(tables):
     """6 seeds x 250 trials: moevo's front dominates more than random's on every seed
     (bench/multi_objective.py: 48 of 50 seeds at 300 trials through the driver)."""

@@ -45,10 +45,12 @@ def latency() -> dict[str, float]:
 
 
 # ---- conformance and arguments ----------------------------------------------------------------
+@pytest.mark.integration
 def test_tpe_passes_check_strategy():
     check_strategy(lambda seed: TPEStrategy(SPACE, seed=seed), trials=50)
 
 
+@pytest.mark.integration
 def test_nsga2_passes_check_strategy_single_objective():
     """The check binds one objective: NSGA-II runs single-objective; a population of 4 makes
     the 50 trials cross many generations (and snapshots fall inside them)."""

@@ -70,6 +70,7 @@ def test_formula_refuses_bad_json(bad: dict) -> None:
         Formula.from_json(bad)
 
 
+@pytest.mark.integration
 def test_direct_evaluation_equals_cached_statistics() -> None:
     space = NB201Space(**SMALL)
     x, y = _batch()
@@ -116,6 +117,7 @@ def small_cells() -> tuple[list[np.ndarray], list[float]]:
     return stats, [table.rows[k]["valid_acc"] for k in keys]
 
 
+@pytest.mark.integration
 def test_evolution_is_deterministic_and_improves_fitness(small_cells) -> None:
     stats, labels = small_cells
     labelled, held = evolved.StatsBatch(stats[:40]), evolved.StatsBatch(stats[40:])
@@ -195,6 +197,7 @@ def test_shipped_evolved_nb201_runs_in_the_proxy_evaluator() -> None:
 
 
 # ---- the few-label predictor ---------------------------------------------------------------
+@pytest.mark.integration
 def test_proxy_feature_predictor_conformance() -> None:
     check_predictor(lambda seed: fewshot.ProxyFeaturePredictor(seed))
     assert isinstance(get_predictor("proxy_gbdt", seed=1), fewshot.ProxyFeaturePredictor)

@@ -64,6 +64,7 @@ def _proxy_rows(storage: Storage) -> int:
             measurements.c.device.like("proxy:%"))).scalar_one()
 
 
+@pytest.mark.integration
 def test_proxy_strategy_evaluates_the_proxy_best_of_its_pool():
     storage = Storage("sqlite://")
     _CountingExecutor.submitted = []
@@ -88,6 +89,7 @@ def test_proxy_strategy_evaluates_the_proxy_best_of_its_pool():
     assert _proxy_rows(storage) == 10 * 2
 
 
+@pytest.mark.integration
 def test_a_second_job_reuses_the_stored_scores():
     storage = Storage("sqlite://")
     _CountingExecutor.submitted = []

@@ -91,6 +91,7 @@ def cnn_space() -> PyGloveSpace:
 
 
 # ---- the issue's example ----------
+@pytest.mark.integration
 def test_the_issue_example_is_a_search_space():
     space = PyGloveSpace(EXAMPLE)
     assert space.choice_counts() == [3, 3, 2, 1, 3]  # blocks: one decision, C(3, 2) selections
@@ -109,6 +110,7 @@ def test_the_issue_example_is_a_search_space():
     check_space(space)
 
 
+@pytest.mark.integration
 def test_the_example_without_the_float_is_finite_and_enumerable():
     space = PyGloveSpace(pg.Dict(depth=pg.oneof([2, 3, 4]), act=pg.oneof(["relu", "gelu"]),
                                  blocks=pg.manyof(2, ["conv", "attn", "mlp"], distinct=True,
@@ -119,6 +121,7 @@ def test_the_example_without_the_float_is_finite_and_enumerable():
 
 
 # ---- nested conditional choices ----------
+@pytest.mark.integration
 def test_nested_conditional_choices_map_to_the_flat_conditional_dna():
     space = PyGloveSpace(NESTED)
     assert space.conditional
@@ -136,6 +139,7 @@ def test_nested_conditional_choices_map_to_the_flat_conditional_dna():
     check_space(space)
 
 
+@pytest.mark.integration
 def test_every_mutation_changes_exactly_one_active_decision_and_sampling_is_uniform():
     space = PyGloveSpace(MIXED)
     rng = np.random.default_rng(3)
@@ -152,6 +156,7 @@ def test_every_mutation_changes_exactly_one_active_decision_and_sampling_is_unif
 
 
 # ---- builders ----------
+@pytest.mark.integration
 def test_a_symbolic_function_builds_a_torch_mlp_with_params_and_flops():
     space = mlp_space()
     assert space.buildable and space.conditional and space.size() == math.inf
@@ -169,6 +174,7 @@ def test_a_symbolic_function_builds_a_torch_mlp_with_params_and_flops():
     check_space(space)
 
 
+@pytest.mark.integration
 def test_a_symbolic_module_class_builds_a_cnn():
     space = cnn_space()
     assert space.size() == 8 and not space.conditional
@@ -214,6 +220,7 @@ def test_keys_do_not_depend_on_the_order_of_dict_entries():
 
 
 # ---- every ask/tell strategy on a space with floats and conditional choices ----------
+@pytest.mark.integration
 @pytest.mark.parametrize("name, args", [
     ("random", {}), ("evolution", {}), ("moevo", {}), ("gbdt", {"pool": 100, "trees": 30}),
     ("gbdt", {"pool": 100, "trees": 30, "init": 6, "prune": True}),
@@ -223,6 +230,7 @@ def test_every_ask_tell_strategy_passes_check_strategy_on_a_user_space(name, arg
     check_strategy(lambda seed: get_strategy(name, space, seed=seed, **args), trials=40)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mode", ["top", "evolution"])
 def test_the_proxy_strategy_passes_check_strategy_on_a_user_builder_space(mode):
     space = mlp_space()
@@ -307,6 +315,7 @@ def evaluate(arch, ctx):
 '''
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("strategy", ["evolution", "gbdt", "tpe"])
 def test_a_job_searches_a_user_pyglove_space_by_reference(strategy, tmp_path, monkeypatch):
     """`space: mod:space` and `evaluator: mod:evaluate` from the current folder: the

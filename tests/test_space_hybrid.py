@@ -38,15 +38,18 @@ def _one_thread():
 
 
 # ---- conformance ---------------------------------------------------------------------------
+@pytest.mark.integration
 def test_default_space_passes_check_space():
     check_space(HybridSpace())
 
 
+@pytest.mark.integration
 def test_digits_space_passes_check_space():
     check_space(HybridSpace(**DIGITS), n=10)
     check_space(HybridSpace(**DIGITS, stem_stride=1, blocks=5, num_classes=3), n=5, build_n=2)
 
 
+@pytest.mark.integration
 def test_importing_the_space_does_not_import_torch():
     code = "import sys, search_spaces.hybrid; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -204,6 +207,7 @@ def test_params_and_flops_of_a_tiny_network_by_hand():
     assert _measured(space, arch) == (4378, 2 * 7792)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args", [
     {}, DIGITS, {**DIGITS, "stem_stride": 1, "num_classes": 7},
     {"input_size": 28, "input_channels": 1, "blocks": 6, "widths": [[16], [32], [48], [64]]},
@@ -259,6 +263,7 @@ def test_network_runs_on_other_input_sizes():
             assert model(torch.randn(1, 3, side, side)).shape == (1, 10)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args, seed", [({}, 1), ({}, 2), (DIGITS, 3)])
 def test_onnx_export_agrees_with_torch(args, seed):
     import onnxruntime as ort

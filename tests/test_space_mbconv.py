@@ -37,14 +37,17 @@ def _samples(space: MBConvSpace, n: int, seed: int = 0) -> list[dict]:
 
 
 # ---- conformance ------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_default_space_passes_check_space():
     check_space(MBConvSpace(), n=10)
 
 
+@pytest.mark.integration
 def test_digits_space_passes_check_space():
     check_space(MBConvSpace(**DIGITS), n=5, build_n=3)
 
 
+@pytest.mark.integration
 def test_small_space_size_is_exact_by_enumeration():
     """One stage and two resolutions: the product of choice counts (78,732) is small enough for
     check_space to count the canonical DNAs and enumerate() them."""
@@ -231,6 +234,7 @@ def test_resolution_is_a_decision_with_its_own_input_shape():
     assert space.params(arch) == space.params(space.from_key(KEY))
 
 
+@pytest.mark.integration
 def test_onnx_export_agrees_with_torch():
     import onnxruntime as ort
 
@@ -250,6 +254,7 @@ def test_onnx_export_agrees_with_torch():
         np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.integration
 def test_importing_the_space_does_not_import_torch():
     code = "import sys, search_spaces.mbconv; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -280,6 +285,7 @@ def _supernet(space: MBConvSpace, seed: int = 0) -> MBConvSupernet:
     return net
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args", [{}, {**DIGITS, "resolutions": [6, 8]}])
 def test_extracted_subnet_equals_the_sliced_supernet(args):
     space = MBConvSpace(**args)

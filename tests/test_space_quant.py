@@ -43,10 +43,12 @@ def _warm_up(model: torch.nn.Module, space: QuantSpace, steps: int = 2) -> torch
 
 
 # ---- conformance -----------------------------------------------------------------------------
+@pytest.mark.integration
 def test_check_space_default_args():
     check_space(QuantSpace())
 
 
+@pytest.mark.integration
 def test_check_space_digits_shape():
     check_space(QuantSpace(**DIGITS), n=8)
 
@@ -129,6 +131,7 @@ def test_widths_are_multiples_of_8_and_double_per_stage():
 
 
 # ---- exact cost model ------------------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize("args", [{}, DIGITS, {"input_size": 9, "stages": 2, "widths": [16]}])
 def test_params_and_flops_are_exact(args):
     from torch.utils.flop_counter import FlopCounterMode
@@ -212,6 +215,7 @@ def _onnx_outputs(model: torch.nn.Module, x: torch.Tensor, optimize: bool) -> np
     return session.run(None, {"x": x.numpy()})[0]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args", [{}, DIGITS])
 def test_onnx_export_agrees_with_torch(args):
     """Fake quantization rounds, so a one-ulp change upstream can move a value by one step.
@@ -250,6 +254,7 @@ def _median_latency(model: torch.nn.Module, x: torch.Tensor, repeats: int = 25) 
     return statistics.median(times)
 
 
+@pytest.mark.integration
 def test_int8_model_is_quantized_close_and_timed():
     import torch.ao.nn.quantized as nnq
 
@@ -300,6 +305,7 @@ def test_int8_model_of_a_fake_quant_model_and_bad_inputs():
         space.int8_model(other, calibration, model=trained)
 
 
+@pytest.mark.integration
 def test_int8_model_leaves_the_callers_model_intact_and_usable():
     """Issue 17 item 16: the copy that int8_model strips shared its parametrization classes
     with the caller's model, so stripping it deleted `weight` from the original."""

@@ -21,11 +21,13 @@ BEST_VALID = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|n
 
 
 # ---- the conformance suite -------------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize("name", list_spaces())
 def test_every_registered_space_passes_check_space(name):
     check_space(get_space(name))
 
 
+@pytest.mark.integration
 def test_check_space_accepts_space_args_and_names():
     check_space(NB201Space(channels=4, cells_per_stage=1, num_classes=3, input_size=8), n=5)
     check_space("nb201", n=2, build_n=0)
@@ -84,6 +86,7 @@ class _WrongOutputShape(NB201Space):
         return super().build(arch, num_classes=self.num_classes + 1)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("broken, check", [
     (_KeyForgetsLastEdge, "key round trip"),
     (_MutateTwice, "mutate"),
@@ -193,6 +196,7 @@ class _ToyConditional(SearchSpace):
         return sum(2 * c_in * c_out for c_in, c_out in self._layers(self.validate(arch)))
 
 
+@pytest.mark.integration
 def test_a_conditional_space_passes_check_space():
     check_space(_ToyConditional(), n=10, build_n=4)
 
@@ -264,6 +268,7 @@ class _ToyInputShapeIgnoresArch(_ToyConditional):
         return (1, 4, 4)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("broken, check, message", [
     (_ToySizeNotOverridden, "choice counts", "must override size()"),
     (_ToySizeIsTheProduct, "choice counts", "number of distinct canonical DNAs"),
@@ -277,6 +282,7 @@ def test_check_space_catches_a_broken_conditional_space(broken, check, message):
         check_space(broken(), n=8, build_n=2)
 
 
+@pytest.mark.integration
 def test_checks_do_not_import_torch_at_import_time():
     import subprocess
     import sys
@@ -352,6 +358,7 @@ def test_params_equal_the_table_params(shared_nb201):
     assert len(shared_nb201) - len(mixed) == 15_421
 
 
+@pytest.mark.integration
 def test_params_and_flops_agree_with_naslib(shared_data):
     """NASLib's own counts (724 cells, 11 of them among the table's mixed rows): params equal
     ours exactly. NASLib's FLOPs are multiply-accumulates plus BN, pooling and additions, so
@@ -440,6 +447,7 @@ def test_space_args_are_validated(args, field):
 
 
 # ---- a built network learns ---------------------------------------------------------------
+@pytest.mark.integration
 def test_built_network_trains_on_real_cifar_images(shared_data):
     import torch
 

@@ -35,6 +35,7 @@ ASK_TELL = [n for n in list_strategies()
             if not issubclass(strategy_class(n), (WeightSharingStrategy, ProxySearch))]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ASK_TELL)
 def test_every_registered_strategy_passes_check_strategy(name):
     check_strategy(lambda seed: get_strategy(name, SPACE, seed=seed))
