@@ -62,12 +62,14 @@ def test_registry_lists_the_battery_and_rejects_unknown_names():
         compute_proxies(lambda: nn.Linear(2, 2), (torch.zeros(2, 2), torch.zeros(2)), ["x"])
 
 
+@pytest.mark.integration
 def test_importing_the_proxies_does_not_import_torch():
     code = ("import sys, predictors.proxies, predictors.combine; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
+@pytest.mark.integration
 def test_every_proxy_is_finite_and_deterministic_for_a_seed(tiny):
     space, batch = tiny
     first = compute_proxies(lambda: space.build(CONVS), batch, ALL, seed=3)
@@ -109,6 +111,7 @@ def test_nwot_is_the_log_determinant_of_the_hamming_kernel():
     assert run_proxy("nwot", model, x, torch.zeros(3, dtype=torch.long)) == pytest.approx(expected)
 
 
+@pytest.mark.integration
 def test_synflow_is_data_free_in_double_precision_and_restores_the_model(tiny):
     space, batch = tiny
     torch.manual_seed(0)
@@ -143,6 +146,7 @@ def test_cost_proxies_equal_the_space_cost_model(tiny):
     assert scores == {"params": space.params(CONVS), "flops": space.flops(CONVS)}
 
 
+@pytest.mark.integration
 def test_parametrized_weights_are_scored_through_their_original(tiny):
     """The quant space fake-quantizes weights with a parametrization (`weight` is computed):
     the gradient proxies read the trainable original, Zen re-draws it, synflow restores it."""
@@ -158,6 +162,7 @@ def test_parametrized_weights_are_scored_through_their_original(tiny):
     assert scores["snip"] > 0 and scores["grad_norm"] > 0 and scores["grasp"] != 0
 
 
+@pytest.mark.integration
 def test_proxies_rank_nb201_cells_on_real_images(cifar20):
     """On the default network and the 20 real images: a strong cell beats the all-skip cell,
     which beats the all-none cell (10% accuracy), on the default battery's proxies."""
@@ -170,6 +175,7 @@ def test_proxies_rank_nb201_cells_on_real_images(cifar20):
         assert best[name] > skips[name] > dead[name], name
 
 
+@pytest.mark.integration
 def test_combinations_rank_vote_and_place_one_arch_in_a_reference():
     scores = {"synflow": [1e10, 1e20, 1e30, 0.0], "nwot": [200.0, 190.0, 250.0, 100.0]}
     rank = combine.mean_rank(scores)
@@ -204,6 +210,7 @@ def test_every_proxy_has_nb201_reference_quantiles():
         assert quantiles[0] < quantiles[-1], name
 
 
+@pytest.mark.integration
 def test_proxy_evaluator_on_a_digits_shaped_space():
     space = get_space("nb201", channels=4, cells_per_stage=1, input_size=8, input_channels=1)
     evaluator = get_evaluator("proxy", space)

@@ -61,18 +61,22 @@ def _measured(space: DartsSpace, arch: dict) -> tuple[int, int]:
 
 
 # ---- conformance -------------------------------------------------------------------------
+@pytest.mark.integration
 def test_check_space_default_args():
     check_space(DartsSpace())
 
 
+@pytest.mark.integration
 def test_check_space_digits_args():
     check_space(get_space("darts", **DIGITS), seed=1)
 
 
+@pytest.mark.integration
 def test_check_space_odd_channels_and_deeper_network():
     check_space(DartsSpace(channels=5, layers=7, num_classes=3, input_size=12), n=4, seed=2)
 
 
+@pytest.mark.integration
 def test_import_does_not_import_torch():
     code = "import sys, search_spaces.darts; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -220,6 +224,7 @@ def test_bad_space_args(args, field):
 
 
 # ---- the network and its exact costs -----------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize("args", [{}, DIGITS, {"channels": 6, "layers": 4, "input_size": 16}])
 def test_params_and_flops_match_the_built_model(args):
     space = DartsSpace(**args)
@@ -294,6 +299,7 @@ def test_build_overrides_change_the_model():
     assert tuple(wide(torch.randn(1, 3, 32, 32)).shape) == (1, 5)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args", [{}, DIGITS])
 def test_onnx_export_agrees_with_torch(args):
     ort = pytest.importorskip("onnxruntime")
