@@ -242,6 +242,7 @@ def test_export_json(finished, tmp_path):
     assert json.loads(other.read_text())["trial"] == 3
 
 
+@pytest.mark.integration
 def test_export_torchscript_and_onnx_agree(finished, tmp_path):
     import numpy as np
     import onnxruntime
@@ -344,6 +345,7 @@ def test_db_from_the_environment_and_the_db_option(finished, tmp_path):
     assert nas_json("--db", other, "list", env=env) == []  # --db wins over the environment
 
 
+@pytest.mark.integration
 def test_python_m_nas_subprocess(finished, tmp_path):
     url, job = finished["url"], str(finished["job"])
     proc = python_m_nas("--db", url, "status", job, "--json", cwd=tmp_path)

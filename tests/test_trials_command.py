@@ -239,6 +239,17 @@ def test_table_says_how_to_get_the_next_page(job):
     assert "trials 1-4 of 12" in text and "8 more: --offset 4" in text
 
 
+def test_a_job_without_trials_is_an_empty_page_not_an_error(db_url):
+    storage = Storage(db_url)
+    job = storage.create_job(SPEC, "empty", seed=0)
+    args = ("--db", db_url, "trials", str(job))
+    assert "no trials" in nas_cli(*args).stdout
+    assert json.loads(nas_cli(*args, "--json").stdout)["total"] == 0
+    header = nas_cli(*args, "--csv").stdout.splitlines()
+    assert len(header) == 1 and header[0].startswith("trial,status,score")
+    assert "most common failures" not in nas_cli("--db", db_url, "status", str(job)).stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--status", "done"], "--status must be one of"),
     (["--limit", "0"], "--limit must be at least 1, got 0"),
