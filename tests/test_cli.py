@@ -364,6 +364,7 @@ def test_python_m_nas_subprocess(finished, tmp_path):
         assert [r["id"] for r in json.loads(proc.stdout)] == [finished["job"]]
 
 
+@pytest.mark.system
 def test_detached_submit_returns_at_once_and_a_background_driver_completes(tmp_path):
     spec = write_spec(tmp_path / "slow.yaml", budget={"trials": 30}, parallelism=1,
                       batch_size=1, evaluator_args={"delay_s": 0.1})
@@ -383,6 +384,7 @@ def test_detached_submit_returns_at_once_and_a_background_driver_completes(tmp_p
     assert log.is_file() and f"job {job} completed" in log.read_text()
 
 
+@pytest.mark.system
 def test_detached_resume_of_an_interrupted_job(tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     storage = Storage(url)

@@ -69,6 +69,7 @@ def test_a_damaged_sqlite_file_is_one_line_and_left_untouched(kind, command, goo
     assert not (tmp_path / "out.json").exists()
 
 
+@pytest.mark.integration
 def test_a_damaged_sqlite_file_from_a_real_process(good_db, tmp_path):
     path = tmp_path / "nas.db"
     path.write_bytes(damaged("truncated", good_db))
@@ -145,6 +146,7 @@ main()
 """
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["json", "onnx", "torchscript"])
 def test_a_killed_export_leaves_the_existing_file_whole(fmt, job_url, tmp_path):
     folder = tmp_path / "out"

@@ -38,6 +38,7 @@ def test_compose_file_parses_with_the_expected_services():
         assert env["NAS_ARTIFACTS"] == "/artifacts"  # one folder every node shares
 
 
+@pytest.mark.integration
 def test_the_serve_command_parses_with_our_cli_and_is_what_the_tests_run():
     command = _compose()["services"]["serve"]["command"]
     group = typer.main.get_command(app)
@@ -57,6 +58,7 @@ def test_the_cli_reads_the_environment_the_compose_file_sets():
     assert "NAS_ARTIFACTS" in (ROOT / "nas" / "driver.py").read_text()
 
 
+@pytest.mark.integration
 def test_the_ray_commands_are_valid_ray_start_options():
     services = _compose()["services"]
     ray = Path(sys.executable).with_name("ray")
@@ -102,6 +104,7 @@ def _secret_file(compose: dict, name: str) -> Path:
     return (DOCKER / compose["secrets"][name]["file"]).resolve()
 
 
+@pytest.mark.integration
 def test_postgres_takes_its_password_from_a_secret_that_is_not_committed():
     compose = _compose()
     postgres = compose["services"]["postgres"]

@@ -78,6 +78,7 @@ def test_the_custom_job_is_a_valid_spec(monkeypatch):
     assert spec.early_stopping["rule"] == "median"
 
 
+@pytest.mark.system
 def test_custom_example_from_the_cli(tmp_path):
     """`cd examples/custom && nas submit job.yaml --wait` (on a local Ray), then `nas best`."""
     nas = [sys.executable, "-m", "nas", "--db", f"sqlite:///{tmp_path / 'cli.db'}"]
@@ -90,6 +91,7 @@ def test_custom_example_from_the_cli(tmp_path):
     assert best["results"][0]["objectives"]["val_acc"] > 50.0
 
 
+@pytest.mark.system
 def test_custom_example_from_python(tmp_path):
     """`python search.py`: nas.search, job.best() printed, the best exported to ONNX."""
     import onnx

@@ -102,6 +102,7 @@ def test_a_bad_spec_field_is_refused_before_the_database_is_touched(usermod, tmp
     assert not (tmp_path / "x.db").exists()
 
 
+@pytest.mark.integration
 def test_a_script_run_as_main_is_named_after_its_file(usermod, tmp_path):
     """`python search.py` defining `evaluate` itself: stored as `search:evaluate`, found
     again in the same process without running the script twice (the call is guarded)."""
@@ -195,6 +196,7 @@ def test_trials_without_pandas_are_dicts(job, monkeypatch):
     assert {"trial", "status", "key", "arch", "score", "feasible"} <= set(records[0])
 
 
+@pytest.mark.integration
 def test_import_nas_stays_cheap():
     """`import nas` loads none of the API's dependencies until `nas.search` is used."""
     code = ("import sys, nas; heavy = [m for m in ('nas.job', 'nas.storage', 'sqlalchemy', "
@@ -222,6 +224,7 @@ def test_resume_and_cancel_through_the_handle(usermod, tmp_path):
     assert nas.load(second, db=db).status()["status"] == "cancelled"
 
 
+@pytest.mark.system
 def test_ctrl_c_pauses_the_search_and_the_handle_resumes_it(usermod, tmp_path):
     """SIGINT during `nas.search` pauses the job and says how to go on; `resume()` ends it
     with every trial once."""

@@ -74,6 +74,7 @@ def test_a_traceback_never_shows_local_variables():
     assert app.pretty_exceptions_show_locals is False  # `url` would hold the password
 
 
+@pytest.mark.integration
 def test_an_unknown_job_names_the_database_without_its_password(secret_url):
     url, password = secret_url
     code, output = _nas("--db", url, "status", "99")
@@ -84,6 +85,7 @@ def test_an_unknown_job_names_the_database_without_its_password(secret_url):
     assert password not in str(caught.value)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("template", [
     "postgresql://ann:{pw}@127.0.0.1:notaport/nas",   # SQLAlchemy cannot parse the port
     "ann:{pw}@127.0.0.1/nas",                         # no scheme
@@ -121,6 +123,7 @@ def _pids_running(job: int, artifacts: Path) -> list[int]:
     return found
 
 
+@pytest.mark.system
 def test_a_detached_driver_gets_the_url_from_its_environment_not_its_command_line(
         secret_url, tmp_path):
     url, password = secret_url
@@ -157,6 +160,7 @@ def test_a_detached_driver_gets_the_url_from_its_environment_not_its_command_lin
         assert code == 0 and password not in output, (command, output)
 
 
+@pytest.mark.system
 def test_serve_announces_the_database_without_its_password(secret_url, tmp_path):
     url, password = secret_url
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NAS_DB_URL": url,
@@ -205,6 +209,7 @@ def scram_pg() -> Iterator[tuple[str, str]]:
         server.remove()
 
 
+@pytest.mark.integration
 def test_the_password_can_come_from_a_file_as_docker_secrets_give_it(scram_pg, tmp_path,
                                                                     monkeypatch):
     url, password = scram_pg
@@ -224,6 +229,7 @@ def test_the_password_can_come_from_a_file_as_docker_secrets_give_it(scram_pg, t
     assert code == 2 and "NAS_DB_PASSWORD_FILE" in output, output
 
 
+@pytest.mark.integration
 def test_a_wrong_password_in_the_url_is_refused_without_echoing_it(scram_pg):
     url, password = scram_pg
     wrong = f"Wrong{uuid.uuid4().hex}"
