@@ -17,6 +17,8 @@ from nas.cli import app
 from nas.storage import Storage
 from workers.datasets import parse_dataset
 
+pytestmark = pytest.mark.integration
+
 DATASET = {"kind": "digits", "limit": 600}
 SPEC = {
     "name": "digits", "space": "nb201",

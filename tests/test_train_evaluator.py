@@ -18,6 +18,8 @@ from workers.latency import device_key
 from workers.task import EvaluatorSpec, TrialTask, evaluate_batch
 from workers.training import TrainConfig, lr_at, train_model
 
+pytestmark = pytest.mark.integration
+
 
 def _mlp(inputs: int, classes: int = 10) -> torch.nn.Module:
     torch.manual_seed(0)

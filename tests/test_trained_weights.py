@@ -18,6 +18,8 @@ from nas.storage.schema import trial_weights, trials
 from search_spaces import get_space
 from workers.datasets import parse_dataset
 
+pytestmark = pytest.mark.integration
+
 SPACE_ARGS = {"channels": 4, "cells_per_stage": 1, "input_channels": 1, "input_size": 8}
 
 

@@ -19,6 +19,8 @@ from search_spaces.nb201 import OPS as NB201_OPS
 from workers.weight_sharing import CHECKPOINT, get_search
 from workers.weight_sharing.mixed import MixedOp, nb201_ranked
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {"kind": "digits", "limit": 128}
 TINY = {"dataset": DATA, "batch_size": 32, "seed": 3}
@@ -255,6 +257,7 @@ search.run(sys.argv[1], progress=lambda record: time.sleep(600))
 """
 
 
+@pytest.mark.system
 def test_resume_after_kill_9_is_bit_identical(tmp_path):
     space = get_space("nb201")
     whole, _, full = _run("darts", "nb201", tmp_path / "whole", epochs=3, order=1)

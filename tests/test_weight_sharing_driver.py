@@ -23,6 +23,8 @@ from workers.tables import load_table
 from workers.weight_sharing import CHECKPOINT
 from workers.weight_sharing.task import SearchTask, run_search
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 #: A small mbconv (as in tests/test_weight_sharing_oneshot.py, one input resolution).
 MBCONV_SMALL = {"stage_channels": [16, 24], "stage_strides": [2, 2], "stem_channels": 8,
@@ -88,6 +90,7 @@ def _driver(url: str, job: int, env: dict) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.system
 def test_driver_killed_during_the_search_resumes_from_its_checkpoint(tmp_path, artifacts):
     url = f"sqlite:///{tmp_path / 'ws.db'}"
     storage = Storage(url)

@@ -22,6 +22,8 @@ from search_spaces import get_space
 from workers.weight_sharing import OneShotSearch, get_search
 from workers.weight_sharing.hybrid_supernet import HybridSupernet, extreme_archs
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 MBCONV_ARGS = {"input_channels": 1, "input_size": 8, "stage_channels": [16, 24],
                "stage_strides": [2, 2], "stem_channels": 8, "head_channels": 32,
@@ -215,6 +217,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(reference: dict[str, Any],
     assert again.resumed_from_epoch == 3 and again.archs == reference["outcome"].archs
 
 
+@pytest.mark.system
 def test_kill_9_then_resume_equals_an_uninterrupted_run(reference: dict[str, Any],
                                                         tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
