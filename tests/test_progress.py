@@ -287,15 +287,27 @@ def _trials_done(data: dict) -> int | None:
     return phases["trials"]["done"] if "trials" in phases else None
 
 
-def test_a_detached_job_shows_its_progress_advancing_in_status(db_url, tmp_path, procs):
+@pytest.mark.parametrize("runner", ["driver", "serve"])
+def test_a_detached_or_served_job_shows_its_progress_advancing_in_status(db_url, tmp_path,
+                                                                         procs, runner):
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(nb201_spec(
         budget={"trials": 120}, batch_size=1,
         evaluator_args={"table": "nb201-cifar10", "delay_s": 0.05})))
+    logs: tuple = (tmp_path / "serve.log",)
+    if runner == "serve":
+        with open(logs[0], "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "nas", "--db", db_url, "serve", "--poll-s", "0.2"],
+                cwd=ROOT, stdout=log, stderr=log))
+        storage = Storage(db_url)
+        wait_until(storage.live_servers, "the serve process to register", logs=logs)
+        storage.close()
     submitted = _nas("--db", db_url, "submit", str(spec), "--json")
     assert submitted.returncode == 0, submitted.stderr
+    assert json.loads(submitted.stdout)["runner"] == runner
     job = json.loads(submitted.stdout)["job"]
-    logs = tuple((tmp_path / "artifacts").rglob("driver.log"))
+    logs += tuple((tmp_path / "artifacts").rglob("driver.log"))
     seen = []
 
     def advanced() -> bool:
