@@ -184,6 +184,7 @@ def test_best_under_a_latency_budget(finished):
     assert "under 18.0 ms on pixel3" in text
 
 
+@pytest.mark.integration
 def test_pareto_front_and_plot(finished, tmp_path, monkeypatch):
     url, job = finished["url"], str(finished["job"])
     monkeypatch.chdir(tmp_path)

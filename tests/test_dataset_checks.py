@@ -100,6 +100,7 @@ def test_labels_beyond_num_classes_are_refused_naming_it(user_data):
     assert spec.space_args["num_classes"] == 10
 
 
+@pytest.mark.integration
 def test_every_dataset_kind_is_shape_checked(tmp_path):
     np.savez(tmp_path / "gray12.npz", x=np.zeros((20, 12, 12), np.float32),
              y=np.arange(20) % 4)
@@ -150,6 +151,7 @@ def test_a_bad_function_is_one_line_at_submit(user_data, function, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.integration
 def test_a_small_training_run_reports_on_the_inferred_network(user_data):
     spec = parse_spec(_train_spec(f"{user_data}:rgb16", RGB16))
     space = get_space("nb201", channels=4, cells_per_stage=1,

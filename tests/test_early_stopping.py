@@ -122,6 +122,7 @@ def _check_pruned(storage: Storage, job: int, full: int) -> int:
     return steps
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("rule", ["median", "asha"])
 def test_early_stopping_stores_pruned_trials_and_runs_fewer_steps(sqlite_url, rule):
     storage = Storage(sqlite_url)
@@ -131,6 +132,7 @@ def test_early_stopping_stores_pruned_trials_and_runs_fewer_steps(sqlite_url, ru
     print(f"{rule}: {steps} of {full} steps run")  # figures for the README
 
 
+@pytest.mark.integration
 def test_status_json_counts_pruned_trials(db_url):
     from typer.testing import CliRunner
 

@@ -43,6 +43,7 @@ def _rows(storage: Storage, job: int) -> list[dict]:
             .where(trials.c.job_id == job).order_by(trials.c.number)).mappings()]
 
 
+@pytest.mark.integration
 def test_user_function_trains_on_digits_and_reports_every_epoch(sqlite_url):
     storage = Storage(sqlite_url)
     job = api.submit(storage, function_spec())

@@ -102,6 +102,7 @@ def _pool_batches() -> list[str]:
     return [k for evaluator, keys in SUBMITTED if evaluator == "analytic" for k in keys]
 
 
+@pytest.mark.integration
 def test_a_strategy_with_a_preparation_runs_through_the_driver_and_prepares_once(db_url):
     storage = Storage(db_url)
     job = api.submit(storage, _spec())
@@ -175,6 +176,7 @@ def test_the_preparation_runs_on_ray_workers():
     assert [t["key"] for t in storage.load_trials(job)] == _expected(4, 5)
 
 
+@pytest.mark.integration
 def test_one_registration_of_a_weight_sharing_search_makes_its_strategy():
     """`@register_search` alone: the strategy registry makes the strategy when it loads."""
     from nas.strategies import WeightSharingStrategy, list_strategies, strategy_class
