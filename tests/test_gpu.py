@@ -102,6 +102,7 @@ def test_a_gpu_the_worker_lacks_fails_the_trial_in_one_line():
                    **SEARCH_DATA).run(tempfile.mkdtemp())
 
 
+@pytest.mark.integration
 def test_cpu_training_ignores_the_gpu_path():
     """`device: cpu` trains, measures and returns weights exactly as before the option."""
     space = get_space("nb201", **NB201_DIGITS)

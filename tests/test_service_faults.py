@@ -260,6 +260,7 @@ def test_a_trial_that_killed_its_batch_runs_alone_on_resume(sqlite_url):
 
 
 # ---- item 14: trial timeouts and a seconds budget that ends the job on time ------------------
+@pytest.mark.integration
 def test_a_hanging_trial_fails_at_its_timeout(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     storage = Storage(f"sqlite:///{tmp_path / 'nas.db'}")
