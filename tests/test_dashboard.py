@@ -81,6 +81,7 @@ def test_the_jobs_page_and_its_json_show_every_job(board):
     assert trials_phase and trials_phase[0]["fraction"] == 1.0
 
 
+@pytest.mark.integration
 def test_the_job_page_shows_status_progress_failures_and_charts(board):
     storage, job, client = board
     assert client.get(f"/jobs/{job}").status_code == 200
@@ -147,6 +148,7 @@ def test_failed_trials_come_with_their_errors(board):
         assert stored["status"] == "failed" and row["error"] == stored["error"]
 
 
+@pytest.mark.integration
 def test_a_trial_page_shows_metrics_measurements_picture_and_downloads(board):
     storage, job, client = board
     best = results.status(storage, job)["best"]
@@ -340,6 +342,7 @@ def start_dashboard(url: str, *args: str, env: dict[str, str] | None = None,
     raise AssertionError(f"nas dashboard did not start: {lines}")
 
 
+@pytest.mark.system
 @pytest.mark.integration
 def test_the_command_serves_and_warns_when_open_to_other_machines(sqlite_url, procs):
     import httpx

@@ -14,6 +14,7 @@ from predictors.latency import get_latency_predictor, list_latency_predictors
 from search_spaces import get_space
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize("name", list_latency_predictors())
 def test_registered_latency_predictor_passes(name, check):

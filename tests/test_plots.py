@@ -90,6 +90,7 @@ def plot(jobs: dict[str, Any], path: Path, kind: str, *extra: str) -> Path:
     return path
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["history", "pareto", "importance", "parallel"])
 def test_every_kind_writes_a_real_png(jobs, tmp_path, kind):
     extra = ("--device", "pixel3", "--max-latency-ms", str(BUDGET_MS)) if kind == "pareto" else ()
