@@ -202,6 +202,7 @@ def _proxy_spec() -> dict:
                       budget={"trials": 3}, batch_size=1)
 
 
+@pytest.mark.integration
 def test_a_proxy_job_records_its_pool_being_scored(db_url, tmp_path, monkeypatch):
     monkeypatch.setenv("NAS_ARTIFACTS", str(tmp_path / "artifacts"))
     storage = Storage(db_url)
@@ -244,6 +245,7 @@ def _supernet_records(storage: Storage, job: int, heard: list) -> None:
     assert text.startswith("supernet epoch 2/2 loss ") and " acc " in text
 
 
+@pytest.mark.integration
 def test_a_weight_sharing_job_records_its_supernet_epochs(db_url, tmp_path, monkeypatch):
     monkeypatch.setenv("NAS_ARTIFACTS", str(tmp_path / "artifacts"))
     storage = Storage(db_url)
@@ -333,6 +335,7 @@ def test_a_detached_or_served_job_shows_its_progress_advancing_in_status(db_url,
     assert final["trials"]["completed"] == 120  # the other keys are still there
 
 
+@pytest.mark.system
 def test_wait_shows_the_phase_and_closes_with_the_best_and_what_next(tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     spec = tmp_path / "job.yaml"
@@ -349,6 +352,7 @@ def test_wait_shows_the_phase_and_closes_with_the_best_and_what_next(tmp_path):
         assert f"`nas {command}" in result.stderr, result.stderr
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_wait_says_how_to_resume(tmp_path, sig, code, procs):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
@@ -372,6 +376,7 @@ def test_an_interrupted_wait_says_how_to_resume(tmp_path, sig, code, procs):
     storage.close()
 
 
+@pytest.mark.integration
 def test_a_resumed_supernet_goes_on_from_the_epoch_it_had_reached(sqlite_url, tmp_path,
                                                                     monkeypatch):
     """Paused during the search (as `nas serve` stopping pauses it), the job's supernet

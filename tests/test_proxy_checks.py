@@ -20,6 +20,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize("name", list_proxies())
 def test_registered_proxy_passes(name, check):

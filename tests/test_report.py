@@ -39,6 +39,7 @@ def text_of(html: str) -> str:
     return " ".join(html_lib.unescape(re.sub(r"<[^>]+>", " ", html)).split())
 
 
+@pytest.mark.integration
 def test_report_references_nothing_outside_itself(report):
     assert external_references(report["html"]) == []
     assert "<link" not in report["html"]
