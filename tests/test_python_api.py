@@ -140,6 +140,9 @@ def test_search_runs_the_job_and_the_handle_matches_the_cli(job, tmp_path):
     mine = job.status()
     for volatile in ("lease_owner", "lease_expires_at", "created_at", "updated_at"):
         cli_status.pop(volatile), mine.pop(volatile)
+    phases = [(p["phase"], p["done"], p["total"]) for p in mine.pop("progress")]
+    assert phases == [(p["phase"], p["done"], p["total"]) for p in cli_status.pop("progress")]
+    assert phases == [("trials", 12, 12)]
     assert json.loads(json.dumps(mine)) == cli_status
     assert job.best(top=3) == cli_json(db, "best", str(job.id), "--top", "3")["results"]
     assert [t["objectives"]["score"] for t in job.best(top=12)] == sorted(
