@@ -328,3 +328,29 @@ def test_a_real_job_whose_trials_fail_shows_why(sqlite_url):
     assert failed["total"] == 6
     assert {r["error"].splitlines()[0] for r in failed["rows"]} == \
         {f["error"] for f in data["failures"]}
+
+
+def test_one_cause_over_many_architectures_counts_once(sqlite_url, tmp_path):
+    """A benchmark table missing most cells: every failed trial's error names its own
+    architecture, yet `nas status` reports the cause once with the count of all of them."""
+    import csv
+    import gzip
+    from importlib import resources
+
+    records = list(csv.DictReader(gzip.decompress(resources.files("workers").joinpath(
+        "data", "nb201-cifar10.csv.gz").read_bytes()).decode().splitlines()))
+    table = tmp_path / "ten-cells.csv"
+    with open(table, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records[:10])
+    storage = Storage(sqlite_url)
+    job = api.submit(storage, nb201_spec(strategy="random", strategy_args={}, budget={"trials": 12},
+                                         evaluator_args={"table": str(table)}))
+    api.run(storage, job)
+    data = json.loads(nas_cli("--db", sqlite_url, "status", str(job), "--json").stdout)
+    failed = data["trials"]["failed"]
+    assert failed >= 10
+    assert data["failures"] == [
+        {"error": f"architecture <architecture> is not in table {table}",
+         "count": failed}]

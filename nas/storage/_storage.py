@@ -504,13 +504,18 @@ class Storage:
 
     @retried()
     def common_errors(self, job_id: int, limit: int = 3) -> list[tuple[str, int]]:
-        """The most common first lines of the job's failed trials' errors, with counts."""
+        """The most common first lines of the job's failed trials' errors, with counts. A
+        trial's own architecture key in its error reads `<architecture>`, so that one cause
+        ("architecture X is not in table T") counts once, not once per architecture."""
         counts: dict[str, int] = {}
-        query = select(trials.c.error).where(trials.c.job_id == job_id,
-                                             trials.c.status == "failed")
+        query = select(trials.c.error, architectures.c.key) \
+            .join(architectures, trials.c.architecture_id == architectures.c.id) \
+            .where(trials.c.job_id == job_id, trials.c.status == "failed")
         with self.read() as conn:
-            for (error,) in conn.execute(query):
+            for error, key in conn.execute(query):
                 line = (error or "").strip().partition("\n")[0] or "(no error message)"
+                if key and len(key) > 3:
+                    line = line.replace(key, "<architecture>")
                 counts[line] = counts.get(line, 0) + 1
         return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
