@@ -258,7 +258,7 @@ def test_pages_are_escaped_and_scripts_only_from_the_server(sqlite_url):
     page = client.get("/")
     assert "<script>alert(1)</script>" not in page.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
-    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "script-src 'self' 'unsafe-eval';" in page.headers["content-security-policy"]
     plotly = client.get("/static/plotly.min.js")
     assert plotly.status_code == 200 and b"plotly" in plotly.content[:2000].lower()
     assert "cdn" not in page.text.lower()

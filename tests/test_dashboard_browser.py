@@ -94,7 +94,7 @@ def test_the_jobs_list_renders(site, page):
     assert page.locator("#mode").inner_text() == "read-only"
 
 
-def test_a_running_jobs_progress_advances_without_a_reload(site, page):
+def test_a_running_jobs_progress_advances_without_a_reload(site, page, tmp_path):
     spec = write_spec(site["folder"] / "running.yaml", name="running-search",
                       strategy="random", strategy_args={}, budget={"trials": 5000},
                       parallelism=1, batch_size=1)
@@ -116,6 +116,12 @@ def test_a_running_jobs_progress_advances_without_a_reload(site, page):
         assert page.evaluate("window.notReloaded") is True  # updated in place
         assert page.locator("#job-runner").inner_text() == "driver"
         assert page.locator("#job-status").inner_text() == "running"
+        page.goto(site["base"] + "/")  # the jobs list with this job running
+        row = page.locator(f'#jobs-body tr[data-job="{job}"]')
+        row.wait_for()
+        assert "running" in row.inner_text() and "driver" in row.inner_text()
+        page.set_viewport_size({"width": 1400, "height": 300})
+        page.screenshot(path=str(screenshots(tmp_path) / "dashboard-jobs.png"))
     finally:
         nas(site["url"], "cancel", str(job), env=site["env"])
         wait_until(lambda: storage.get_job(job)["status"] == "cancelled",
@@ -245,25 +251,30 @@ def test_the_token_is_enforced(site, browser):
             proc.wait()
 
 
-def test_screenshots_of_the_main_pages(site, page, tmp_path):
+def screenshots(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("NAS_DASHBOARD_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_screenshots_of_the_job_and_trial_pages(site, page, tmp_path):
+    folder = screenshots(tmp_path)
     job = site["job"]
     storage = Storage(site["url"])
     from nas import results
 
     best = results.status(storage, job)["best"]["trial"]
     storage.close()
-    page.goto(site["base"] + "/")
-    page.locator("#jobs-body tr[data-job]").first.wait_for()
-    page.screenshot(path=str(folder / "dashboard-jobs.png"))
     page.goto(f"{site['base']}/jobs/{job}")
     wait_js(page, "document.body.dataset.chartsReady && document.body.dataset.paretoReady")
     page.evaluate("v => { budget.value = v; budget.dispatchEvent(new Event('input')); }",
                   page.evaluate("Number(budget.min) + 0.4 * (budget.max - budget.min)"))
     time.sleep(1.5)
+    parallel = page.locator("#chart-parallel")
+    assert parallel.locator("canvas").count() > 0  # drawn with WebGL
+    assert "WebGL is not supported" not in parallel.inner_text()  # (the CSP lets regl run)
     page.screenshot(path=str(folder / "dashboard-job.png"), full_page=True)
     page.goto(f"{site['base']}/jobs/{job}/trials/{best}")
     page.screenshot(path=str(folder / "dashboard-trial.png"), full_page=True)
-    for name in ("jobs", "job", "trial"):
+    for name in ("job", "trial"):
         assert (folder / f"dashboard-{name}.png").stat().st_size > 10_000

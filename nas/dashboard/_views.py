@@ -209,7 +209,7 @@ def _table_row(row: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
             "duration_s": row.get("duration_s"), "worker": row.get("worker"), "error": error}
 
 
-def failed_trials(storage: Storage, job_id: int, limit: int = 20) -> list[dict[str, Any]]:
+def failed_trials(storage: Storage, job_id: int, limit: int = 10) -> list[dict[str, Any]]:
     """The job's latest failed trials with their full errors."""
     from ..storage import trials_page
 

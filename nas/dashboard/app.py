@@ -97,9 +97,12 @@ class TokenMiddleware:
 
 
 class SecurityHeaders:
-    """No inline or foreign scripts, no framing, no sniffing."""
+    """No inline or foreign scripts, no framing, no sniffing. 'unsafe-eval': plotly.js's WebGL
+    traces (the parallel coordinates) compile their shaders' drawing code with `Function`
+    (regl); without it they show "WebGL is not supported" instead of the chart."""
 
-    POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    POLICY = ("default-src 'self'; script-src 'self' 'unsafe-eval'; "
+              "style-src 'self' 'unsafe-inline'; "
               "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
               "form-action 'self'")
 

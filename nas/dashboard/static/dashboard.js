@@ -104,6 +104,9 @@ function drawFigure(id, figure) {
     title: { text: "" }, margin: { t: 36, r: 16, b: 50, l: 60 },
     legend: { orientation: "h", x: 0, y: -0.22, yanchor: "top" },
   });
+  if (figure.data.length && figure.data[0].type === "parcoords") {
+    layout.margin = { t: 50, r: 70, b: 30, l: 110 };  // room for the axes' tick labels
+  }
   Plotly.react(node, figure.data, layout, { responsive: true, displaylogo: false });
 }
 
@@ -175,6 +178,9 @@ function jobPage() {
         ...r.values.map((v) => fmt(v)), fmt(r.score), r.feasible === null ? "-" : (r.feasible ? "yes" : "no"),
         fmt(r.duration_s, 3), r.attempt, el("code", r.key), r.error || ""]);
       tr.dataset.trial = r.trial;
+      const error = tr.lastChild;  // one line; the whole first line on hover
+      error.className = "error-cell";
+      if (r.error) error.title = r.error;
       return tr;
     }));
     const end = Math.min(page.offset + page.rows.length, page.total);
