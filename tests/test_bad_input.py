@@ -255,6 +255,7 @@ def _write(folder: Path, case: Any) -> Path:
     return path
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("case", "extra", "mentions"), SPEC_CASES)
 @pytest.mark.parametrize("wait", [False, True], ids=["detached", "wait"])
 def test_bad_spec_is_refused_and_nothing_is_written(case, extra, mentions, wait, populated,
@@ -361,6 +362,7 @@ CLI_CASES = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("args", "mentions"), CLI_CASES)
 def test_bad_call_is_refused_and_nothing_changes(args, mentions, populated, workdir, tmp_path):
     from nas.cli import app

@@ -85,6 +85,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"url": url, "job": data["id"], "submit": data, "folder": folder}
 
 
+@pytest.mark.integration
 def test_submit_wait_json_reports_the_completed_job(finished):
     data = finished["submit"]
     assert data["status"] == "completed"
@@ -126,6 +127,7 @@ def test_status(finished):
     assert f"best: trial {data['best']['trial']}" in text
 
 
+@pytest.mark.integration
 def test_list(finished, tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     storage = Storage(url)
@@ -274,6 +276,7 @@ def test_export_torchscript_and_onnx_agree(finished, tmp_path):
     assert {"export-torchscript", "export-onnx"} <= kinds
 
 
+@pytest.mark.integration
 def test_cancel_a_pending_job_then_resume_it(tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     job = api.submit(Storage(url), nb201_spec(budget={"trials": 12}))  # no driver spawned
@@ -285,6 +288,7 @@ def test_cancel_a_pending_job_then_resume_it(tmp_path):
     assert data["status"] == "completed" and data["trials"]["completed"] == 12
 
 
+@pytest.mark.integration
 def test_resume_an_interrupted_job_finishes_without_repeating_work(tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     storage = Storage(url)
@@ -312,6 +316,7 @@ def test_resume_an_interrupted_job_finishes_without_repeating_work(tmp_path):
     assert [r["key"] for r in rows] == [r["key"] for r in storage.load_trials(reference)]
 
 
+@pytest.mark.integration
 def test_spaces_and_strategies():
     spaces = nas_json("spaces")
     nb201 = next(s for s in spaces if s["name"] == "nb201")

@@ -162,6 +162,7 @@ def test_user_code_is_the_modules_outside_installed_packages(tmp_path, monkeypat
     assert changed.digests["userpkg"] != code.digests["userpkg"]
 
 
+@pytest.mark.integration
 def test_a_job_without_user_modules_records_no_code_and_is_never_refused(sqlite_url):
     storage = Storage(sqlite_url)
     job = api.submit(storage, nb201_spec())
@@ -267,6 +268,7 @@ def test_resume_with_other_code_is_refused_unless_allowed(user_folder, tmp_path,
     storage.close()
 
 
+@pytest.mark.integration
 def test_api_resume_and_a_serve_takeover_refuse_other_code(user_folder, tmp_path,
                                                            monkeypatch):
     """`api.resume` refuses as `nas resume` does; a `nas serve` taking the job over from a

@@ -43,6 +43,7 @@ COMMANDS = [["list"], ["status", "1"], ["best", "1"], ["pareto", "1", "--device"
             ["latency", "import", "--device", "myphone", "{csv}"], ["db", "upgrade"]]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["garbage", "text", "truncated"])
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: "-".join(c[:2]))
 def test_a_damaged_sqlite_file_is_one_line_and_left_untouched(kind, command, good_db, tmp_path,
@@ -88,6 +89,7 @@ def job_url(good_db, tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{path}"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["json", "onnx", "torchscript"])
 @pytest.mark.parametrize("where", ["read-only-folder", "chmod-555-folder", "missing-folder",
                                    "a-folder", "parent-is-a-file"])

@@ -66,6 +66,7 @@ def board(db_url, tmp_path, monkeypatch):
     storage.close()
 
 
+@pytest.mark.integration
 def test_the_jobs_page_and_its_json_show_every_job(board):
     storage, job, client = board
     page = client.get("/")
@@ -100,6 +101,7 @@ def test_the_job_page_shows_status_progress_failures_and_charts(board):
     assert "data" in charts["importance"] or "message" in charts["importance"]
 
 
+@pytest.mark.integration
 def test_the_budget_panel_lists_what_nas_best_returns(board):
     storage, job, client = board
     panel = client.get(f"/api/jobs/{job}/pareto", params={"device": DEVICE}).json()
@@ -121,6 +123,7 @@ def test_the_budget_panel_lists_what_nas_best_returns(board):
     assert [r["trial"] for r in tight["best"]] != [r["trial"] for r in loose["best"]]
 
 
+@pytest.mark.integration
 def test_the_trials_table_is_sorted_filtered_and_paginated_by_the_server(board):
     storage, job, client = board
     first = client.get(f"/api/jobs/{job}/trials", params={"limit": 7}).json()
@@ -139,6 +142,7 @@ def test_the_trials_table_is_sorted_filtered_and_paginated_by_the_server(board):
     assert numbers == sorted(numbers) and all(r["error"] for r in failed["rows"])
 
 
+@pytest.mark.integration
 def test_failed_trials_come_with_their_errors(board):
     storage, job, client = board
     failed = client.get(f"/api/jobs/{job}/failed").json()
@@ -171,6 +175,7 @@ def test_a_trial_page_shows_metrics_measurements_picture_and_downloads(board):
     assert refused.status_code == 400 and "not completed" in refused.text
 
 
+@pytest.mark.integration
 def test_an_unknown_job_or_trial_is_a_404_page(board):
     _, job, client = board
     page = client.get("/jobs/999")
@@ -186,6 +191,7 @@ def test_an_unknown_job_or_trial_is_a_404_page(board):
     assert bad.status_code == 400 and "toaster" in bad.json()["error"]
 
 
+@pytest.mark.integration
 def test_read_only_mode_has_no_buttons_and_refuses_actions(board):
     storage, job, client = board
     assert "action-cancel" not in client.get(f"/jobs/{job}").text
@@ -369,6 +375,7 @@ def test_the_command_serves_and_warns_when_open_to_other_machines(sqlite_url, pr
     assert ok.status_code == 200
 
 
+@pytest.mark.integration
 def test_json_of_every_endpoint_is_strict(board):
     """No NaN or Infinity in any answer (JSON.parse in the browser refuses them)."""
     _, job, client = board

@@ -17,6 +17,7 @@ IN_HW_BENCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|
 ALL_SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"  # noqa: E501
 
 
+@pytest.mark.integration
 def test_shipped_tables_match_the_shared_data(shared_data):
     shipped = load_table("nb201-cifar10")
     shared = load_table(str(shared_data / "nb201" / "nb201-cifar10.csv"))

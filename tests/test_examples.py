@@ -20,6 +20,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TRAIN_EXAMPLES = sorted(p.name for p in EXAMPLES.glob("*-digits-train.yaml"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
 def test_every_example_is_a_valid_spec(name):
     spec = load_spec_file(EXAMPLES / name)

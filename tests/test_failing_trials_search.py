@@ -35,6 +35,7 @@ def _small_table(path: Path, rows: int = 300, seed: int = 0) -> Path:
     return path
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("strategy, args", [
     ("evolution", {}),  # the defaults: population 20, sample 5
     ("moevo", {}),
@@ -77,6 +78,7 @@ def _weight_sharing_strategy():  # noqa: ANN202
     return strategy
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("make", [
     lambda: get_strategy("evolution", SPACE, seed=0, population=3, sample=2),
     lambda: get_strategy("moevo", SPACE, seed=0, population=3, sample=2),

@@ -101,6 +101,7 @@ def _write_csv(path: Path, rows: list[tuple[str, object]], metric: str = "latenc
     return path
 
 
+@pytest.mark.integration
 def test_import_is_validated_and_idempotent(tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     keys, values = _pixel3_cells()
@@ -119,6 +120,7 @@ def test_import_is_validated_and_idempotent(tmp_path):
     assert {r["source"] for r in rows.values()} == {"imported"}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("content, mentions", [
     ("arch,ms\n|none~0|+|none~0|none~1|+|none~0|none~1|none~2|,1\n", ["no 'latency_ms' column"]),
     ("arch,latency_ms\nnot-a-cell,1.5\n", ["line 2", "not an architecture"]),

@@ -46,6 +46,7 @@ def test_analytic_evaluator_reports_the_space_counts(name):
         assert result.measurements == []
 
 
+@pytest.mark.integration
 def test_smallest_model_search_under_a_flops_budget(sqlite_url):
     """What a user runs it for: the fewest parameters within a FLOPs budget. FLOPs are
     known before evaluating, so no trial is spent on an architecture over the budget

@@ -47,6 +47,7 @@ def _value_of(latency: dict):  # noqa: ANN202
 
 
 # ---- conformance and reduction -------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize("args", [{}, {"population": 5, "sample": 2, "init": 0, "mutations": 2}])
 def test_moevo_passes_check_strategy(args):
     check_strategy(lambda seed: get_strategy("moevo", SPACE, seed=seed, **args))
@@ -119,6 +120,7 @@ def test_tournament_prefers_rank_then_crowding(sample, winners):
     assert len(parents) == 200 and set(parents) == winners
 
 
+@pytest.mark.integration
 def test_multi_objective_state_round_trip(tables):
     accuracy, latency = tables
     reference = _search("moevo", 3, 120, accuracy, latency, {"population": 10})[0]

@@ -160,6 +160,7 @@ def _best_valid(cls: type[Strategy], seed: int, trials: int, accuracy: Accuracy)
 
 
 # ---- search quality -----------------------------------------------------------------------------
+@pytest.mark.integration
 def test_tpe_beats_random_search_on_nb201(accuracy):
     """Best valid_acc after 60 trials, 5 seeds (the optimum is 91.6067)."""
     seeds = range(5)
@@ -182,6 +183,7 @@ def _hypervolume(points: list[Objectives]) -> float:
     return area
 
 
+@pytest.mark.integration
 def test_nsga2_front_improves_over_its_first_population(accuracy, latency):
     """Two objectives (valid_acc max, edge-GPU latency min), population 10, 120 trials, a
     window of 4, 3 seeds: the front of the last generation beats the (random) first one's on
@@ -208,6 +210,7 @@ def _trial_states(strategy: Strategy) -> list[str]:
     return [state for _, state, _, _ in strategy.state_dict()["trials"]]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("cls", [TPEStrategy, NSGA2Strategy])
 def test_two_objective_round_trip_mid_search(cls, accuracy, latency):
     """With two objectives bound and 4 trials in flight, a strategy restored from a snapshot

@@ -196,6 +196,7 @@ space = pg.Dict(depth=pg.oneof([2, 3, 4]), act=pg.oneof(["relu", "gelu"]),
 '''
 
 
+@pytest.mark.integration
 def test_a_users_pyglove_space_by_reference_gets_its_decisions_table(tmp_path, monkeypatch):
     module = "pictures_user_space"  # unique in the suite: sys.modules is shared
     (tmp_path / f"{module}.py").write_text(USER_SPACE)

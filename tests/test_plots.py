@@ -100,6 +100,7 @@ def test_every_kind_writes_a_real_png(jobs, tmp_path, kind):
     assert path.stat().st_size > 10_000  # a drawn chart, not an empty canvas
 
 
+@pytest.mark.integration
 def test_history_html_has_every_trial_and_a_monotone_best(jobs, tmp_path):
     counts = jobs["storage"].trial_counts(jobs["job"])
     assert counts.get("failed", 0) > 0 and counts["completed"] + counts["failed"] == TRIALS
@@ -217,6 +218,7 @@ def test_external_references_finds_what_a_page_would_load():
         "https://cdn.example/x.css", "//cdn.example/p.js", "url(http://example.org/b.png)"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["history", "parallel"])
 def test_html_references_nothing_outside_itself(jobs, tmp_path, kind):
     html = plot(jobs, tmp_path / "chart.html", kind).read_text()
@@ -265,6 +267,7 @@ def test_default_device_is_the_latency_objective_or_constraint():
         {"metric": "latency_ms", "device": "pixel3", "max": 10}])) == "pixel3"
 
 
+@pytest.mark.integration
 def test_insights_on_sqlite_and_postgresql_with_a_minimised_objective(db_url, shared_data):
     """The same data on both databases; with `mode: min` the best so far only goes down and
     the front pairs low latency with a low value (score is the negated objective)."""

@@ -177,6 +177,7 @@ def test_phase_text_and_eta_text():
 
 
 # ---- real jobs ------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_a_job_records_its_trials_phase_at_its_budget(db_url):
     storage = Storage(db_url)
     job = api.submit(storage, nb201_spec(budget={"trials": 12}))

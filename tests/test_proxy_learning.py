@@ -176,6 +176,7 @@ def test_stored_formula_registers_as_a_proxy(tmp_path) -> None:
         evolved.save_formula("bad name!", EXAMPLE, path)
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("restore_proxy_registry")
 def test_shipped_evolved_nb201_runs_in_the_proxy_evaluator() -> None:
     from workers.evaluators.proxy import ProxyEvaluator
@@ -223,6 +224,7 @@ def scored_cells():
             np.asarray([table.rows[k]["test_acc"] for k in keys]))
 
 
+@pytest.mark.integration
 def test_few_labels_rank_held_out_cells(scored_cells) -> None:
     """50 labels (valid_acc) rank the other ~950 cells by test_acc. bench/proxy_learning.py
     measured over 30 subsets: plain 0.89 +- 0.02, residual 0.91 +- 0.01, zero-label 0.90."""

@@ -153,6 +153,7 @@ def _scored_factory(seed: int) -> ProxySearch:
     return strategy
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mode", ["top", "evolution"])
 def test_proxy_strategy_passes_check_strategy_once_scored(mode):
     def factory(seed):

@@ -188,6 +188,7 @@ def test_a_symbolic_module_class_builds_a_cnn():
 
 
 # ---- architectures are JSON, keys are unique ----------
+@pytest.mark.integration
 @pytest.mark.parametrize("make", [lambda: PyGloveSpace(EXAMPLE), lambda: PyGloveSpace(NESTED),
                                   lambda: PyGloveSpace(MIXED), mlp_space, cnn_space])
 def test_architectures_round_trip_through_json_and_keys_are_unique(make):
@@ -280,6 +281,7 @@ def test_bad_space_args_are_refused():
 
 
 # ---- evaluators that need a model ----------
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["train", "proxy", "analytic"])
 def test_evaluators_that_need_a_model_say_so_in_one_line(name):
     from workers.evaluators import get_evaluator

@@ -64,6 +64,7 @@ def cli_json(db: str, *args: str) -> dict | list:
 
 
 # ---- objects as references ----------
+@pytest.mark.integration
 def test_objects_are_named_by_the_module_that_defines_them(usermod):
     assert reference_of(usermod.space) == "apimod:space"
     assert reference_of(usermod.evaluate) == "apimod:evaluate"
@@ -81,6 +82,7 @@ def test_objects_are_named_by_the_module_that_defines_them(usermod):
         del sys.modules["aaa_reexport"]
 
 
+@pytest.mark.integration
 def test_unreachable_objects_are_refused_in_one_line(usermod, tmp_path):
     def local(arch, ctx):
         return {}
@@ -131,6 +133,7 @@ def test_a_script_run_as_main_is_named_after_its_file(usermod, tmp_path):
 
 
 # ---- the handle answers what the CLI answers ----------
+@pytest.mark.integration
 def test_search_runs_the_job_and_the_handle_matches_the_cli(job, tmp_path):
     db = job.db
     assert job.status()["status"] == "completed"
@@ -149,6 +152,7 @@ def test_search_runs_the_job_and_the_handle_matches_the_cli(job, tmp_path):
         (t["objectives"]["score"] for t in job.best(top=12)), reverse=True)
 
 
+@pytest.mark.integration
 def test_pareto_matches_the_cli(job, tmp_path):
     from nas.latency import import_csv
 
@@ -168,6 +172,7 @@ def test_pareto_matches_the_cli(job, tmp_path):
         "--top", "2")["results"]
 
 
+@pytest.mark.integration
 def test_trials_export_load_cancel_and_resume(job, tmp_path):
     frame = job.trials()
     assert len(frame) == 12 and set(frame["status"]) == {"completed"}
@@ -192,6 +197,7 @@ def test_trials_export_load_cancel_and_resume(job, tmp_path):
         nas.load(1, db=f"sqlite:///{tmp_path / 'missing.db'}")
 
 
+@pytest.mark.integration
 def test_trials_without_pandas_are_dicts(job, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` raises ImportError
     records = job.trials()

@@ -95,6 +95,7 @@ def test_report_pictures_the_best_architecture(report):
         assert f"<code>ops[{i}]</code></td><td>{op}</td>" in section
 
 
+@pytest.mark.integration
 def test_report_of_a_job_with_few_or_no_trials_says_why_a_chart_is_missing(report, tmp_path):
     path = tmp_path / "small.html"
     nas("--db", report["url"], "report", str(report["small"]), "-o", str(path))

@@ -76,6 +76,7 @@ def _claims(log: Path) -> list[tuple[str, int]]:
 
 
 # ---- the claim itself ------------------------------------------------------------------------
+@pytest.mark.integration
 def test_racing_claimers_get_each_job_exactly_once(db_url):
     """8 claimers on their own connections race for one pending job: one wins, in each of
     `ROUNDS` rounds. Then they drain 6 jobs concurrently: every job is claimed by exactly
@@ -150,6 +151,7 @@ def test_what_is_claimable_and_in_which_order(db_url):
     assert storage.claim_job(me, ttl_s=30) == ids["expired"]
 
 
+@pytest.mark.integration
 def test_once_runs_one_job_in_process_then_exits(sqlite_url):
     storage = Storage(sqlite_url)
     assert Server(storage, once=True, poll_s=0.2, log=lambda line: None).run() == 0
@@ -163,6 +165,7 @@ def test_once_runs_one_job_in_process_then_exits(sqlite_url):
     assert storage.list_servers() == []  # a clean exit leaves the registry
 
 
+@pytest.mark.integration
 def test_a_cancelled_takeover_is_cancelled_and_a_broken_job_fails_once(sqlite_url):
     """A dead driver's job whose cancel was requested is cancelled, not run; a job whose
     stored spec cannot be read is marked failed instead of going back to the queue."""

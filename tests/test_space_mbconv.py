@@ -186,6 +186,7 @@ def _counted_flops(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
     return counter.get_total_flops()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args, n", [
     ({}, 4),
     (DIGITS, 3),

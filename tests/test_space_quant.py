@@ -162,6 +162,7 @@ def test_downsampling_for_cifar_and_digits(args, sides):
 
 
 # ---- fake quantization -----------------------------------------------------------------------
+@pytest.mark.integration
 def test_weights_sit_on_the_searched_bit_grid():
     space = QuantSpace()
     for arch in _archs(space, 2, seed=3):
@@ -287,6 +288,7 @@ def test_int8_model_is_quantized_close_and_timed():
     assert rel_err < 0.1
 
 
+@pytest.mark.integration
 def test_int8_model_of_a_fake_quant_model_and_bad_inputs():
     space = QuantSpace(**DIGITS)
     arch = _archs(space, 1, seed=5)[0]

@@ -337,6 +337,7 @@ def _seed_mixture(ours: int, table: float, costs: dict[str, int]) -> tuple[int, 
     return None
 
 
+@pytest.mark.integration
 def test_params_equal_the_table_params(shared_nb201):
     """params() is exact for every cell the benchmark recorded consistently.
 

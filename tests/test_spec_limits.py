@@ -79,6 +79,7 @@ SPEC_CASES = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("changes", "mentions"), SPEC_CASES)
 def test_spec_strings_the_database_cannot_hold_are_refused(changes, mentions, db_url, tmp_path):
     spec = nb201_spec(**changes)
@@ -88,6 +89,7 @@ def test_spec_strings_the_database_cannot_hold_are_refused(changes, mentions, db
     assert job_count(db_url) == 0
 
 
+@pytest.mark.integration
 def test_a_device_name_too_long_from_the_evaluator_fails_trials_not_the_job(db_url, tmp_path):
     spec = nb201_spec(budget={"trials": 6}, evaluator_args={
         "table": "nb201-cifar10", "latency_table": str(latency_table(tmp_path, LONG_DEVICE))})
@@ -105,6 +107,7 @@ def test_a_device_name_too_long_from_the_evaluator_fails_trials_not_the_job(db_u
     assert all("at most 200" in r["error"] for r in rows), rows[0]["error"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("device", "csv_text", "mentions"), [
     pytest.param(LONG_DEVICE, None, ["--device", "200"], id="device-too-long"),
     pytest.param("my\x00phone", None, ["--device", "NUL"], id="nul-in-device"),

@@ -37,6 +37,7 @@ def _table_spec(**evaluator_args) -> dict:  # noqa: ANN003
                       budget={"trials": 8})
 
 
+@pytest.mark.integration
 def test_a_relative_table_is_stored_absolute_and_runs_from_another_folder(
         tmp_path, monkeypatch, sqlite_url):
     a, b = tmp_path / "a", tmp_path / "b"
@@ -69,6 +70,7 @@ def test_a_file_changed_after_submit_fails_the_trials_with_the_reason(
     assert str(table) in error and "changed since the job was submitted" in error, error
 
 
+@pytest.mark.integration
 def test_dataset_paths_are_stored_absolute_in_the_form_given(tmp_path, monkeypatch):
     np.savez(tmp_path / "data.npz", x=np.zeros((10, 1, 8, 8), np.float32),
              y=np.arange(10) % 3)

@@ -672,6 +672,7 @@ BEST_CASES = [  # device, max_value, top, feasible_only
 ]
 
 
+@pytest.mark.integration
 def test_best_trials_matches_brute_force(storage, real_job):
     everything = _brute_force_rows(storage, real_job, None)
     assert len(everything) > 50
@@ -724,6 +725,7 @@ def _brute_force_front(rows: list[dict]) -> list[dict]:
     return sorted(points.values(), key=lambda r: r["device_value"])
 
 
+@pytest.mark.integration
 def test_pareto_front_of_a_real_job_matches_brute_force(storage, real_job):
     for device in ("pixel3", "edgegpu", "fpga"):
         rows = trials_with_device_value(storage, real_job, device)

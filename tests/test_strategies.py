@@ -41,6 +41,7 @@ def test_every_registered_strategy_passes_check_strategy(name):
     check_strategy(lambda seed: get_strategy(name, SPACE, seed=seed))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args", [{"population": 3, "sample": 3}, {"population": 50, "sample": 2},
                                   {"population": 8, "sample": 4, "mutations": 3}])
 def test_evolution_passes_check_strategy_with_its_arguments(args):
@@ -275,6 +276,7 @@ def _best_valid_acc(name: str, seed: int, trials: int, table) -> float:  # noqa:
     return best
 
 
+@pytest.mark.integration
 def test_evolution_beats_random_search_on_nb201():
     """10 seeds x 150 trials each, best valid_acc found (the optimum is 91.6067):
     evolution with its default arguments beats random on the mean and on most seeds."""

@@ -116,6 +116,7 @@ def numbers(job: dict[str, Any], *args: str) -> list[int]:
 
 
 # ---- filters and sorts ----------------------------------------------------------------------
+@pytest.mark.integration
 def test_each_status_filter_gives_its_trials_and_total(job):
     assert trials_json(job)["total"] == len(TRIALS)
     for status in ("completed", "failed", "pruned", "running", "queued"):
@@ -126,6 +127,7 @@ def test_each_status_filter_gives_its_trials_and_total(job):
         assert {r["status"] for r in data["rows"]} == {status}
 
 
+@pytest.mark.integration
 def test_score_sorts_best_first_with_unscored_trials_last_both_ways(job):
     unscored = [6, 7, 8, 9, 10, 11, 12]
     assert numbers(job) == [2, 5, 3, 1, 4, *unscored]
@@ -157,6 +159,7 @@ def test_a_minimised_primary_objective_sorts_by_its_value(db_url):
     assert numbers(job) == [4, 1, 3, 5, 2, *unscored]  # the best score: the lowest value
 
 
+@pytest.mark.integration
 def test_number_and_duration_sorts(job):
     assert numbers(job, "--sort", "number") == list(range(1, 13))
     assert numbers(job, "--sort", "number", "--desc") == list(range(12, 0, -1))
@@ -164,6 +167,7 @@ def test_number_and_duration_sorts(job):
     assert numbers(job, "--sort", "duration", "--asc")[:5] == [6, 7, 8, 9, 3]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("order", [["--sort", "train_s"], ["--sort", "score"],
                                    ["--sort", "score", "--asc"], ["--status", "completed"]])
 def test_pages_cover_the_order_once_with_a_constant_total(job, order):
@@ -269,6 +273,7 @@ def test_an_unknown_job_is_one_line_and_exit_2(job):
     assert result.stderr.startswith("error: no job 999") and result.stderr.count("\n") == 1
 
 
+@pytest.mark.integration
 def test_job_trials_filters_and_sorts_like_the_command(job):
     handle = nas.Job(job["job"], db=job["url"], storage=job["storage"])
     rows = handle.trials(status="completed", sort="score", limit=2)
@@ -311,6 +316,7 @@ def test_status_notes_an_infeasible_best_trial(db_url):
     assert data["failures"] == []
 
 
+@pytest.mark.integration
 def test_a_real_job_whose_trials_fail_shows_why(sqlite_url):
     """The `function` evaluator's bad returns (tests/user_functions.py) fail 6 of 8 trials."""
     storage = Storage(sqlite_url)
