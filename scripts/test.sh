@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # Set up, make sure PostgreSQL is running, then lint and run the whole test suite.
-# `--fast`: the unit tier only (no Ray, subprocess, server or browser; under a minute).
+# `--fast`: the unit tier only (no Ray, subprocess, server, browser or PostgreSQL; under a
+# minute), without the set-up once .venv exists (run ./scripts/setup.sh after a pull).
 # Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+fast=false
+if [ "${1:-}" = "--fast" ]; then
+  fast=true
+  shift
+  set -- -m unit "$@"
+fi
+if ! $fast || [ ! -x .venv/bin/python ]; then
+  ./scripts/setup.sh
+fi
 . .venv/bin/activate
-if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+if ! $fast && command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
   version=$(ls /etc/postgresql | sort -V | tail -n 1)
   if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
@@ -14,8 +23,4 @@ if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
   fi
 fi
 ruff check .
-if [ "${1:-}" = "--fast" ]; then
-  shift
-  set -- -m unit "$@"
-fi
 python -m pytest -q -p no:cacheprovider "$@"
