@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from nas import api
 from nas.storage import Storage, best_trials
 from tests.conftest import nb201_spec
@@ -101,6 +103,7 @@ def test_violations_only_known_after_evaluation_are_flagged(db_url):
     assert best["metrics"]["test_acc"] <= 90.0
 
 
+@pytest.mark.integration
 def test_time_budget_stops_the_search(sqlite_url):
     storage = Storage(sqlite_url)
     spec = nb201_spec(budget={"seconds": 1.0}, evaluator_args={"delay_s": 0.05},

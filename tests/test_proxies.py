@@ -80,6 +80,7 @@ def test_every_proxy_is_finite_and_deterministic_for_a_seed(tiny):
     assert other["snip"] != first["snip"] and other["zen"] != first["zen"]
 
 
+@pytest.mark.integration
 def test_shared_pass_gives_the_values_of_each_proxy_alone(tiny):
     space, batch = tiny
     timings: dict[str, float] = {}
@@ -262,13 +263,13 @@ def test_cifar_shaped_space_falls_back_to_gaussian_data_or_reads_a_dataset(tiny,
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    ({"proxies": ["synflow", "nope"]}, r"evaluator_args.proxies\[1\]: unknown proxy 'nope'"),
-    ({"proxies": "synflow"}, "evaluator_args.proxies must be a non-empty list"),
-    ({"proxies": []}, "evaluator_args.proxies must be a non-empty list"),
-    ({"batch_size": 1}, "evaluator_args.batch_size must be an integer >= 2"),
-    ({"seed": -1}, "evaluator_args.seed must be an integer >= 0"),
+    ({"proxies": ["synflow", "nope"]}, r"^proxies\[1\] is wrong: unknown proxy 'nope'"),
+    ({"proxies": "synflow"}, "^proxies must be a non-empty list"),
+    ({"proxies": []}, "^proxies must be a non-empty list"),
+    ({"batch_size": 1}, "^batch_size must be an integer >= 2"),
+    ({"seed": -1}, "^seed must be an integer >= 0"),
     ({"dataset": "digits"}, "expects 3 input channels but dataset digits has 1"),
-    ({"dataset": "imagenet"}, "evaluator_args.dataset must be"),
+    ({"dataset": "imagenet"}, "^dataset must be"),
 ])
 def test_proxy_evaluator_rejects_bad_arguments(tiny, args, message):
     space, _ = tiny

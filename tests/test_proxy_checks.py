@@ -107,6 +107,7 @@ def test_check_proxy_catches_a_broken_proxy(proxy, check):
         check_proxy(proxy, checks=(check,))
 
 
+@pytest.mark.integration
 def test_a_sound_proxy_passes_every_check():
     check_proxy(Proxy("weights", _sum_of_weights, True, "sum of |w|"))
 

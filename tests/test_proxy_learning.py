@@ -92,6 +92,7 @@ def test_direct_evaluation_equals_cached_statistics() -> None:
     assert compared >= 50
 
 
+@pytest.mark.integration
 def test_restated_builtin_proxies_agree_with_the_builtins() -> None:
     """snip = sum over layers of sum |W * G|; grad_norm = sum over layers of ||G||."""
     space = NB201Space(**SMALL)
@@ -156,6 +157,7 @@ def restore_proxy_registry():
     evolved._REGISTERED.update(formulas)
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("restore_proxy_registry")
 def test_stored_formula_registers_as_a_proxy(tmp_path) -> None:
     path = tmp_path / "evolved.json"

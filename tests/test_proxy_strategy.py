@@ -133,6 +133,7 @@ def test_the_proxy_evaluator_reuses_scores_stored_by_any_job():
     assert all(before[k]["proxy_cached"] == 0.0 for k in before)
 
 
+@pytest.mark.integration
 def test_warm_started_evolution_begins_with_the_proxy_best():
     storage = Storage("sqlite://")
     job = _run(storage, _spec(strategy_args={"pool": 10, "proxies": PROXIES,
