@@ -48,6 +48,7 @@ from .layers.darts_plan import (
     edge_stride,
     network_plan,
 )
+from .validation import ArgumentError
 
 OPS: tuple[str, ...] = (
     "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
@@ -263,13 +264,13 @@ class DartsSpace(SearchSpace):
                              ("num_classes", num_classes), ("input_channels", input_channels),
                              ("input_size", input_size)):
             if not _is_int(value) or value < 1:
-                raise ValueError(f"space_args.{field} must be a positive integer, got {value!r}")
+                raise ArgumentError(f"{field}", f"must be a positive integer, got {value!r}")
         if layers < 3:
-            raise ValueError("space_args.layers must be at least 3 (a normal cell and two "
-                             f"reduction cells), got {layers}")
+            raise ArgumentError("layers", "must be at least 3 (a normal cell and two "
+                                          f"reduction cells), got {layers}")
         if input_size % 4:
-            raise ValueError("space_args.input_size must be a multiple of 4 (two reduction "
-                             f"cells halve it), got {input_size}")
+            raise ArgumentError("input_size", "must be a multiple of 4 (two reduction "
+                                              f"cells halve it), got {input_size}")
         self.channels = channels
         self.layers = layers
         self.num_classes = num_classes

@@ -44,6 +44,7 @@ from typing import Any
 
 from ._base import Arch, SearchSpace, register_space
 from .layers.hybrid_plan import BOTTLENECK_REDUCTION, BlockSpec
+from .validation import ArgumentError, positive_int
 
 BLOCK_TYPES: tuple[str, ...] = ("basic", "bottleneck", "transformer")
 DEFAULT_WIDTHS: tuple[tuple[int, ...], ...] = ((16, 24, 32), (32, 48, 64), (64, 96, 128))
@@ -55,30 +56,25 @@ def _half(side: int) -> int:
     return (side - 1) // 2 + 1
 
 
-def _positive_int(field: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"space_args.{field} must be a positive integer, got {value!r}")
-    return value
-
-
 def _check_widths(widths: Any, head_dim: int) -> tuple[tuple[int, ...], ...]:
     if not isinstance(widths, list | tuple) or len(widths) < 2:
-        raise ValueError("space_args.widths must be a list of at least 2 stages (one "
-                         f"downsampling or more), each a list of candidate widths, got {widths!r}")
+        raise ArgumentError("widths", "must be a list of at least 2 stages (one downsampling "
+                                      "or more), each a list of candidate widths, "
+                                      f"got {widths!r}")
     stages = []
     for s, options in enumerate(widths):
         if not isinstance(options, list | tuple) or not options:
-            raise ValueError(f"space_args.widths[{s}] must be a non-empty list of widths, "
+            raise ArgumentError(f"widths[{s}]", f"must be a non-empty list of widths, "
                              f"got {options!r}")
         for w in options:
             if not isinstance(w, int) or isinstance(w, bool) or w < 8 or w % 8:
-                raise ValueError(f"space_args.widths[{s}] must hold positive multiples of 8, "
+                raise ArgumentError(f"widths[{s}]", f"must hold positive multiples of 8, "
                                  f"got {w!r}")
             if w % head_dim:
-                raise ValueError(f"space_args.widths[{s}] holds {w}, which is not a multiple "
-                                 f"of space_args.head_dim = {head_dim}")
+                raise ArgumentError(f"widths[{s}]", f"holds {w}, which is not a multiple "
+                                 f"of head_dim = {head_dim}")
         if len(set(options)) != len(options):
-            raise ValueError(f"space_args.widths[{s}] has repeated widths: {list(options)}")
+            raise ArgumentError(f"widths[{s}]", f"has repeated widths: {list(options)}")
         stages.append(tuple(options))
     return tuple(stages)
 
@@ -110,19 +106,19 @@ class HybridSpace(SearchSpace):
         mlp_ratio: int = 4,
         stem_stride: int = 2,
     ) -> None:
-        self.num_classes = _positive_int("num_classes", num_classes)
-        self.input_channels = _positive_int("input_channels", input_channels)
-        self.input_size = _positive_int("input_size", input_size)
-        self.blocks = _positive_int("blocks", blocks)
-        self.head_dim = _positive_int("head_dim", head_dim)
-        self.mlp_ratio = _positive_int("mlp_ratio", mlp_ratio)
+        self.num_classes = positive_int("num_classes", num_classes)
+        self.input_channels = positive_int("input_channels", input_channels)
+        self.input_size = positive_int("input_size", input_size)
+        self.blocks = positive_int("blocks", blocks)
+        self.head_dim = positive_int("head_dim", head_dim)
+        self.mlp_ratio = positive_int("mlp_ratio", mlp_ratio)
         if stem_stride not in (1, 2) or isinstance(stem_stride, bool):
-            raise ValueError(f"space_args.stem_stride must be 1 or 2, got {stem_stride!r}")
+            raise ArgumentError("stem_stride", f"must be 1 or 2, got {stem_stride!r}")
         self.stem_stride = int(stem_stride)
         self.widths = _check_widths(widths, self.head_dim)
         if self.blocks < len(self.widths):
-            raise ValueError(f"space_args.blocks must be at least the number of stages "
-                             f"(len(space_args.widths) = {len(self.widths)}), got {blocks}")
+            raise ArgumentError("blocks", f"must be at least the number of stages "
+                                          f"(len(widths) = {len(self.widths)}), got {blocks}")
         self.downsample_windows = self._windows()
 
     def _windows(self) -> tuple[tuple[int, ...], ...]:

@@ -35,6 +35,7 @@ from typing import Any
 
 from ._base import Arch, SearchSpace, register_space
 from .layers.mbconv_plan import BlockSpec, NetSpec
+from .validation import ArgumentError, positive_int
 
 Number = int | float
 
@@ -49,12 +50,6 @@ def conv_side(side: int, stride: int) -> int:
     return (side - 1) // stride + 1
 
 
-def _positive_int(field: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"space_args.{field} must be a positive integer, got {value!r}")
-    return value
-
-
 def _increasing(field: str, values: Any, kind: type | tuple[type, ...] = int,
                 odd: bool = False) -> tuple[Any, ...]:
     """A non-empty, strictly increasing list of positive numbers (the candidate order)."""
@@ -65,7 +60,7 @@ def _increasing(field: str, values: Any, kind: type | tuple[type, ...] = int,
     if not ok:
         what = "odd positive integers" if odd else "positive numbers" if kind is not int \
             else "positive integers"
-        raise ValueError(f"space_args.{field} must be a non-empty, strictly increasing list of "
+        raise ArgumentError(f"{field}", f"must be a non-empty, strictly increasing list of "
                          f"{what}, got {values!r}")
     return tuple(values)
 
@@ -104,21 +99,22 @@ class MBConvSpace(SearchSpace):
         width_mults: list[Number] | tuple[Number, ...] = (0.75, 1.0),
         resolutions: list[int] | tuple[int, ...] | None = None,
     ) -> None:
-        self.num_classes = _positive_int("num_classes", num_classes)
-        self.input_channels = _positive_int("input_channels", input_channels)
-        self.input_size = _positive_int("input_size", input_size)
-        self.stem_channels = _positive_int("stem_channels", stem_channels)
-        self.head_channels = _positive_int("head_channels", head_channels)
+        self.num_classes = positive_int("num_classes", num_classes)
+        self.input_channels = positive_int("input_channels", input_channels)
+        self.input_size = positive_int("input_size", input_size)
+        self.stem_channels = positive_int("stem_channels", stem_channels)
+        self.head_channels = positive_int("head_channels", head_channels)
         if not (isinstance(stage_channels, list | tuple) and stage_channels
                 and all(isinstance(c, int) and not isinstance(c, bool) and c > 0
                         for c in stage_channels)):
-            raise ValueError("space_args.stage_channels must be a non-empty list of positive "
-                             f"integers (one per stage), got {stage_channels!r}")
+            raise ArgumentError("stage_channels", "must be a non-empty list of positive integers "
+                                                  f"(one per stage), got {stage_channels!r}")
         if not (isinstance(stage_strides, list | tuple)
                 and len(stage_strides) == len(stage_channels)
                 and all(type(s) is int and s in (1, 2) for s in stage_strides)):
-            raise ValueError("space_args.stage_strides must list a stride 1 or 2 for each of "
-                             f"the {len(stage_channels)} stages, got {stage_strides!r}")
+            raise ArgumentError("stage_strides", "must list a stride 1 or 2 for each of the "
+                                                 f"{len(stage_channels)} stages, "
+                                                 f"got {stage_strides!r}")
         self.stage_channels = tuple(stage_channels)
         self.stage_strides = tuple(stage_strides)
         self.depths = _increasing("depths", depths)
@@ -127,7 +123,7 @@ class MBConvSpace(SearchSpace):
         self.width_mults = tuple(float(w) for w in _increasing("width_mults", width_mults,
                                                                  (int, float)))
         if len({repr(w) for w in self.width_mults}) != len(self.width_mults):
-            raise ValueError(f"space_args.width_mults must be distinct, got {width_mults!r}")
+            raise ArgumentError("width_mults", f"must be distinct, got {width_mults!r}")
         self.resolutions = _increasing(
             "resolutions", [input_size] if resolutions is None else resolutions)
         self.max_depth = self.depths[-1]

@@ -10,6 +10,7 @@ from typing import Any
 
 from ._base import Arch, SearchSpace, register_space
 from .layers.nb201_plan import EDGES
+from .validation import ArgumentError
 
 OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 _OP_INDEX = {op: i for i, op in enumerate(OPS)}
@@ -89,9 +90,9 @@ class NB201Space(SearchSpace):
                              ("num_classes", num_classes), ("input_size", input_size),
                              ("input_channels", input_channels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"space_args.{field} must be a positive integer, got {value!r}")
+                raise ArgumentError(f"{field}", f"must be a positive integer, got {value!r}")
         if input_size % 4:
-            raise ValueError(f"space_args.input_size must be a multiple of 4, got {input_size}")
+            raise ArgumentError("input_size", f"must be a multiple of 4, got {input_size}")
         self.channels = channels
         self.cells_per_stage = cells_per_stage
         self.num_classes = num_classes

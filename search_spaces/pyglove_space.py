@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._base import Arch, FloatDecision, SearchSpace
+from .validation import ArgumentError
 
 #: A manyof taken as one decision may have at most this many selections.
 MAX_SELECTIONS = 100_000
@@ -157,8 +158,8 @@ class PyGloveSpace(SearchSpace):
         self.input_size_shape = _input_shape(input_shape, input_channels, input_size)
         if num_classes is not None and (not isinstance(num_classes, int)
                                         or isinstance(num_classes, bool) or num_classes < 1):
-            raise ValueError(f"space_args.num_classes must be a positive integer, got "
-                             f"{num_classes!r}")
+            raise ArgumentError("num_classes", f"must be a positive integer, got "
+                                               f"{num_classes!r}")
         self.num_classes = num_classes
         # a name with ':' would read as a module:attr reference (the registry passes that)
         self.name = name or (f"pyglove-{type(obj).__name__}" if self._builder else "pyglove")
@@ -490,8 +491,8 @@ def _input_shape(shape: Any, channels: Any, size: Any) -> tuple[int, ...] | None
     ok = isinstance(shape, list | tuple) and shape and all(
         isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
     if not ok:
-        raise ValueError(f"space_args.input_shape must be a non-empty list of positive integers "
-                         f"(one sample, e.g. [3, 32, 32]), got {shape!r}")
+        raise ArgumentError("input_shape", f"must be a non-empty list of positive integers "
+                                           f"(one sample, e.g. [3, 32, 32]), got {shape!r}")
     return tuple(shape)
 
 

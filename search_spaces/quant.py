@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._base import Arch, SearchSpace, register_space
+from .validation import ArgumentError, positive_int
 
 OPS: tuple[str, ...] = ("conv", "dwsep", "ir3", "ir6")
 KERNELS: tuple[int, ...] = (3, 5)
@@ -28,18 +29,12 @@ FIELDS: tuple[str, ...] = ("op", "kernel", "act", "width", "bits")
 _EXPAND = {"ir3": 3, "ir6": 6}
 
 
-def _positive_int(field: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"space_args.{field} must be a positive integer, got {value!r}")
-    return value
-
-
 def _width_candidates(widths: Any) -> tuple[int, ...]:
     ok = isinstance(widths, list | tuple) and len(widths) > 0 and all(
         isinstance(w, int) and not isinstance(w, bool) and w > 0 and w % 8 == 0 for w in widths)
     if not ok or list(widths) != sorted(set(widths)):
-        raise ValueError("space_args.widths must be a non-empty increasing list of positive "
-                         f"multiples of 8, got {widths!r}")
+        raise ArgumentError("widths", "must be a non-empty increasing list of positive "
+                                      f"multiples of 8, got {widths!r}")
     return tuple(widths)
 
 
@@ -96,18 +91,19 @@ class QuantSpace(SearchSpace):
         stem_width: int = 16,
         widths: Sequence[int] = (8, 16, 24),
     ) -> None:
-        self.num_classes = _positive_int("num_classes", num_classes)
-        self.input_channels = _positive_int("input_channels", input_channels)
-        self.input_size = _positive_int("input_size", input_size)
-        self.stages = _positive_int("stages", stages)
-        self.layers_per_stage = _positive_int("layers_per_stage", layers_per_stage)
-        self.stem_width = _positive_int("stem_width", stem_width)
+        self.num_classes = positive_int("num_classes", num_classes)
+        self.input_channels = positive_int("input_channels", input_channels)
+        self.input_size = positive_int("input_size", input_size)
+        self.stages = positive_int("stages", stages)
+        self.layers_per_stage = positive_int("layers_per_stage", layers_per_stage)
+        self.stem_width = positive_int("stem_width", stem_width)
         if stem_width % 8:
-            raise ValueError(f"space_args.stem_width must be a multiple of 8, got {stem_width}")
+            raise ArgumentError("stem_width", f"must be a multiple of 8, got {stem_width}")
         self.widths = _width_candidates(widths)
         if input_size < 2 ** (stages - 1):
-            raise ValueError(f"space_args.input_size must be at least 2**(stages - 1) = "
-                             f"{2 ** (stages - 1)} for {stages} stages, got {input_size}")
+            raise ArgumentError("input_size", f"must be at least 2**(stages - 1) = "
+                                              f"{2 ** (stages - 1)} for {stages} stages, "
+                                              f"got {input_size}")
         self._candidates = [self._layer_candidates(i) for i in range(self.num_layers)]
 
     # ---- structure -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from nas.strategies import SearchContext, TrialView, check_strategy, get_strateg
 from nas.strategies.gbdt import GBDTSearch
 from predictors import GBDTPredictor, Predictor, check_predictor, get_predictor, list_predictors
 from search_spaces import MBConvSpace, NB201Space
+from search_spaces.validation import ArgumentError
 from tests.conftest import ask_unseen
 from workers.tables import load_table
 
@@ -161,8 +162,9 @@ def test_gbdt_strategy_on_a_conditional_space():
     ({"learning_rate": 0}, "learning_rate"), ({"cost_features": None}, "cost_features"),
 ])
 def test_gbdt_strategy_argument_errors(args, field):
-    with pytest.raises(ValueError, match=re.escape(f"strategy_args.{field} must be")):
+    with pytest.raises(ArgumentError, match="^" + re.escape(f"{field} must be")) as info:
         GBDTSearch(SPACE, **args)
+    assert info.value.field == field
 
 
 def test_gbdt_strategy_rejects_unknown_arguments():

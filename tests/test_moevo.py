@@ -23,6 +23,7 @@ from nas.strategies import (
 from nas.strategies.checks import DriverLoop
 from nas.strategies.moevo import MultiObjectiveEvolution
 from search_spaces import NB201Space
+from search_spaces.validation import ArgumentError
 from tests.conftest import ask_unseen
 from workers.tables import load_table
 
@@ -67,8 +68,9 @@ def test_argument_errors():
                         ({"population": 3, "sample": 4}, "sample"),
                         ({"mutations": True}, "mutations"), ({"init": -1}, "init"),
                         ({"init": 2.5}, "init")]:
-        with pytest.raises(ValueError, match=rf"strategy_args\.{field}\b"):
+        with pytest.raises(ArgumentError, match=rf"^{field}\b") as info:
             MultiObjectiveEvolution(SPACE, **args)
+        assert info.value.field == field  # the spec alone prefixes strategy_args.
 
 
 # ---- breeding rules ------------------------------------------------------------------------

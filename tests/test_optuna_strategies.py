@@ -23,6 +23,7 @@ from nas.strategies import (
 from nas.strategies.checks import SYNTHETIC_DEVICE, synthetic_latency
 from nas.strategies.optuna import NSGA2Strategy, TPEStrategy
 from search_spaces import NB201Space, get_space
+from search_spaces.validation import ArgumentError
 from workers.tables import load_table
 
 SPACE = NB201Space()
@@ -72,8 +73,9 @@ def test_nsga2_passes_check_strategy_single_objective():
     (NSGA2Strategy, {"tries": True}, "tries"),
 ])
 def test_bad_strategy_args(cls, args, field):
-    with pytest.raises(ValueError, match=f"strategy_args.{field} must be"):
+    with pytest.raises(ArgumentError, match=f"^{field} must be") as info:
         cls(SPACE, **args)
+    assert info.value.field == field
 
 
 def test_unknown_strategy_arg_is_a_type_error():

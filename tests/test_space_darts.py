@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from search_spaces import check_space, get_space
 from search_spaces.darts import OPS, PAIRS, DartsSpace, Genotype, network_plan
+from search_spaces.validation import ArgumentError
 
 torch.set_num_threads(1)
 
@@ -219,8 +220,9 @@ def test_from_dna_rejects_bad_dna():
     ({"input_size": 30}, "input_size"), ({"input_size": "32"}, "input_size"),
 ])
 def test_bad_space_args(args, field):
-    with pytest.raises(ValueError, match=f"space_args.{field} must be"):
+    with pytest.raises(ArgumentError, match=f"^{field} must be") as info:
         DartsSpace(**args)
+    assert info.value.field == field  # the spec alone prefixes space_args.
 
 
 # ---- the network and its exact costs -----------------------------------------------------------

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from search_spaces.validation import ArgumentError, fraction, int_at_least
+
 from .files import with_checksums
 
 KINDS = ("digits", "cifar10", "npz", "function")
@@ -149,27 +151,28 @@ class DatasetSpec:
 
 
 def parse_dataset(value: Any) -> DatasetSpec:
-    """A `DatasetSpec` from the job's `evaluator_args.dataset`; ValueError naming the fault."""
+    """A `DatasetSpec` from a component's `dataset` argument; `ArgumentError` naming the
+    fault (`dataset.kind`: the spec layer adds `evaluator_args.` or `strategy_args.`)."""
     if value is None:
         value = "digits"
     if isinstance(value, str):
         value = _parse_string(value)
     if not isinstance(value, dict):
-        raise ValueError("evaluator_args.dataset must be a name (e.g. 'digits') or a mapping "
-                         f"with a 'kind', got {value!r}")
+        raise ArgumentError("dataset", "must be a name (e.g. 'digits') or a mapping "
+                                       f"with a 'kind', got {value!r}")
     unknown = sorted(set(value) - _OPTIONS)
     if unknown:
-        raise ValueError(f"evaluator_args.dataset has unknown field {unknown[0]!r}; known: "
-                         f"{', '.join(sorted(_OPTIONS))}")
+        raise ArgumentError(f"dataset.{unknown[0]}", "unknown field; known: "
+                                                    f"{', '.join(sorted(_OPTIONS))}")
     kind = value.get("kind")
     if kind not in KINDS:
-        raise ValueError(f"evaluator_args.dataset.kind must be one of {', '.join(KINDS)}, "
-                         f"got {kind!r}")
+        raise ArgumentError("dataset.kind", f"must be one of {', '.join(KINDS)}, "
+                                            f"got {kind!r}")
     spec = DatasetSpec(
         kind=kind,
         path=_path_option(kind, value.get("path")),
         function=_function_option(kind, value.get("function")),
-        val_fraction=_fraction(value.get("val_fraction", 0.2)),
+        val_fraction=fraction("dataset.val_fraction", value.get("val_fraction", 0.2)),
         limit=_limit(value.get("limit")),
         seed=_int_option("seed", value.get("seed", 0)),
     )
@@ -197,10 +200,7 @@ def pin_dataset(args: dict[str, Any], field: str = "evaluator_args") -> dict[str
     (`workers.files`): a worker in another folder reads the same data or refuses."""
     if args.get("dataset") is None:
         return dict(args)
-    try:
-        canonical, files = canonical_dataset(args["dataset"])
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("evaluator_args.", f"{field}.")) from None
+    canonical, files = canonical_dataset(args["dataset"])  # ArgumentError naming dataset.*
     return with_checksums({**args, "dataset": canonical}, files, field)
 
 
@@ -213,52 +213,46 @@ def _parse_string(text: str) -> dict[str, Any]:
         return {"kind": kind, "path": rest}
     if kind == "py" and rest:
         return {"kind": "function", "function": rest}
-    raise ValueError("evaluator_args.dataset must be 'digits', 'cifar10:DIR', 'npz:FILE' or "
-                     f"'py:module:function', got {text!r}")
+    raise ArgumentError("dataset", "must be 'digits', 'cifar10:DIR', 'npz:FILE' or "
+                                   f"'py:module:function', got {text!r}")
 
 
 def _path_option(kind: str, path: Any) -> str | None:
     if kind not in ("cifar10", "npz"):
         if path is not None:
-            raise ValueError(f"evaluator_args.dataset.path does not apply to kind {kind!r}")
+            raise ArgumentError("dataset.path", f"does not apply to kind {kind!r}")
         return None
     if not isinstance(path, str) or not path:
-        raise ValueError(f"evaluator_args.dataset.path is required for kind {kind!r}")
+        raise ArgumentError("dataset.path", f"is required for kind {kind!r}")
     resolved = Path(path).expanduser()
     if kind == "cifar10":
         if not (resolved / "data_batch_1").is_file():
-            raise ValueError(f"evaluator_args.dataset.path {path!r} is not a CIFAR-10 python "
-                             "folder (no data_batch_1 in it)")
+            raise ArgumentError("dataset.path", f"{path!r} is not a CIFAR-10 python "
+                                                "folder (no data_batch_1 in it)")
     elif not resolved.is_file():
-        raise ValueError(f"evaluator_args.dataset.path {path!r} is not a file")
+        raise ArgumentError("dataset.path", f"{path!r} is not a file")
     return str(resolved.resolve())
 
 
 def _function_option(kind: str, function: Any) -> str | None:
     if kind != "function":
         if function is not None:
-            raise ValueError(f"evaluator_args.dataset.function does not apply to kind {kind!r}")
+            raise ArgumentError("dataset.function", f"does not apply to kind {kind!r}")
         return None
     if not isinstance(function, str) or function.count(":") != 1 or ":" in (function[0],
                                                                             function[-1]):
-        raise ValueError("evaluator_args.dataset.function must read 'module:function', got "
-                         f"{function!r}")
+        raise ArgumentError("dataset.function", "must read 'module:function', got "
+                                                f"{function!r}")
     from search_spaces.registry import BadReferenceError, a_kind_of, resolve_reference
 
     try:  # as every module:attr in a spec: the current folder on the path, never eval
         target = resolve_reference(function)
     except BadReferenceError as exc:
-        raise ValueError(f"evaluator_args.dataset.function: {exc}") from None
+        raise ArgumentError("dataset.function", str(exc)) from None
     if not callable(target):
-        raise ValueError(f"evaluator_args.dataset.function: {function!r} is "
-                         f"{a_kind_of(target)}, not a function")
+        raise ArgumentError("dataset.function", f"{function!r} is "
+                                                f"{a_kind_of(target)}, not a function")
     return function
-
-
-def _fraction(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise ValueError(f"evaluator_args.dataset.val_fraction must be in (0, 1), got {value!r}")
-    return float(value)
 
 
 def _limit(value: Any) -> int | None:
@@ -268,10 +262,7 @@ def _limit(value: Any) -> int | None:
 
 
 def _int_option(name: str, value: Any, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"evaluator_args.dataset.{name} must be an integer >= {minimum}, "
-                         f"got {value!r}")
-    return value
+    return int_at_least(f"dataset.{name}", value, minimum)
 
 
 def _check_npz(path: str) -> None:
@@ -279,17 +270,17 @@ def _check_npz(path: str) -> None:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
         files = data.files
     except (OSError, EOFError, ValueError, AttributeError) as exc:
-        raise ValueError(f"evaluator_args.dataset.path {path!r} is not a readable .npz "
-                         f"({exc})") from None
+        raise ArgumentError("dataset.path", f"{path!r} is not a readable .npz "
+                                            f"({exc})") from None
     with data:
         missing = [k for k in ("x", "y") if k not in files]
         if missing:
-            raise ValueError(f"evaluator_args.dataset.path {path!r} has no {missing[0]!r} "
-                             f"array (found: {', '.join(files) or 'none'})")
+            raise ArgumentError("dataset.path", f"{path!r} has no {missing[0]!r} "
+                                                f"array (found: {', '.join(files) or 'none'})")
         _nchw_shape(data["x"].shape)
         if data["y"].shape != (data["x"].shape[0],):
-            raise ValueError(f"evaluator_args.dataset.path {path!r}: y has shape "
-                             f"{data['y'].shape}, expected ({data['x'].shape[0]},)")
+            raise ArgumentError("dataset.path", f"{path!r}: y has shape {data['y'].shape}, "
+                                                f"expected ({data['x'].shape[0]},)")
 
 
 def _nchw_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -348,20 +339,21 @@ def _load_function(spec: DatasetSpec) -> tuple[Split, Split | None, Split | None
     try:
         result = resolve_reference(str(spec.function))()
     except Exception as exc:  # the user's code: one line naming it, not a traceback
-        raise ValueError(f"evaluator_args.dataset.function {spec.function} raised "
-                         f"{type(exc).__name__}: {exc}") from None
+        raise ArgumentError("dataset.function", f"{spec.function} raised "
+                                                f"{type(exc).__name__}: {exc}") from None
     if isinstance(result, dict) and "x_train" in result and "y_train" in result:
         result = tuple(result.get(k) for k in _FUNCTION_KEYS)
     if not isinstance(result, tuple | list) or len(result) not in (2, 4, 6):
-        raise ValueError(f"evaluator_args.dataset.function {spec.function} must return "
-                         "(x_train, y_train[, x_val, y_val[, x_test, y_test]]) or a dict with "
-                         f"keys {', '.join(_FUNCTION_KEYS)} (x_train, y_train required)")
+        raise ArgumentError("dataset.function", f"{spec.function} must return (x_train, "
+                                                "y_train[, x_val, y_val[, x_test, y_test]]) or a "
+                                                f"dict with keys {', '.join(_FUNCTION_KEYS)} "
+                                                "(x_train, y_train required)")
     values = list(result) + [None] * (6 - len(result))
     splits = [None if values[i] is None or values[i + 1] is None else
               (_to_numpy(values[i]), _to_numpy(values[i + 1])) for i in (0, 2, 4)]
     if splits[0] is None:
-        raise ValueError(f"evaluator_args.dataset.function {spec.function} returned no "
-                         "x_train/y_train")
+        raise ArgumentError("dataset.function", f"{spec.function} returned no "
+                                                "x_train/y_train")
     return splits[0], splits[1], splits[2]
 
 

@@ -6,14 +6,9 @@ from collections import deque
 from typing import Any
 
 from search_spaces import Arch, SearchSpace
+from search_spaces.validation import ArgumentError, positive_int
 
 from ._base import Strategy, TrialView, register_strategy
-
-
-def _positive_int(field: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"strategy_args.{field} must be a positive integer, got {value!r}")
-    return value
 
 
 @register_strategy
@@ -37,12 +32,11 @@ class RegularizedEvolution(Strategy):
         mutations: int = 1,
     ) -> None:
         super().__init__(space, seed)
-        self.population_size = _positive_int("population", population)
-        self.sample_size = _positive_int("sample", sample)
-        self.mutations = _positive_int("mutations", mutations)
+        self.population_size = positive_int("population", population)
+        self.sample_size = positive_int("sample", sample)
+        self.mutations = positive_int("mutations", mutations)
         if self.sample_size > self.population_size:
-            raise ValueError(
-                f"strategy_args.sample ({sample}) must not exceed population ({population})")
+            raise ArgumentError("sample", f"({sample}) must not exceed population ({population})")
         self.population: deque[tuple[Arch, float]] = deque(maxlen=self.population_size)
         self.asked = 0
         #: random samples still due: the initial population, plus one per trial told

@@ -57,8 +57,8 @@ import numpy as np
 
 from predictors.gbdt import GBDTPredictor
 from search_spaces import Arch, SearchSpace
+from search_spaces.validation import ArgumentError, flag, int_at_least, number_in, one_of
 
-from ._args import flag, int_at_least, number_in, one_of
 from ._base import Strategy, TrialView, register_strategy
 
 #: Spaces up to this size are ranked in full (their encoded matrix is cached).
@@ -226,8 +226,8 @@ class GBDTSearch(Strategy):
         self.prune = flag("prune", prune)
         self.pretrain = flag("pretrain", pretrain)
         if not isinstance(pretrain_target, str) or not pretrain_target:
-            raise ValueError("strategy_args.pretrain_target must be a metric name (e.g. flops, "
-                             f"params), got {pretrain_target!r}")
+            raise ArgumentError("pretrain_target", "must be a metric name (e.g. flops, params), "
+                                                   f"got {pretrain_target!r}")
         self.pretrain_target = pretrain_target
         self.pretrain_mode = one_of("pretrain_mode", pretrain_mode, _PRETRAIN_MODES)
         self.model_args = {"n_estimators": int_at_least("trees", trees, 1),
@@ -235,13 +235,13 @@ class GBDTSearch(Strategy):
                            "learning_rate": number_in("learning_rate", learning_rate,
                                                        1e-4, 1.0)}
         if depth > 16:
-            raise ValueError(f"strategy_args.depth must be an integer in [1, 16], got {depth!r}")
+            raise ArgumentError("depth", f"must be an integer in [1, 16], got {depth!r}")
         self.counts = list(space.choice_counts())
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(int)
         one_hot = int(sum(self.counts))
         if self.prune and len(space.encode(_first_arch(space))) != one_hot:
-            raise ValueError("strategy_args.prune needs a space whose encode() is the one-hot "
-                             f"of its decisions; {space.name!r} encodes differently")
+            raise ArgumentError("prune", "needs a space whose encode() is the one-hot of its "
+                                         f"decisions; {space.name!r} encodes differently")
         self.features = _Features(space, flag("cost_features", cost_features),
                                   flag("count_features", count_features))
         self.enumerable = space.size() <= self.enumerate_max

@@ -39,18 +39,12 @@ from typing import Any
 import numpy as np
 
 from search_spaces import Arch, SearchSpace
+from search_spaces.validation import ArgumentError, int_at_least, positive_int
 
 from ..pareto import rank_and_crowding
 from ._base import Strategy, TrialView, register_strategy
 
 Member = tuple[Arch, list[float]]  # architecture, costs (every objective minimised)
-
-
-def _int_arg(field: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"strategy_args.{field} must be {what}, got {value!r}")
-    return value
 
 
 @register_strategy
@@ -66,13 +60,12 @@ class MultiObjectiveEvolution(Strategy):
         mutations: int = 1, init: int | None = None,
     ) -> None:
         super().__init__(space, seed)
-        self.population_size = _int_arg("population", population, 1)
-        self.sample_size = _int_arg("sample", sample, 1)
-        self.mutations = _int_arg("mutations", mutations, 1)
-        self.init = self.population_size if init is None else _int_arg("init", init, 0)
+        self.population_size = positive_int("population", population)
+        self.sample_size = positive_int("sample", sample)
+        self.mutations = positive_int("mutations", mutations)
+        self.init = self.population_size if init is None else int_at_least("init", init, 0)
         if self.sample_size > self.population_size:
-            raise ValueError(
-                f"strategy_args.sample ({sample}) must not exceed population ({population})")
+            raise ArgumentError("sample", f"({sample}) must not exceed population ({population})")
         self.population: deque[Member] = deque(maxlen=self.population_size)
         self.asked = 0
         self.owed = self.init  # random proposals still due (+1 per failed/infeasible trial)

@@ -43,8 +43,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from search_spaces import Arch, SearchSpace
+from search_spaces.validation import ArgumentError, flag, int_at_least
 
-from ._args import flag, int_at_least
 from ._base import Strategy, TrialView, register_strategy
 
 if TYPE_CHECKING:
@@ -78,8 +78,7 @@ def _probability(field: str, value: Any, allow_none: bool = False) -> float | No
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not 0.0 <= float(value) <= 1.0:
         extra = " (or null)" if allow_none else ""
-        raise ValueError(f"strategy_args.{field} must be a number in [0, 1]{extra}, "
-                         f"got {value!r}")
+        raise ArgumentError(field, f"must be a number in [0, 1]{extra}, got {value!r}")
     return float(value)
 
 

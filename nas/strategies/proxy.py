@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from search_spaces import Arch, SearchSpace, get_space
+from search_spaces import Arch, SearchSpace, get_space, space_class
+from search_spaces.registry import is_reference
+from search_spaces.validation import ArgumentError, check_call, int_at_least, one_of
 
-from ._args import int_at_least
 from ._base import Strategy, TrialView, register_strategy
 from .preparation import Evaluations
 
@@ -63,35 +64,35 @@ class ProxySearch(Strategy):
         self.seed = int(seed)
 
         self.pool_size = int_at_least("pool", pool, 2)
-        if mode not in MODES:
-            raise ValueError(f"strategy_args.mode must be one of {', '.join(MODES)}, "
-                             f"got {mode!r}")
-        self.mode = mode
+        self.mode = one_of("mode", mode, MODES)
         self.population_size = int_at_least("population", population, 1)
         self.sample_size = int_at_least("sample", sample, 1)
         if self.sample_size > self.population_size:
-            raise ValueError(f"strategy_args.sample ({sample}) must not exceed population "
-                             f"({population})")
+            raise ArgumentError("sample", f"({sample}) must not exceed population ({population})")
         self.evaluator_args = {k: v for k, v in {
             "proxies": proxies, "dataset": dataset, "batch_size": batch_size,
             "seed": proxy_seed}.items() if v is not None}
-        try:  # the proxy evaluator checks these; its messages name evaluator_args
+        try:  # the proxy evaluator checks these, under its own names (`seed`)
             evaluator = ProxyEvaluator(space, **self.evaluator_args)
-        except ValueError as exc:
-            raise ValueError(str(exc).replace("evaluator_args.", "strategy_args.")
-                             .replace("strategy_args.seed", "strategy_args.proxy_seed")) \
-                from None
+        except ArgumentError as exc:
+            head, dot, rest = exc.field.partition(".")
+            raise ArgumentError(("proxy_seed" if head == "seed" else head) + dot + rest,
+                                exc.message) from None
         self.proxies = list(evaluator.proxies)
         if proxy_space_args is None:
             proxy_space_args = {}
         if not isinstance(proxy_space_args, dict):
-            raise ValueError("strategy_args.proxy_space_args must be a mapping of space_args "
-                             f"overrides, got {proxy_space_args!r}")
+            raise ArgumentError("proxy_space_args", "must be a mapping of space_args overrides, "
+                                                    f"got {proxy_space_args!r}")
         try:
             if proxy_space_args:  # (a user's space object may have no registered name)
+                if not is_reference(space.name):  # a user's space binds its own way
+                    check_call(space_class(space.name), **proxy_space_args)
                 get_space(space.name, **proxy_space_args)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"strategy_args.proxy_space_args: {exc}") from None
+        except ArgumentError as exc:
+            raise exc.within("proxy_space_args") from None
+        except ValueError as exc:
+            raise ArgumentError("proxy_space_args", f"is refused by the space: {exc}") from None
         self.proxy_space_args = dict(proxy_space_args)
         # state
         self.ranking: list[str] | None = None  # pool keys, proxy-best first

@@ -6,10 +6,11 @@ import time
 from typing import Any
 
 from search_spaces import Arch, SearchSpace
+from search_spaces.validation import ArgumentError
 
 from ..files import with_checksums
 from ..latency import device_key, measure_latency_ms
-from ..tables import BUILTIN_TABLES, load_table, resolve_table
+from ..tables import BUILTIN_TABLES, Table, load_table, resolve_table
 from ._base import Evaluation, EvaluationError, Evaluator, Measurement, register_evaluator
 
 DEFAULT_TABLES = {"nb201": "nb201-cifar10"}
@@ -50,11 +51,11 @@ class BenchmarkEvaluator(Evaluator):
         super().__init__(space)
         table = table or DEFAULT_TABLES.get(space.name)
         if table is None:
-            raise ValueError(f"evaluator_args.table is required for space {space.name!r}")
+            raise ArgumentError("table", f"is required for space {space.name!r}")
         if not isinstance(delay_s, int | float) or delay_s < 0:
-            raise ValueError(f"evaluator_args.delay_s must be a number >= 0, got {delay_s!r}")
-        self.table = load_table(table)
-        self.latency = load_table(latency_table) if latency_table else None
+            raise ArgumentError("delay_s", f"must be a number >= 0, got {delay_s!r}")
+        self.table = _table("table", table)
+        self.latency = _table("latency_table", latency_table) if latency_table else None
         self.measure_latency = bool(measure_latency)
         self.delay_s = float(delay_s)
 
@@ -68,7 +69,7 @@ class BenchmarkEvaluator(Evaluator):
                 try:
                     out[name] = resolve_table(value)
                 except ValueError as exc:
-                    raise ValueError(f"evaluator_args.{name}: {exc}") from None
+                    raise ArgumentError(name, str(exc)) from None
                 files.append(out[name])
         return with_checksums(out, files, "evaluator_args")
 
@@ -116,3 +117,14 @@ class BenchmarkEvaluator(Evaluator):
             timing = measure_latency_ms(self.space.build(arch), self.space.input_shape(arch))
             found.append(Measurement(device_key(), "latency_ms", timing["median_ms"], "measured"))
         return found
+
+
+def _table(field: str, value: Any) -> Table:
+    """The table a `table` / `latency_table` argument names; `ArgumentError` naming the field
+    when it is no name or path, or names no readable table."""
+    if not isinstance(value, str):
+        raise ArgumentError(field, f"must be a built-in table name or a CSV path, got {value!r}")
+    try:
+        return load_table(value)
+    except ValueError as exc:
+        raise ArgumentError(field, str(exc)) from None

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from search_spaces import Arch, SearchSpace
+from search_spaces.validation import ArgumentError
 
 from ..early_stopping import TrialPruned
 from ..torch_device import check_device, resolve_device
@@ -35,19 +36,19 @@ MAX_METRIC = 64  # measurements.metric / trial_reports.metric is VARCHAR(64)
 
 def resolve_function(reference: Any, field: str) -> Callable[..., Any]:
     """The callable named by `module:attr` (`search_spaces.registry.resolve_reference`: a
-    module in the current folder is found too, as `uvicorn main:app` does). ValueError in
-    one line naming `field` for a malformed reference, a missing module or attribute, or an
-    object that is not callable."""
+    module in the current folder is found too, as `uvicorn main:app` does). `ArgumentError`
+    in one line naming `field` for a malformed reference, a missing module or attribute, or
+    an object that is not callable."""
     from search_spaces.registry import a_kind_of, resolve_reference
 
     if not isinstance(reference, str):
-        raise ValueError(f"{field} must read 'module:function', got {reference!r:.80}")
+        raise ArgumentError(field, f"must read 'module:function', got {reference!r:.80}")
     try:
         target = resolve_reference(reference)
     except ValueError as exc:
-        raise ValueError(f"{field}: {exc}") from None
+        raise ArgumentError(field, str(exc)) from None
     if not callable(target):
-        raise ValueError(f"{field}: {reference!r} is {a_kind_of(target)}, not callable")
+        raise ArgumentError(field, f"{reference!r} is {a_kind_of(target)}, not callable")
     return target
 
 
@@ -151,8 +152,8 @@ class FunctionEvaluator(Evaluator):
                  **args: Any) -> None:
         super().__init__(space)
         if function is None:
-            raise ValueError("evaluator_args.function is required ('module:function')")
-        self.function = resolve_function(function, "evaluator_args.function")
+            raise ArgumentError("function", "is required ('module:function')")
+        self.function = resolve_function(function, "function")
         self.device_arg = check_device("device", device)
         self.args = args
 

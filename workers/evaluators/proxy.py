@@ -38,6 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 from search_spaces import Arch, SearchSpace
+from search_spaces.validation import ArgumentError, UnsupportedSpaceError, int_at_least
 
 from ..datasets import DatasetSpec, parse_dataset, pin_dataset
 from ._base import Evaluation, EvaluationError, Evaluator, register_evaluator
@@ -51,17 +52,17 @@ _ANALYTIC = ("params", "flops")
 
 
 def _check_proxy(i: int, name: Any) -> None:
-    """A registered proxy name or a `module:attr` reference to a proxy function; ValueError
-    naming `evaluator_args.proxies[i]` otherwise. (A registered name loads no plugin.)"""
+    """A registered proxy name or a `module:attr` reference to a proxy function;
+    `ArgumentError` naming `proxies[i]` otherwise. (A registered name loads no plugin.)"""
     from predictors.proxies import get_proxy
 
     if not isinstance(name, str):
-        raise ValueError(f"evaluator_args.proxies[{i}]: expected a proxy name, got {name!r}")
+        raise ArgumentError(f"proxies[{i}]", f"must be a proxy name, got {name!r}")
     try:
         get_proxy(name)
     except (KeyError, ValueError, TypeError) as exc:
         text = exc.args[0] if exc.args else str(exc)
-        raise ValueError(f"evaluator_args.proxies[{i}]: {text}") from None
+        raise ArgumentError(f"proxies[{i}]", f"is wrong: {text}") from None
 
 
 @register_evaluator
@@ -83,23 +84,18 @@ class ProxyEvaluator(Evaluator):
         if proxies is None:
             proxies = list(DEFAULT_PROXIES)
         if isinstance(proxies, str) or not isinstance(proxies, list | tuple) or not proxies:
-            raise ValueError("evaluator_args.proxies must be a non-empty list of proxy names "
-                             f"(known: {', '.join(list_proxies())}), got {proxies!r}")
+            raise ArgumentError("proxies", "must be a non-empty list of proxy names "
+                                           f"(known: {', '.join(list_proxies())}), got {proxies!r}")
         for i, name in enumerate(proxies):
             _check_proxy(i, name)
         self.proxies: list[str] = list(dict.fromkeys(proxies))
         self.score_proxies = [p for p in self.proxies if p in NB201_QUANTILES]
         if not self.score_proxies:
-            raise ValueError("evaluator_args.proxies: none of "
-                             f"{', '.join(self.proxies)} has reference quantiles for the "
-                             f"combined score; include one of {', '.join(NB201_QUANTILES)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
-            raise ValueError(f"evaluator_args.batch_size must be an integer >= 2, got "
-                             f"{batch_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"evaluator_args.seed must be an integer >= 0, got {seed!r}")
-        self.batch_size = batch_size
-        self.seed = seed
+            raise ArgumentError("proxies", f"has no proxy with reference quantiles for the "
+                                           f"combined score ({', '.join(self.proxies)}); include "
+                                           f"one of {', '.join(NB201_QUANTILES)}")
+        self.batch_size = int_at_least("batch_size", batch_size, 2)
+        self.seed = int_at_least("seed", seed, 0)
         shape = tuple(space.input_shape())
         if dataset is None:
             dataset = "digits" if shape == (1, 8, 8) else GAUSSIAN
@@ -108,10 +104,10 @@ class ProxyEvaluator(Evaluator):
             self.dataset_spec = parse_dataset(dataset)
             data_shape = self.dataset_spec.known_input_shape()
             if data_shape[0] != shape[0]:
-                raise ValueError(f"space {space.name!r} expects {shape[0]} input channels but "
-                                 f"dataset {self.dataset_spec.describe()} has "
-                                 f"{data_shape[0]}: set space_args input_channels: "
-                                 f"{data_shape[0]}")
+                raise UnsupportedSpaceError(
+                    f"space {space.name!r} expects {shape[0]} input channels but dataset "
+                    f"{self.dataset_spec.describe()} has {data_shape[0]}: set space_args "
+                    f"input_channels: {data_shape[0]}", "space_args.input_channels")
             if any(p not in _ANALYTIC for p in self.proxies):  # a minibatch is scored
                 from .train import check_classes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from search_spaces import Arch, SearchSpace
-from search_spaces.validation import ArgumentError, int_at_least
+from search_spaces.validation import ArgumentError, UnsupportedSpaceError, int_at_least
 
 from ..datasets import Dataset, DatasetSpec, parse_dataset, pin_dataset
 from ..latency import device_key, measure_latency_ms
@@ -73,10 +73,10 @@ class TrainEvaluator(Evaluator):
         space_shape = arch_input_shape(self.space)
         if tuple(space_shape) != tuple(data_shape):
             c, h, w = data_shape
-            raise ValueError(
+            raise UnsupportedSpaceError(
                 f"space {self.space.name!r} expects inputs {tuple(space_shape)} but dataset "
                 f"{self.dataset_spec.describe()} has {tuple(data_shape)}: set space_args "
-                f"input_channels: {c}, input_size: {h}")
+                f"input_channels: {c}, input_size: {h}", "space_args")
 
     @classmethod
     def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
@@ -179,15 +179,16 @@ class TrainEvaluator(Evaluator):
 
 
 def check_classes(space: SearchSpace, dataset: DatasetSpec) -> None:
-    """ValueError naming `space_args.num_classes` when labels reach past the network's
-    outputs (fewer classes than outputs is allowed: the extra outputs are never targets)."""
+    """`UnsupportedSpaceError` naming `space_args.num_classes` when labels reach past the
+    network's outputs (fewer classes than outputs is allowed: the extra outputs are never
+    targets)."""
     classes = getattr(space, "num_classes", None)
     found = dataset.info().num_classes
     if classes is not None and found > classes:
-        raise ValueError(f"dataset {dataset.describe()} has {found} classes (labels "
-                         f"0..{found - 1}) but the space builds {classes} outputs: set "
-                         f"space_args.num_classes: {found} (or leave it out: it is then "
-                         "taken from the labels)")
+        raise UnsupportedSpaceError(
+            f"dataset {dataset.describe()} has {found} classes (labels 0..{found - 1}) but "
+            f"the space builds {classes} outputs: set space_args.num_classes: {found} (or "
+            "leave it out: it is then taken from the labels)", "space_args.num_classes")
 
 
 #: Entries of a stored state_dict that are not the model's: the input standardisation the

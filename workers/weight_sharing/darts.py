@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from search_spaces import Arch, SearchSpace
+from search_spaces.validation import ArgumentError, int_at_least
 
 from ._base import WeightSharingSearch, _resolve_device, _seed_everything, register_search
 from .mixed import (
@@ -81,15 +82,15 @@ class DifferentiableSearch(WeightSharingSearch):
                  lr: float = 0.025, weight_decay: float = 3e-4, arch_lr: float = 3e-4,
                  arch_weight_decay: float = 1e-3, top: int = 1, **common: Any) -> None:
         super().__init__(space, **common)
-        self.channels = _int_arg("channels", channels, 1)
+        self.channels = int_at_least("channels", channels, 1)
         default_cells = _DEFAULT_CELLS.get(space.name, 1)
-        self.cells = _int_arg("cells", default_cells if cells is None else cells,
+        self.cells = int_at_least("cells", default_cells if cells is None else cells,
                               3 if space.name == "darts" else 1)
         self.lr = _float_arg("lr", lr, positive=True)
         self.weight_decay = _float_arg("weight_decay", weight_decay)
         self.arch_lr = _float_arg("arch_lr", arch_lr, positive=True)
         self.arch_weight_decay = _float_arg("arch_weight_decay", arch_weight_decay)
-        self.top = _int_arg("top", top, 1)
+        self.top = int_at_least("top", top, 1)
         self.layout: Layout = layout_of(space)
 
     @property
@@ -290,7 +291,7 @@ class DartsSearch(DifferentiableSearch):
     def __init__(self, space: SearchSpace, *, order: int = 1, **kwargs: Any) -> None:
         super().__init__(space, **kwargs)
         if isinstance(order, bool) or order not in (1, 2):
-            raise ValueError(f"strategy_args.order must be 1 or 2, got {order!r}")
+            raise ArgumentError("order", f"must be 1 or 2, got {order!r}")
         self.order = int(order)
 
     def _config(self) -> dict[str, Any]:
@@ -358,16 +359,14 @@ class PCDartsSearch(DartsSearch):
                  lr: float = 0.1, arch_lr: float = 6e-4, batch_size: int = 256,
                  **kwargs: Any) -> None:
         super().__init__(space, lr=lr, arch_lr=arch_lr, batch_size=batch_size, **kwargs)
-        self.k = _int_arg("k", k, 1)
+        self.k = int_at_least("k", k, 1)
         self.warmup_epochs = _warmup_epochs(warmup_epochs, self.epochs)
         if self.channels % self.k:
-            raise ValueError(f"strategy_args.k must divide strategy_args.channels "
-                             f"({self.channels}), got {self.k}")
+            raise ArgumentError("k", f"must divide channels ({self.channels}), got {self.k}")
         if space.name == "darts" and (self.channels // self.k) % 2:
-            raise ValueError(f"strategy_args.k must leave an even number of channels per "
-                             f"edge on the darts space (channels / k = "
-                             f"{self.channels}/{self.k}); the stride-2 skip connection "
-                             "splits them in two")
+            raise ArgumentError("k", "must leave an even number of channels per edge on the "
+                                     f"darts space (channels / k = {self.channels}/{self.k}); "
+                                     "the stride-2 skip connection splits them in two")
 
     @property
     def _partial_k(self) -> int:
@@ -476,12 +475,6 @@ def _grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
 
 
-def _int_arg(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"strategy_args.{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
 def _warmup_epochs(value: Any, epochs: int) -> int:
     """PC-DARTS' warm-up: 15 of its 50 epochs, so 30% of `epochs` by default; fewer than
     `epochs`, or the architecture would never train."""
@@ -489,8 +482,8 @@ def _warmup_epochs(value: Any, epochs: int) -> int:
         return epochs * 3 // 10
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
             not 0 <= value < epochs:
-        raise ValueError(f"strategy_args.warmup_epochs must be an integer from 0 to epochs - 1 "
-                         f"({epochs - 1}), got {value!r}")
+        raise ArgumentError("warmup_epochs", f"must be an integer from 0 to epochs - 1 "
+                                             f"({epochs - 1}), got {value!r}")
     return int(value)
 
 
@@ -499,5 +492,5 @@ def _float_arg(name: str, value: Any, *, positive: bool = False) -> float:
         math.isfinite(float(value)) and (float(value) > 0 if positive else float(value) >= 0)
     if not ok:
         kind = "positive" if positive else "non-negative"
-        raise ValueError(f"strategy_args.{name} must be a {kind} finite number, got {value!r}")
+        raise ArgumentError(name, f"must be a {kind} finite number, got {value!r}")
     return float(value)

@@ -38,6 +38,7 @@ import torch
 
 from search_spaces import Arch, SearchSpace
 from search_spaces.nb201 import OPS
+from search_spaces.validation import ArgumentError
 
 from ._base import register_search
 from .darts import DifferentiableSearch, _float_arg
@@ -62,8 +63,7 @@ class FBNetSearch(DifferentiableSearch):
                  **kwargs: Any) -> None:
         super().__init__(space, arch_lr=arch_lr, arch_weight_decay=arch_weight_decay, **kwargs)
         if max_latency_ms is None:
-            raise ValueError("strategy_args.max_latency_ms must be given (the latency budget "
-                             "in ms)")
+            raise ArgumentError("max_latency_ms", "must be given (the latency budget in ms)")
         self.max_latency_ms = _float_arg("max_latency_ms", max_latency_ms, positive=True)
         self.latency_weight = _float_arg("latency_weight", latency_weight)
         self.temperature = _float_arg("temperature", temperature, positive=True)
@@ -212,31 +212,31 @@ class FBNetSearch(DifferentiableSearch):
 
 
 def normalise_table(table: Any) -> dict[str, Any]:
-    """A user-supplied latency table in the `measure_nb201_lut` form; ValueError naming
-    `strategy_args.latency_table` when it is neither that nor a flat `{op: ms}`."""
-    field = "strategy_args.latency_table"
+    """A user-supplied latency table in the `measure_nb201_lut` form; `ArgumentError` naming
+    `latency_table` when it is neither that nor a flat `{op: ms}`."""
+    field = "latency_table"
     if not isinstance(table, dict):
-        raise ValueError(f"{field} must be a mapping, got {table!r}")
+        raise ArgumentError(field, f"must be a mapping, got {table!r}")
     if "ops_ms" in table:
         ops = table.get("ops", list(OPS))
         rows = table["ops_ms"]
         if sorted(ops) != sorted(OPS) or not isinstance(rows, list) or not rows or any(
                 not isinstance(r, list) or len(r) != len(ops) or not all(map(_ms, r))
                 for r in rows):
-            raise ValueError(f"{field}.ops_ms must be a list of per-stage lists of "
-                             f"{len(OPS)} latencies (ms) in the order of {field}.ops")
+            raise ArgumentError(f"{field}.ops_ms", "must be a list of per-stage lists of "
+                                f"{len(OPS)} latencies (ms) in the order of {field}.ops")
         skeleton, cells = table.get("skeleton_ms", 0.0), table.get("cells_per_stage", 1)
         if not _ms(skeleton) or isinstance(cells, bool) or not isinstance(cells, int) \
                 or cells < 1:
-            raise ValueError(f"{field} needs skeleton_ms >= 0 and cells_per_stage >= 1")
+            raise ArgumentError(field, "needs skeleton_ms >= 0 and cells_per_stage >= 1")
         return {"skeleton_ms": float(skeleton), "ops_ms": [[float(v) for v in r] for r in rows],
                 "ops": list(ops), "cells_per_stage": cells}
     unknown = sorted(set(table) - set(OPS) - {"skeleton_ms"})
     missing = [op for op in OPS if op != "none" and op not in table]
     if unknown or missing or not all(map(_ms, table.values())):
-        raise ValueError(f"{field} must map each of {', '.join(OPS[1:])} (and optionally "
-                         f"none, skeleton_ms) to a latency in ms >= 0; unknown "
-                         f"{unknown}, missing {missing}")
+        raise ArgumentError(field, f"must map each of {', '.join(OPS[1:])} (and optionally "
+                                   f"none, skeleton_ms) to a latency in ms >= 0; unknown "
+                                   f"{unknown}, missing {missing}")
     return {"skeleton_ms": float(table.get("skeleton_ms", 0.0)),
             "ops_ms": [[float(table.get(op, 0.0)) for op in OPS]], "ops": list(OPS),
             "cells_per_stage": 1}

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces import Arch, SearchSpace
+from search_spaces.validation import ArgumentError, int_at_least, positive_number
 
 from ._base import (
     CHECKPOINT,
@@ -66,27 +67,8 @@ PARENT_FRACTION = 0.25  # of the population kept as parents each generation (OFA
 LOG_STEPS = 5000
 
 
-def _field(name: str, message: str, value: Any) -> ValueError:
-    return ValueError(f"strategy_args.{name} must be {message}, got {value!r}")
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise _field(name, f"an integer >= {low}", value)
-    return int(value)
-
-
-def _check_number(name: str, value: Any, *, optional: bool = False,
-                  upper: float | None = None) -> float | None:
-    """A finite number > 0 (and <= `upper`), or None where `optional`."""
-    if value is None and optional:
-        return None
-    ok = not isinstance(value, bool) and isinstance(value, int | float) \
-        and math.isfinite(value) and value > 0 and (upper is None or value <= upper)
-    if not ok:
-        bound = "" if upper is None else f" and <= {upper}"
-        raise _field(name, f"a number > 0{bound}{' or null' if optional else ''}", value)
-    return float(value)
+def _field(name: str, message: str, value: Any) -> ArgumentError:
+    return ArgumentError(name, f"must be {message}, got {value!r}")
 
 
 def _soft_cross_entropy(logits: Any, teacher: Any) -> Any:
@@ -115,13 +97,13 @@ class OneShotSearch(WeightSharingSearch):
                  max_params: float | None = None, max_latency_ms: float | None = None,
                  latency: str = "measured", latency_repeats: int = 10, **common: Any) -> None:
         super().__init__(space, **common)
-        self.sandwich = _check_int("sandwich", sandwich, 0)
+        self.sandwich = int_at_least("sandwich", sandwich, 0)
         if not isinstance(complexity_aware, bool):
             raise _field("complexity_aware", "true or false", complexity_aware)
         self.complexity_aware = complexity_aware
-        self.max_flops_gap = _check_number("max_flops_gap", max_flops_gap)
-        self.flops_candidates = _check_int("flops_candidates", flops_candidates, 1)
-        self.lr = _check_number("lr", lr)
+        self.max_flops_gap = positive_number("max_flops_gap", max_flops_gap)
+        self.flops_candidates = int_at_least("flops_candidates", flops_candidates, 1)
+        self.lr = positive_number("lr", lr)
         if isinstance(momentum, bool) or not isinstance(momentum, int | float) \
                 or not 0 <= momentum < 1:
             raise _field("momentum", "a number in [0, 1)", momentum)
@@ -130,20 +112,20 @@ class OneShotSearch(WeightSharingSearch):
                 or not (math.isfinite(weight_decay) and weight_decay >= 0):
             raise _field("weight_decay", "a number >= 0", weight_decay)
         self.weight_decay = float(weight_decay)
-        self.grad_clip = _check_number("grad_clip", grad_clip)
-        self.population = _check_int("population", population, 2)
-        self.generations = _check_int("generations", generations, 0)
-        self.top_k = _check_int("top_k", top_k, 1)
-        self.bn_samples = _check_int("bn_samples", bn_samples, 0)
-        self.max_flops = _check_number("max_flops", max_flops, optional=True)
-        self.max_params = _check_number("max_params", max_params, optional=True)
-        self.max_latency_ms = _check_number("max_latency_ms", max_latency_ms, optional=True)
+        self.grad_clip = positive_number("grad_clip", grad_clip)
+        self.population = int_at_least("population", population, 2)
+        self.generations = int_at_least("generations", generations, 0)
+        self.top_k = int_at_least("top_k", top_k, 1)
+        self.bn_samples = int_at_least("bn_samples", bn_samples, 0)
+        self.max_flops = positive_number("max_flops", max_flops, optional=True)
+        self.max_params = positive_number("max_params", max_params, optional=True)
+        self.max_latency_ms = positive_number("max_latency_ms", max_latency_ms, optional=True)
         if latency not in LATENCY_SOURCES:
             raise _field("latency", f"one of {', '.join(LATENCY_SOURCES)}", latency)
         if latency == "none" and self.max_latency_ms is not None:
             raise _field("latency", "'measured' when max_latency_ms is set", latency)
         self.latency = latency
-        self.latency_repeats = _check_int("latency_repeats", latency_repeats, 3)
+        self.latency_repeats = int_at_least("latency_repeats", latency_repeats, 3)
         self._folder: Path | None = None
         self._flops_cache: dict[str, int] = {}
         self._latency_cache: dict[str, float] = {}
@@ -209,9 +191,9 @@ class OneShotSearch(WeightSharingSearch):
         data = self.data
         expected = tuple(self.space.input_shape())
         if tuple(data.input_shape) != expected:
-            raise ValueError(f"strategy_args.dataset has inputs of shape {data.input_shape}, "
-                             f"the space expects {expected} (set space_args.input_channels / "
-                             "input_size)")
+            raise ArgumentError("dataset", f"has inputs of shape {data.input_shape}, the space "
+                                           f"expects {expected} (set space_args.input_channels "
+                                           "/ input_size)")
         if self.space.name == "mbconv":
             self.supernet = self.space.supernet()
             self._largest, self._smallest = self.space.max_arch(), self.space.min_arch()
@@ -226,8 +208,8 @@ class OneShotSearch(WeightSharingSearch):
         n = len(self._x_train)
         self._steps_per_epoch = n // self.batch_size + (1 if n % self.batch_size > 1 else 0)
         if self._steps_per_epoch == 0:
-            raise ValueError(f"strategy_args.dataset has {n} training examples; training needs "
-                             "at least 2")
+            raise ArgumentError("dataset", f"has {n} training examples; training needs at "
+                                           "least 2")
         self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=self.lr,
                                          momentum=self.momentum, nesterov=self.momentum > 0,
                                          weight_decay=self.weight_decay)
