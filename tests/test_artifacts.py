@@ -58,6 +58,7 @@ def test_two_databases_in_one_folder_keep_their_driver_logs_apart(tmp_path):
         assert log.read_text().count("job 1 completed") == 1
 
 
+@pytest.mark.integration
 def test_weight_sharing_jobs_of_two_databases_do_not_share_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("NAS_ARTIFACTS", str(tmp_path / "artifacts"))
     for name in ("a.db", "b.db"):

@@ -74,6 +74,7 @@ def test_context_gives_seed_trial_args_device_and_scratch_dir(sqlite_url):
     assert len({trial_seed(7, n) for n in range(1000)}) == 1000
 
 
+@pytest.mark.integration
 def test_bad_returns_fail_the_trial_with_the_reason_and_the_search_goes_on(sqlite_url):
     storage = Storage(sqlite_url)
     job = api.submit(storage, function_spec("tests.user_functions:bad_return",

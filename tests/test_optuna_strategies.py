@@ -277,6 +277,7 @@ def test_known_infeasible_proposals_are_pruned_not_proposed():
     assert "RUNNING" not in states and states.count("PRUNED") > 10
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("cls", [TPEStrategy, NSGA2Strategy])
 def test_exhausts_a_tiny_conditional_space(cls):
     """On a 36-architecture conditional space, with 4 in flight: every architecture is

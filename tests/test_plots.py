@@ -118,6 +118,7 @@ def test_history_html_has_every_trial_and_a_monotone_best(jobs, tmp_path):
     assert all(b >= a for a, b in zip(best[1]["x"], best[1]["x"][1:], strict=False))
 
 
+@pytest.mark.integration
 def test_pareto_budget_set_is_what_nas_best_returns(jobs, tmp_path):
     job, url = str(jobs["job"]), jobs["url"]
     data, layout = figure_json(plot(jobs, tmp_path / "p.html", "pareto", "--device", "pixel3",

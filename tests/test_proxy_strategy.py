@@ -116,6 +116,7 @@ def test_a_second_job_reuses_the_stored_scores():
     assert _proxy_rows(storage) == 3 * rows
 
 
+@pytest.mark.integration
 def test_the_proxy_evaluator_reuses_scores_stored_by_any_job():
     storage = Storage("sqlite://")
     spec = _spec(strategy="random", strategy_args={}, evaluator="proxy",

@@ -216,6 +216,7 @@ def test_import_nas_stays_cheap():
     assert done.stdout.split("\n")[:2] == ["[]", "True"], done.stderr
 
 
+@pytest.mark.integration
 def test_resume_and_cancel_through_the_handle(usermod, tmp_path):
     """A job submitted but never run: the handle resumes it here to the end of its budget; a
     pending job is cancelled at once."""

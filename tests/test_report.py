@@ -48,6 +48,7 @@ def test_report_references_nothing_outside_itself(report):
     assert len(report["html"]) < 6_000_000
 
 
+@pytest.mark.integration
 def test_report_shows_the_summary_the_best_trial_and_the_failures(report):
     storage, job = report["storage"], report["job"]
     status = results.status(storage, job)
