@@ -94,11 +94,14 @@ def test_the_job_page_shows_status_progress_failures_and_charts(board):
     assert [(f["error"], f["count"]) for f in summary["failures"]] == \
         storage.common_errors(job, limit=10)
     assert summary["actions"] == {"cancel": False, "resume": False}  # read-only
-    charts = client.get(f"/api/jobs/{job}/charts").json()
-    history = charts["history"]["data"]
+    history = client.get(f"/api/jobs/{job}/charts/history").json()["data"]
     completed = next(t for t in history if t["name"].startswith("completed"))
     assert len(completed["x"]) == status["trials"]["completed"]
-    assert "data" in charts["importance"] or "message" in charts["importance"]
+    importance = client.get(f"/api/jobs/{job}/charts/importance").json()
+    assert importance["data"][0]["type"] == "bar"
+    parallel = client.get(f"/api/jobs/{job}/charts/parallel").json()
+    assert len(parallel["data"][0]["dimensions"]) == 6 + 1  # NB201's 6 edges, the objective
+    assert client.get(f"/api/jobs/{job}/charts/pie").status_code == 404
 
 
 @pytest.mark.integration
@@ -382,7 +385,7 @@ def test_json_of_every_endpoint_is_strict(board):
     def refuse(constant: str) -> None:
         raise AssertionError(f"{constant} in JSON")
 
-    for path in ("/api/jobs", f"/api/jobs/{job}", f"/api/jobs/{job}/charts",
+    for path in ("/api/jobs", f"/api/jobs/{job}", f"/api/jobs/{job}/charts/history",
                  f"/api/jobs/{job}/trials", f"/api/jobs/{job}/failed",
                  f"/api/jobs/{job}/pareto?device={DEVICE}"):
         json.loads(client.get(path).text, parse_constant=refuse)

@@ -96,7 +96,7 @@ def test_the_jobs_list_renders(site, page):
 
 def test_a_running_jobs_progress_advances_without_a_reload(site, page, tmp_path):
     spec = write_spec(site["folder"] / "running.yaml", name="running-search",
-                      strategy="random", strategy_args={}, budget={"trials": 5000},
+                      strategy="random", strategy_args={}, budget={"trials": 15000},
                       parallelism=1, batch_size=1)
     submitted = nas(site["url"], "submit", str(spec), "--json", env=site["env"])
     job = json.loads(submitted.stdout)["job"]
@@ -113,6 +113,9 @@ def test_a_running_jobs_progress_advances_without_a_reload(site, page, tmp_path)
         shown = bar.inner_text()
         wait_js(page, "text => document.querySelector('#progress .phase[data-phase=\"trials\"] "
                       ".bar span').textContent !== text", shown)
+        points = "document.getElementById('chart-history').data[0].x.length"
+        drawn = wait_js(page, points)
+        wait_js(page, f"{points} > {drawn}")  # the history chart follows the job too
         assert page.evaluate("window.notReloaded") is True  # updated in place
         assert page.locator("#job-runner").inner_text() == "driver"
         assert page.locator("#job-status").inner_text() == "running"

@@ -128,22 +128,39 @@ def job_summary(storage: Storage, job_id: int, allow_actions: bool) -> dict[str,
     return clean(data)
 
 
-def job_charts(storage: Storage, job_id: int) -> dict[str, str]:
-    """The job page's charts as Plotly figures in JSON text (plotly's own encoder): best so
-    far and every trial, which decisions matter, the decisions of every trial. A chart that
-    cannot be drawn yet is {"message": why}."""
+CHARTS = ("history", "importance", "parallel")
+
+
+def job_chart(storage: Storage, job_id: int, kind: str) -> str:
+    """One of the job page's charts as a Plotly figure in JSON text (plotly's own encoder):
+    `history` (best so far and every trial), `importance` (which decisions matter),
+    `parallel` (the decisions of every trial). A chart that cannot be drawn yet is
+    {"message": why}."""
     import json
 
     from .. import charts, insights
 
-    figures = {"history": charts.history_figure(insights.history(storage, job_id)).to_json()}
-    for name, data, draw in (("importance", insights.importance, charts.importance_figure),
-                             ("parallel", insights.parallel, charts.parallel_figure)):
-        try:
-            figures[name] = draw(data(storage, job_id)).to_json()
-        except NasError as exc:  # e.g. too few trials for importances yet
-            figures[name] = json.dumps({"message": str(exc)})
-    return figures
+    if kind not in CHARTS:
+        raise NasError(f"chart must be one of {', '.join(CHARTS)}, got {kind!r}")
+    data = {"history": insights.history, "importance": insights.importance,
+            "parallel": insights.parallel}[kind]
+    draw = {"history": charts.history_figure, "importance": charts.importance_figure,
+            "parallel": charts.parallel_figure}[kind]
+    try:
+        return draw(data(storage, job_id)).to_json()
+    except NasError as exc:  # e.g. too few trials for importances yet
+        if str(exc).startswith("no job "):
+            raise
+        return json.dumps({"message": str(exc)})
+    except Exception as exc:  # the space's own code (a plugin missing here, a bug in it)
+        # must not take the page down: the chart says why it is not drawn
+        return json.dumps({"message": f"{kind} cannot be drawn: {type(exc).__name__}: {exc}"})
+
+
+def finished_signature(storage: Storage, job_id: int) -> tuple[Any, ...]:
+    """What the charts depend on: the job's trial counts by state (finished trials never
+    change), so a chart is computed again only when a trial finished."""
+    return tuple(sorted(storage.trial_counts(results.check_job_id(job_id)).items()))
 
 
 def pareto_panel(storage: Storage, job_id: int, device: str | None,

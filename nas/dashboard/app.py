@@ -13,6 +13,7 @@ import hmac
 import json
 import math
 import tempfile
+from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ TOKEN_COOKIE = "nas_dashboard_token"
 ACTION_HEADER = "x-nas-action"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_PAGE = 500
+CACHED_CHARTS = 64  # figures kept (JSON text), the least recently used dropped first
 _PLOTLY: dict[str, bytes] = {}
 
 
@@ -130,6 +132,7 @@ class Dashboard:
     def __init__(self, storage: Storage, allow_actions: bool) -> None:
         self.storage = storage
         self.allow_actions = allow_actions
+        self.cache: OrderedDict[tuple[Any, ...], tuple[Any, str]] = OrderedDict()
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                      autoescape=select_autoescape(["html"]))
 
@@ -174,16 +177,40 @@ class Dashboard:
         job_id = _path_int(request, "job")
         return JSONResponse(await self._call(views.job_summary, job_id, self.allow_actions))
 
-    async def api_charts(self, request: Request) -> Response:
-        figures = await self._call(views.job_charts, _path_int(request, "job"))
-        return _json_text(figures)
+    async def cached(self, key: tuple[Any, ...], job_id: int, compute: Any) -> str:
+        """`compute()`'s JSON text, computed again only when a trial of the job finished
+        since (charts over 10^5 trials take seconds; every open page asks for them)."""
+        signature = await self._call(views.finished_signature, job_id)
+        hit = self.cache.get(key)
+        if hit is not None and hit[0] == signature:
+            self.cache.move_to_end(key)
+            return hit[1]
+        body = await asyncio.to_thread(compute)
+        self.cache[key] = (signature, body)
+        while len(self.cache) > CACHED_CHARTS:
+            self.cache.popitem(last=False)
+        return body
+
+    async def api_chart(self, request: Request) -> Response:
+        job_id, kind = _path_int(request, "job"), request.path_params["kind"]
+        if kind not in views.CHARTS:
+            raise NotFound(f"no chart {kind!r} (charts: {', '.join(views.CHARTS)})")
+        body = await self.cached(("chart", job_id, kind), job_id,
+                                 partial(views.job_chart, self.storage, job_id, kind))
+        return Response(body, media_type="application/json")
 
     async def api_pareto(self, request: Request) -> Response:
         job_id = _path_int(request, "job")
         device = request.query_params.get("device") or None
         budget = _query_float(request, "max_latency_ms")
-        panel, figure = await self._call(views.pareto_panel, job_id, device, budget)
-        return _json_text({**{k: json.dumps(v) for k, v in panel.items()}, "figure": figure})
+
+        def panel() -> str:
+            data, figure = views.pareto_panel(self.storage, job_id, device, budget)
+            return _json_text({**{k: json.dumps(v) for k, v in data.items()},
+                               "figure": figure})
+
+        body = await self.cached(("pareto", job_id, device, budget), job_id, panel)
+        return Response(body, media_type="application/json")
 
     async def api_best(self, request: Request) -> Response:
         job_id = _path_int(request, "job")
@@ -268,10 +295,9 @@ def _picture(space: str, arch: dict[str, Any], space_args: dict[str, Any]) -> st
     return architecture_svg(space, arch, space_args)
 
 
-def _json_text(parts: dict[str, str]) -> Response:
+def _json_text(parts: dict[str, str]) -> str:
     """A JSON object from members already encoded (plotly figures: plotly's encoder)."""
-    body = "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in parts.items()) + "}"
-    return Response(body, media_type="application/json")
+    return "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in parts.items()) + "}"
 
 
 def _attachment(name: str) -> dict[str, str]:
@@ -328,7 +354,7 @@ def create_app(storage: Storage, *, allow_actions: bool = False, token: str | No
         Route("/jobs/{job:int}/trials/{trial:int}/model.onnx", board.onnx_download),
         Route("/api/jobs", board.api_jobs),
         Route("/api/jobs/{job:int}", board.api_job),
-        Route("/api/jobs/{job:int}/charts", board.api_charts),
+        Route("/api/jobs/{job:int}/charts/{kind:str}", board.api_chart),
         Route("/api/jobs/{job:int}/pareto", board.api_pareto),
         Route("/api/jobs/{job:int}/best", board.api_best),
         Route("/api/jobs/{job:int}/trials", board.api_trials),

@@ -117,11 +117,24 @@ function jobPage() {
   const table = { offset: 0, total: 0 };
 
   async function refreshCharts() {
-    const charts = await getJSON("/api/jobs/" + job + "/charts");
-    drawFigure("chart-history", charts.history);
-    drawFigure("chart-importance", charts.importance);
-    drawFigure("chart-parallel", charts.parallel);
+    await Promise.all(["history", "importance", "parallel"].map(async (kind) => {
+      drawFigure("chart-" + kind, await getJSON("/api/jobs/" + job + "/charts/" + kind));
+    }));
     document.body.dataset.chartsReady = String(Date.now());
+  }
+  // the charts and the Pareto front cover every trial: on a big job they take the server
+  // a while, so they follow a running job at most every 5x their last time (2 s at least)
+  const heavy = { last: 0, took: 0, busy: false, pending: false };
+  async function refreshHeavy() {
+    if (heavy.busy || Date.now() - heavy.last < Math.max(POLL_MS, 5 * heavy.took)) {
+      heavy.pending = true;
+      return;
+    }
+    heavy.busy = true; heavy.pending = false;
+    const start = Date.now();
+    try { await Promise.all([refreshCharts(), pareto.refresh()]); } finally {
+      heavy.busy = false; heavy.last = Date.now(); heavy.took = heavy.last - start;
+    }
   }
 
   function showSummary(s) {
@@ -234,7 +247,10 @@ function jobPage() {
     const state = JSON.stringify([s.trials, s.status]);
     if (state !== seen) {  // something finished: the charts and tables change too
       seen = state;
-      await Promise.all([refreshCharts(), refreshTable(), refreshFailed(), pareto.refresh()]);
+      refreshHeavy();
+      await Promise.all([refreshTable(), refreshFailed()]);
+    } else if (heavy.pending) {
+      refreshHeavy();
     }
   });
 }
@@ -246,10 +262,10 @@ function setupPareto(job, metrics) {
   if (!device) return { refresh: async () => {} };
   let budget = null;  // null: no budget yet (the loosest)
   let timer = null;
-  let asked = 0;  // answers to an older budget than the last one asked for are dropped
+  let asked = 0;  // answers to an older question than the last one asked are dropped
 
   function showBest(data) {
-    document.getElementById("best-body").replaceChildren(...data.best.map((r, i) => {
+    document.getElementById("best-body").replaceChildren(...data.results.map((r, i) => {
       const tr = row([i + 1, link("/jobs/" + job + "/trials/" + r.trial, r.trial),
         ...metrics.map((m) => fmt(r.objectives[m])), fmt(r.device_value),
         r.device_source || "unknown", el("code", r.key)]);
@@ -260,33 +276,64 @@ function setupPareto(job, metrics) {
       (data.max_latency_ms === null ? "" : " --max-latency-ms " + data.max_latency_ms);
     document.getElementById("best-command").textContent = command;
     document.getElementById("budget-note").textContent = data.unknown_latency ?
-      data.unknown_latency + " completed trials have no latency on " + data.device + " (not ranked)" : "";
+      data.unknown_latency + " completed trials have no latency on " + data.device +
+      (data.max_latency_ms === null ? " (shown as -)" : " (not ranked)") : "";
   }
 
-  async function refresh() {
+  // the budget on the figure drawn by the server (nas.charts.pareto_figure): a dashed line,
+  // and its third trace, the stars, moved onto what `nas best` returned
+  function markBudget(data) {
+    const node = document.getElementById("chart-pareto");
+    if (!node.data || node.data.length < 3 || data.max_latency_ms === null) return;
+    const stars = data.results.filter((r) => r.device_value !== null);
+    Plotly.restyle(node, {
+      x: [stars.map((r) => r.device_value)], y: [stars.map((r) => r.objectives[metrics[0]])],
+      customdata: [stars.map((r) => r.trial)],
+      name: "nas best, top " + data.results.length + " under " + data.max_latency_ms + " ms",
+    }, [2]);
+    Plotly.relayout(node, {
+      shapes: [{ type: "line", xref: "x", yref: "paper", x0: data.max_latency_ms,
+        x1: data.max_latency_ms, y0: 0, y1: 1, line: { dash: "dash", color: "#1f77b4" } }],
+      annotations: [{ xref: "x", yref: "paper", x: data.max_latency_ms, y: 1, yanchor: "bottom",
+        showarrow: false, text: "budget " + data.max_latency_ms + " ms" }],
+    });
+  }
+
+  function bestQuery() {
     const q = new URLSearchParams({ device: device.value });
     if (budget !== null) q.set("max_latency_ms", budget);
+    return q;
+  }
+
+  async function refreshBest() {  // exactly `nas best --json` (the same function)
     const mine = ++asked;
-    const data = await getJSON("/api/jobs/" + job + "/pareto?" + q);
+    const data = await getJSON("/api/jobs/" + job + "/best?" + bestQuery());
     if (mine !== asked) return;
-    if (data.range) {
-      const [low, high] = data.range;
+    showBest(data);
+    markBudget(data);
+    document.body.dataset.budget = budget === null ? "" : budget;
+    document.body.dataset.paretoReady = String(Date.now());
+  }
+
+  async function refresh() {  // the figure (every trial of the device), then the list
+    const panel = await getJSON("/api/jobs/" + job + "/pareto?device=" +
+                                encodeURIComponent(device.value));
+    if (panel.range) {
+      const [low, high] = panel.range;
       slider.min = low; slider.max = high;
       slider.step = Math.max((high - low) / 500, 1e-6);
       if (budget === null) slider.value = high;
     }
+    drawFigure("chart-pareto", panel.figure);
     shown.textContent = budget === null ? "none" : budget;
-    document.body.dataset.budget = budget === null ? "" : budget;
-    showBest(data);
-    drawFigure("chart-pareto", data.figure);
-    document.body.dataset.paretoReady = String(Date.now());
+    await refreshBest();
   }
 
   slider.addEventListener("input", () => {
     budget = Number(Number(slider.value).toPrecision(6));
     shown.textContent = budget;
     clearTimeout(timer);
-    timer = setTimeout(refresh, 120);
+    timer = setTimeout(refreshBest, 80);
   });
   device.addEventListener("change", () => { budget = null; refresh(); });
   return { refresh: refresh };
