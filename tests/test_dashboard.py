@@ -94,6 +94,11 @@ def test_the_job_page_shows_status_progress_failures_and_charts(board):
     assert [(f["error"], f["count"]) for f in summary["failures"]] == \
         storage.common_errors(job, limit=10)
     assert summary["actions"] == {"cancel": False, "resume": False}  # read-only
+    from nas import insights
+    from nas.dashboard import _views
+
+    assert _views.job_devices(storage, job) == insights.job_devices(storage, job) == \
+        ["edgegpu", "fpga", "pixel3", "raspi4"]
     history = client.get(f"/api/jobs/{job}/charts/history").json()["data"]
     completed = next(t for t in history if t["name"].startswith("completed"))
     assert len(completed["x"]) == status["trials"]["completed"]

@@ -157,9 +157,9 @@ class Dashboard:
         job_id = _path_int(request, "job")
         summary = await self._call(views.job_summary, job_id, self.allow_actions)
         devices = await self._call(views.job_devices, job_id)
-        device = await self._call(views.default_device, job_id)
+        spec = {"objectives": summary["objectives"], "constraints": summary["constraints"]}
         return self.page("job.html", title=f"job {job_id}", job=summary, devices=devices,
-                         device=device)
+                         device=views.default_device(spec, devices))
 
     async def trial_page(self, request: Request) -> Response:
         job_id, number = _path_int(request, "job"), _path_int(request, "trial")
