@@ -15,6 +15,11 @@ cheap subset, without the cache, and writes nothing unless `--json` is given.
     python bench/proxies.py --workers 2                  # 1,000 cells, every proxy
     python bench/proxies.py --cells 1000 --proxies synflow nwot   # fill in some proxies
     python bench/proxies.py --quick
+    python bench/proxies.py --cells 200 --json bench/results/proxies_recent.json --time-cells 0
+
+The issue-20 proxies (MeCo, ZiCo, SWAP, AZ-NAS, TE-NAS's NTK) are reported beside their
+papers' figures (`recent` in the JSON): over the cells scored so far, with the median and
+range over 3 random 80% subsamples, and AZ-NAS's rank aggregate of its four components.
 """
 
 from __future__ import annotations
@@ -68,7 +73,25 @@ NOTES = {
     "coverage": "grasp (2-3 s per cell) and zen were scored on the first 300 cells of the "
                 "sample only, to fit the time budget; the other proxies on all cells.",
 }
-QUICK_PROXIES = ["synflow", "nwot", "jacov", "params", "flops"]
+QUICK_PROXIES = ["synflow", "nwot", "jacov", "params", "flops", "meco"]
+#: NB201 CIFAR-10 figures of the proxies added in issue 20, as their papers report them
+#: (Spearman, Kendall where given; quoted from the papers, the reference READMEs give none):
+#: MeCo (NeurIPS 2023), ZiCo (ICLR 2023), SWAP with its regulariser (ICLR 2024), AZ-NAS's
+#: aggregate (CVPR 2024), TE-NAS's NTK condition number (ICLR 2021, as other papers measured
+#: it; sign: smaller condition number, better).
+PUBLISHED_RECENT = {"meco": {"spearman": 0.894}, "zico": {"spearman": 0.80},
+                    "swap_reg": {"spearman": 0.90}, "az_nas": {"spearman": 0.913,
+                                                               "kendall": 0.741},
+                    "te_ntk": {"spearman": 0.54, "kendall": 0.37}}
+RECENT = ["meco", "zico", "swap", "swap_reg", "az_expressivity", "az_progressivity",
+          "az_trainability", "te_ntk"]
+#: How the scoring differs from the papers' (CPU, the data we have).
+RECENT_NOTES = (
+    "All proxies see the same 20 CIFAR-10 test images (the papers: training batches of "
+    "64 (ZiCo: 2 x 64, split here into 2 x 10), 16 for SWAP, 1 for MeCo, the first "
+    "example here); SWAP averages 8 weight draws (reference: 32); te_ntk is one kernel of 20 "
+    "examples (TE-NAS: 3 repeats of 32); the sample of cells is bench/proxies.py's fixed "
+    "order (NASLib's cells first).")
 #: NASLib's key: ops over edges (0->1), (0->2), (0->3), (1->2), (1->3), (2->3), op ids below.
 NASLIB_OPS = ("skip_connect", "none", "nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3")
 NASLIB_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
@@ -311,6 +334,58 @@ def fresh_timing(keys: list[str], battery: list[str], batch_size: int, seed: int
             "load_average_1m": os.getloadavg()[0]}
 
 
+def recent_report(keys: list[str], cache: dict, table, seeds: int = 3,
+                  fraction: float = 0.8) -> dict:
+    """The issue-20 proxies beside their published figures: Spearman and Kendall with
+    test_acc over the cells that have each, the median and range over `seeds` random
+    subsamples (`fraction` of those cells), and AZ-NAS's aggregate of its four components
+    (population ranks, the paper's; and `az_nas`'s fixed NB201-quantile placement)."""
+    scored = {n: [k for k in keys if n in cache[k]["scores"]] for n in RECENT}
+    columns = {n: [cache[k]["scores"][n] for k in have] for n, have in scored.items()}
+    parts = combine.AZ_NAS_COMPONENTS
+    az_keys = [k for k in keys if all(p in cache[k]["scores"] for p in parts)]
+    if len(az_keys) >= 10:
+        comp = {p: [cache[k]["scores"][p] for k in az_keys] for p in parts}
+        scored["az_nas"] = az_keys
+        columns["az_nas"] = list(combine.log_rank_sum(comp))
+        if all(p in combine.NB201_QUANTILES for p in parts):
+            scored["az_nas.fixed"] = az_keys
+            columns["az_nas.fixed"] = [
+                combine.az_nas_score({p: cache[k]["scores"][p] for p in parts})
+                for k in az_keys]
+    out = {}
+    for name, have in scored.items():
+        if len(have) < 10:
+            continue
+        values = np.asarray(columns[name])
+        test = np.asarray([table.rows[k]["test_acc"] for k in have])
+        spread = []
+        for seed in range(seeds):
+            pick = np.random.default_rng(seed).permutation(len(have))[: int(fraction * len(have))]
+            spread.append(spearman(values[pick], test[pick]))
+        times = [cache[k]["times"][name] for k in have if name in cache[k]["times"]]
+        out[name] = {"n": len(have), "spearman_test": spearman(values, test),
+                     "kendall_test": kendall_tau(values, test),
+                     "subsample_spearman_median": statistics.median(spread),
+                     "subsample_spearman_min": min(spread),
+                     "subsample_spearman_max": max(spread),
+                     "published": PUBLISHED_RECENT.get(name.split(".")[0]),
+                     "time_s_mean": statistics.fmean(times) if times else None}
+    return out
+
+
+def print_recent(recent: dict) -> None:
+    print(f"\n{'new proxy':16} {'n':>4} {'rho test':>8} {'tau test':>8} "
+          f"{'median (min-max) of 3 x 80%':>28} {'publ. rho':>9} {'s/cell':>7}")
+    for name, r in recent.items():
+        pub = (r["published"] or {}).get("spearman")
+        spread = (f"{r['subsample_spearman_median']:.3f} ({r['subsample_spearman_min']:.3f}-"
+                  f"{r['subsample_spearman_max']:.3f})")
+        sec = f"{r['time_s_mean']:.2f}" if r["time_s_mean"] is not None else "-"
+        print(f"{name:16} {r['n']:4d} {r['spearman_test']:8.3f} {r['kendall_test']:8.3f} "
+              f"{spread:>28} {pub if pub is not None else '-':>9} {sec:>7}")
+
+
 def print_report(rows: list[dict], comb: dict, speed: dict) -> None:
     print(f"\n{'proxy':10} {'n':>5} {'rho test':>8} {'tau test':>8} {'rho val':>8} "
           f"{'publ.':>6} {'vs NASLib':>9} {'archs/s':>8}")
@@ -398,8 +473,10 @@ def main() -> None:
               "naslib_overlap": sum(k in reference for k in keys), "proxies": rows,
               "combined": comb, "throughput": speed,
               "notes": NOTES,
-              "reference_quantiles": reference_quantiles(keys, cache, list_proxies())}
+              "reference_quantiles": reference_quantiles(keys, cache, list_proxies()),
+              "recent": recent_report(keys, cache, table), "recent_notes": RECENT_NOTES}
     print_report(rows, comb, speed)
+    print_recent(result["recent"])
     out = args.json or (None if args.quick else str(RESULTS / "proxies.json"))
     if out:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")

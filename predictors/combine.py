@@ -86,6 +86,53 @@ NB201_QUANTILES: dict[str, list[float]] = {
         118.318, 124.025, 128.918, 136.209, 141.74, 150.988, 159.202, 167.091, 180.377, 202.648,
         251.003,
     ],
+    # issue 20's proxies, on the first 200 cells of bench/proxies.py's sample (the same
+    # network, images and seed; te_ntk, 8 s a cell, on the first 69)
+    "meco": [
+        0.104174, 0.207866, 0.666261, 1.19903, 1.77215, 2.31779, 2.67061, 4.12189, 4.8241, 5.7668,
+        6.86478, 8.11136, 10.1019, 12.9637, 15.206, 16.314, 19.075, 24.9586, 27.7371, 32.9896,
+        52.2982,
+    ],
+    "zico": [
+        79.8633, 81.8181, 86.5541, 212.125, 215.624, 246.011, 249.573, 307.118, 374.492, 378.126,
+        381.331, 409.376, 419.422, 488.51, 514.17, 545.597, 558.308, 642.909, 677.662, 710.755,
+        810.758,
+    ],
+    "az_expressivity": [
+        23.4751, 26.6476, 28.607, 31.7039, 40.5406, 43.9764, 45.2896, 45.7563, 46.4941, 48.5444,
+        49.6862, 50.7192, 51.8033, 52.6763, 53.9608, 55.1288, 56.4405, 56.7526, 57.8534, 59.6098,
+        59.8407,
+    ],
+    "az_progressivity": [
+        -0.58089, -0.435455, -0.359585, -0.314397, -0.278435, -0.257247, -0.236345, -0.217171,
+        -0.201488, -0.179149, -0.168884, -0.146157, -0.119266, -0.110384, -0.0930408, -0.0792873,
+        -0.0507237, -0.0424078, -0.0230314, -0.0120852, 0.00722337,
+    ],
+    "az_trainability": [
+        -882353.0, -1.95437, -1.32059, -1.00366, -0.853924, -0.646134, -0.540929, -0.449115,
+        -0.366407, -0.306631, -0.260135, -0.171053, -0.144888, -0.107971, -0.0954896, -0.0868966,
+        -0.0811831, -0.0774441, -0.0684864, -0.0632094, -0.0456642,
+    ],
+    "az_nas": [
+        -13.9101, -9.75161, -8.71512, -6.90769, -6.36153, -5.58952, -4.93842, -4.34472, -4.06933,
+        -3.6362, -3.15021, -2.8811, -2.31673, -2.06661, -1.77833, -1.62485, -1.3793, -1.22944,
+        -1.04001, -0.879141, -0.306836,
+    ],
+    "swap": [
+        7514.25, 9907.03, 16668.0, 18385.5, 24399.6, 30569.4, 33334.8, 36115.0, 38700.3, 43963.4,
+        48745.8, 51682.4, 53376.4, 55278.8, 56320.0, 57854.4, 60356.3, 61620.7, 63178.8, 63661.7,
+        65114.4,
+    ],
+    "swap_reg": [
+        3035.18, 4459.71, 7123.17, 9698.58, 12181.3, 14146.3, 18691.2, 20342.5, 22144.5, 23945.3,
+        26521.0, 28618.6, 31023.5, 32994.7, 36228.3, 37507.3, 39616.6, 42781.4, 45330.7, 49722.4,
+        57087.8,
+    ],
+    "te_ntk": [
+        -7.69581, -6.90646, -6.54679, -6.36933, -5.42309, -4.18018, -3.87634, -3.67651, -3.61271,
+        -3.58031, -3.51946, -3.30875, -3.11375, -2.9754, -2.83363, -2.58884, -2.45197, -2.29716,
+        -2.14915, -1.96457, -1.88604,
+    ],
     # the evolved proxy (predictors/data/evolved_proxies.json), on the same 1,000 cells
     "evolved.nb201": [
         -6066.43, 2224.08, 2640.0, 5024.11, 5594.23, 6353.24, 8092.64, 11240.6,
@@ -102,6 +149,8 @@ def transform(name: str, value: float) -> float:
         return math.log(max(value, _TINY))
     if name == "jacov":  # always <= -batch size: -log(-x) keeps the order
         return -math.log(max(-value, _TINY))
+    if name == "te_ntk":  # minus a condition number (>= 1): -log(-x) keeps the order
+        return -math.log(max(-value, 1.0))
     if name == "grasp":  # either sign, heavy tails: signed log
         return math.copysign(math.log1p(abs(value)), value)
     return value
@@ -188,3 +237,37 @@ def fixed_score(values: Mapping[str, float],
                              f"{', '.join(sorted(table))}")
         total += quantile_percentile(table[name], transform(name, value))
     return total / len(values)
+
+
+#: AZ-NAS's components (Lee & Ham, CVPR 2024): expressivity, progressivity, trainability
+#: (the `az_nas` proxy group) and complexity, measured as FLOPs.
+AZ_NAS_COMPONENTS = ("az_expressivity", "az_progressivity", "az_trainability", "flops")
+#: The reference population `az_nas` places one architecture in: NB201_QUANTILES's cells.
+AZ_NAS_REFERENCE_SIZE = 1000
+
+
+def log_rank_sum(scores: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """AZ-NAS's non-linear rank aggregation: per architecture, the sum over proxies of
+    log(rank / N), ranks 1..N ascending in the population (ties share their average rank).
+    The log punishes a low rank on any one proxy more than it rewards a high one."""
+    from scipy.stats import rankdata
+
+    _, matrix = _matrix(scores)
+    n = matrix.shape[0]
+    return sum(np.log(rankdata(matrix[:, j]) / n) for j in range(matrix.shape[1]))
+
+
+def az_nas_score(values: Mapping[str, float],
+                 quantiles: Mapping[str, Sequence[float]] | None = None) -> float:
+    """`log_rank_sum` for one architecture alone: each AZ-NAS component's percentile p in its
+    NAS-Bench-201 reference quantiles is read as the rank 1 + p (N - 1) it would have among
+    N = 1,000 reference cells; the score is the sum of log(rank / N)."""
+    table = NB201_QUANTILES if quantiles is None else quantiles
+    n = AZ_NAS_REFERENCE_SIZE
+    total = 0.0
+    for name in AZ_NAS_COMPONENTS:
+        if name not in values or name not in table:
+            raise ValueError(f"az_nas needs {name!r} and its reference quantiles")
+        p = quantile_percentile(table[name], transform(name, values[name]))
+        total += math.log((1.0 + p * (n - 1)) / n)
+    return total

@@ -19,8 +19,9 @@ from tests.conftest import ROOT, SHARED_DATA, skip_or_fail
 from workers.evaluators import get_evaluator
 from workers.evaluators.proxy import DEFAULT_PROXIES, ProxyEvaluator
 
-ALL = ["evolved.nb201", "fisher", "flops", "grad_norm", "grasp", "jacov", "nwot", "params",
-       "snip", "synflow", "zen"]
+ALL = ["az_expressivity", "az_nas", "az_progressivity", "az_trainability", "evolved.nb201",
+       "fisher", "flops", "grad_norm", "grasp", "jacov", "meco", "nwot", "params", "snip",
+       "swap", "swap_reg", "synflow", "te_ntk", "zen", "zico"]
 CONVS = {"ops": ["nor_conv_3x3", "nor_conv_3x3", "nor_conv_1x1", "nor_conv_3x3",
                  "skip_connect", "nor_conv_3x3"]}
 ALL_NONE = {"ops": ["none"] * 6}
