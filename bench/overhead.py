@@ -105,7 +105,7 @@ def time_job(path: Path, spec: dict, profile: cProfile.Profile | None = None) ->
         if profile is not None:
             profile.disable()
         seconds = time.perf_counter() - t0
-        counts = storage.trial_counts(job)
+        counts = storage.trials.counts(job)
     finally:
         storage.close()
     if status != "completed" or counts.get("completed") != trials:

@@ -112,14 +112,14 @@ def read_scores(path: Path) -> dict[str, dict[str, float]]:
 
 def fill_cache(storage: Storage, scores: dict[str, dict[str, float]]) -> None:
     space, device = NB201Space(), cache_device()
-    storage.put_measurements("nb201", [
+    storage.measurements.put("nb201", [
         MeasurementRow(key, space.from_key(key), device, proxy, value, "measured")
         for key, values in scores.items() for proxy, value in values.items()])
 
 
 # ---- step 2: searches ------------------------------------------------------------------------
 def best_by_valid(storage: Storage, job: int, table) -> float:
-    trials = [t for t in storage.load_trials(job) if t["status"] == "completed"]
+    trials = [t for t in storage.trials.load(job) if t["status"] == "completed"]
     best = max(trials, key=lambda t: (t["metrics"]["valid_acc"], -t["number"]))
     return table.rows[best["key"]]["test_acc"]
 

@@ -102,7 +102,7 @@ def run_once(strategy: str, seed: int, trials: int) -> list[tuple[str, float, fl
         status = api.run(storage, job)
         if status != "completed":
             raise RuntimeError(f"{strategy} seed {seed}: job ended {status}")
-        rows = storage.load_trials(job)
+        rows = storage.trials.load(job)
     finally:
         storage.close()
     if [r["number"] for r in rows] != list(range(1, trials + 1)):

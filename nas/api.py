@@ -9,14 +9,14 @@ from .code_check import CodeChangedError, compare_code
 from .driver import Driver, Progress
 from .errors import NasError
 from .spec import JobSpec, load_spec_file, parse_spec
-from .storage import Storage
+from .storage import Storage, new_owner
 
 
 def submit(storage: Storage, spec: JobSpec | dict[str, Any]) -> int:
     """Validate (if needed) and store a job; returns its id. Nothing is written on error."""
     if not isinstance(spec, JobSpec):
         spec = parse_spec(spec)
-    return storage.create_job(spec.to_dict(), spec.name, spec.seed)
+    return storage.jobs.create(spec.to_dict(), spec.name, spec.seed)
 
 
 def submit_file(storage: Storage, path: str | Path, overrides: list[str] | None = None) -> int:
@@ -36,17 +36,17 @@ def reopen(storage: Storage, job_id: int, *, allow_code_change: bool = False) ->
     completed, CodeChangedError (nothing changed) when its user code here differs from the
     code it ran, unless `allow_code_change`, which records the code here. A cancel requested
     after this call stops the job."""
-    job = storage.get_job(job_id)
+    job = storage.jobs.get(job_id)
     if job["status"] == "completed":
         raise NasError(f"job {job_id} is already completed")
     code, changed = compare_code(job)
     if changed is not None and not allow_code_change:
         raise CodeChangedError(changed)
-    probe = Storage.new_owner()
-    storage.acquire_lease(job_id, probe, ttl_s=5.0)
+    probe = new_owner()
+    storage.jobs.acquire_lease(job_id, probe, ttl_s=5.0)
     if changed is not None:
-        storage.set_code(job_id, code.record() if code is not None else None)
-    storage.reopen_job(job_id, probe)
+        storage.jobs.set_code(job_id, code.record() if code is not None else None)
+    storage.jobs.reopen(job_id, probe)
 
 
 def resume(storage: Storage, job_id: int, *, ray_address: str | None = None,

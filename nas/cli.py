@@ -403,7 +403,7 @@ def resume(
 
 
 def _live_server_names(ctx: Context) -> list[str]:
-    return sorted({s["name"] for s in ctx.storage().live_servers()})
+    return sorted({s["name"] for s in ctx.storage().servers.live()})
 
 
 @app.command()
@@ -443,7 +443,7 @@ def servers(ctx: typer.Context,
     """The registered `nas serve` processes (alive: a heartbeat within 3 poll periods)."""
     rows = [{k: s[k] for k in ("name", "owner", "host", "pid", "alive", "jobs", "poll_s",
                                "max_jobs", "started_at", "heartbeat_at")}
-            for s in ctx.obj.storage().list_servers()]
+            for s in ctx.obj.storage().servers.all()]
     if as_json:
         _emit_json(rows)
         return
@@ -462,7 +462,7 @@ def cancel(ctx: typer.Context, job: int = typer.Argument(..., help="Job id."),
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Cancel a job (its driver stops at its next heartbeat)."""
     job = _positive_job(job)
-    state = ctx.obj.storage(existing=True).request_cancel(job)
+    state = ctx.obj.storage(existing=True).jobs.request_cancel(job)
     if as_json:
         _emit_json({"job": job, "status": state})
     else:
@@ -547,7 +547,7 @@ def _budget_text(budget: dict[str, Any]) -> str:
 def list_jobs(ctx: typer.Context,
               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """All jobs in the database."""
-    jobs = ctx.obj.storage().list_jobs()
+    jobs = ctx.obj.storage().jobs.all()
     rows = [{"id": j["id"], "name": j["name"], "status": j["status"],
              "space": j["spec"]["space"], "strategy": j["spec"]["strategy"],
              "trials": _trial_counts(j["trials"]), "created_at": j["created_at"]}
@@ -587,7 +587,7 @@ def best(
     if as_json:
         _emit_json(data)
         return
-    spec = storage.get_job(job)["spec"]
+    spec = storage.jobs.get(job)["spec"]
     _print_trials(data["results"], spec, device, title=f"job {job}: best {top}" + (
         f" under {max_latency_ms} ms on {device}" if max_latency_ms else ""))
     unknown = data["unknown_latency"]
@@ -740,7 +740,7 @@ def pareto(
     storage = ctx.obj.storage(existing=True)
     data = results.pareto(storage, _positive_job(job), device)
     rows, front = data.pop("rows"), data.pop("front_rows")
-    spec = storage.get_job(job)["spec"]
+    spec = storage.jobs.get(job)["spec"]
     if plot is not None:
         from .charts import plot as draw
 
@@ -996,9 +996,9 @@ def latency_measure(
         raise NasError("give a JOB or --space S (not both)")
     storage = ctx.obj.storage(existing=job is not None)
     if job is not None:
-        spec = storage.get_job(_positive_job(job))["spec"]
+        spec = storage.jobs.get(_positive_job(job))["spec"]
         target = get_space(spec["space"], **spec.get("space_args", {}))
-        archs = [r["arch"] for r in storage.load_trials(job) if r["status"] == "completed"]
+        archs = [r["arch"] for r in storage.trials.load(job) if r["status"] == "completed"]
         if not archs:
             raise NasError(f"job {job} has no completed trial to measure")
     else:

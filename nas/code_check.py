@@ -58,12 +58,12 @@ def check_code(storage: Storage, job_id: int, *, allow_change: bool = False) -> 
     """The job's user code here, recorded when the job has none recorded yet (its first
     start) or when it differs and `allow_change`; raises CodeChangedError, writing nothing,
     when it differs from the recorded code."""
-    job = storage.get_job(job_id)
+    job = storage.jobs.get(job_id)
     code, changed = compare_code(job)
     if changed is not None and not allow_change:
         raise CodeChangedError(changed)
     if changed is not None or (job.get("code") is None and code is not None):
-        storage.set_code(job_id, code.record() if code is not None else None)
+        storage.jobs.set_code(job_id, code.record() if code is not None else None)
     return code
 
 

@@ -37,6 +37,7 @@ from .storage import (
     NewTrial,
     Storage,
     StoredResult,
+    new_owner,
     preferred_device_values,
     stored_values,
 )
@@ -206,21 +207,21 @@ class Driver:
         #: told of every phase's progress (pool, supernet, trials) as it happens, unthrottled
         self.on_phase = on_phase
         self.user_code: UserCode | None = None
-        self.owner = Storage.new_owner()
+        self.owner = new_owner()
 
     # ---- entry point ----------------------------------------------------------------------
     def run(self) -> str:
         """Run to the end of the budget; returns the job's final status."""
-        job = self.storage.get_job(self.job_id)
+        job = self.storage.jobs.get(self.job_id)
         if job["status"] == "completed":
             raise NasError(f"job {self.job_id} is already completed")
         spec = parse_spec(job["spec"], check_components=False)
-        self.storage.acquire_lease(self.job_id, self.owner, self.lease_ttl_s)
+        self.storage.jobs.acquire_lease(self.job_id, self.owner, self.lease_ttl_s)
         try:
             self.user_code = check_code(self.storage, self.job_id,
                                         allow_change=self.allow_code_change)
-            self.storage.start_running(self.job_id, self.owner)
-            if self.storage.cancel_requested(self.job_id):  # asked before this driver started
+            self.storage.jobs.start_running(self.job_id, self.owner)
+            if self.storage.jobs.cancel_requested(self.job_id):  # asked before this driver started
                 status, note = "cancelled", "cancelled by the user"
             else:
                 status, note = _Run(self, spec, job).execute()
@@ -230,20 +231,20 @@ class Driver:
             self._pause()
             raise
         except BaseException as exc:
-            self.storage.set_status(self.job_id, "failed", owner=self.owner,
-                                    error=f"{type(exc).__name__}: {exc}")
+            self.storage.jobs.set_status(self.job_id, "failed", owner=self.owner,
+                                         error=f"{type(exc).__name__}: {exc}")
             raise
         if status == "paused":
             self._pause()
         elif status == "failed":
-            self.storage.set_status(self.job_id, status, owner=self.owner, error=note)
+            self.storage.jobs.set_status(self.job_id, status, owner=self.owner, error=note)
         else:
-            self.storage.set_status(self.job_id, status, owner=self.owner, note=note)
+            self.storage.jobs.set_status(self.job_id, status, owner=self.owner, note=note)
         return status
 
     def _pause(self) -> None:
-        self.storage.set_status(self.job_id, "paused", owner=self.owner,
-                                error="interrupted; `nas resume` continues it")
+        self.storage.jobs.set_status(self.job_id, "paused", owner=self.owner,
+                                     error="interrupted; `nas resume` continues it")
 
 
 class KnownValues:
@@ -325,7 +326,7 @@ class _Run:
             self.strategy.load_state_dict(job["strategy_state"])
             self.told, self.asked = job["snapshot_told"], job["snapshot_asked"]
         self.last_snapshot = self.told
-        self.stored = {row["number"]: row for row in self.storage.load_trials(self.job_id)}
+        self.stored = {row["number"]: row for row in self.storage.trials.load(self.job_id)}
         self.known = {row["key"] for n, row in self.stored.items() if n <= self.asked}
         job_keys = {row["key"] for row in self.stored.values()}
         #: the job's artifact folder; trial N's scratch folder is `trials/N` (`ctx.scratch_dir`)
@@ -458,7 +459,7 @@ class _Run:
 
     # ---- persistence and dispatch ------------------------------------------------------------
     def _commit(self, elapsed: float | None = None) -> None:
-        created = self.storage.commit_step(
+        created = self.storage.trials.commit_step(
             self.job_id, self.d.owner, self.space.name, self.new_trials, self.results,
             self.dispatched, self.snapshot, elapsed, keep_weights=self.spec.keep_weights)
         for number, (trial_id, architecture_id) in created.items():
@@ -534,7 +535,7 @@ class _Run:
         try:
             if self.spec.early_stopping is not None:  # fed what finished trials reported
                 self.pruner = executor.start_pruner(self.spec.early_stopping,
-                                                    self.storage.load_reports(self.job_id))
+                                                    self.storage.trials.reports(self.job_id))
             stopped = self._prepare(executor)
             if stopped is not None:
                 return stopped
@@ -566,7 +567,7 @@ class _Run:
                         executor.shutdown()
                         self._commit(elapsed)
                         if stop == "cancelled":
-                            self.storage.requeue_unfinished(self.job_id)
+                            self.storage.trials.requeue_unfinished(self.job_id)
                         return stop, "cancelled by the user" if stop == "cancelled" else None
             self._take_snapshot()
             self._commit(self.elapsed_before + time.monotonic() - start)
@@ -591,7 +592,7 @@ class _Run:
 
     def _all_failed_reason(self) -> str:
         """Why a job none of whose trials completed failed: its most common errors."""
-        reasons = self.storage.common_errors(self.job_id, limit=1)
+        reasons = self.storage.trials.common_errors(self.job_id, limit=1)
         if not reasons:
             return f"every one of the {self.told} trials failed"
         line, count = reasons[0]
@@ -605,9 +606,9 @@ class _Run:
         `cancelled` when the user asked, else None."""
         if self.d.stop is not None and self.d.stop.is_set():
             return "paused"
-        if not self.storage.heartbeat(self.job_id, self.d.owner, self.d.lease_ttl_s, elapsed):
+        if not self.storage.jobs.heartbeat(self.job_id, self.d.owner, self.d.lease_ttl_s, elapsed):
             raise LeaseHeldError(f"job {self.job_id}: lease lost; stopping")
-        if self.storage.cancel_requested(self.job_id):
+        if self.storage.jobs.cancel_requested(self.job_id):
             return "cancelled"
         return None
 
@@ -645,7 +646,7 @@ class _Run:
                 return stop, None
         epochs.take(executor.search_progress(), final=True)
         for kind, path in preparation.artifacts:
-            self.storage.add_artifact(self.job_id, kind, path)
+            self.storage.jobs.add_artifact(self.job_id, kind, path)
         return None, result
 
     def _evaluate(self, preparation: Evaluations) -> tuple[str | None,
@@ -695,7 +696,7 @@ class _Run:
                     rows.append(MeasurementRow(result.key, archs[result.key], m["device"],
                                                m["metric"], float(m["value"]), m["source"]))
             if rows:
-                self.storage.put_measurements(self.space.name, rows)
+                self.storage.measurements.put(self.space.name, rows)
             stop = self._beat(self._elapsed())
             if stop is not None:
                 return stop

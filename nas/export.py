@@ -42,7 +42,7 @@ def export_trial(storage: Storage, job_id: int, number: int | None, fmt: str,
         raise NasError(f"-o: folder {str(target.parent)!r} does not exist")
     if target.is_dir():
         raise NasError(f"-o: {str(target)!r} is a folder; give a file name")
-    job = storage.get_job(job_id)
+    job = storage.jobs.get(job_id)
     spec = job["spec"]
     trial = choose_trial(storage, job_id, number)
     space = get_space(spec["space"], **spec.get("space_args", {}))
@@ -54,7 +54,7 @@ def export_trial(storage: Storage, job_id: int, number: int | None, fmt: str,
             trial["key"], []),
         "format": fmt, "path": str(target),
     }
-    weights = storage.get_weights(job_id, trial["number"]) if fmt != "json" else None
+    weights = storage.trials.weights(job_id, trial["number"]) if fmt != "json" else None
     state, normalisation = split_weights(weights)
     if fmt != "json":
         summary["weights"] = "trained" if weights else "initialised"
@@ -69,7 +69,7 @@ def export_trial(storage: Storage, job_id: int, number: int | None, fmt: str,
         write_atomically(target, lambda tmp: _export_model(
             space, trial["arch"], fmt, tmp, seed=int(spec.get("seed", 0)), state=state,
             normalisation=normalisation), option="-o")
-    storage.add_artifact(job_id, f"export-{fmt}", str(target.resolve()))
+    storage.jobs.add_artifact(job_id, f"export-{fmt}", str(target.resolve()))
     return summary
 
 

@@ -26,7 +26,7 @@ IMPORTANCE_METHOD = ("XGBoost (the project's GBDT predictor) fitted to the prima
 def _job_spec(storage: Storage, job_id: int) -> dict[str, Any]:
     from .results import check_job_id
 
-    return storage.get_job(check_job_id(job_id))["spec"]
+    return storage.jobs.get(check_job_id(job_id))["spec"]
 
 
 def _space(spec: dict[str, Any]) -> Any:
@@ -117,7 +117,7 @@ def decisions(space: Any) -> list[dict[str, Any]]:
 
 
 def _completed(storage: Storage, job_id: int) -> list[dict[str, Any]]:
-    return [r for r in storage.load_trials(job_id)
+    return [r for r in storage.trials.load(job_id)
             if r["status"] == "completed" and r["score"] is not None]
 
 
@@ -239,10 +239,10 @@ def summary(storage: Storage, job_id: int, top: int = 10) -> dict[str, Any]:
     from . import results
 
     data = results.status(storage, job_id)
-    data["spec"] = storage.get_job(job_id)["spec"]
+    data["spec"] = storage.jobs.get(job_id)["spec"]
     data["top"] = results.best(storage, job_id, top)["results"]
     data["failures"] = [{"error": e, "count": n}
-                        for e, n in storage.common_errors(job_id, limit=10)]
+                        for e, n in storage.trials.common_errors(job_id, limit=10)]
     data["devices"] = job_devices(storage, job_id)
     return data
 

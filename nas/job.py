@@ -46,7 +46,7 @@ class Job:
         self.db = db
         self.ray_address = ray_address
         self._storage = storage if storage is not None else Storage(db, create=False)
-        self._storage.get_job(self.id)  # NasError now when there is no such job
+        self._storage.jobs.get(self.id)  # NasError now when there is no such job
 
     def __repr__(self) -> str:
         from .storage._engine import mask_url
@@ -116,7 +116,7 @@ class Job:
 
     def cancel(self) -> str:
         """Ask the job to stop (`cancelled`, or `cancelling` while its driver stops)."""
-        return self._storage.request_cancel(self.id)
+        return self._storage.jobs.request_cancel(self.id)
 
 
 def load(job: int, db: str = "sqlite:///nas.db", ray_address: str | None = None) -> Job:

@@ -35,7 +35,7 @@ def import_csv(storage: Storage, space_name: str, device: str, path: str | Path,
     _check_metric(metric)
     rows = [MeasurementRow(key, arch, device, metric, value, "imported")
             for key, arch, value in _read_csv(space, Path(path), metric)]
-    counts = storage.put_measurements(space.name, rows)
+    counts = storage.measurements.put(space.name, rows)
     return {"space": space.name, "device": device, "metric": metric, "rows": len(rows),
             **counts}
 
@@ -163,7 +163,7 @@ def fit_and_predict(storage: Storage, space_name: str, device: str, metric: str 
     rows = [MeasurementRow(key, arch, device, metric, float(max(value, 1e-6)), "predicted",
                            predictor.version())
             for (key, arch), value in zip(targets, predicted, strict=True)]
-    counts = storage.put_measurements(space.name, rows)
+    counts = storage.measurements.put(space.name, rows)
     return {"space": space.name, "device": device, "metric": metric, "model": model,
             "model_version": predictor.version(), "trained_on": len(keys),
             "holdout": {**report, "fraction": holdout}, "predicted": len(rows), **counts}
@@ -217,7 +217,7 @@ def measure(storage: Storage, space: SearchSpace, archs: list[Arch], *, device: 
         rows.append(MeasurementRow(space.key(arch), arch, device, "latency_ms",
                                    timing["median_ms"], "measured"))
         spreads.append(timing["iqr_ms"] / max(timing["median_ms"], 1e-9))
-    counts = storage.put_measurements(space.name, rows)
+    counts = storage.measurements.put(space.name, rows)
     values = [r.value for r in rows]
     return {"space": space.name, "device": device, "runtime": runtime, "int8": int8,
             "measured": len(rows),

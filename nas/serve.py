@@ -1,6 +1,6 @@
 """`nas serve`: a long-running process that claims queued jobs from the database and runs them.
 
-What it claims (`Storage.claim_job`, oldest job first): `pending` jobs, and `running` jobs
+What it claims (`Jobs.claim`, oldest job first): `pending` jobs, and `running` jobs
 whose lease expired, i.e. whose driver died (a killed `nas serve`, `nas drive` or `nas submit
 --wait`): those are taken over and resume from the database like `nas resume` does. `paused`,
 `failed` and `cancelled` jobs are left alone until `nas resume` puts them back in the queue.
@@ -39,7 +39,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .driver import Driver
 from .errors import DatabaseUnavailableError, LeaseHeldError, NasError
-from .storage import Storage
+from .storage import Storage, new_owner
 
 Log = Callable[[str], None]
 
@@ -113,7 +113,7 @@ class Server:
         self.lease_ttl_s = lease_ttl_s
         self.max_jobs = max_jobs
         self.once = once
-        self.owner = Storage.new_owner()
+        self.owner = new_owner()
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.ray_address = ray_address
         #: top-level packages whose modules a job may reference (`--allow-modules`)
@@ -131,7 +131,7 @@ class Server:
     def run(self) -> int:
         """Serve until interrupted (or, with `once`, until one job ran or none was queued);
         returns how many jobs this process started."""
-        self.storage.register_server(self.name, self.owner, self.poll_s, self.max_jobs)
+        self.storage.servers.register(self.name, self.owner, self.poll_s, self.max_jobs)
         self._beating.set()
         beat = threading.Thread(target=self._beat, name="nas-serve-heartbeat", daemon=True)
         beat.start()
@@ -154,10 +154,10 @@ class Server:
         and started a detached driver beside it."""
         while self._beating.is_set():
             try:
-                if not self.storage.server_heartbeat(self.owner, self._running(),
-                                                     self.lease_ttl_s):
-                    self.storage.register_server(self.name, self.owner, self.poll_s,
-                                                 self.max_jobs)
+                if not self.storage.servers.heartbeat(self.owner, self._running(),
+                                                      self.lease_ttl_s):
+                    self.storage.servers.register(self.name, self.owner, self.poll_s,
+                                                  self.max_jobs)
             except (DBAPIError, DatabaseUnavailableError) as exc:  # an outage: keep beating
                 self.log(f"database error in the heartbeat (retrying): {_first_line(exc)}")
             time.sleep(self.tick_s)
@@ -181,7 +181,7 @@ class Server:
         if self.once and self.started:
             return not self._threads
         while len(self._threads) < self.max_jobs and not (self.once and self.started):
-            job_id = self.storage.claim_job(self.owner, self.lease_ttl_s, self._running())
+            job_id = self.storage.jobs.claim(self.owner, self.lease_ttl_s, self._running())
             if job_id is None:
                 break
             self._start(job_id)
@@ -197,7 +197,7 @@ class Server:
                     del self._threads[job_id]
 
     def _start(self, job_id: int) -> None:
-        job = self.storage.get_job(job_id)
+        job = self.storage.jobs.get(job_id)
         how = "taking over" if job["status"] == "running" else "claimed"
         self.log(f"{how} job {job_id} [{job['name']}]")
         self.started += 1
@@ -222,7 +222,7 @@ class Server:
             return False
         message = refusal(modules, self.allow_modules)
         self.log(f"job {job_id} failed: {message}")
-        self.storage.set_status(job_id, "failed", owner=self.owner, error=message)
+        self.storage.jobs.set_status(job_id, "failed", owner=self.owner, error=message)
         return True
 
     def _connect_ray(self) -> None:
@@ -245,8 +245,8 @@ class Server:
                 thread.join(self.tick_s)
         self._beating.clear()
         beat.join()
-        self.storage.release_leases(self.owner)
-        self.storage.unregister_server(self.owner)
+        self.storage.jobs.release_leases(self.owner)
+        self.storage.servers.unregister(self.owner)
         self.log(f"serve {self.name} stopped")
 
     # ---- one job (a driver thread) ------------------------------------------------------------
@@ -266,7 +266,7 @@ class Server:
             self._fail(job_id, exc)
         finally:
             try:  # a driver that ended abnormally may still hold the lease
-                self.storage.release_leases(self.owner, job_id)
+                self.storage.jobs.release_leases(self.owner, job_id)
             except (DBAPIError, DatabaseUnavailableError):
                 pass  # it expires after lease_ttl_s
 
@@ -275,8 +275,8 @@ class Server:
         before that, such as a stored spec this version cannot read, would otherwise send
         the job back to the queue to fail again at every tick)."""
         try:
-            self.storage.set_status(job_id, "failed", owner=self.owner,
-                                    error=f"{type(exc).__name__}: {exc}")
+            self.storage.jobs.set_status(job_id, "failed", owner=self.owner,
+                                         error=f"{type(exc).__name__}: {exc}")
         except (DBAPIError, DatabaseUnavailableError):
             pass
 

@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from nas import api
-from nas.storage import Storage
+from nas.storage import Storage, new_owner
 from tests.conftest import ROOT, nb201_spec
 
 runner = CliRunner()
@@ -61,7 +61,7 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     api.run(storage, done)
     pending = api.submit(storage, nb201_spec(name="waiting"))
     cancelled = api.submit(storage, nb201_spec(name="stopped"))
-    storage.request_cancel(cancelled)
+    storage.jobs.request_cancel(cancelled)
     storage.close()
     assert (done, pending, cancelled) == (1, 2, 3)
     return {"url": url, "file": folder / "nas.db"}
@@ -407,7 +407,7 @@ def test_resume_of_a_job_a_live_driver_runs_is_refused(tmp_path, workdir):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     storage = Storage(url)
     job = api.submit(storage, nb201_spec())
-    storage.acquire_lease(job, Storage.new_owner(), ttl_s=300)  # a live driver (this process)
+    storage.jobs.acquire_lease(job, new_owner(), ttl_s=300)  # a live driver (this process)
     before = dump(tmp_path / "nas.db")
     for wait in ([], ["--wait"]):
         result = runner.invoke(app, ["--db", url, "resume", str(job), *wait])

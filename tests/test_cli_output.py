@@ -143,8 +143,8 @@ def test_a_job_name_with_control_characters_is_refused_at_submit(tmp_path, monke
 def test_user_strings_are_printed_with_control_characters_escaped(job, tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     storage = Storage(url)  # a job stored by an older nas, or written to the database directly
-    job_id = storage.create_job(parse_spec(nb201_spec()).to_dict(), EVIL, 0)
-    storage.set_status(job_id, "failed", error=f"boom {EVIL}", note=f"note {EVIL}")
+    job_id = storage.jobs.create(parse_spec(nb201_spec()).to_dict(), EVIL, 0)
+    storage.jobs.set_status(job_id, "failed", error=f"boom {EVIL}", note=f"note {EVIL}")
     storage.close()
     outputs = [nas("--db", url, "status", str(job_id)), nas("--db", url, "list"),
                nas("--db", job["url"], "best", job["job"], "--device", EVIL, code=2),

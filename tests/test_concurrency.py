@@ -66,7 +66,7 @@ def _device_values(key: str) -> int:
 
 
 def _trials(storage: Storage, job: int) -> list[tuple[int, str, str, float]]:
-    return [(r["number"], r["key"], r["status"], r["score"]) for r in storage.load_trials(job)]
+    return [(r["number"], r["key"], r["status"], r["score"]) for r in storage.trials.load(job)]
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +169,8 @@ def _run_concurrently(url: str, jobs: list[int], reader: Reader,
 
 def _check_job(storage: Storage, url: str, job: int, budget: int,
                expected: list[tuple[int, str, str, float]]) -> None:
-    assert storage.get_job(job)["status"] == "completed"
-    assert storage.trial_counts(job) == {"completed": budget}
+    assert storage.jobs.get(job)["status"] == "completed"
+    assert storage.trials.counts(job) == {"completed": budget}
     rows = _trials(storage, job)
     assert [r[0] for r in rows] == list(range(1, budget + 1))
     assert len({r[1] for r in rows}) == budget, "an architecture was evaluated twice"

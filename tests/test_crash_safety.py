@@ -64,7 +64,7 @@ def _reference(storage: Storage) -> list[tuple[int, str]]:
     """(number, key) of the trials of an undisturbed run of the same spec."""
     reference = api.submit(storage, _spec())
     api.run(storage, reference)
-    return [(r["number"], r["key"]) for r in storage.load_trials(reference)]
+    return [(r["number"], r["key"]) for r in storage.trials.load(reference)]
 
 
 def _resume_to_the_end(db_url: str, storage: Storage, job: int,
@@ -76,7 +76,7 @@ def _resume_to_the_end(db_url: str, storage: Storage, job: int,
                             timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["trials"]["completed"] == BUDGET
-    rows = storage.load_trials(job)
+    rows = storage.trials.load(job)
     assert [r["number"] for r in rows] == list(range(1, BUDGET + 1))
     assert all(r["status"] == "completed" for r in rows)
     assert len({r["key"] for r in rows}) == BUDGET
@@ -154,7 +154,7 @@ def test_kill_9_during_a_strategy_snapshot_write(pg_url):
     with storage.engine.begin() as conn:
         conn.execute(text("INSERT INTO fault_pause VALUES (true)"))
     backend = _backend_writing_a_snapshot(storage.engine)
-    before = storage.get_job(job)
+    before = storage.jobs.get(job)
     seen = _completed(storage, job)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -162,7 +162,7 @@ def test_kill_9_during_a_strategy_snapshot_write(pg_url):
         conn.execute(text("DELETE FROM fault_pause"))
         # the server notices a dead client only when it next talks to it: end the session
         conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
-    after = storage.get_job(job)
+    after = storage.jobs.get(job)
     assert (after["snapshot_told"], after["snapshot_asked"]) == \
         (before["snapshot_told"], before["snapshot_asked"])
     assert after["strategy_state"] == before["strategy_state"]
@@ -190,6 +190,6 @@ def test_second_driver_is_refused_while_the_lease_is_live(sqlite_url):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
-    assert storage.get_job(job)["status"] == "paused"
+    assert storage.jobs.get(job)["status"] == "paused"
     assert api.run(storage, job) == "completed"
-    assert storage.trial_counts(job) == {"completed": 200}
+    assert storage.trials.counts(job) == {"completed": 200}

@@ -73,7 +73,7 @@ def test_the_jobs_page_and_its_json_show_every_job(board):
     assert page.status_code == 200 and "dash-job" in page.text
     assert f'href="/jobs/{job}"' in page.text
     (row,) = client.get("/api/jobs").json()
-    counts = storage.trial_counts(job)
+    counts = storage.trials.counts(job)
     assert row["status"] == "completed" and row["runner"] is None
     assert row["trials"]["completed"] == counts["completed"]
     assert row["trials"]["failed"] == counts["failed"] > 0
@@ -92,7 +92,7 @@ def test_the_job_page_shows_status_progress_failures_and_charts(board):
     assert summary["best"]["trial"] == status["best"]["trial"]
     assert status["trials"]["failed"] > 0
     assert [(f["error"], f["count"]) for f in summary["failures"]] == \
-        storage.common_errors(job, limit=10)
+        storage.trials.common_errors(job, limit=10)
     assert summary["actions"] == {"cancel": False, "resume": False}  # read-only
     from nas import insights
     from nas.dashboard import _views
@@ -141,10 +141,10 @@ def test_the_trials_table_is_sorted_filtered_and_paginated_by_the_server(board):
         [r["trial"] for r in expected.rows]
     scores = [r["score"] for r in first["rows"] + second["rows"]]
     assert scores == sorted(scores, reverse=True)
-    assert first["total"] == sum(storage.trial_counts(job).values())
+    assert first["total"] == sum(storage.trials.counts(job).values())
     failed = client.get(f"/api/jobs/{job}/trials",
                         params={"status": "failed", "sort": "number", "order": "asc"}).json()
-    assert failed["total"] == storage.trial_counts(job)["failed"]
+    assert failed["total"] == storage.trials.counts(job)["failed"]
     assert {r["status"] for r in failed["rows"]} == {"failed"}
     numbers = [r["trial"] for r in failed["rows"]]
     assert numbers == sorted(numbers) and all(r["error"] for r in failed["rows"])
@@ -178,7 +178,7 @@ def test_a_trial_page_shows_metrics_measurements_picture_and_downloads(board):
 
     graph = onnx.load_model_from_string(model.content)
     assert graph.graph.input[0].name == "input"
-    failed = next(r["number"] for r in storage.load_trials(job) if r["status"] == "failed")
+    failed = next(r["number"] for r in storage.trials.load(job) if r["status"] == "failed")
     refused = client.get(f"/jobs/{job}/trials/{failed}/model.onnx")
     assert refused.status_code == 400 and "not completed" in refused.text
 
@@ -207,7 +207,7 @@ def test_read_only_mode_has_no_buttons_and_refuses_actions(board):
     for action in ("cancel", "resume"):
         refused = client.post(f"/api/jobs/{pending}/{action}", headers={"x-nas-action": "1"})
         assert refused.status_code == 403 and "read-only" in refused.json()["error"]
-    assert storage.get_job(pending)["status"] == "pending"
+    assert storage.jobs.get(pending)["status"] == "pending"
 
 
 def test_actions_cancel_and_reopen_a_job_when_allowed(db_url, tmp_path, monkeypatch):
@@ -222,11 +222,11 @@ def test_actions_cancel_and_reopen_a_job_when_allowed(db_url, tmp_path, monkeypa
         assert client.post(f"/api/jobs/{job}/cancel").status_code == 403
         done = client.post(f"/api/jobs/{job}/cancel", headers={"x-nas-action": "cancel"})
         assert done.json() == {"job": job, "status": "cancelled"}
-        assert storage.get_job(job)["status"] == "cancelled"
+        assert storage.jobs.get(job)["status"] == "cancelled"
         assert client.get(f"/api/jobs/{job}").json()["actions"]["resume"] is True
         again = client.post(f"/api/jobs/{job}/resume", headers={"x-nas-action": "resume"})
         assert again.json()["status"] == "pending"
-        job_row = storage.get_job(job)
+        job_row = storage.jobs.get(job)
         assert job_row["status"] == "pending" and not job_row["cancel_requested"]
         assert job_row["lease_owner"] is None  # no driver runs inside the web server
     storage.close()

@@ -102,7 +102,7 @@ def test_a_running_jobs_progress_advances_without_a_reload(site, page, tmp_path)
     job = json.loads(submitted.stdout)["job"]
     storage = Storage(site["url"])
     try:
-        wait_until(lambda: storage.trial_counts(job).get("completed", 0) > 0,
+        wait_until(lambda: storage.trials.counts(job).get("completed", 0) > 0,
                    "the background driver's first trial", timeout=120)
         page.goto(f"{site['base']}/jobs/{job}")
         page.evaluate("window.notReloaded = true")
@@ -127,7 +127,7 @@ def test_a_running_jobs_progress_advances_without_a_reload(site, page, tmp_path)
         page.screenshot(path=str(screenshots(tmp_path) / "dashboard-jobs.png"))
     finally:
         nas(site["url"], "cancel", str(job), env=site["env"])
-        wait_until(lambda: storage.get_job(job)["status"] == "cancelled",
+        wait_until(lambda: storage.jobs.get(job)["status"] == "cancelled",
                    "the driver to stop after nas cancel", timeout=60)
         storage.close()
 
@@ -189,7 +189,7 @@ def test_a_failed_trials_error_is_shown(site, page):
     number = int(first.get_attribute("data-trial"))
     storage = Storage(site["url"])
     stored = get_trial(storage, job, number)
-    reasons = storage.common_errors(job, limit=10)
+    reasons = storage.trials.common_errors(job, limit=10)
     storage.close()
     assert stored["status"] == "failed" and stored["error"]
     assert first.locator("pre").inner_text() == stored["error"].strip()

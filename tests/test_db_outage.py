@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from nas import api
 from nas.errors import DatabaseUnavailableError
-from nas.storage import NewTrial, Storage, StoredResult
+from nas.storage import NewTrial, Storage, StoredResult, Trials, new_owner
 from nas.storage.schema import measurements, trial_device_values, trials
 from tests.conftest import ROOT, nb201_spec, skip_or_fail
 from tests.private_pg import PrivatePostgres, postgres_bindir
@@ -58,7 +58,7 @@ def _with_pixel3_latency(storage: Storage, job: int) -> Counter:
 def _wait_for(storage: Storage, job: int, proc: subprocess.Popen, completed: int) -> None:
     deadline = time.time() + 120
     while time.time() < deadline:
-        if storage.trial_counts(job).get("completed", 0) >= completed:
+        if storage.trials.counts(job).get("completed", 0) >= completed:
             return
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.05)
@@ -85,7 +85,7 @@ def test_postgres_restarts_mid_job_and_every_trial_is_stored_once(runner, privat
     reference = Storage(sqlite_url)
     ref_job = api.submit(reference, _spec())
     api.run(reference, ref_job)
-    expected = [r["key"] for r in reference.load_trials(ref_job)]
+    expected = [r["key"] for r in reference.trials.load(ref_job)]
     expected_latencies = len(_with_pixel3_latency(reference, ref_job))
 
     url = private_pg.new_database(f"restart_{runner}")
@@ -106,9 +106,9 @@ def test_postgres_restarts_mid_job_and_every_trial_is_stored_once(runner, privat
     assert proc.returncode == 0, stderr
     assert "retrying" in stderr, "the driver never saw the outage"
 
-    job_row = storage.get_job(job)
+    job_row = storage.jobs.get(job)
     assert job_row["status"] == "completed"
-    rows = storage.load_trials(job)
+    rows = storage.trials.load(job)
     assert [r["number"] for r in rows] == list(range(1, BUDGET + 1))
     assert all(r["status"] == "completed" and r["attempt"] >= 1 for r in rows)
     assert [r["key"] for r in rows] == expected, "the outage changed which trials ran"
@@ -136,12 +136,12 @@ def test_a_lasting_outage_ends_in_one_clear_error(private_pg, monkeypatch):
     private_pg.stop("fast")
     try:
         started = time.monotonic()
-        with pytest.raises(DatabaseUnavailableError, match=r"unavailable for 1.5s .*get_job"):
-            storage.get_job(job)
+        with pytest.raises(DatabaseUnavailableError, match=r"unavailable for 1.5s .*jobs\.get"):
+            storage.jobs.get(job)
         assert 1.4 <= time.monotonic() - started < 10
     finally:
         private_pg.start()
-    assert storage.get_job(job)["status"] == "pending"  # the pool reconnects by itself
+    assert storage.jobs.get(job)["status"] == "pending"  # the pool reconnects by itself
     storage.close()
 
 
@@ -153,7 +153,7 @@ def test_a_short_outage_is_waited_out(private_pg):
     restart = threading.Timer(1.5, private_pg.start)
     restart.start()
     try:
-        assert storage.get_job(job)["name"] == "blip"  # retried until the server is back
+        assert storage.jobs.get(job)["name"] == "blip"  # retried until the server is back
     finally:
         restart.join()
     storage.close()
@@ -163,24 +163,24 @@ def _step(storage: Storage, job: int, owner: str, replay: bool) -> dict[int, tup
     """A step with new trials and the results of trials 1-2, called without the retry."""
     arch = {"cell": "x"}
     new = [NewTrial(n, f"|key-{n}|", arch) for n in (3, 4)]
-    done = storage.load_trials(job)[:2]
+    done = storage.trials.load(job)[:2]
     results = [StoredResult(r["id"], "completed", 1, "w:1", 1.0, 2.0, {"valid_acc": 90.0 + i},
                             90.0 + i, [90.0 + i], True, None, r["architecture_id"], 10, 20,
                             [{"device": "pixel3", "metric": "latency_ms", "value": 4.0 + i,
                               "source": "benchmark"}], weights=b"w" * (i + 1))
                for i, r in enumerate(done)]
-    commit = Storage.commit_step.__wrapped__  # the undecorated method: one attempt
-    return commit(storage, job, owner, "nb201", new, results, [], ({"s": 1}, 2, 4), 1.0,
+    commit = Trials.commit_step.__wrapped__  # the undecorated method: one attempt
+    return commit(storage.trials, job, owner, "nb201", new, results, [], ({"s": 1}, 2, 4), 1.0,
                   keep_weights=5, replay=replay)
 
 
 def test_a_step_written_again_after_it_landed_changes_nothing(db_url):
     storage = Storage(db_url)
     job = api.submit(storage, nb201_spec())
-    owner = Storage.new_owner()
-    storage.acquire_lease(job, owner, 30)
-    storage.commit_step(job, owner, "nb201", [NewTrial(n, f"|key-{n}|", {"cell": "x"})
-                                              for n in (1, 2)])
+    owner = new_owner()
+    storage.jobs.acquire_lease(job, owner, 30)
+    storage.trials.commit_step(job, owner, "nb201", [NewTrial(n, f"|key-{n}|", {"cell": "x"})
+                                                     for n in (1, 2)])
     first = _step(storage, job, owner, replay=False)
 
     def snapshot() -> dict:
@@ -192,7 +192,7 @@ def test_a_step_written_again_after_it_landed_changes_nothing(db_url):
     again = _step(storage, job, owner, replay=True)  # the COMMIT landed, the reply was lost
     assert again == first
     assert snapshot() == before
-    assert len(storage.load_trials(job)) == 4
-    assert storage.get_weights(job, 2) == b"ww"
+    assert len(storage.trials.load(job)) == 4
+    assert storage.trials.weights(job, 2) == b"ww"
     with pytest.raises(Exception, match="(?i)unique|duplicate"):
         _step(storage, job, owner, replay=False)  # without replay a duplicate is an error

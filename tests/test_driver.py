@@ -10,19 +10,19 @@ from tests.conftest import nb201_spec
 
 
 def _completed_keys(storage: Storage, job_id: int) -> list[str]:
-    return [r["key"] for r in storage.load_trials(job_id) if r["status"] == "completed"]
+    return [r["key"] for r in storage.trials.load(job_id) if r["status"] == "completed"]
 
 
 def test_job_runs_to_budget_and_stores_every_trial(db_url):
     storage = Storage(db_url)
     job = api.submit(storage, nb201_spec())
     assert api.run(storage, job) == "completed"
-    rows = storage.load_trials(job)
+    rows = storage.trials.load(job)
     assert [r["number"] for r in rows] == list(range(1, 41))
     assert all(r["status"] == "completed" for r in rows)
     assert len({r["key"] for r in rows}) == 40  # no architecture evaluated twice
-    assert storage.get_job(job)["status"] == "completed"
-    assert storage.get_job(job)["lease_owner"] is None
+    assert storage.jobs.get(job)["status"] == "completed"
+    assert storage.jobs.get(job)["lease_owner"] is None
 
 
 def test_same_seed_same_search_different_seed_different_search(sqlite_url):
@@ -52,7 +52,7 @@ def test_missing_architecture_is_a_failed_trial_and_search_goes_on(sqlite_url, t
     job = api.submit(storage, nb201_spec(evaluator_args={"table": str(partial)},
                                          budget={"trials": 30}))
     assert api.run(storage, job) == "completed"
-    trials = storage.load_trials(job)
+    trials = storage.trials.load(job)
     failed = [t for t in trials if t["status"] == "failed"]
     assert len(trials) == 30 and failed and len(failed) < 30
     with storage.engine.connect() as conn:
@@ -95,7 +95,7 @@ def test_violations_only_known_after_evaluation_are_flagged(db_url):
     spec = nb201_spec(constraints=[{"metric": "test_acc", "max": 90.0}], budget={"trials": 40})
     job = api.submit(storage, spec)
     api.run(storage, job)
-    rows = [r for r in storage.load_trials(job) if r["status"] == "completed"]
+    rows = [r for r in storage.trials.load(job) if r["status"] == "completed"]
     flagged = [r for r in rows if r["feasible"] is False]
     assert flagged and all(r["metrics"]["test_acc"] > 90.0 for r in flagged)
     assert all(r["metrics"]["test_acc"] <= 90.0 for r in rows if r["feasible"] is True)
@@ -110,7 +110,7 @@ def test_time_budget_stops_the_search(sqlite_url):
                       parallelism=1, batch_size=1)
     job = api.submit(storage, spec)
     assert api.run(storage, job) == "completed"
-    done = storage.trial_counts(job).get("completed", 0)
+    done = storage.trials.counts(job).get("completed", 0)
     assert 5 <= done <= 40
 
 
@@ -121,11 +121,11 @@ def test_a_device_measurement_can_be_an_objective(sqlite_url):
                       budget={"trials": 30})
     job = api.submit(storage, spec)
     assert api.run(storage, job) == "completed"
-    assert storage.get_job(job)["spec"]["objectives"][1] == \
+    assert storage.jobs.get(job)["spec"]["objectives"][1] == \
         {"metric": "latency_ms", "device": "edgegpu", "mode": "min"}
     from workers.tables import load_table
 
     latency = load_table("hw-nas-bench-cifar10").rows
-    for row in storage.load_trials(job):
+    for row in storage.trials.load(job):
         expected = latency.get(row["key"], {}).get("edgegpu_latency_ms")
         assert row["objectives"] == [row["metrics"]["valid_acc"], expected]

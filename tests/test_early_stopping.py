@@ -103,7 +103,7 @@ def _job(storage: Storage, rule: str | None, **overrides) -> int:
 
 
 def _steps(storage: Storage, job: int) -> int:
-    return sum(1 for _, _, metric, _ in storage.load_reports(job) if metric == "val_acc")
+    return sum(1 for _, _, metric, _ in storage.trials.reports(job) if metric == "val_acc")
 
 
 def _check_pruned(storage: Storage, job: int, full: int) -> int:
@@ -116,7 +116,7 @@ def _check_pruned(storage: Storage, job: int, full: int) -> int:
     for r in pruned:  # the last reported values, no score, the reason
         assert r["score"] is None and "val_acc" in r["metrics"]
         assert r["error"].startswith("pruned at step")
-    assert storage.trial_counts(job)["pruned"] == len(pruned)
+    assert storage.trials.counts(job)["pruned"] == len(pruned)
     steps = _steps(storage, job)
     assert steps < full
     return steps
@@ -140,7 +140,7 @@ def test_status_json_counts_pruned_trials(db_url):
 
     storage = Storage(db_url)  # SQLite and PostgreSQL: reports stored, pruned counted
     job = _job(storage, "median")
-    assert len(storage.load_reports(job)) == 2 * _steps(storage, job)
+    assert len(storage.trials.reports(job)) == 2 * _steps(storage, job)
     result = CliRunner().invoke(app, ["--db", db_url, "status", str(job), "--json"])
     assert result.exit_code == 0, result.output
     import json

@@ -41,14 +41,14 @@ def test_training_example_finds_better_than_median_random(name, tmp_path):
     job = api.submit_file(storage, EXAMPLES / name,
                           ["budget.trials=16", "strategy_args.population=8", "executor=local"])
     assert api.run(storage, job) == "completed"
-    trials = storage.load_trials(job)
+    trials = storage.trials.load(job)
     completed = [t for t in trials if t["status"] == "completed"]
     assert len(completed) == 16, [t["error"] for t in trials if t["status"] != "completed"]
     random_phase = [t["metrics"]["val_acc"] for t in completed if t["number"] <= 8]
     best = max(t["metrics"]["val_acc"] for t in completed)
     median = statistics.median(random_phase)
     assert best >= median + 2.0, f"best {best:.1f}% vs median random {median:.1f}%"
-    spec = storage.get_job(job)["spec"]
+    spec = storage.jobs.get(job)["spec"]
     stored = device_measurements(storage, [t["key"] for t in completed], spec["space"])
     assert all(any(m["source"] == "measured" and m["metric"] == "latency_ms" and m["value"] > 0
                    for m in stored.get(t["key"], [])) for t in completed)
@@ -107,5 +107,5 @@ def test_custom_example_from_python(tmp_path):
     assert lines[1].startswith("1. trial") and lines[-1].startswith("exported trial")
     onnx.checker.check_model(onnx.load(str(output)))
     storage = Storage(f"sqlite:///{tmp_path / 'py.db'}")
-    spec = storage.get_job(1)["spec"]
+    spec = storage.jobs.get(1)["spec"]
     assert (spec["space"], spec["evaluator"]) == ("model:space", "model:evaluate")

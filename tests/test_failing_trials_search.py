@@ -48,8 +48,8 @@ def test_population_search_over_a_small_table_spends_its_whole_budget(
         strategy=strategy, strategy_args=args, evaluator_args={"table": str(table)},
         budget={"trials": 300}))
     api.run(storage, job)
-    counts = storage.trial_counts(job)
-    note = storage.get_job(job).get("note") or ""
+    counts = storage.trials.counts(job)
+    note = storage.jobs.get(job).get("note") or ""
     assert counts.get("completed", 0) + counts.get("failed", 0) == 300, (counts, note)
     assert counts["failed"] > 250  # the point of the test: nearly every trial fails
     assert "exhausted" not in note

@@ -52,7 +52,7 @@ def test_user_function_trains_on_digits_and_reports_every_epoch(sqlite_url):
     assert [r["status"] for r in rows] == ["completed"] * 12
     accuracies = [r["metrics"]["val_acc"] for r in rows]
     assert max(accuracies) > 60 and len(set(accuracies)) > 3  # real training, varied archs
-    reports = storage.load_reports(job)
+    reports = storage.trials.reports(job)
     assert len(reports) == 12 * 4 * 2  # 4 epochs x (val_acc, loss)
     last = {n: v for n, step, metric, v in reports if metric == "val_acc" and step == 4}
     assert last == {r["number"]: r["metrics"]["val_acc"] for r in rows}
@@ -159,10 +159,10 @@ def test_resume_after_kill_9_gives_the_trials_of_an_uninterrupted_run(sqlite_url
 
     def trials_of(j: int) -> list:
         return [(r["number"], r["key"], r["status"], json.dumps(r["metrics"], sort_keys=True))
-                for r in storage.load_trials(j)]
+                for r in storage.trials.load(j)]
 
     assert trials_of(job) == trials_of(reference)
-    assert storage.load_reports(job) == storage.load_reports(reference)
+    assert storage.trials.reports(job) == storage.trials.reports(reference)
 
 
 # ---- Ray -----------------------------------------------------------------------------------

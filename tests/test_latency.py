@@ -196,7 +196,7 @@ def test_fit_predicts_the_missing_latencies_and_best_says_so(searched):
     key = sorted(missing)[0]
     from nas.storage import MeasurementRow
 
-    storage.put_measurements("nb201", [MeasurementRow(key, SPACE.from_key(key), "pixel3",
+    storage.measurements.put("nb201", [MeasurementRow(key, SPACE.from_key(key), "pixel3",
                                                       "latency_ms", 3.25, "imported")])
     row = next(r for r in best_trials(storage, job, top=300, device="pixel3") if r["key"] == key)
     assert (row["device_value"], row["device_source"]) == (3.25, "imported")

@@ -59,7 +59,7 @@ def test_smallest_model_search_under_a_flops_budget(sqlite_url):
             "constraints": [{"metric": "flops", "max": budget}]}
     job = api.submit(storage, spec)
     assert api.run(storage, job) == "completed"
-    rows = storage.load_trials(job)
+    rows = storage.trials.load(job)
     assert len(rows) == 300 and all(r["status"] == "completed" for r in rows)
     assert all(r["feasible"] and r["metrics"]["flops"] <= budget for r in rows)
     smallest = min(rows, key=lambda r: (r["metrics"]["params"], r["number"]))
@@ -77,7 +77,7 @@ def test_100k_trial_job_completes_with_flat_driver_memory(sqlite_url):
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.status == "completed"
     storage = Storage(sqlite_url, create=False)
-    assert storage.trial_counts(run.job) == {"completed": TRIALS}
+    assert storage.trials.counts(run.job) == {"completed": TRIALS}
     with storage.read() as conn:
         count, numbers, first, last, archs = conn.execute(
             select(func.count(), func.count(trials.c.number.distinct()), func.min(trials.c.number),

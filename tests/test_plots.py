@@ -102,7 +102,7 @@ def test_every_kind_writes_a_real_png(jobs, tmp_path, kind):
 
 @pytest.mark.integration
 def test_history_html_has_every_trial_and_a_monotone_best(jobs, tmp_path):
-    counts = jobs["storage"].trial_counts(jobs["job"])
+    counts = jobs["storage"].trials.counts(jobs["job"])
     assert counts.get("failed", 0) > 0 and counts["completed"] + counts["failed"] == TRIALS
     data, layout = figure_json(plot(jobs, tmp_path / "h.html", "history").read_text())
     done = [t for t in data if t["name"].startswith("completed")]
@@ -172,7 +172,7 @@ def test_importance_ranks_the_decision_that_decides_above_the_dummies():
 def test_parallel_html_has_an_axis_per_decision_and_a_line_per_trial(jobs, tmp_path):
     data, _ = figure_json(plot(jobs, tmp_path / "par.html", "parallel").read_text())
     (parcoords,) = data
-    completed = jobs["storage"].trial_counts(jobs["job"])["completed"]
+    completed = jobs["storage"].trials.counts(jobs["job"])["completed"]
     labels = [d["label"] for d in parcoords["dimensions"]]
     assert labels == [f"ops[{i}]" for i in range(6)] + ["valid_acc"]
     assert all(len(d["values"]) == completed for d in parcoords["dimensions"])

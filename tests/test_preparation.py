@@ -118,7 +118,7 @@ def test_a_strategy_with_a_preparation_runs_through_the_driver_and_prepares_once
     driver = Driver(storage, job, heartbeat_s=0.01, stop=stop,
                     executor_factory=lambda s, e: StopAtFirstTrial(e, slots=1))
     assert driver.run() == "paused"  # the stop event pauses it as a SIGINT would
-    row = storage.get_job(job)
+    row = storage.jobs.get(job)
     assert row["status"] == "paused" and row["lease_owner"] is None
     assert "nas resume" in row["error"]
     assert sorted(_pool_batches()) == sorted(k for k, _ in SmallestFirst(
@@ -130,7 +130,7 @@ def test_a_strategy_with_a_preparation_runs_through_the_driver_and_prepares_once
         e, slots=1))
     assert resumed.run() == "completed"
     assert _pool_batches() == []
-    assert [t["key"] for t in storage.load_trials(job)] == _expected(4, 5)
+    assert [t["key"] for t in storage.trials.load(job)] == _expected(4, 5)
 
 
 def test_a_cancel_during_the_preparation_ends_the_job_with_the_strategy_s_note(db_url):
@@ -142,13 +142,13 @@ def test_a_cancel_during_the_preparation_ends_the_job_with_the_strategy_s_note(d
         def submit(self, batch):  # noqa: ANN001, ANN202
             super().submit(batch)
             if len(SUBMITTED) == 1:  # the driver holds the lease: it honours it at its beat
-                assert storage.request_cancel(job) == "cancelling"
+                assert storage.jobs.request_cancel(job) == "cancelling"
 
     driver = Driver(storage, job, executor_factory=lambda s, e: CancelAtFirstBatch(e, 1))
     assert driver.run() == "cancelled"
-    row = storage.get_job(job)
+    row = storage.jobs.get(job)
     assert row["note"] == "cancelled by the user while its strategy was preparing"
-    assert row["strategy_state"] is None and storage.load_trials(job) == []
+    assert row["strategy_state"] is None and storage.trials.load(job) == []
     assert len(_pool_batches()) < POOL  # stopped at the first heartbeat
 
 
@@ -173,7 +173,7 @@ def test_the_preparation_runs_on_ray_workers():
         ray.shutdown()
     assert sorted(_pool_batches()) == sorted(k for k, _ in SmallestFirst(
         NB201Space(), seed=4).candidates())
-    assert [t["key"] for t in storage.load_trials(job)] == _expected(4, 5)
+    assert [t["key"] for t in storage.trials.load(job)] == _expected(4, 5)
 
 
 @pytest.mark.integration

@@ -33,7 +33,7 @@ def storage(db_url):
 
 
 def _job(storage: Storage) -> int:
-    return storage.create_job({"space": "nb201"}, "progress", seed=0)
+    return storage.jobs.create({"space": "nb201"}, "progress", seed=0)
 
 
 # ---- storage --------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def test_migration_upgrades_a_database_made_at_0008(db_url):
     engine.dispose()
     storage = Storage(db_url)
     try:
-        job = storage.list_jobs()[0]["id"]
+        job = storage.jobs.all()[0]["id"]
         assert job_progress(storage, job) == []
         set_progress(storage, job, "trials", 3, 3, restart=True)
         assert [(p.phase, p.fraction) for p in job_progress(storage, job)] == [("trials", 1.0)]
@@ -186,7 +186,7 @@ def test_a_job_records_its_trials_phase_at_its_budget(db_url):
     (phase,) = job_progress(storage, job)
     assert (phase.phase, phase.done, phase.total, phase.fraction, phase.eta_s) == \
         ("trials", 12, 12, 1.0, 0.0)
-    best = max(t["metrics"]["valid_acc"] for t in storage.load_trials(job))
+    best = max(t["metrics"]["valid_acc"] for t in storage.trials.load(job))
     assert phase.detail == {"best": best, "metric": "valid_acc", "completed": 12}
     told = [done for name, done, _, _ in heard if name == "trials"]
     assert told == sorted(told) and told[-1] == 12
@@ -304,7 +304,7 @@ def test_a_detached_or_served_job_shows_its_progress_advancing_in_status(db_url,
                 [sys.executable, "-m", "nas", "--db", db_url, "serve", "--poll-s", "0.2"],
                 cwd=ROOT, stdout=log, stderr=log))
         storage = Storage(db_url)
-        wait_until(storage.live_servers, "the serve process to register", logs=logs)
+        wait_until(storage.servers.live, "the serve process to register", logs=logs)
         storage.close()
     submitted = _nas("--db", db_url, "submit", str(spec), "--json")
     assert submitted.returncode == 0, submitted.stderr
@@ -344,7 +344,7 @@ def test_wait_shows_the_phase_and_closes_with_the_best_and_what_next(tmp_path):
     result = _nas("--db", url, "submit", str(spec), "--wait")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "job 1 completed"
-    best = Storage(url).get_job(1)
+    best = Storage(url).jobs.get(1)
     assert best["status"] == "completed"
     assert "trials 15/15 best " in result.stderr  # the bar
     assert "job 1: 15 trials completed, 0 failed in " in result.stderr
@@ -366,12 +366,12 @@ def test_an_interrupted_wait_says_how_to_resume(tmp_path, sig, code, procs):
                             stderr=subprocess.PIPE, text=True)
     procs.append(proc)
     storage = Storage(url)
-    wait_until(lambda: storage.list_jobs() and storage.trial_counts(1).get("completed"),
+    wait_until(lambda: storage.jobs.all() and storage.trials.counts(1).get("completed"),
                "trials to complete")
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
-    assert storage.get_job(1)["status"] == "paused"
+    assert storage.jobs.get(1)["status"] == "paused"
     lines = [x for x in stderr.splitlines() if "resume" in x]
     assert lines == [f"job 1 paused; `nas --db {url} resume 1` continues it"], stderr
     storage.close()

@@ -336,7 +336,7 @@ def test_a_job_searches_a_user_pyglove_space_by_reference(strategy, tmp_path, mo
         "objectives": [{"metric": "score", "mode": "max"}], "budget": {"trials": 24},
         "executor": "local", "seed": 0})
     assert api.run(storage, job) == "completed"
-    rows = storage.load_trials(job)
+    rows = storage.trials.load(job)
     assert len(rows) == 24 and all(r["status"] == "completed" for r in rows)
     space = get_space(f"{module}:space")
     assert space.name == f"{module}:space"

@@ -59,7 +59,7 @@ def test_report_shows_the_summary_the_best_trial_and_the_failures(report):
         assert f'id="count-{state}">{status["trials"][state]}</div>' in page
     text = text_of(page)
     assert status["best"]["key"] in text
-    failures = storage.common_errors(job, limit=10)
+    failures = storage.trials.common_errors(job, limit=10)
     assert failures and status["trials"]["failed"] > 0
     for error, count in failures:
         assert f"{count} {error}" in text
@@ -82,7 +82,7 @@ def test_report_draws_every_chart_and_a_front_per_device(report):
     history = page[page.index('id="chart-history"'):]
     traces, _ = figure_json(history)
     completed = next(t for t in traces if t["name"].startswith("completed"))
-    assert len(completed["x"]) == storage.trial_counts(job)["completed"]
+    assert len(completed["x"]) == storage.trials.counts(job)["completed"]
 
 
 def test_report_pictures_the_best_architecture(report):

@@ -81,7 +81,7 @@ def test_an_unknown_job_names_the_database_without_its_password(secret_url):
     assert code == 2 and "no job 99" in output
     assert password not in output and url.replace(password, "***") in output
     with pytest.raises(Exception) as caught:
-        Storage(url).get_job(99)
+        Storage(url).jobs.get(99)
     assert password not in str(caught.value)
 
 
@@ -145,7 +145,7 @@ def test_a_detached_driver_gets_the_url_from_its_environment_not_its_command_lin
         for pid in pids:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
             assert password not in argv, argv
-        wait_until(lambda: storage.get_job(data["job"])["status"] == "completed",
+        wait_until(lambda: storage.jobs.get(data["job"])["status"] == "completed",
                    "the job's end", timeout=120)
         log = Path(data["log"])  # the driver prints its last line after the status write
         wait_until(lambda: "job 1 completed" in log.read_text(), "the driver's last line")

@@ -24,7 +24,7 @@ from nas import api
 from nas.cli import app
 from nas.driver import Driver
 from nas.serve import Server
-from nas.storage import Storage, utcnow
+from nas.storage import Jobs, Storage, new_owner, utcnow
 from nas.storage.schema import jobs, servers, trials
 from tests.conftest import ROOT, nb201_spec, wait_until
 
@@ -49,7 +49,7 @@ def _serve(procs: list[subprocess.Popen], url: str, log: Path, *args: str) -> su
 
 
 def _server(storage: Storage, name: str) -> dict[str, Any] | None:
-    return next((s for s in storage.list_servers() if s["name"] == name), None)
+    return next((s for s in storage.servers.all() if s["name"] == name), None)
 
 
 def _trial_rows(storage: Storage, job: int) -> list[tuple[int, str, str, int]]:
@@ -62,7 +62,7 @@ def _trial_rows(storage: Storage, job: int) -> list[tuple[int, str, str, int]]:
 def _assert_exact_budget(storage: Storage, job: int, budget: int = BUDGET) -> set[str]:
     """The job completed with trials 1..budget, each once, no architecture twice; returns
     the processes (host:pid) that evaluated its trials."""
-    assert storage.get_job(job)["status"] == "completed"
+    assert storage.jobs.get(job)["status"] == "completed"
     rows = _trial_rows(storage, job)
     assert [r[0] for r in rows] == list(range(1, budget + 1))
     assert {r[1] for r in rows} == {"completed"}
@@ -84,13 +84,13 @@ def test_racing_claimers_get_each_job_exactly_once(db_url):
     storage = Storage(db_url)
     first = api.submit(storage, _spec(0))
     claimers = [Storage(db_url) for _ in range(8)]
-    owners = [Storage.new_owner() for _ in claimers]
+    owners = [new_owner() for _ in claimers]
     won: list[list[int]] = []
     barrier = threading.Barrier(len(claimers))
 
     def race(i: int, drain: bool) -> None:
         barrier.wait()
-        while (job := claimers[i].claim_job(owners[i], ttl_s=60)) is not None:
+        while (job := claimers[i].jobs.claim(owners[i], ttl_s=60)) is not None:
             won[i].append(job)
             if not drain:
                 return
@@ -108,8 +108,8 @@ def test_racing_claimers_get_each_job_exactly_once(db_url):
         run_all(drain=False)
         assert sorted(j for w in won for j in w) == [first]
         winner = next(i for i, w in enumerate(won) if w)
-        assert storage.get_job(first)["lease_owner"] == owners[winner]
-        storage.release_leases(owners[winner])
+        assert storage.jobs.get(first)["lease_owner"] == owners[winner]
+        storage.jobs.release_leases(owners[winner])
 
     more = [first] + [api.submit(storage, _spec(i)) for i in range(1, 6)]
     won = [[] for _ in claimers]
@@ -140,15 +140,15 @@ def test_what_is_claimable_and_in_which_order(db_url):
         for name, (status, owner, expires) in states.items():
             conn.execute(update(jobs).where(jobs.c.id == ids[name]).values(
                 status=status, lease_owner=owner, lease_expires_at=expires))
-    me = Storage.new_owner()
-    assert storage.claim_job(me, ttl_s=30) == ids["expired"]
-    assert storage.claim_job(me, ttl_s=30) == ids["pending"]
-    assert storage.claim_job(me, ttl_s=30) is None
-    job = storage.get_job(ids["expired"])
+    me = new_owner()
+    assert storage.jobs.claim(me, ttl_s=30) == ids["expired"]
+    assert storage.jobs.claim(me, ttl_s=30) == ids["pending"]
+    assert storage.jobs.claim(me, ttl_s=30) is None
+    job = storage.jobs.get(ids["expired"])
     assert job["lease_owner"] == me and job["lease_expires_at"] > utcnow()
-    assert storage.get_job(ids["live"])["lease_owner"] == "host:1:live"
-    assert storage.release_leases(me) == 2
-    assert storage.claim_job(me, ttl_s=30) == ids["expired"]
+    assert storage.jobs.get(ids["live"])["lease_owner"] == "host:1:live"
+    assert storage.jobs.release_leases(me) == 2
+    assert storage.jobs.claim(me, ttl_s=30) == ids["expired"]
 
 
 @pytest.mark.integration
@@ -159,10 +159,10 @@ def test_once_runs_one_job_in_process_then_exits(sqlite_url):
     lines: list[str] = []
     assert Server(storage, once=True, poll_s=0.2, name="cron", log=lines.append).run() == 1
     _assert_exact_budget(storage, first, budget=12)
-    assert storage.get_job(second)["status"] == "pending"
-    assert storage.get_job(second)["lease_owner"] is None
+    assert storage.jobs.get(second)["status"] == "pending"
+    assert storage.jobs.get(second)["lease_owner"] is None
     assert any(f"claimed job {first}" in line for line in lines)
-    assert storage.list_servers() == []  # a clean exit leaves the registry
+    assert storage.servers.all() == []  # a clean exit leaves the registry
 
 
 @pytest.mark.integration
@@ -180,10 +180,10 @@ def test_a_cancelled_takeover_is_cancelled_and_a_broken_job_fails_once(sqlite_ur
             spec={**_spec(2), "budget": "no-such-budget"}))  # fails before the driver runs
     lines: list[str] = []
     assert Server(storage, once=True, poll_s=0.2, log=lines.append).run() == 1
-    assert storage.get_job(cancelled)["status"] == "cancelled"
-    assert storage.trial_counts(cancelled) == {}
+    assert storage.jobs.get(cancelled)["status"] == "cancelled"
+    assert storage.trials.counts(cancelled) == {}
     assert Server(storage, once=True, poll_s=0.2, log=lines.append).run() == 1
-    job = storage.get_job(broken)
+    job = storage.jobs.get(broken)
     assert job["status"] == "failed" and "budget" in job["error"], job["error"]
     assert job["lease_owner"] is None
     assert Server(storage, once=True, poll_s=0.2, log=lines.append).run() == 0
@@ -194,12 +194,12 @@ def test_a_claim_retried_after_it_landed_returns_the_same_job(db_url):
     leased to this serve process (and not among those it runs) and returns it."""
     storage = Storage(db_url)
     first, second = (api.submit(storage, _spec(i)) for i in (1, 2))
-    owner = Storage.new_owner()
-    claim = Storage.claim_job.__wrapped__  # the undecorated method: one attempt
-    assert claim(storage, owner, 30) == first  # landed; the caller never heard of it
-    assert claim(storage, owner, 30, [], replay=True) == first
-    assert claim(storage, owner, 30, [first], replay=True) == second  # first runs already
-    assert claim(storage, owner, 30, [first, second], replay=True) is None
+    owner = new_owner()
+    claim = Jobs.claim.__wrapped__  # the undecorated method: one attempt
+    assert claim(storage.jobs, owner, 30) == first  # landed; the caller never heard of it
+    assert claim(storage.jobs, owner, 30, [], replay=True) == first
+    assert claim(storage.jobs, owner, 30, [first], replay=True) == second  # first runs already
+    assert claim(storage.jobs, owner, 30, [first, second], replay=True) is None
 
 
 @pytest.mark.system
@@ -208,17 +208,17 @@ def test_a_cancel_between_the_claim_and_the_driver_start_is_kept(db_url):
     stops at its first heartbeat (before, starting the job withdrew the request)."""
     storage = Storage(db_url)
     job = api.submit(storage, _spec(1))
-    owner = Storage.new_owner()  # this process: a live lease holder
-    assert storage.claim_job(owner, ttl_s=30) == job
-    assert storage.request_cancel(job) == "cancelling"
+    owner = new_owner()  # this process: a live lease holder
+    assert storage.jobs.claim(owner, ttl_s=30) == job
+    assert storage.jobs.request_cancel(job) == "cancelling"
     driver = Driver(storage, job, heartbeat_s=0.05)
     driver.owner = owner
     assert driver.run() == "cancelled"
-    assert storage.get_job(job)["status"] == "cancelled"
-    assert storage.trial_counts(job).get("completed", 0) < BUDGET
+    assert storage.jobs.get(job)["status"] == "cancelled"
+    assert storage.trials.counts(job).get("completed", 0) < BUDGET
     # resuming the cancelled job withdraws the old request: it runs to the end
     assert api.resume(storage, job) == "completed"
-    assert storage.trial_counts(job) == {"completed": BUDGET}
+    assert storage.trials.counts(job) == {"completed": BUDGET}
 
 
 # ---- real serve processes ---------------------------------------------------------------------
@@ -234,18 +234,18 @@ def test_two_servers_run_each_job_once_and_take_over_a_killed_ones_job(db_url, t
     def a_mid_job() -> int | None:  # a job A runs, with some but not all trials done
         server = _server(storage, "A")
         for job in server["jobs"] if server else []:
-            if 4 <= storage.trial_counts(job).get("completed", 0) <= BUDGET - 10:
+            if 4 <= storage.trials.counts(job).get("completed", 0) <= BUDGET - 10:
                 return job
         return None
 
     victim = wait_until(a_mid_job, "serve A in the middle of a job", logs=logs)
     os.kill(a.pid, signal.SIGKILL)
     a.wait()
-    job = storage.get_job(victim)
+    job = storage.jobs.get(victim)
     assert job["status"] == "running" and job["lease_owner"].startswith(f"{_host()}:{a.pid}:")
-    done_by_a = storage.trial_counts(victim).get("completed", 0)
+    done_by_a = storage.trials.counts(victim).get("completed", 0)
 
-    wait_until(lambda: all(storage.get_job(j)["status"] == "completed" for j in queued),
+    wait_until(lambda: all(storage.jobs.get(j)["status"] == "completed" for j in queued),
           "every job to complete", timeout=90, logs=logs)
     a_worker, b_worker = f"{_host()}:{a.pid}", f"{_host()}:{b.pid}"
     for j in queued:
@@ -262,14 +262,14 @@ def test_two_servers_run_each_job_once_and_take_over_a_killed_ones_job(db_url, t
     assert started == queued  # each job claimed once, plus the one takeover
     assert [j for how, j in claims_a + claims_b if how == "taking over"] == [victim]
 
-    servers = {s["name"]: s for s in storage.list_servers()}
+    servers = {s["name"]: s for s in storage.servers.all()}
     assert servers["A"]["alive"] is False and servers["B"]["alive"] is True
     assert servers["B"]["jobs"] == []
     listed = json.loads(runner.invoke(app, ["--db", db_url, "servers", "--json"]).stdout)
     assert {(s["name"], s["alive"]) for s in listed} == {("A", False), ("B", True)}
     b.send_signal(signal.SIGTERM)
     assert b.wait(timeout=30) == 0
-    assert [s["name"] for s in storage.list_servers()] == ["A"]  # B left the registry
+    assert [s["name"] for s in storage.servers.all()] == ["A"]  # B left the registry
 
 
 @pytest.mark.system
@@ -289,15 +289,15 @@ def test_submit_and_resume_queue_for_a_live_serve_and_sigterm_pauses(tmp_path, p
     both = wait_until(lambda: sorted(_server(storage, "S1")["jobs"]) == [first, second],
                  "S1 to run both jobs at once (--max-jobs 2)", logs=(log,))
     assert both
-    wait_until(lambda: storage.trial_counts(second).get("completed", 0) >= 4, "progress",
+    wait_until(lambda: storage.trials.counts(second).get("completed", 0) >= 4, "progress",
           logs=(log,))
     s1.send_signal(signal.SIGTERM)
     assert s1.wait(timeout=30) == 0, log.read_text()
-    paused = [storage.get_job(j) for j in (first, second)]
+    paused = [storage.jobs.get(j) for j in (first, second)]
     assert {j["status"] for j in paused} <= {"paused", "completed"}
     assert "paused" in {j["status"] for j in paused}
     assert all(j["lease_owner"] is None for j in paused)
-    assert storage.list_servers() == []
+    assert storage.servers.all() == []
 
     log2 = tmp_path / "s2.log"
     _serve(procs, url, log2, "--poll-s", "0.3", "--name", "S2")
@@ -306,7 +306,7 @@ def test_submit_and_resume_queue_for_a_live_serve_and_sigterm_pauses(tmp_path, p
         resumed = _nas_json("--db", url, "resume", str(job))
         assert resumed == {"job": job, "status": "pending", "runner": "serve",
                            "servers": ["S2"]}
-    wait_until(lambda: all(storage.get_job(j)["status"] == "completed" for j in (first, second)),
+    wait_until(lambda: all(storage.jobs.get(j)["status"] == "completed" for j in (first, second)),
           "S2 to finish the resumed jobs", timeout=90, logs=(log, log2))
     for job in (first, second):
         _assert_exact_budget(storage, job, budget=60)
@@ -316,18 +316,18 @@ def test_submit_and_resume_queue_for_a_live_serve_and_sigterm_pauses(tmp_path, p
 def test_submit_without_a_live_serve_spawns_a_driver_and_says_so(tmp_path, procs):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     storage = Storage(url)
-    dead = Storage.new_owner()
-    storage.register_server("gone", dead, poll_s=0.1, max_jobs=1)
+    dead = new_owner()
+    storage.servers.register("gone", dead, poll_s=0.1, max_jobs=1)
     with storage.engine.begin() as conn:  # silent for more than 3 poll periods and 5 s
         conn.execute(update(servers).values(heartbeat_at=utcnow() - timedelta(seconds=6)))
-    assert storage.live_servers() == []
+    assert storage.servers.live() == []
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(_spec(9, budget=8, delay_s=0.0)))
     result = runner.invoke(app, ["--db", url, "submit", str(spec_file)])
     assert result.exit_code == 0, result.stderr
     assert "no `nas serve` process is running" in result.stdout
     job = int(re.search(r"job (\d+)", result.stdout).group(1))
-    wait_until(lambda: storage.get_job(job)["status"] == "completed", "the detached driver")
+    wait_until(lambda: storage.jobs.get(job)["status"] == "completed", "the detached driver")
     _assert_exact_budget(storage, job, budget=8)
 
 

@@ -42,7 +42,7 @@ def nas_cli(tmp_path: Path, url: str, *args: str, timeout: float = 180,
 
 
 def status_of(storage: Storage, job: int) -> str:
-    return storage.get_job(job)["status"]
+    return storage.jobs.get(job)["status"]
 
 
 def _paused_job(storage: Storage, spec: dict[str, Any], after: int) -> int:
@@ -76,12 +76,12 @@ def test_a_cancel_right_after_a_detached_resume_stops_the_job(tmp_path):
     assert cancelled.stdout.split()[-1] in ("cancelled", "cancelling")
     log = tmp_path / "artifacts"
     wait_until(lambda: status_of(storage, job) == "cancelled"
-               and storage.get_job(job)["lease_owner"] is None,
+               and storage.jobs.get(job)["lease_owner"] is None,
                "the job to end cancelled", timeout=90,
                logs=tuple(log.rglob("driver.log")))
     time.sleep(3)  # a driver that had withdrawn the cancel would be running trials by now
     assert status_of(storage, job) == "cancelled"
-    assert storage.trial_counts(job).get("completed", 0) < budget
+    assert storage.trials.counts(job).get("completed", 0) < budget
 
 
 def test_resume_withdraws_an_earlier_cancel(sqlite_url):
@@ -89,14 +89,14 @@ def test_resume_withdraws_an_earlier_cancel(sqlite_url):
     end); a cancel requested after the resume stops it."""
     storage = Storage(sqlite_url)
     job = api.submit(storage, nb201_spec(budget={"trials": 12}))
-    assert storage.request_cancel(job) == "cancelled"
+    assert storage.jobs.request_cancel(job) == "cancelled"
     assert api.run(storage, job) == "cancelled"  # running it is not resuming it
     api.reopen(storage, job)
-    assert storage.request_cancel(job) == "cancelled"  # a new cancel, after the resume
+    assert storage.jobs.request_cancel(job) == "cancelled"  # a new cancel, after the resume
     assert api.run(storage, job) == "cancelled"
-    assert storage.trial_counts(job) == {}
+    assert storage.trials.counts(job) == {}
     assert api.resume(storage, job) == "completed"
-    assert storage.trial_counts(job) == {"completed": 12}
+    assert storage.trials.counts(job) == {"completed": 12}
 
 
 # ---- item 10: a job whose every trial failed has failed --------------------------------------
@@ -134,7 +134,7 @@ def test_a_job_with_some_completed_trials_is_completed(tmp_path):
                       evaluator_args={"table": str(table)})
     job = api.submit(storage, spec)
     assert api.run(storage, job) == "completed"
-    counts = storage.trial_counts(job)
+    counts = storage.trials.counts(job)
     assert counts.get("completed", 0) > 0 and counts.get("failed", 0) > 0, counts
 
 
@@ -235,11 +235,11 @@ def test_a_trial_that_aborts_its_process_fails_after_max_attempts(tmp_path, monk
         if both_done():
             break
     assert deaths == 2  # one per attempt, then no more
-    job = storage.get_job(crashing)
+    job = storage.jobs.get(crashing)
     assert job["status"] == "failed", job
     assert "abandoned after 2 attempts" in job["error"], job["error"]
-    assert storage.trial_counts(crashing) == {"failed": 1}
-    assert storage.trial_counts(behind) == {"completed": 8}
+    assert storage.trials.counts(crashing) == {"failed": 1}
+    assert storage.trials.counts(behind) == {"completed": 8}
 
 
 def test_a_trial_that_killed_its_batch_runs_alone_on_resume(sqlite_url):
@@ -249,8 +249,8 @@ def test_a_trial_that_killed_its_batch_runs_alone_on_resume(sqlite_url):
 
     storage = Storage(sqlite_url)
     job = api.submit(storage, nb201_spec(batch_size=4))
-    run = _Run(Driver(storage, job), api.parse_spec(storage.get_job(job)["spec"]),
-               storage.get_job(job))
+    run = _Run(Driver(storage, job), api.parse_spec(storage.jobs.get(job)["spec"]),
+               storage.jobs.get(job))
     run.to_dispatch = [_Slot(n, f"k{n}", {}, attempt=a)
                        for n, a in enumerate([0, 0, 1, 0, 0, 0, 0, 2, 1], start=1)]
     chunks = []
@@ -270,9 +270,9 @@ def test_a_hanging_trial_fails_at_its_timeout(tmp_path, monkeypatch):
     started = time.monotonic()
     assert api.run(storage, job) == "failed"
     assert time.monotonic() - started < 30
-    errors = [line for line, _ in storage.common_errors(job)]
+    errors = [line for line, _ in storage.trials.common_errors(job)]
     assert errors == ["timed out after 1.5 s (trial_timeout_s)"]
-    assert storage.trial_counts(job) == {"failed": 2}
+    assert storage.trials.counts(job) == {"failed": 2}
 
 
 @pytest.mark.system
@@ -310,7 +310,7 @@ def _slow_ray_spec(tmp_path: Path) -> Path:
 
 
 def _driver_pid(storage: Storage, job: int) -> int:
-    owner = storage.get_job(job)["lease_owner"]
+    owner = storage.jobs.get(job)["lease_owner"]
     return int(owner.split(":")[1])
 
 
@@ -330,7 +330,7 @@ def test_sigterm_pauses_a_job_that_runs_on_ray(tmp_path, how):
         proc = subprocess.Popen(command + (["--wait"] if how == "wait" else []), cwd=tmp_path,
                                 env=_env(tmp_path), stdout=out, stderr=out)
     try:
-        wait_until(lambda: storage.list_jobs() and storage.trial_counts(1).get("completed"),
+        wait_until(lambda: storage.jobs.all() and storage.trials.counts(1).get("completed"),
                    "trials to complete on Ray", timeout=120,
                    logs=(log, *tmp_path.rglob("driver.log")))
         pid = proc.pid if how == "wait" else _driver_pid(storage, 1)
@@ -342,7 +342,7 @@ def test_sigterm_pauses_a_job_that_runs_on_ray(tmp_path, how):
             proc.wait(30)
         if proc.poll() is None:
             proc.kill()
-    job = storage.get_job(1)
+    job = storage.jobs.get(1)
     assert job["status"] == "paused", job
     assert "SystemExit" not in (job["error"] or "")
 
@@ -363,15 +363,15 @@ def test_a_serve_process_stays_alive_while_it_connects_to_ray(tmp_path):
                                   "--poll-s", "0.5"], cwd=tmp_path, env=_env(tmp_path),
                                  stdout=out, stderr=out)
     try:
-        wait_until(lambda: storage.live_servers(), "the serve process to register",
+        wait_until(lambda: storage.servers.live(), "the serve process to register",
                    timeout=60, logs=(log,))
         job = api.submit(storage, nb201_spec(executor="ray", budget={"trials": 40}))
         samples = []
         deadline = time.monotonic() + 120
-        while not storage.trial_counts(job).get("completed") and time.monotonic() < deadline:
-            samples.append(bool(storage.live_servers()))
+        while not storage.trials.counts(job).get("completed") and time.monotonic() < deadline:
+            samples.append(bool(storage.servers.live()))
             time.sleep(0.1)
-        assert storage.trial_counts(job).get("completed"), log.read_text()
+        assert storage.trials.counts(job).get("completed"), log.read_text()
         assert len(samples) > 10 and all(samples), (samples, log.read_text())
     finally:
         serve.send_signal(signal.SIGTERM)

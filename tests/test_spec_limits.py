@@ -59,7 +59,7 @@ def submit(url: str, folder: Path, spec: dict[str, Any] | str) -> Any:
 def job_count(url: str) -> int:
     storage = Storage(url)
     try:
-        return len(storage.list_jobs())
+        return len(storage.jobs.all())
     finally:
         storage.close()
 
@@ -98,8 +98,8 @@ def test_a_device_name_too_long_from_the_evaluator_fails_trials_not_the_job(db_u
         result.exception
     storage = Storage(db_url)
     try:
-        job = storage.get_job(1)
-        rows = [get_trial(storage, 1, r["number"]) for r in storage.load_trials(1)]
+        job = storage.jobs.get(1)
+        rows = [get_trial(storage, 1, r["number"]) for r in storage.trials.load(1)]
     finally:
         storage.close()
     assert job["error"] is None or "trial" in job["error"], job["error"]

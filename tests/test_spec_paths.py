@@ -48,12 +48,12 @@ def test_a_relative_table_is_stored_absolute_and_runs_from_another_folder(
     storage = Storage(sqlite_url)
     job = api.submit(storage, _table_spec(table="table.csv",
                                                 latency_table="hw-nas-bench-cifar10"))
-    stored = storage.get_job(job)["spec"]["evaluator_args"]
+    stored = storage.jobs.get(job)["spec"]["evaluator_args"]
     assert stored["table"] == str(table.resolve())
     assert stored["latency_table"] == "hw-nas-bench-cifar10"  # a built-in name stays a name
     monkeypatch.chdir(b)
     assert api.run(storage, job) == "completed"
-    counts = storage.trial_counts(job)
+    counts = storage.trials.counts(job)
     assert counts == {"completed": 8}, counts
 
 

@@ -29,6 +29,7 @@ from nas.storage import (
     current_revision,
     get_trial,
     head_revision,
+    new_owner,
     pareto_front,
     trials_with_device_value,
     unknown_measurement_count,
@@ -91,9 +92,9 @@ def _m(device: str, value: float, source: str, metric: str = "latency_ms") -> di
 
 
 def _job_with_lease(storage: Storage, name: str = "j") -> tuple[int, str]:
-    job = storage.create_job({"name": name}, name, seed=7)
-    owner = Storage.new_owner()
-    storage.acquire_lease(job, owner, ttl_s=60)
+    job = storage.jobs.create({"name": name}, name, seed=7)
+    owner = new_owner()
+    storage.jobs.acquire_lease(job, owner, ttl_s=60)
     return job, owner
 
 
@@ -122,7 +123,7 @@ def test_schema_is_created_on_first_open_at_alembic_head(db_url):
     try:
         assert set(inspect(storage.engine).get_table_names()) == TABLES
         assert current_revision(storage.engine) == head_revision() == "0009"
-        assert storage.list_jobs() == []
+        assert storage.jobs.all() == []
     finally:
         storage.close()
     again = Storage(db_url)  # a second open finds the schema and leaves it alone
@@ -229,7 +230,7 @@ def test_older_known_revision_asks_for_upgrade_and_upgrade_keeps_the_data(db_url
     assert "code" in {c["name"] for c in inspect(engine).get_columns("jobs")}
     engine.dispose()
     storage = Storage(db_url)
-    assert [j["name"] for j in storage.list_jobs()] == ["old"]
+    assert [j["name"] for j in storage.jobs.all()] == ["old"]
 
 
 def test_upgrade_fills_the_device_values_of_existing_trials(db_url):
@@ -318,81 +319,81 @@ def test_sqlite_file_uses_wal_and_busy_timeout(sqlite_url):
 
 def test_in_memory_sqlite_works():
     storage = Storage("sqlite://")
-    job = storage.create_job({"a": 1}, "mem", seed=1)
-    assert storage.get_job(job)["spec"] == {"a": 1}
+    job = storage.jobs.create({"a": 1}, "mem", seed=1)
+    assert storage.jobs.get(job)["spec"] == {"a": 1}
 
 
 # ---- jobs -----------------------------------------------------------------------------------
 def test_create_get_and_list_jobs(storage):
     spec = nb201_spec()
-    a = storage.create_job(spec, "first", seed=3)
-    b = storage.create_job({"nested": {"x": [1, 2.5, None, "y"]}}, "second", seed=2**40)
+    a = storage.jobs.create(spec, "first", seed=3)
+    b = storage.jobs.create({"nested": {"x": [1, 2.5, None, "y"]}}, "second", seed=2**40)
     assert b > a
-    job = storage.get_job(a)
+    job = storage.jobs.get(a)
     assert job["spec"] == spec and job["name"] == "first" and job["seed"] == 3
     assert job["status"] == "pending" and job["lease_owner"] is None
     assert job["strategy_state"] is None and job["snapshot_told"] == 0
     assert job["cancel_requested"] is False and job["elapsed_s"] == 0.0
     assert job["created_at"].tzinfo is not None
     assert abs((utcnow() - job["created_at"]).total_seconds()) < 60
-    assert storage.get_job(b)["seed"] == 2**40
-    listed = storage.list_jobs()
+    assert storage.jobs.get(b)["seed"] == 2**40
+    listed = storage.jobs.all()
     assert [j["id"] for j in listed] == [a, b]
     assert [j["name"] for j in listed] == ["first", "second"]
     assert listed[0]["trials"] == {} and listed[0]["created_at"].tzinfo is not None
     with pytest.raises(NasError, match="no job 999"):
-        storage.get_job(999)
+        storage.jobs.get(999)
 
 
 def test_trial_counts_and_list_jobs_count_by_status(storage):
     job, owner = _job_with_lease(storage)
     other, _ = _job_with_lease(storage, "other")
     archs = _archs(5)
-    created = storage.commit_step(job, owner, "nb201", [_new(i + 1, a) for i, a in
-                                                         enumerate(archs)])
+    created = storage.trials.commit_step(job, owner, "nb201", [_new(i + 1, a) for i, a in
+                                                               enumerate(archs)])
     results = [_result(*created[1], 90.0), _result(*created[2], None, status="failed")]
-    storage.commit_step(job, owner, "nb201", results=results,
-                        dispatched=[(created[3][0], 1)])
-    assert storage.trial_counts(job) == {"completed": 1, "failed": 1, "running": 1,
-                                         "queued": 2}
-    assert storage.trial_counts(other) == {}
-    listed = {j["id"]: j["trials"] for j in storage.list_jobs()}
+    storage.trials.commit_step(job, owner, "nb201", results=results,
+                               dispatched=[(created[3][0], 1)])
+    assert storage.trials.counts(job) == {"completed": 1, "failed": 1, "running": 1,
+                                          "queued": 2}
+    assert storage.trials.counts(other) == {}
+    listed = {j["id"]: j["trials"] for j in storage.jobs.all()}
     assert listed == {job: {"completed": 1, "failed": 1, "running": 1, "queued": 2}, other: {}}
 
 
 # ---- leases ---------------------------------------------------------------------------------
 def test_lease_is_exclusive_and_names_its_holder(storage):
-    job = storage.create_job({}, "j", seed=0)
-    first, second = Storage.new_owner(), Storage.new_owner()
-    storage.acquire_lease(job, first, ttl_s=30)
-    row = storage.get_job(job)
+    job = storage.jobs.create({}, "j", seed=0)
+    first, second = new_owner(), new_owner()
+    storage.jobs.acquire_lease(job, first, ttl_s=30)
+    row = storage.jobs.get(job)
     assert row["lease_owner"] == first
     assert 20 < (row["lease_expires_at"] - utcnow()).total_seconds() <= 30
     held = rf"job {job} is being run by driver {first} \(lease live for another \d+s\)"
     with pytest.raises(LeaseHeldError, match=held):
-        storage.acquire_lease(job, second, ttl_s=30)
-    storage.acquire_lease(job, first, ttl_s=30)  # the holder may renew
-    assert storage.get_job(job)["lease_owner"] == first
+        storage.jobs.acquire_lease(job, second, ttl_s=30)
+    storage.jobs.acquire_lease(job, first, ttl_s=30)  # the holder may renew
+    assert storage.jobs.get(job)["lease_owner"] == first
 
 
 def test_expired_lease_can_be_taken_over(storage):
-    job = storage.create_job({}, "j", seed=0)
-    first, second = Storage.new_owner(), Storage.new_owner()
-    storage.acquire_lease(job, first, ttl_s=30)
+    job = storage.jobs.create({}, "j", seed=0)
+    first, second = new_owner(), new_owner()
+    storage.jobs.acquire_lease(job, first, ttl_s=30)
     _set_lease(storage, job, first, expires_in_s=-1)
-    storage.acquire_lease(job, second, ttl_s=30)
-    assert storage.get_job(job)["lease_owner"] == second
+    storage.jobs.acquire_lease(job, second, ttl_s=30)
+    assert storage.jobs.get(job)["lease_owner"] == second
     with pytest.raises(LeaseHeldError, match=second):
-        storage.acquire_lease(job, first, ttl_s=30)
+        storage.jobs.acquire_lease(job, first, ttl_s=30)
 
 
 def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(storage):
-    job = storage.create_job({}, "j", seed=0)
+    job = storage.jobs.create({}, "j", seed=0)
     dead = f"{socket.gethostname()}:{_dead_pid()}:deadbeef"
     _set_lease(storage, job, dead, expires_in_s=3600)
-    mine = Storage.new_owner()
-    storage.acquire_lease(job, mine, ttl_s=30)
-    assert storage.get_job(job)["lease_owner"] == mine
+    mine = new_owner()
+    storage.jobs.acquire_lease(job, mine, ttl_s=30)
+    assert storage.jobs.get(job)["lease_owner"] == mine
 
 
 @pytest.mark.parametrize("holder", [
@@ -401,44 +402,44 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(storage):
     "not-an-owner-string",
 ])
 def test_live_or_unverifiable_lease_is_respected(storage, holder):
-    job = storage.create_job({}, "j", seed=0)
+    job = storage.jobs.create({}, "j", seed=0)
     _set_lease(storage, job, holder, expires_in_s=3600)
     with pytest.raises(LeaseHeldError, match=f"driver {holder} "):
-        storage.acquire_lease(job, Storage.new_owner(), ttl_s=30)
-    assert storage.get_job(job)["lease_owner"] == holder
+        storage.jobs.acquire_lease(job, new_owner(), ttl_s=30)
+    assert storage.jobs.get(job)["lease_owner"] == holder
 
 
 def test_heartbeat_extends_and_reports_a_lost_lease(storage):
-    job = storage.create_job({}, "j", seed=0)
-    first, second = Storage.new_owner(), Storage.new_owner()
-    storage.acquire_lease(job, first, ttl_s=5)
-    before = storage.get_job(job)["lease_expires_at"]
-    assert storage.heartbeat(job, first, ttl_s=300, elapsed_s=12.5) is True
-    row = storage.get_job(job)
+    job = storage.jobs.create({}, "j", seed=0)
+    first, second = new_owner(), new_owner()
+    storage.jobs.acquire_lease(job, first, ttl_s=5)
+    before = storage.jobs.get(job)["lease_expires_at"]
+    assert storage.jobs.heartbeat(job, first, ttl_s=300, elapsed_s=12.5) is True
+    row = storage.jobs.get(job)
     assert row["lease_expires_at"] > before + timedelta(seconds=200)
     assert row["elapsed_s"] == 12.5
     _set_lease(storage, job, first, expires_in_s=-1)
-    storage.acquire_lease(job, second, ttl_s=30)
-    taken = storage.get_job(job)
-    assert storage.heartbeat(job, first, ttl_s=300, elapsed_s=99.0) is False
-    row = storage.get_job(job)
+    storage.jobs.acquire_lease(job, second, ttl_s=30)
+    taken = storage.jobs.get(job)
+    assert storage.jobs.heartbeat(job, first, ttl_s=300, elapsed_s=99.0) is False
+    row = storage.jobs.get(job)
     assert row["lease_owner"] == second and row["elapsed_s"] == 12.5
     assert row["lease_expires_at"] == taken["lease_expires_at"]
 
 
 def test_a_driver_that_lost_its_lease_cannot_set_the_status(storage):
-    job = storage.create_job({}, "j", seed=0)
-    first, second = Storage.new_owner(), Storage.new_owner()
-    storage.acquire_lease(job, first, ttl_s=30)
+    job = storage.jobs.create({}, "j", seed=0)
+    first, second = new_owner(), new_owner()
+    storage.jobs.acquire_lease(job, first, ttl_s=30)
     _set_lease(storage, job, first, expires_in_s=-1)
-    storage.acquire_lease(job, second, ttl_s=30)
-    storage.start_running(job, first)
-    assert storage.get_job(job)["status"] == "pending"
-    storage.set_status(job, "failed", owner=first, error="late")
-    row = storage.get_job(job)
+    storage.jobs.acquire_lease(job, second, ttl_s=30)
+    storage.jobs.start_running(job, first)
+    assert storage.jobs.get(job)["status"] == "pending"
+    storage.jobs.set_status(job, "failed", owner=first, error="late")
+    row = storage.jobs.get(job)
     assert row["status"] == "pending" and row["lease_owner"] == second
-    storage.set_status(job, "completed", owner=second)
-    row = storage.get_job(job)
+    storage.jobs.set_status(job, "completed", owner=second)
+    row = storage.jobs.get(job)
     assert row["status"] == "completed" and row["lease_owner"] is None
 
 
@@ -446,15 +447,15 @@ def test_concurrent_acquire_has_exactly_one_winner(db_url):
     Storage(db_url).close()
     stores = [Storage(db_url) for _ in range(6)]
     try:
-        job = stores[0].create_job({}, "race", seed=0)
+        job = stores[0].jobs.create({}, "race", seed=0)
         barrier = threading.Barrier(len(stores))
         outcomes: dict[str, str] = {}
 
         def contend(store: Storage) -> None:
-            owner = Storage.new_owner()
+            owner = new_owner()
             barrier.wait()
             try:
-                store.acquire_lease(job, owner, ttl_s=30)
+                store.jobs.acquire_lease(job, owner, ttl_s=30)
                 outcomes[owner] = "won"
             except LeaseHeldError:
                 outcomes[owner] = "refused"
@@ -468,7 +469,7 @@ def test_concurrent_acquire_has_exactly_one_winner(db_url):
             thread.join(60)
         assert sorted(outcomes.values()) == ["refused"] * 5 + ["won"], outcomes
         winner = next(o for o, r in outcomes.items() if r == "won")
-        assert stores[0].get_job(job)["lease_owner"] == winner
+        assert stores[0].jobs.get(job)["lease_owner"] == winner
     finally:
         for store in stores:
             store.close()
@@ -478,22 +479,22 @@ def test_concurrent_acquire_has_exactly_one_winner(db_url):
 def test_commit_step_writes_trials_results_and_measurements(storage):
     job, owner = _job_with_lease(storage)
     archs = _archs(3)
-    created = storage.commit_step(job, owner, "nb201", [_new(i + 1, a) for i, a in
-                                                         enumerate(archs)],
-                                  snapshot=({"rng": 1}, 0, 3), elapsed_s=1.5)
+    created = storage.trials.commit_step(job, owner, "nb201", [_new(i + 1, a) for i, a in
+                                                               enumerate(archs)],
+                                        snapshot=({"rng": 1}, 0, 3), elapsed_s=1.5)
     assert sorted(created) == [1, 2, 3]
-    rows = storage.load_trials(job)
+    rows = storage.trials.load(job)
     assert [(r["number"], r["status"], r["key"], r["arch"], r["id"], r["architecture_id"])
             for r in rows] == [(n, "queued", SPACE.key(a), a, *created[n])
                                for n, a in zip((1, 2, 3), archs, strict=True)]
-    storage.commit_step(job, owner, "nb201", dispatched=[(created[1][0], 1),
-                                                         (created[2][0], 1)])
-    assert storage.trial_counts(job) == {"running": 2, "queued": 1}
-    storage.commit_step(job, owner, "nb201", results=[
+    storage.trials.commit_step(job, owner, "nb201", dispatched=[(created[1][0], 1),
+                                                                (created[2][0], 1)])
+    assert storage.trials.counts(job) == {"running": 2, "queued": 1}
+    storage.trials.commit_step(job, owner, "nb201", results=[
         _result(*created[1], 91.0, measured=[_m("pixel3", 10.0, "benchmark"),
                                              _m("pixel3", 3.0, "benchmark", "energy_mj")]),
         _result(*created[2], None, status="failed")])
-    rows = {r["number"]: r for r in storage.load_trials(job)}
+    rows = {r["number"]: r for r in storage.trials.load(job)}
     assert rows[1]["status"] == "completed" and rows[1]["score"] == 91.0
     assert rows[1]["metrics"] == {"valid_acc": 91.0} and rows[1]["objectives"] == [91.0]
     assert rows[1]["feasible"] is True
@@ -507,7 +508,7 @@ def test_commit_step_writes_trials_results_and_measurements(storage):
                               .order_by(measurements.c.metric)).all()
     assert [tuple(r) for r in stored] == [("energy_mj", 3.0, SOURCE_RANK["benchmark"]),
                                           ("latency_ms", 10.0, SOURCE_RANK["benchmark"])]
-    row = storage.get_job(job)
+    row = storage.jobs.get(job)
     assert row["strategy_state"] == {"rng": 1} and row["snapshot_asked"] == 3
     with pytest.raises(NasError, match="has no trial 9"):
         get_trial(storage, job, 9)
@@ -515,19 +516,19 @@ def test_commit_step_writes_trials_results_and_measurements(storage):
 
 def test_commit_step_without_the_lease_writes_nothing(storage):
     job, owner = _job_with_lease(storage)
-    created = storage.commit_step(job, owner, "nb201", [_new(1, _archs(1)[0])],
-                                  snapshot=({"v": 1}, 0, 1))
-    intruder = Storage.new_owner()
-    before = storage.get_job(job)
+    created = storage.trials.commit_step(job, owner, "nb201", [_new(1, _archs(1)[0])],
+                                         snapshot=({"v": 1}, 0, 1))
+    intruder = new_owner()
+    before = storage.jobs.get(job)
     counts = [_count(storage, t) for t in (architectures, trials, measurements)]
     with pytest.raises(LeaseHeldError, match="lost its lease"):
-        storage.commit_step(job, intruder, "nb201", [_new(2, _archs(2, seed=5)[1])],
-                            results=[_result(*created[1], 50.0,
-                                             measured=[_m("pixel3", 1.0, "measured")])],
-                            snapshot=({"v": 2}, 1, 2), elapsed_s=9.0)
+        storage.trials.commit_step(job, intruder, "nb201", [_new(2, _archs(2, seed=5)[1])],
+                                   results=[_result(*created[1], 50.0,
+                                                    measured=[_m("pixel3", 1.0, "measured")])],
+                                   snapshot=({"v": 2}, 1, 2), elapsed_s=9.0)
     assert [_count(storage, t) for t in (architectures, trials, measurements)] == counts
-    assert storage.load_trials(job)[0]["status"] == "queued"
-    after = storage.get_job(job)
+    assert storage.trials.load(job)[0]["status"] == "queued"
+    after = storage.jobs.get(job)
     assert after["strategy_state"] == {"v": 1} and after["updated_at"] == before["updated_at"]
 
 
@@ -536,33 +537,33 @@ def test_commit_step_is_all_or_nothing(storage):
     architecture, no result, no snapshot."""
     job, owner = _job_with_lease(storage)
     first, second, third = _archs(3)
-    created = storage.commit_step(job, owner, "nb201", [_new(1, first)],
-                                  snapshot=({"v": 1}, 0, 1))
+    created = storage.trials.commit_step(job, owner, "nb201", [_new(1, first)],
+                                         snapshot=({"v": 1}, 0, 1))
     counts = [_count(storage, t) for t in (architectures, trials, measurements)]
     with pytest.raises(IntegrityError):
-        storage.commit_step(job, owner, "nb201", [_new(2, second), _new(1, third)],
-                            results=[_result(*created[1], 50.0,
-                                             measured=[_m("pixel3", 1.0, "measured")])],
-                            snapshot=({"v": 2}, 1, 2))
+        storage.trials.commit_step(job, owner, "nb201", [_new(2, second), _new(1, third)],
+                                   results=[_result(*created[1], 50.0,
+                                                    measured=[_m("pixel3", 1.0, "measured")])],
+                                   snapshot=({"v": 2}, 1, 2))
     assert [_count(storage, t) for t in (architectures, trials, measurements)] == counts
-    assert storage.load_trials(job)[0]["status"] == "queued"
-    assert storage.get_job(job)["strategy_state"] == {"v": 1}
+    assert storage.trials.load(job)[0]["status"] == "queued"
+    assert storage.jobs.get(job)["strategy_state"] == {"v": 1}
 
 
 def test_an_architecture_is_evaluated_once_per_job(storage):
     job, owner = _job_with_lease(storage)
     arch, other = _archs(2)
-    created = storage.commit_step(job, owner, "nb201", [_new(1, arch)])
+    created = storage.trials.commit_step(job, owner, "nb201", [_new(1, arch)])
     with pytest.raises(IntegrityError):
-        storage.commit_step(job, owner, "nb201", [_new(2, other), _new(3, arch)])
-    assert [r["number"] for r in storage.load_trials(job)] == [1]
+        storage.trials.commit_step(job, owner, "nb201", [_new(2, other), _new(3, arch)])
+    assert [r["number"] for r in storage.trials.load(job)] == [1]
     with pytest.raises(IntegrityError, match="uq_trials_job_architecture|UNIQUE"):
         with storage.engine.begin() as conn:
             conn.execute(insert(trials).values(job_id=job, number=5, status="queued",
                                                attempt=0, architecture_id=created[1][1]))
     # another job may evaluate it: the architecture row (and its measurements) is shared
     second, owner2 = _job_with_lease(storage, "second")
-    again = storage.commit_step(second, owner2, "nb201", [_new(1, arch)])
+    again = storage.trials.commit_step(second, owner2, "nb201", [_new(1, arch)])
     assert again[1][1] == created[1][1]
     assert _count(storage, architectures) == 1
 
@@ -570,9 +571,9 @@ def test_an_architecture_is_evaluated_once_per_job(storage):
 def test_architectures_are_unique_per_space(storage):
     job, owner = _job_with_lease(storage)
     arch = _archs(1)[0]
-    storage.commit_step(job, owner, "nb201", [_new(1, arch)])
+    storage.trials.commit_step(job, owner, "nb201", [_new(1, arch)])
     other, owner2 = _job_with_lease(storage, "other-space")
-    storage.commit_step(other, owner2, "some-other-space", [_new(1, arch)])
+    storage.trials.commit_step(other, owner2, "some-other-space", [_new(1, arch)])
     assert _count(storage, architectures) == 2
     with pytest.raises(IntegrityError):
         with storage.engine.begin() as conn:
@@ -584,9 +585,9 @@ def test_architectures_are_unique_per_space(storage):
 def test_measured_beats_imported_beats_benchmark_beats_predicted(storage):
     job, owner = _job_with_lease(storage)
     a1, a2, a3, a4 = _archs(4)
-    created = storage.commit_step(job, owner, "nb201",
-                                  [_new(n, a) for n, a in enumerate((a1, a2, a3, a4), 1)])
-    storage.commit_step(job, owner, "nb201", results=[
+    created = storage.trials.commit_step(job, owner, "nb201",
+                                         [_new(n, a) for n, a in enumerate((a1, a2, a3, a4), 1)])
+    storage.trials.commit_step(job, owner, "nb201", results=[
         _result(*created[1], 94.0, measured=[_m("pixel3", 20.0, "benchmark"),
                                              _m("pixel3", 15.0, "measured")]),
         _result(*created[2], 93.0, measured=[_m("pixel3", 12.0, "benchmark")]),
@@ -608,8 +609,8 @@ def test_measured_beats_imported_beats_benchmark_beats_predicted(storage):
             trials_with_device_value(storage, job, "pixel3")} == {1: 15.0, 2: 12.0, 3: 30.0}
     # measurements belong to the architecture: another job sees them
     other, owner2 = _job_with_lease(storage, "other")
-    made = storage.commit_step(other, owner2, "nb201", [_new(1, a1)])
-    storage.commit_step(other, owner2, "nb201", results=[_result(*made[1], 50.0)])
+    made = storage.trials.commit_step(other, owner2, "nb201", [_new(1, a1)])
+    storage.trials.commit_step(other, owner2, "nb201", results=[_result(*made[1], 50.0)])
     assert best_trials(storage, other, device="pixel3")[0]["device_value"] == 15.0
 
 
@@ -628,7 +629,7 @@ def real_job(storage):
     `measured` latencies for some of its architectures and `predicted` ones for others."""
     job = api.submit(storage, nb201_spec(**DEVICE_SPEC))
     assert api.run(storage, job) == "completed"
-    rows = storage.load_trials(job)
+    rows = storage.trials.load(job)
     rng = random.Random(0)
     extra = []
     for row in rows:
@@ -637,7 +638,7 @@ def real_job(storage):
         if source:
             extra.append(MeasurementRow(row["key"], row["arch"], "pixel3", "latency_ms",
                                         rng.uniform(5, 30), source))
-    storage.put_measurements("nb201", extra)
+    storage.measurements.put("nb201", extra)
     return job
 
 
@@ -700,7 +701,7 @@ def test_best_trials_matches_brute_force(storage, real_job):
 def test_unknown_measurements_and_device_rows_match_brute_force(storage, real_job):
     for device in ("pixel3", "fpga", "no-such-device"):
         rows = _brute_force_rows(storage, real_job, device)
-        completed = [t for t in storage.load_trials(real_job) if t["status"] == "completed"]
+        completed = [t for t in storage.trials.load(real_job) if t["status"] == "completed"]
         known = {r["number"] for r in rows if r["device_value"] is not None}
         assert unknown_measurement_count(storage, real_job, device) == \
             len([t for t in completed if t["number"] not in known])
@@ -751,61 +752,61 @@ def test_pareto_front_with_ties_matches_brute_force():
 
 # ---- cancel ---------------------------------------------------------------------------------
 def test_cancel_without_a_live_driver_is_immediate(storage):
-    job = storage.create_job({}, "j", seed=0)
-    assert storage.request_cancel(job) == "cancelled"
-    row = storage.get_job(job)
+    job = storage.jobs.create({}, "j", seed=0)
+    assert storage.jobs.request_cancel(job) == "cancelled"
+    row = storage.jobs.get(job)
     assert row["status"] == "cancelled" and row["cancel_requested"] is True
     with pytest.raises(NasError, match="already cancelled"):
-        storage.request_cancel(job)
+        storage.jobs.request_cancel(job)
 
 
 def test_cancel_of_a_job_whose_lease_expired_is_immediate(storage):
-    job = storage.create_job({}, "j", seed=0)
-    owner = Storage.new_owner()
-    storage.acquire_lease(job, owner, ttl_s=30)
-    storage.start_running(job, owner)
+    job = storage.jobs.create({}, "j", seed=0)
+    owner = new_owner()
+    storage.jobs.acquire_lease(job, owner, ttl_s=30)
+    storage.jobs.start_running(job, owner)
     _set_lease(storage, job, owner, expires_in_s=-1)
-    assert storage.request_cancel(job) == "cancelled"
-    row = storage.get_job(job)
+    assert storage.jobs.request_cancel(job) == "cancelled"
+    row = storage.jobs.get(job)
     assert row["status"] == "cancelled" and row["lease_owner"] is None
 
 
 def test_cancel_of_a_job_whose_driver_died_is_immediate(storage):
-    job = storage.create_job({}, "j", seed=0)
+    job = storage.jobs.create({}, "j", seed=0)
     _set_lease(storage, job, f"{socket.gethostname()}:{_dead_pid()}:deadbeef", 3600)
     with storage.engine.begin() as conn:
         conn.execute(update(jobs).where(jobs.c.id == job).values(status="running"))
-    assert storage.request_cancel(job) == "cancelled"
-    assert storage.get_job(job)["status"] == "cancelled"
+    assert storage.jobs.request_cancel(job) == "cancelled"
+    assert storage.jobs.get(job)["status"] == "cancelled"
 
 
 def test_cancel_of_a_running_driver_is_left_to_it(storage):
     job, owner = _job_with_lease(storage)
-    storage.start_running(job, owner)
-    assert storage.cancel_requested(job) is False
-    assert storage.request_cancel(job) == "cancelling"
-    row = storage.get_job(job)
+    storage.jobs.start_running(job, owner)
+    assert storage.jobs.cancel_requested(job) is False
+    assert storage.jobs.request_cancel(job) == "cancelling"
+    row = storage.jobs.get(job)
     assert row["status"] == "running" and row["lease_owner"] == owner
-    assert storage.cancel_requested(job) is True
+    assert storage.jobs.cancel_requested(job) is True
 
 
 def test_completed_job_cannot_be_cancelled(storage):
     job, owner = _job_with_lease(storage)
-    storage.set_status(job, "completed", owner=owner)
+    storage.jobs.set_status(job, "completed", owner=owner)
     with pytest.raises(NasError, match="already completed"):
-        storage.request_cancel(job)
+        storage.jobs.request_cancel(job)
 
 
 def test_requeue_unfinished_and_job_deletion_cascade(storage):
     job, owner = _job_with_lease(storage)
-    created = storage.commit_step(job, owner, "nb201", [_new(n, a) for n, a in
-                                                        enumerate(_archs(3), 1)])
-    storage.commit_step(job, owner, "nb201", dispatched=[(created[1][0], 1),
-                                                         (created[2][0], 1)],
-                        results=[_result(*created[2], 80.0)])
-    storage.requeue_unfinished(job)
-    assert storage.trial_counts(job) == {"queued": 2, "completed": 1}
-    storage.add_artifact(job, "report", "/tmp/report.html")
+    created = storage.trials.commit_step(job, owner, "nb201", [_new(n, a) for n, a in
+                                                               enumerate(_archs(3), 1)])
+    storage.trials.commit_step(job, owner, "nb201", dispatched=[(created[1][0], 1),
+                                                                (created[2][0], 1)],
+                               results=[_result(*created[2], 80.0)])
+    storage.trials.requeue_unfinished(job)
+    assert storage.trials.counts(job) == {"queued": 2, "completed": 1}
+    storage.jobs.add_artifact(job, "report", "/tmp/report.html")
     with storage.engine.begin() as conn:
         conn.execute(delete(jobs).where(jobs.c.id == job))
     assert _count(storage, trials) == 0
@@ -813,7 +814,7 @@ def test_requeue_unfinished_and_job_deletion_cascade(storage):
 
 
 def test_owner_strings_are_unique_and_parse(storage):
-    owners = {Storage.new_owner() for _ in range(50)}
+    owners = {new_owner() for _ in range(50)}
     assert len(owners) == 50
     for owner in itertools.islice(owners, 3):
         host, pid, token = owner.split(":")
@@ -825,12 +826,12 @@ def test_sqlite_readers_do_not_block_the_writer(sqlite_url):
     run); a read must not take the write lock."""
     storage = Storage(sqlite_url)
     try:
-        job = storage.create_job({}, "j", seed=0)
+        job = storage.jobs.create({}, "j", seed=0)
         done = threading.Event()
 
         def write() -> None:
-            storage.heartbeat(job, "nobody", ttl_s=1, elapsed_s=0)
-            storage.create_job({}, "k", seed=1)
+            storage.jobs.heartbeat(job, "nobody", ttl_s=1, elapsed_s=0)
+            storage.jobs.create({}, "k", seed=1)
             done.set()
 
         with storage.read() as reader, storage.read() as other:
@@ -842,7 +843,7 @@ def test_sqlite_readers_do_not_block_the_writer(sqlite_url):
             # the reader keeps its snapshot until its transaction ends
             assert reader.execute(select(func.count()).select_from(jobs)).scalar_one() == 1
         writer.join()
-        assert len(storage.list_jobs()) == 2
+        assert len(storage.jobs.all()) == 2
     finally:
         storage.close()
 
@@ -857,9 +858,9 @@ def test_lease_released_during_acquire_is_taken(pg_url):
     other = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1),
                           isolation_level="AUTOCOMMIT")
     try:
-        job = storage.create_job({}, "j", seed=0)
-        holder = Storage.new_owner()
-        storage.acquire_lease(job, holder, ttl_s=60)
+        job = storage.jobs.create({}, "j", seed=0)
+        holder = new_owner()
+        storage.jobs.acquire_lease(job, holder, ttl_s=60)
         fired = []
 
         def release_in_between(conn, cursor, statement, *args):  # noqa: ANN001
@@ -870,10 +871,10 @@ def test_lease_released_during_acquire_is_taken(pg_url):
                         lease_owner=None, lease_expires_at=None))
 
         event.listen(storage.engine, "before_cursor_execute", release_in_between)
-        mine = Storage.new_owner()
-        storage.acquire_lease(job, mine, ttl_s=60)
+        mine = new_owner()
+        storage.jobs.acquire_lease(job, mine, ttl_s=60)
         assert fired
-        assert storage.get_job(job)["lease_owner"] == mine
+        assert storage.jobs.get(job)["lease_owner"] == mine
     finally:
         other.dispose()
         storage.close()

@@ -49,7 +49,7 @@ def test_weights_of_the_best_trials_are_kept_and_exported(db_url, tmp_path):
     storage = Storage(db_url)
     job = api.submit(storage, _spec())
     assert api.run(storage, job) == "completed"
-    rows = [t for t in storage.load_trials(job) if t["status"] == "completed"]
+    rows = [t for t in storage.trials.load(job) if t["status"] == "completed"]
     assert len(rows) == 6
     ranked = sorted(rows, key=lambda t: (-t["score"], t["number"]))
     assert _kept(storage, job) == sorted(t["number"] for t in ranked[:2])
@@ -74,12 +74,12 @@ def test_weights_of_the_best_trials_are_kept_and_exported(db_url, tmp_path):
         chance = (fresh(torch.from_numpy(data.x_val)).argmax(1).numpy() == data.y_val).mean()
     assert accuracy > 100.0 * chance + 20
 
-    state, normalisation = split_weights(storage.get_weights(job, ranked[1]["number"]))
+    state, normalisation = split_weights(storage.trials.weights(job, ranked[1]["number"]))
     assert normalisation == {k: pytest.approx(v) for k, v in data.normalisation.items()}
     second = space.build(space.from_key(ranked[1]["key"]))
     assert set(state) == set(second.state_dict())
     second.load_state_dict(state)  # strict: the stored weights fit the architecture
-    assert storage.get_weights(job, ranked[-1]["number"]) is None
+    assert storage.trials.weights(job, ranked[-1]["number"]) is None
 
 
 def test_keep_weights_zero_keeps_none_and_export_says_initialised(sqlite_url, tmp_path):
@@ -100,4 +100,4 @@ def test_evaluator_can_skip_weights(sqlite_url):
     job = api.submit(storage, spec)
     api.run(storage, job)
     assert _kept(storage, job) == []
-    assert np.isfinite([t["score"] for t in storage.load_trials(job)]).all()
+    assert np.isfinite([t["score"] for t in storage.trials.load(job)]).all()

@@ -1,7 +1,7 @@
 """`nas trials JOB` (filters, sorts, pages, --json, --csv), `nas.storage.trials_page` under
 it, `Job.trials(...)`, and what `nas status` says about failures and the best trial.
 
-The trials are written through `Storage.commit_step` as a driver writes them (new trials,
+The trials are written through `Trials.commit_step` as a driver writes them (new trials,
 dispatched ones, results with metrics, errors and measurements), over SQLite and
 PostgreSQL (`db_url`); one test runs a real small job whose trials fail."""
 
@@ -21,7 +21,7 @@ import nas
 from nas import api
 from nas.cli import app
 from nas.errors import NasError
-from nas.storage import NewTrial, Storage, StoredResult, trials_page
+from nas.storage import NewTrial, Storage, StoredResult, new_owner, trials_page
 from tests.conftest import nb201_spec
 
 runner = CliRunner()
@@ -78,16 +78,16 @@ def write_job(storage: Storage, spec: dict[str, Any], trials: dict[int, tuple]) 
     """A job whose trials went through the driver's writes: created, dispatched, finished;
     scored as the driver scores them (a minimised primary objective: score = -value)."""
     sign = -1.0 if spec["objectives"][0].get("mode") == "min" else 1.0
-    job = storage.create_job(spec, spec["name"], seed=0)
-    owner = Storage.new_owner()
-    storage.acquire_lease(job, owner, ttl_s=60.0)
-    created = storage.commit_step(job, owner, "nb201", new_trials=[
+    job = storage.jobs.create(spec, spec["name"], seed=0)
+    owner = new_owner()
+    storage.jobs.acquire_lease(job, owner, ttl_s=60.0)
+    created = storage.trials.commit_step(job, owner, "nb201", new_trials=[
         NewTrial(n, "|".join(arch_of(n)["ops"]) + f"#{n}", arch_of(n)) for n in trials])
     results = [r for n, (tid, aid) in created.items()
                if (r := _result(n, trials[n], tid, aid, sign))]
     running = [(tid, 1) for n, (tid, _) in created.items() if trials[n][0] == "running"]
-    storage.commit_step(job, owner, "nb201", results=results, dispatched=running)
-    storage.release_leases(owner, job)
+    storage.trials.commit_step(job, owner, "nb201", results=results, dispatched=running)
+    storage.jobs.release_leases(owner, job)
     return job
 
 
@@ -245,7 +245,7 @@ def test_table_says_how_to_get_the_next_page(job):
 
 def test_a_job_without_trials_is_an_empty_page_not_an_error(db_url):
     storage = Storage(db_url)
-    job = storage.create_job(SPEC, "empty", seed=0)
+    job = storage.jobs.create(SPEC, "empty", seed=0)
     args = ("--db", db_url, "trials", str(job))
     assert "no trials" in nas_cli(*args).stdout
     assert json.loads(nas_cli(*args, "--json").stdout)["total"] == 0

@@ -60,7 +60,7 @@ def test_darts_job_scores_the_derived_cell_then_searches_around_it(artifacts):
     storage = Storage("sqlite://")
     job = api.submit(storage, _spec())
     assert api.run(storage, job) == "completed"
-    trials = storage.load_trials(job)
+    trials = storage.trials.load(job)
     assert len(trials) == 3 and all(t["status"] == "completed" for t in trials)
     folder = _search_folder(storage, job)
     assert (folder / CHECKPOINT).exists()
@@ -79,7 +79,7 @@ def test_darts_job_scores_the_derived_cell_then_searches_around_it(artifacts):
         assert min(sum(a != b for a, b in zip(dna, space.to_dna(space.from_key(t["key"])),
                                               strict=True))
                    for t in trials if t["number"] < later["number"]) == 1
-    state = storage.get_job(job)["strategy_state"]
+    state = storage.jobs.get(job)["strategy_state"]
     assert state["derived"][0]["key"] == derived["key"]
     assert state["search"]["epochs"] == 2
 
@@ -111,12 +111,12 @@ def test_driver_killed_during_the_search_resumes_from_its_checkpoint(tmp_path, a
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert storage.load_trials(job) == []  # no trial before the search has finished
+    assert storage.trials.load(job) == []  # no trial before the search has finished
     assert api.run(storage, job) == "completed"  # `nas resume`: the lease's owner is dead
     record = json.loads((checkpoint.parent / "history.json").read_text())
     assert record["resumed_from_epoch"] >= 1
-    assert [t["key"] for t in storage.load_trials(job)] == \
-        [t["key"] for t in storage.load_trials(clean)]
+    assert [t["key"] for t in storage.trials.load(job)] == \
+        [t["key"] for t in storage.trials.load(clean)]
     clean_record = json.loads((_search_folder(storage, clean) / "history.json").read_text())
     assert record["derived"] == clean_record["derived"]
 
@@ -172,7 +172,7 @@ def test_a_search_runs_as_a_ray_task(artifacts):
     assert api.run(storage, job) == "completed"
     record = json.loads((_search_folder(storage, job) / "history.json").read_text())
     assert record["worker"].split(":")[-1] != str(os.getpid())  # ran in a Ray worker
-    assert [t["key"] for t in storage.load_trials(job)][0] == record["derived"][0]["key"]
+    assert [t["key"] for t in storage.trials.load(job)][0] == record["derived"][0]["key"]
 
 
 def test_oneshot_job_exports_the_subnet_with_its_inherited_weights(artifacts, tmp_path):
@@ -194,10 +194,10 @@ def test_oneshot_job_exports_the_subnet_with_its_inherited_weights(artifacts, tm
         evaluator="proxy", evaluator_args={"proxies": ["synflow", "params"]},
         objectives=[{"metric": "score", "mode": "max"}], budget={"trials": 2}))
     assert api.run(storage, job) == "completed"
-    trials = storage.load_trials(job)
+    trials = storage.trials.load(job)
     assert all("search.supernet_acc" in t["metrics"] for t in trials)
     first = trials[0]
-    weights = storage.get_weights(job, first["number"])
+    weights = storage.trials.weights(job, first["number"])
     saved = (_search_folder(storage, job) / "subnet-1.pt").read_bytes()
     assert weights == saved
     target = tmp_path / "best.pt"

@@ -56,7 +56,7 @@ def _runner(job: dict[str, Any], servers: dict[str, str]) -> str | None:
 
 
 def _server_names(storage: Storage) -> dict[str, str]:
-    return {s["owner"]: s["name"] for s in storage.list_servers() if s["alive"]}
+    return {s["owner"]: s["name"] for s in storage.servers.all() if s["alive"]}
 
 
 def _best_score(storage: Storage, job_id: int, spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -76,7 +76,7 @@ def jobs_list(storage: Storage) -> list[dict[str, Any]]:
     leases = _leases(storage)
     servers = _server_names(storage)
     rows = []
-    for job in storage.list_jobs():
+    for job in storage.jobs.all():
         spec = job["spec"]
         lease = leases.get(job["id"], {})
         full = {**job, **lease}
@@ -113,11 +113,11 @@ def progress(storage: Storage, job_id: int, spec: dict[str, Any],
 def job_summary(storage: Storage, job_id: int, allow_actions: bool) -> dict[str, Any]:
     """The job page's live part: `nas status --json` plus progress, runner, failures."""
     data = results.status(storage, job_id)
-    job = storage.get_job(job_id)
+    job = storage.jobs.get(job_id)
     data["progress"] = progress(storage, job_id, job["spec"], data["trials"])
     data["runner"] = _runner(job, _server_names(storage))
     data["failures"] = [{"error": line, "count": n}
-                        for line, n in storage.common_errors(job_id, limit=10)]
+                        for line, n in storage.trials.common_errors(job_id, limit=10)]
     data["cancel_requested"] = bool(job["cancel_requested"])
     data["objectives"] = job["spec"]["objectives"]
     data["constraints"] = job["spec"].get("constraints", [])
@@ -161,7 +161,7 @@ def job_chart(storage: Storage, job_id: int, kind: str) -> str:
 def finished_signature(storage: Storage, job_id: int) -> tuple[Any, ...]:
     """What the charts depend on: the job's trial counts by state (finished trials never
     change), so a chart is computed again only when a trial finished."""
-    return tuple(sorted(storage.trial_counts(results.check_job_id(job_id)).items()))
+    return tuple(sorted(storage.trials.counts(results.check_job_id(job_id)).items()))
 
 
 def pareto_panel(storage: Storage, job_id: int, device: str | None,
@@ -226,7 +226,7 @@ def trials_table(storage: Storage, job_id: int, *, status: str | None, sort: str
     """One page of the job's trials, filtered, sorted and paginated by the database."""
     from ..storage import trials_page
 
-    spec = storage.get_job(results.check_job_id(job_id))["spec"]
+    spec = storage.jobs.get(results.check_job_id(job_id))["spec"]
     page = trials_page(storage, job_id, status=status, sort=sort, descending=descending,
                        limit=limit, offset=offset)
     metrics = [o["metric"] for o in spec["objectives"]]
@@ -257,7 +257,7 @@ def failed_trials(storage: Storage, job_id: int, limit: int = 10) -> list[dict[s
 # ---- one trial -----------------------------------------------------------------------------
 def trial_detail(storage: Storage, job_id: int, number: int) -> dict[str, Any]:
     """A trial's metrics, device measurements with their sources, and its architecture."""
-    job = storage.get_job(results.check_job_id(job_id))
+    job = storage.jobs.get(results.check_job_id(job_id))
     if isinstance(number, bool) or not 1 <= number <= results.MAX_ID:
         raise NasError(f"job {job_id} has no trial {number}")
     spec = job["spec"]
@@ -273,7 +273,7 @@ def trial_detail(storage: Storage, job_id: int, number: int) -> dict[str, Any]:
 
 def spec_json(storage: Storage, job_id: int, number: int) -> dict[str, Any]:
     """The trial's JSON spec, as `nas export --format json` writes it (minus the path)."""
-    job = storage.get_job(results.check_job_id(job_id))
+    job = storage.jobs.get(results.check_job_id(job_id))
     spec = job["spec"]
     row = get_trial(storage, job_id, number)
     return clean({
@@ -294,10 +294,10 @@ def export_onnx(storage: Storage, job_id: int, number: int, path: Path) -> None:
 
     from ..export import _export_model, choose_trial, split_weights, write_atomically
 
-    spec = storage.get_job(results.check_job_id(job_id))["spec"]
+    spec = storage.jobs.get(results.check_job_id(job_id))["spec"]
     trial = choose_trial(storage, job_id, number)
     space = get_space(spec["space"], **spec.get("space_args", {}))
-    state, normalisation = split_weights(storage.get_weights(job_id, number))
+    state, normalisation = split_weights(storage.trials.weights(job_id, number))
     try:
         write_atomically(path, lambda tmp: _export_model(
             space, trial["arch"], "onnx", tmp, seed=int(spec.get("seed", 0)), state=state,

@@ -268,7 +268,7 @@ class Dashboard:
         job_id = _path_int(request, "job")
         what = request.path_params["action"]
         if what == "cancel":
-            state = await self._call(lambda s, j: s.request_cancel(j), job_id)
+            state = await self._call(lambda s, j: s.jobs.request_cancel(j), job_id)
         else:
             await self._call(_reopen, job_id)
             state = "pending"

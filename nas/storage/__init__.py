@@ -1,5 +1,6 @@
 """SQL storage: the single source of truth for jobs, trials and measurements."""
 
+from ._area import NewTrial, as_utc, utcnow
 from ._engine import (
     DEFAULT_URL,
     current_revision,
@@ -19,8 +20,12 @@ from ._queries import (
     trials_with_device_value,
     unknown_measurement_count,
 )
-from ._storage import MeasurementRow, NewTrial, Storage, StoredResult, as_utc, utcnow
+from ._storage import Storage
 from ._trials_table import TrialsPage, trials_page
+from .jobs import Jobs, new_owner, owner_is_dead_here
+from .measurements import MeasurementRow, Measurements
+from .servers import Servers
+from .trials import StoredResult, Trials
 
 __all__ = [
     "DEFAULT_URL", "MeasurementRow", "NewTrial", "Storage", "StoredResult", "as_utc", "best_trials",
@@ -29,4 +34,5 @@ __all__ = [
     "TrialsPage", "trials_page", "trials_with_device_value",
     "unknown_measurement_count", "upgrade", "utcnow",
     "PhaseProgress", "job_progress", "set_progress",
+    "Jobs", "Measurements", "Servers", "Trials", "new_owner", "owner_is_dead_here",
 ]

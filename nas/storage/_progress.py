@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import NasError
-from ._storage import as_utc, utcnow
+from ._area import as_utc, utcnow
 from .schema import job_progress as table
 
 #: The phases in the order a job goes through them (others sort after, by start).

@@ -9,7 +9,7 @@ A retried write must be safe to run twice, because a connection that drops durin
 leaves it unknown whether the transaction landed. The retried operations are idempotent
 (the same UPDATE, an insert that ignores its duplicate), and those that are not by nature
 take a `replay` argument, which is True on every attempt after the first (see
-`Storage.commit_step`). Operations that cannot be made so (creating a job) are not retried.
+`Trials.commit_step`). Operations that cannot be made so (creating a job) are not retried.
 """
 
 from __future__ import annotations
@@ -99,10 +99,12 @@ def call_with_retry(work: Callable[[bool], Any], dialect: str, what: str) -> Any
 
 
 def retried(replay_arg: bool = False) -> Callable[[F], F]:
-    """Decorate a `Storage` method, or a function whose first argument is a `Storage`, to
+    """Decorate a storage area's method, or a function whose first argument is a `Storage`, to
     retry transient errors. With `replay_arg`, the function takes a keyword `replay`."""
 
     def decorate(fn: F) -> F:
+        area, _, name = fn.__qualname__.rpartition(".")
+        what = f"{area.lower()}.{name}" if area else name  # as called: `jobs.get`
         @functools.wraps(fn)
         def wrapper(storage: Any, *args: Any, **kwargs: Any) -> Any:
             def work(replay: bool) -> Any:
@@ -110,7 +112,7 @@ def retried(replay_arg: bool = False) -> Callable[[F], F]:
                     return fn(storage, *args, replay=replay, **kwargs)
                 return fn(storage, *args, **kwargs)
 
-            return call_with_retry(work, storage.dialect, fn.__name__)
+            return call_with_retry(work, storage.dialect, what)
 
         return wrapper  # type: ignore[return-value]
 
