@@ -403,7 +403,7 @@ def resume(
 
 
 def _live_server_names(ctx: Context) -> list[str]:
-    return sorted({s["name"] for s in ctx.storage().servers.live()})
+    return sorted({s.name for s in ctx.storage().servers.live()})
 
 
 @app.command()
@@ -441,8 +441,8 @@ def serve(
 def servers(ctx: typer.Context,
             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The registered `nas serve` processes (alive: a heartbeat within 3 poll periods)."""
-    rows = [{k: s[k] for k in ("name", "owner", "host", "pid", "alive", "jobs", "poll_s",
-                               "max_jobs", "started_at", "heartbeat_at")}
+    rows = [{k: getattr(s, k) for k in ("name", "owner", "host", "pid", "alive", "jobs",
+                                        "poll_s", "max_jobs", "started_at", "heartbeat_at")}
             for s in ctx.obj.storage().servers.all()]
     if as_json:
         _emit_json(rows)

@@ -24,7 +24,7 @@ from nas import api
 from nas.cli import app
 from nas.driver import Driver
 from nas.serve import Server
-from nas.storage import Jobs, Storage, new_owner, utcnow
+from nas.storage import Jobs, ServerRecord, Storage, new_owner, utcnow
 from nas.storage.schema import jobs, servers, trials
 from tests.conftest import ROOT, nb201_spec, wait_until
 
@@ -48,8 +48,8 @@ def _serve(procs: list[subprocess.Popen], url: str, log: Path, *args: str) -> su
     return proc
 
 
-def _server(storage: Storage, name: str) -> dict[str, Any] | None:
-    return next((s for s in storage.servers.all() if s["name"] == name), None)
+def _server(storage: Storage, name: str) -> ServerRecord | None:
+    return next((s for s in storage.servers.all() if s.name == name), None)
 
 
 def _trial_rows(storage: Storage, job: int) -> list[tuple[int, str, str, int]]:
@@ -233,7 +233,7 @@ def test_two_servers_run_each_job_once_and_take_over_a_killed_ones_job(db_url, t
 
     def a_mid_job() -> int | None:  # a job A runs, with some but not all trials done
         server = _server(storage, "A")
-        for job in server["jobs"] if server else []:
+        for job in server.jobs if server else []:
             if 4 <= storage.trials.counts(job).get("completed", 0) <= BUDGET - 10:
                 return job
         return None
@@ -262,14 +262,14 @@ def test_two_servers_run_each_job_once_and_take_over_a_killed_ones_job(db_url, t
     assert started == queued  # each job claimed once, plus the one takeover
     assert [j for how, j in claims_a + claims_b if how == "taking over"] == [victim]
 
-    servers = {s["name"]: s for s in storage.servers.all()}
-    assert servers["A"]["alive"] is False and servers["B"]["alive"] is True
-    assert servers["B"]["jobs"] == []
+    servers = {s.name: s for s in storage.servers.all()}
+    assert servers["A"].alive is False and servers["B"].alive is True
+    assert servers["B"].jobs == ()
     listed = json.loads(runner.invoke(app, ["--db", db_url, "servers", "--json"]).stdout)
     assert {(s["name"], s["alive"]) for s in listed} == {("A", False), ("B", True)}
     b.send_signal(signal.SIGTERM)
     assert b.wait(timeout=30) == 0
-    assert [s["name"] for s in storage.servers.all()] == ["A"]  # B left the registry
+    assert [s.name for s in storage.servers.all()] == ["A"]  # B left the registry
 
 
 @pytest.mark.system
@@ -286,7 +286,7 @@ def test_submit_and_resume_queue_for_a_live_serve_and_sigterm_pauses(tmp_path, p
               for seed in (4, 5)]
     assert all(q["runner"] == "serve" and q["servers"] == ["S1"] for q in queued)
     first, second = (q["job"] for q in queued)
-    both = wait_until(lambda: sorted(_server(storage, "S1")["jobs"]) == [first, second],
+    both = wait_until(lambda: sorted(_server(storage, "S1").jobs) == [first, second],
                  "S1 to run both jobs at once (--max-jobs 2)", logs=(log,))
     assert both
     wait_until(lambda: storage.trials.counts(second).get("completed", 0) >= 4, "progress",

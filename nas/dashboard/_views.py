@@ -56,7 +56,7 @@ def _runner(job: dict[str, Any], servers: dict[str, str]) -> str | None:
 
 
 def _server_names(storage: Storage) -> dict[str, str]:
-    return {s["owner"]: s["name"] for s in storage.servers.all() if s["alive"]}
+    return {s.owner: s.name for s in storage.servers.all() if s.alive}
 
 
 def _best_score(storage: Storage, job_id: int, spec: dict[str, Any]) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from ._storage import Storage
 from ._trials_table import TrialsPage, trials_page
 from .jobs import Jobs, new_owner, owner_is_dead_here
 from .measurements import MeasurementRow, Measurements
-from .servers import Servers
+from .servers import ServerRecord, Servers
 from .trials import StoredResult, Trials
 
 __all__ = [
@@ -34,5 +34,5 @@ __all__ = [
     "TrialsPage", "trials_page", "trials_with_device_value",
     "unknown_measurement_count", "upgrade", "utcnow",
     "PhaseProgress", "job_progress", "set_progress",
-    "Jobs", "Measurements", "Servers", "Trials", "new_owner", "owner_is_dead_here",
+    "Jobs", "Measurements", "ServerRecord", "Servers", "Trials", "new_owner", "owner_is_dead_here",
 ]

@@ -4,7 +4,8 @@ leases of the jobs a process runs live) and who is alive."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, insert, or_, select, update
@@ -22,6 +23,25 @@ SERVER_ALIVE_POLLS = 3.0
 SERVER_ALIVE_MIN_S = 5.0
 #: Serve rows silent for this long are dropped when another serve process starts.
 SERVER_FORGET_S = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRecord:
+    """A registered `nas serve` process, as `storage.servers.all()` reads it."""
+
+    id: int
+    name: str
+    owner: str  # its lease owner id (`host:pid:random`)
+    host: str
+    pid: int
+    poll_s: float
+    max_jobs: int
+    started_at: datetime
+    heartbeat_at: datetime
+    #: a heartbeat within `SERVER_ALIVE_POLLS` poll periods (at least `SERVER_ALIVE_MIN_S`)
+    alive: bool
+    #: the jobs it holds a live lease on, in id order
+    jobs: tuple[int, ...]
 
 
 class Servers(Area):
@@ -61,7 +81,7 @@ class Servers(Area):
             conn.execute(delete(servers).where(servers.c.owner == owner))
 
     @retried()
-    def all(self) -> list[dict[str, Any]]:
+    def all(self) -> list[ServerRecord]:
         """The registered serve processes, each with `alive` (a heartbeat within
         `SERVER_ALIVE_POLLS` poll periods, at least `SERVER_ALIVE_MIN_S`) and `jobs` (those it
         holds a live lease on)."""
@@ -74,17 +94,17 @@ class Servers(Area):
         held: dict[str, list[int]] = {}
         for lease_owner, job_id in leases:
             held.setdefault(lease_owner, []).append(job_id)
-        result = []
-        for row in rows:
-            server = dict(row)
-            server["started_at"] = as_utc(server["started_at"])
-            server["heartbeat_at"] = as_utc(server["heartbeat_at"])
-            silent = (now - server["heartbeat_at"]).total_seconds()
-            server["alive"] = silent <= max(SERVER_ALIVE_POLLS * server["poll_s"],
-                                            SERVER_ALIVE_MIN_S)
-            server["jobs"] = held.get(server["owner"], [])
-            result.append(server)
-        return result
+        return [_server(row, now, tuple(held.get(row["owner"], ()))) for row in rows]
 
-    def live(self) -> list[dict[str, Any]]:
-        return [s for s in self.all() if s["alive"]]
+    def live(self) -> list[ServerRecord]:
+        return [s for s in self.all() if s.alive]
+
+
+def _server(row: Any, now: datetime, held: tuple[int, ...]) -> ServerRecord:
+    heartbeat_at = as_utc(row["heartbeat_at"])
+    silent = (now - heartbeat_at).total_seconds()
+    return ServerRecord(
+        id=row["id"], name=row["name"], owner=row["owner"], host=row["host"], pid=row["pid"],
+        poll_s=row["poll_s"], max_jobs=row["max_jobs"], started_at=as_utc(row["started_at"]),
+        heartbeat_at=heartbeat_at,
+        alive=silent <= max(SERVER_ALIVE_POLLS * row["poll_s"], SERVER_ALIVE_MIN_S), jobs=held)
