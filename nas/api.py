@@ -37,7 +37,7 @@ def reopen(storage: Storage, job_id: int, *, allow_code_change: bool = False) ->
     code it ran, unless `allow_code_change`, which records the code here. A cancel requested
     after this call stops the job."""
     job = storage.jobs.get(job_id)
-    if job["status"] == "completed":
+    if job.status == "completed":
         raise NasError(f"job {job_id} is already completed")
     code, changed = compare_code(job)
     if changed is not None and not allow_code_change:

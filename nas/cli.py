@@ -548,9 +548,9 @@ def list_jobs(ctx: typer.Context,
               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """All jobs in the database."""
     jobs = ctx.obj.storage().jobs.all()
-    rows = [{"id": j["id"], "name": j["name"], "status": j["status"],
-             "space": j["spec"]["space"], "strategy": j["spec"]["strategy"],
-             "trials": _trial_counts(j["trials"]), "created_at": j["created_at"]}
+    rows = [{"id": j.id, "name": j.name, "status": j.status,
+             "space": j.spec["space"], "strategy": j.spec["strategy"],
+             "trials": _trial_counts(j.trials), "created_at": j.created_at}
             for j in jobs]
     if as_json:
         _emit_json(rows)
@@ -587,7 +587,7 @@ def best(
     if as_json:
         _emit_json(data)
         return
-    spec = storage.jobs.get(job)["spec"]
+    spec = storage.jobs.get(job).spec
     _print_trials(data["results"], spec, device, title=f"job {job}: best {top}" + (
         f" under {max_latency_ms} ms on {device}" if max_latency_ms else ""))
     unknown = data["unknown_latency"]
@@ -740,7 +740,7 @@ def pareto(
     storage = ctx.obj.storage(existing=True)
     data = results.pareto(storage, _positive_job(job), device)
     rows, front = data.pop("rows"), data.pop("front_rows")
-    spec = storage.jobs.get(job)["spec"]
+    spec = storage.jobs.get(job).spec
     if plot is not None:
         from .charts import plot as draw
 
@@ -996,7 +996,7 @@ def latency_measure(
         raise NasError("give a JOB or --space S (not both)")
     storage = ctx.obj.storage(existing=job is not None)
     if job is not None:
-        spec = storage.jobs.get(_positive_job(job))["spec"]
+        spec = storage.jobs.get(_positive_job(job)).spec
         target = get_space(spec["space"], **spec.get("space_args", {}))
         archs = [r["arch"] for r in storage.trials.load(job) if r["status"] == "completed"]
         if not archs:

@@ -17,7 +17,7 @@ from workers.user_code import UnshippableModuleError, UserCode, find_user_code
 
 from .errors import NasError
 from .spec import spec_modules
-from .storage import Storage
+from .storage import JobRecord, Storage
 
 #: Set to 1 to run jobs without shipping their user code to Ray workers. Private: only for
 #: the test that shows workers fail without it (tests/test_code_shipping.py).
@@ -43,15 +43,15 @@ def shipped_code(code: UserCode | None) -> UserCode | None:
     return None if os.environ.get(NO_SHIPPING_ENV) == "1" else code
 
 
-def compare_code(job: dict[str, Any]) -> tuple[UserCode | None, str | None]:
+def compare_code(job: JobRecord) -> tuple[UserCode | None, str | None]:
     """The job's user code here, and a line naming the modules that differ from the code
     it recorded (None when it recorded none, or the same)."""
-    code = job_code(job["spec"])
-    recorded = job.get("code")
+    code = job_code(job.spec)
+    recorded = job.code
     now = code.record() if code is not None else None
     if recorded is None or (now is not None and recorded.get("sha256") == now["sha256"]):
         return code, None
-    return code, _changed_line(job["id"], recorded, now)
+    return code, _changed_line(job.id, recorded, now)
 
 
 def check_code(storage: Storage, job_id: int, *, allow_change: bool = False) -> UserCode | None:
@@ -62,7 +62,7 @@ def check_code(storage: Storage, job_id: int, *, allow_change: bool = False) -> 
     code, changed = compare_code(job)
     if changed is not None and not allow_change:
         raise CodeChangedError(changed)
-    if changed is not None or (job.get("code") is None and code is not None):
+    if changed is not None or (job.code is None and code is not None):
         storage.jobs.set_code(job_id, code.record() if code is not None else None)
     return code
 

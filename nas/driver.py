@@ -33,6 +33,7 @@ from .errors import DatabaseUnavailableError, LeaseHeldError, NasError
 from .progress import PhaseListener, ProgressWriter, epoch_detail
 from .spec import MAX_DEVICE, MAX_METRIC, JobSpec, parse_spec, short_repr
 from .storage import (
+    JobRecord,
     MeasurementRow,
     NewTrial,
     Storage,
@@ -213,9 +214,9 @@ class Driver:
     def run(self) -> str:
         """Run to the end of the budget; returns the job's final status."""
         job = self.storage.jobs.get(self.job_id)
-        if job["status"] == "completed":
+        if job.status == "completed":
             raise NasError(f"job {self.job_id} is already completed")
-        spec = parse_spec(job["spec"], check_components=False)
+        spec = parse_spec(job.spec, check_components=False)
         self.storage.jobs.acquire_lease(self.job_id, self.owner, self.lease_ttl_s)
         try:
             self.user_code = check_code(self.storage, self.job_id,
@@ -304,7 +305,7 @@ def search_context(spec: JobSpec, values: KnownValues, known: set[str],
 class _Run:
     """The state of one driver session over one job."""
 
-    def __init__(self, driver: Driver, spec: JobSpec, job: dict[str, Any]) -> None:
+    def __init__(self, driver: Driver, spec: JobSpec, job: JobRecord) -> None:
         self.d = driver
         self.storage = driver.storage
         self.spec = spec
@@ -318,13 +319,13 @@ class _Run:
         self.window = spec.parallelism * self.batch
         self.cache_device = _cache_device(self.evaluator_spec, self.space)
         self.target = spec.budget_trials if spec.budget_trials is not None else math.inf
-        self.elapsed_before = float(job["elapsed_s"] or 0.0)
+        self.elapsed_before = float(job.elapsed_s or 0.0)
         self.note: str | None = None
         # cursors: trials 1..told were told to the strategy, 1..asked were proposed
         self.told = self.asked = 0
-        if job["strategy_state"] is not None:
-            self.strategy.load_state_dict(job["strategy_state"])
-            self.told, self.asked = job["snapshot_told"], job["snapshot_asked"]
+        if job.strategy_state is not None:
+            self.strategy.load_state_dict(job.strategy_state)
+            self.told, self.asked = job.snapshot_told, job.snapshot_asked
         self.last_snapshot = self.told
         self.stored = {row["number"]: row for row in self.storage.trials.load(self.job_id)}
         self.known = {row["key"] for n, row in self.stored.items() if n <= self.asked}

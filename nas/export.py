@@ -43,7 +43,7 @@ def export_trial(storage: Storage, job_id: int, number: int | None, fmt: str,
     if target.is_dir():
         raise NasError(f"-o: {str(target)!r} is a folder; give a file name")
     job = storage.jobs.get(job_id)
-    spec = job["spec"]
+    spec = job.spec
     trial = choose_trial(storage, job_id, number)
     space = get_space(spec["space"], **spec.get("space_args", {}))
     summary = {

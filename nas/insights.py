@@ -26,7 +26,7 @@ IMPORTANCE_METHOD = ("XGBoost (the project's GBDT predictor) fitted to the prima
 def _job_spec(storage: Storage, job_id: int) -> dict[str, Any]:
     from .results import check_job_id
 
-    return storage.jobs.get(check_job_id(job_id))["spec"]
+    return storage.jobs.get(check_job_id(job_id)).spec
 
 
 def _space(spec: dict[str, Any]) -> Any:
@@ -239,7 +239,7 @@ def summary(storage: Storage, job_id: int, top: int = 10) -> dict[str, Any]:
     from . import results
 
     data = results.status(storage, job_id)
-    data["spec"] = storage.jobs.get(job_id)["spec"]
+    data["spec"] = storage.jobs.get(job_id).spec
     data["top"] = results.best(storage, job_id, top)["results"]
     data["failures"] = [{"error": e, "count": n}
                         for e, n in storage.trials.common_errors(job_id, limit=10)]

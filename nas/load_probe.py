@@ -128,7 +128,7 @@ def run_load(url: str, spec: dict, sample_s: float = 0.25, timeout_s: float = 18
         final = _completed(storage, job)
         if run.samples:
             run.samples.append((run.seconds, final, run.samples[-1][2]))
-        run.status, run.completed = storage.jobs.get(job)["status"], final
+        run.status, run.completed = storage.jobs.get(job).status, final
         return run
     finally:
         storage.close()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Any
 
 from .errors import NasError
@@ -40,11 +41,11 @@ def trial_json(row: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def driver_alive(job: dict[str, Any]) -> bool:
-    """A live lease whose owner is not a dead process of this host."""
+def driver_alive(owner: str | None, expires: datetime | None) -> bool:
+    """A job's lease (its owner, its expiry) is live and its owner is not a dead process of
+    this host."""
     from .storage import utcnow
 
-    owner, expires = job["lease_owner"], job["lease_expires_at"]
     if owner is None or expires is None or expires < utcnow():
         return False
     return not owner_is_dead_here(owner)
@@ -55,18 +56,18 @@ def status(storage: Storage, job_id: int) -> dict[str, Any]:
     from .storage import best_trials, job_progress
 
     job = storage.jobs.get(check_job_id(job_id))
-    spec = job["spec"]
+    spec = job.spec
     best = best_trials(storage, job_id, top=1)
     return {
-        "id": job["id"], "name": job["name"], "status": job["status"],
+        "id": job.id, "name": job.name, "status": job.status,
         "space": spec["space"], "strategy": spec["strategy"], "budget": spec["budget"],
         "trials": trial_counts(storage.trials.counts(job_id)),
         "best": trial_json(best[0], spec) if best else None,
-        "elapsed_s": round(job["elapsed_s"] or 0.0, 3),
-        "lease_owner": job["lease_owner"], "lease_expires_at": job["lease_expires_at"],
-        "driver_alive": driver_alive(job), "created_at": job["created_at"],
-        "updated_at": job["updated_at"],
-        "note": job["note"], "error": job["error"],
+        "elapsed_s": round(job.elapsed_s or 0.0, 3),
+        "lease_owner": job.lease_owner, "lease_expires_at": job.lease_expires_at,
+        "driver_alive": driver_alive(job.lease_owner, job.lease_expires_at),
+        "created_at": job.created_at, "updated_at": job.updated_at,
+        "note": job.note, "error": job.error,
         "progress": [p.as_dict() for p in job_progress(storage, job_id)],
         "failures": [{"error": line, "count": count} for line, count
                      in storage.trials.common_errors(job_id, limit=FAILURE_REASONS)],
@@ -109,7 +110,7 @@ def trials_table(storage: Storage, job_id: int, *, status: str | None = None,
 
     page = trials_page(storage, check_job_id(job_id), status=status, sort=sort,
                        descending=descending, limit=limit, offset=offset)
-    spec = storage.jobs.get(job_id)["spec"]
+    spec = storage.jobs.get(job_id).spec
     return {"job": job_id, "objectives": [o["metric"] for o in spec["objectives"]],
             "status": status, "sort": page.sort, "descending": page.descending,
             "offset": offset, "limit": limit, "total": page.total, "rows": page.rows}
@@ -131,7 +132,7 @@ def best(storage: Storage, job_id: int, top: int = 5, device: str | None = None,
     check_device_options(device, max_latency_ms)
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise NasError(f"--top must be at least 1, got {top!r}")
-    spec = storage.jobs.get(check_job_id(job_id))["spec"]
+    spec = storage.jobs.get(check_job_id(job_id)).spec
     if device is not None:
         check_job_device(storage, job_id, device)
     rows = best_trials(storage, job_id, top=min(top, MAX_ID), device=device,
@@ -147,7 +148,7 @@ def pareto(storage: Storage, job_id: int, device: str) -> dict[str, Any]:
     from .storage import pareto_front, trials_with_device_value
     from .storage._queries import check_job_device
 
-    spec = storage.jobs.get(check_job_id(job_id))["spec"]
+    spec = storage.jobs.get(check_job_id(job_id)).spec
     check_job_device(storage, job_id, device)
     rows = trials_with_device_value(storage, job_id, device)
     if not rows:
@@ -165,7 +166,7 @@ def trials(storage: Storage, job_id: int, *, status: str | None = None, sort: st
     metric that is also an objective appears once)."""
     from .storage import trials_page
 
-    spec = storage.jobs.get(check_job_id(job_id))["spec"]
+    spec = storage.jobs.get(check_job_id(job_id)).spec
     metrics = [o["metric"] for o in spec["objectives"]]
     page = trials_page(storage, job_id, status=status, sort=sort, descending=descending,
                        limit=MAX_ID if limit is None else limit)

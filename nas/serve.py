@@ -198,12 +198,12 @@ class Server:
 
     def _start(self, job_id: int) -> None:
         job = self.storage.jobs.get(job_id)
-        how = "taking over" if job["status"] == "running" else "claimed"
-        self.log(f"{how} job {job_id} [{job['name']}]")
+        how = "taking over" if job.status == "running" else "claimed"
+        self.log(f"{how} job {job_id} [{job.name}]")
         self.started += 1
-        if self._refuse(job_id, job["spec"]):
+        if self._refuse(job_id, job.spec):
             return
-        if job["spec"].get("executor", "ray") == "ray":
+        if job.spec.get("executor", "ray") == "ray":
             try:
                 self._connect_ray()
             except Exception as exc:  # the driver's own attempt reports it on the job

@@ -49,7 +49,7 @@ def test_two_databases_in_one_folder_keep_their_driver_logs_apart(tmp_path):
     assert first["log"] != second["log"]
     for name in ("a.db", "b.db"):
         storage = Storage(f"sqlite:///{tmp_path / name}")
-        wait_until(lambda s=storage: s.jobs.get(1)["status"] == "completed", f"job 1 of {name}",
+        wait_until(lambda s=storage: s.jobs.get(1).status == "completed", f"job 1 of {name}",
                    timeout=120)
         storage.close()
     for data in (first, second):  # the driver prints its last line after the status write

@@ -110,7 +110,7 @@ def test_submit_wait_with_progress_from_a_spec_file(tmp_path):
     assert result.stdout.strip() == "job 1 completed"
     assert "15/15" in result.stderr  # the progress bar
     job = Storage(url).jobs.get(1)
-    assert (job["name"], job["seed"], job["spec"]["strategy"]) == ("small-random", 7, "random")
+    assert (job.name, job.seed, job.spec["strategy"]) == ("small-random", 7, "random")
 
 
 def test_status(finished):

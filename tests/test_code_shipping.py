@@ -130,7 +130,7 @@ def _trial_rows(storage: Storage, job: int) -> list[Any]:
 
 
 def _only_job(storage: Storage) -> int:
-    [job] = [j["id"] for j in storage.jobs.all()]
+    [job] = [j.id for j in storage.jobs.all()]
     return job
 
 
@@ -167,7 +167,7 @@ def test_a_job_without_user_modules_records_no_code_and_is_never_refused(sqlite_
     storage = Storage(sqlite_url)
     job = api.submit(storage, nb201_spec())
     assert check_code(storage, job) is None
-    assert storage.jobs.get(job)["code"] is None
+    assert storage.jobs.get(job).code is None
     storage.close()
 
 
@@ -189,7 +189,7 @@ def test_user_code_travels_to_workers_that_never_saw_it(cluster, user_folder, tm
     assert [r.status for r in rows] == ["completed"] * 12, rows
     nodes = {WORKER.match(r.worker).group(2) for r in rows}
     assert nodes == {n.node_id[:8] for n in [cluster.head_node, *cluster.worker_nodes]}
-    code = storage.jobs.get(job)["code"]
+    code = storage.jobs.get(job).code
     assert code["modules"].keys() == {"usermod"}
     assert len(code["sha256"]) == 64
 
@@ -197,7 +197,7 @@ def test_user_code_travels_to_workers_that_never_saw_it(cluster, user_folder, tm
                     "--wait", "--json"], cwd=_elsewhere(tmp_path),
                    env=_driver_env(user_folder, tmp_path, **{NO_SHIPPING_ENV: "1"}))
     assert control.returncode == 1, control.stdout[-2000:] + control.stderr[-3000:]
-    control_job = max(j["id"] for j in storage.jobs.all())
+    control_job = max(j.id for j in storage.jobs.all())
     errors = [r.error for r in _trial_rows(storage, control_job)]
     assert errors and all("no module named 'usermod'" in (e or "").lower() for e in errors), \
         errors
@@ -242,8 +242,8 @@ def test_resume_with_other_code_is_refused_unless_allowed(user_folder, tmp_path,
     `--allow-code-change` runs it to the end with the new code, which it records."""
     storage, job = _paused_job(tmp_path, user_folder, monkeypatch)
     before = storage.jobs.get(job)
-    assert before["code"]["modules"].keys() == {"usermod"}
-    assert before["code"]["sha256"] == find_user_code(["usermod"]).sha256
+    assert before.code["modules"].keys() == {"usermod"}
+    assert before.code["sha256"] == find_user_code(["usermod"]).sha256
     _new_code(user_folder)
     env = {**os.environ, "NAS_ARTIFACTS": str(tmp_path / "artifacts")}
     url = f"sqlite:///{tmp_path / 'nas.db'}"
@@ -261,9 +261,9 @@ def test_resume_with_other_code_is_refused_unless_allowed(user_folder, tmp_path,
                    cwd=user_folder, env=env, timeout=120)
     assert allowed.returncode == 0, allowed.stdout[-2000:] + allowed.stderr[-3000:]
     resumed = storage.jobs.get(job)
-    assert resumed["status"] == "completed" and len(storage.trials.load(job)) == 40
-    assert resumed["code"]["sha256"] == find_user_code(["usermod"]).sha256 \
-        != before["code"]["sha256"]
+    assert resumed.status == "completed" and len(storage.trials.load(job)) == 40
+    assert resumed.code["sha256"] == find_user_code(["usermod"]).sha256 \
+        != before.code["sha256"]
     assert _scores(storage, job) == {1.0, 2.0}  # the old code's trials, then the new code's
     storage.close()
 
@@ -276,13 +276,13 @@ def test_api_resume_and_a_serve_takeover_refuse_other_code(user_folder, tmp_path
     from nas.serve import Server
 
     storage, job = _paused_job(tmp_path, user_folder, monkeypatch)
-    recorded = storage.jobs.get(job)["code"]
+    recorded = storage.jobs.get(job).code
     trials_before = len(storage.trials.load(job))
     _new_code(user_folder)
     with pytest.raises(CodeChangedError, match=r"job \d+ ran other code: module usermod "):
         api.resume(storage, job)
-    assert storage.jobs.get(job)["code"] == recorded
-    assert storage.jobs.get(job)["status"] == "paused"
+    assert storage.jobs.get(job).code == recorded
+    assert storage.jobs.get(job).status == "paused"
 
     with storage.engine.begin() as conn:  # its driver died mid-run elsewhere
         conn.execute(update(jobs).where(jobs.c.id == job).values(
@@ -292,9 +292,9 @@ def test_api_resume_and_a_serve_takeover_refuse_other_code(user_folder, tmp_path
     assert Server(storage, once=True, poll_s=0.2, allow_modules=frozenset({"usermod"}),
                   log=lines.append).run() == 1
     taken = storage.jobs.get(job)
-    assert taken["status"] == "failed" and "ran other code" in taken["error"], taken["error"]
-    assert taken["code"] == recorded and len(storage.trials.load(job)) == trials_before
+    assert taken.status == "failed" and "ran other code" in taken.error, taken.error
+    assert taken.code == recorded and len(storage.trials.load(job)) == trials_before
     assert any(f"taking over job {job}" in line for line in lines), lines
     assert api.resume(storage, job, allow_code_change=True) == "completed"
-    assert storage.jobs.get(job)["code"]["sha256"] == find_user_code(["usermod"]).sha256
+    assert storage.jobs.get(job).code["sha256"] == find_user_code(["usermod"]).sha256
     storage.close()

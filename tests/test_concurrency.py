@@ -169,7 +169,7 @@ def _run_concurrently(url: str, jobs: list[int], reader: Reader,
 
 def _check_job(storage: Storage, url: str, job: int, budget: int,
                expected: list[tuple[int, str, str, float]]) -> None:
-    assert storage.jobs.get(job)["status"] == "completed"
+    assert storage.jobs.get(job).status == "completed"
     assert storage.trials.counts(job) == {"completed": budget}
     rows = _trials(storage, job)
     assert [r[0] for r in rows] == list(range(1, budget + 1))

@@ -163,9 +163,9 @@ def test_kill_9_during_a_strategy_snapshot_write(pg_url):
         # the server notices a dead client only when it next talks to it: end the session
         conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
     after = storage.jobs.get(job)
-    assert (after["snapshot_told"], after["snapshot_asked"]) == \
-        (before["snapshot_told"], before["snapshot_asked"])
-    assert after["strategy_state"] == before["strategy_state"]
+    assert (after.snapshot_told, after.snapshot_asked) == \
+        (before.snapshot_told, before.snapshot_asked)
+    assert after.strategy_state == before.strategy_state
     assert _completed(storage, job) == seen, "the interrupted step changed stored trials"
     _resume_to_the_end(pg_url, storage, job, seen, expected)
 
@@ -190,6 +190,6 @@ def test_second_driver_is_refused_while_the_lease_is_live(sqlite_url):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
-    assert storage.jobs.get(job)["status"] == "paused"
+    assert storage.jobs.get(job).status == "paused"
     assert api.run(storage, job) == "completed"
     assert storage.trials.counts(job) == {"completed": 200}

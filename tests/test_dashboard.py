@@ -207,7 +207,7 @@ def test_read_only_mode_has_no_buttons_and_refuses_actions(board):
     for action in ("cancel", "resume"):
         refused = client.post(f"/api/jobs/{pending}/{action}", headers={"x-nas-action": "1"})
         assert refused.status_code == 403 and "read-only" in refused.json()["error"]
-    assert storage.jobs.get(pending)["status"] == "pending"
+    assert storage.jobs.get(pending).status == "pending"
 
 
 def test_actions_cancel_and_reopen_a_job_when_allowed(db_url, tmp_path, monkeypatch):
@@ -222,13 +222,13 @@ def test_actions_cancel_and_reopen_a_job_when_allowed(db_url, tmp_path, monkeypa
         assert client.post(f"/api/jobs/{job}/cancel").status_code == 403
         done = client.post(f"/api/jobs/{job}/cancel", headers={"x-nas-action": "cancel"})
         assert done.json() == {"job": job, "status": "cancelled"}
-        assert storage.jobs.get(job)["status"] == "cancelled"
+        assert storage.jobs.get(job).status == "cancelled"
         assert client.get(f"/api/jobs/{job}").json()["actions"]["resume"] is True
         again = client.post(f"/api/jobs/{job}/resume", headers={"x-nas-action": "resume"})
         assert again.json()["status"] == "pending"
         job_row = storage.jobs.get(job)
-        assert job_row["status"] == "pending" and not job_row["cancel_requested"]
-        assert job_row["lease_owner"] is None  # no driver runs inside the web server
+        assert job_row.status == "pending" and not job_row.cancel_requested
+        assert job_row.lease_owner is None  # no driver runs inside the web server
     storage.close()
 
 

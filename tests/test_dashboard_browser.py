@@ -127,7 +127,7 @@ def test_a_running_jobs_progress_advances_without_a_reload(site, page, tmp_path)
         page.screenshot(path=str(screenshots(tmp_path) / "dashboard-jobs.png"))
     finally:
         nas(site["url"], "cancel", str(job), env=site["env"])
-        wait_until(lambda: storage.jobs.get(job)["status"] == "cancelled",
+        wait_until(lambda: storage.jobs.get(job).status == "cancelled",
                    "the driver to stop after nas cancel", timeout=60)
         storage.close()
 

@@ -107,7 +107,7 @@ def test_postgres_restarts_mid_job_and_every_trial_is_stored_once(runner, privat
     assert "retrying" in stderr, "the driver never saw the outage"
 
     job_row = storage.jobs.get(job)
-    assert job_row["status"] == "completed"
+    assert job_row.status == "completed"
     rows = storage.trials.load(job)
     assert [r["number"] for r in rows] == list(range(1, BUDGET + 1))
     assert all(r["status"] == "completed" and r["attempt"] >= 1 for r in rows)
@@ -141,7 +141,7 @@ def test_a_lasting_outage_ends_in_one_clear_error(private_pg, monkeypatch):
         assert 1.4 <= time.monotonic() - started < 10
     finally:
         private_pg.start()
-    assert storage.jobs.get(job)["status"] == "pending"  # the pool reconnects by itself
+    assert storage.jobs.get(job).status == "pending"  # the pool reconnects by itself
     storage.close()
 
 
@@ -153,7 +153,7 @@ def test_a_short_outage_is_waited_out(private_pg):
     restart = threading.Timer(1.5, private_pg.start)
     restart.start()
     try:
-        assert storage.jobs.get(job)["name"] == "blip"  # retried until the server is back
+        assert storage.jobs.get(job).name == "blip"  # retried until the server is back
     finally:
         restart.join()
     storage.close()

@@ -21,8 +21,8 @@ def test_job_runs_to_budget_and_stores_every_trial(db_url):
     assert [r["number"] for r in rows] == list(range(1, 41))
     assert all(r["status"] == "completed" for r in rows)
     assert len({r["key"] for r in rows}) == 40  # no architecture evaluated twice
-    assert storage.jobs.get(job)["status"] == "completed"
-    assert storage.jobs.get(job)["lease_owner"] is None
+    assert storage.jobs.get(job).status == "completed"
+    assert storage.jobs.get(job).lease_owner is None
 
 
 def test_same_seed_same_search_different_seed_different_search(sqlite_url):
@@ -121,7 +121,7 @@ def test_a_device_measurement_can_be_an_objective(sqlite_url):
                       budget={"trials": 30})
     job = api.submit(storage, spec)
     assert api.run(storage, job) == "completed"
-    assert storage.jobs.get(job)["spec"]["objectives"][1] == \
+    assert storage.jobs.get(job).spec["objectives"][1] == \
         {"metric": "latency_ms", "device": "edgegpu", "mode": "min"}
     from workers.tables import load_table
 

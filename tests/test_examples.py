@@ -48,7 +48,7 @@ def test_training_example_finds_better_than_median_random(name, tmp_path):
     best = max(t["metrics"]["val_acc"] for t in completed)
     median = statistics.median(random_phase)
     assert best >= median + 2.0, f"best {best:.1f}% vs median random {median:.1f}%"
-    spec = storage.jobs.get(job)["spec"]
+    spec = storage.jobs.get(job).spec
     stored = device_measurements(storage, [t["key"] for t in completed], spec["space"])
     assert all(any(m["source"] == "measured" and m["metric"] == "latency_ms" and m["value"] > 0
                    for m in stored.get(t["key"], [])) for t in completed)
@@ -107,5 +107,5 @@ def test_custom_example_from_python(tmp_path):
     assert lines[1].startswith("1. trial") and lines[-1].startswith("exported trial")
     onnx.checker.check_model(onnx.load(str(output)))
     storage = Storage(f"sqlite:///{tmp_path / 'py.db'}")
-    spec = storage.jobs.get(1)["spec"]
+    spec = storage.jobs.get(1).spec
     assert (spec["space"], spec["evaluator"]) == ("model:space", "model:evaluate")

@@ -228,7 +228,7 @@ def test_a_job_runs_the_users_space_strategy_and_function_from_the_current_folde
     job = json.loads(_run([nas, "--db", url, "submit", str(spec), "--wait", "--json"],
                           cwd=tmp_path, env=env).stdout)
     assert job["status"] == "completed" and job["trials"]["completed"] == 6, job
-    stored = Storage(url).jobs.get(job["id"])["spec"]
+    stored = Storage(url).jobs.get(job["id"]).spec
     assert (stored["space"], stored["strategy"], stored["evaluator"]) == \
         ("usermod_job:space", "usermod_job:Mine", "usermod_job:evaluate")
     assert spec_modules(stored) == ["usermod_job"]
@@ -269,13 +269,13 @@ def test_serve_runs_module_jobs_only_from_its_allow_list(tmp_path, monkeypatch,
     plain = api.submit(storage, nb201_spec(name="plain", **small))
 
     serve = _serve(procs, url, tmp_path)  # no --allow-modules: no module runs
-    wait_until(lambda: storage.jobs.get(plain)["status"] == "completed", "the plain job",
+    wait_until(lambda: storage.jobs.get(plain).status == "completed", "the plain job",
                logs=(tmp_path / "serve-0.log",))
     serve.send_signal(signal.SIGTERM)
     assert serve.wait(timeout=60) == 0
     job = storage.jobs.get(refused)
-    assert job["status"] == "failed" and storage.trials.load(refused) == []
-    assert job["error"] == (f"the job references module {module}, which this serve process "
+    assert job.status == "failed" and storage.trials.load(refused) == []
+    assert job.error == (f"the job references module {module}, which this serve process "
                             f"may not import: start `nas serve --allow-modules {module}` "
                             "(none were given)")
     log = (tmp_path / "serve-0.log").read_text()
@@ -286,13 +286,13 @@ def test_serve_runs_module_jobs_only_from_its_allow_list(tmp_path, monkeypatch,
                                              strategy_args={}, **small))
     other = _serve(procs, url, tmp_path, "--once", "--allow-modules", "otherpkg")
     assert other.wait(timeout=60) == 0
-    assert "it allows only otherpkg" in storage.jobs.get(allowed)["error"]
+    assert "it allows only otherpkg" in storage.jobs.get(allowed).error
 
     allowed = api.submit(storage, nb201_spec(name="mine-allowed", strategy=f"{module}:Mine",
                                              strategy_args={}, **small))
     ok = _serve(procs, url, tmp_path, "--once", "--allow-modules", f"json,{module}")
     assert ok.wait(timeout=120) == 0
-    assert storage.jobs.get(allowed)["status"] == "completed", \
+    assert storage.jobs.get(allowed).status == "completed", \
         (tmp_path / "serve-2.log").read_text()
     assert len(storage.trials.load(allowed)) == 4
     storage.close()

@@ -119,11 +119,11 @@ def test_a_strategy_with_a_preparation_runs_through_the_driver_and_prepares_once
                     executor_factory=lambda s, e: StopAtFirstTrial(e, slots=1))
     assert driver.run() == "paused"  # the stop event pauses it as a SIGINT would
     row = storage.jobs.get(job)
-    assert row["status"] == "paused" and row["lease_owner"] is None
-    assert "nas resume" in row["error"]
+    assert row.status == "paused" and row.lease_owner is None
+    assert "nas resume" in row.error
     assert sorted(_pool_batches()) == sorted(k for k, _ in SmallestFirst(
         NB201Space(), seed=4).candidates())
-    assert row["strategy_state"]["order"] is not None  # prepared, in the snapshot
+    assert row.strategy_state["order"] is not None  # prepared, in the snapshot
     # resumed: the preparation is not run again, the trials follow its ranking
     SUBMITTED.clear()
     resumed = Driver(storage, job, executor_factory=lambda s, e: _counting(LocalExecutor)(
@@ -147,8 +147,8 @@ def test_a_cancel_during_the_preparation_ends_the_job_with_the_strategy_s_note(d
     driver = Driver(storage, job, executor_factory=lambda s, e: CancelAtFirstBatch(e, 1))
     assert driver.run() == "cancelled"
     row = storage.jobs.get(job)
-    assert row["note"] == "cancelled by the user while its strategy was preparing"
-    assert row["strategy_state"] is None and storage.trials.load(job) == []
+    assert row.note == "cancelled by the user while its strategy was preparing"
+    assert row.strategy_state is None and storage.trials.load(job) == []
     assert len(_pool_batches()) < POOL  # stopped at the first heartbeat
 
 

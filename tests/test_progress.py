@@ -113,7 +113,7 @@ def test_migration_upgrades_a_database_made_at_0008(db_url):
     engine.dispose()
     storage = Storage(db_url)
     try:
-        job = storage.jobs.all()[0]["id"]
+        job = storage.jobs.all()[0].id
         assert job_progress(storage, job) == []
         set_progress(storage, job, "trials", 3, 3, restart=True)
         assert [(p.phase, p.fraction) for p in job_progress(storage, job)] == [("trials", 1.0)]
@@ -345,7 +345,7 @@ def test_wait_shows_the_phase_and_closes_with_the_best_and_what_next(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "job 1 completed"
     best = Storage(url).jobs.get(1)
-    assert best["status"] == "completed"
+    assert best.status == "completed"
     assert "trials 15/15 best " in result.stderr  # the bar
     assert "job 1: 15 trials completed, 0 failed in " in result.stderr
     assert "best: trial " in result.stderr
@@ -371,7 +371,7 @@ def test_an_interrupted_wait_says_how_to_resume(tmp_path, sig, code, procs):
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
-    assert storage.jobs.get(1)["status"] == "paused"
+    assert storage.jobs.get(1).status == "paused"
     lines = [x for x in stderr.splitlines() if "resume" in x]
     assert lines == [f"job 1 paused; `nas --db {url} resume 1` continues it"], stderr
     storage.close()

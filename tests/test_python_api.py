@@ -122,7 +122,7 @@ def test_a_script_run_as_main_is_named_after_its_file(usermod, tmp_path):
             job = nas.search(space=space, evaluate=evaluate, strategy="random", budget=4,
                              objectives=[{"metric": "score"}], db=sys.argv[1],
                              executor="local")
-            spec = job.storage.jobs.get(job.id)["spec"]
+            spec = job.storage.jobs.get(job.id).spec
             print(spec["space"], spec["evaluator"], job.status()["status"], RUNS)
     '''))
     db = f"sqlite:///{tmp_path / 'script.db'}"
@@ -137,7 +137,7 @@ def test_a_script_run_as_main_is_named_after_its_file(usermod, tmp_path):
 def test_search_runs_the_job_and_the_handle_matches_the_cli(job, tmp_path):
     db = job.db
     assert job.status()["status"] == "completed"
-    spec = job.storage.jobs.get(job.id)["spec"]
+    spec = job.storage.jobs.get(job.id).spec
     assert (spec["space"], spec["evaluator"]) == ("apimod:space", "apimod:evaluate")
     cli_status = cli_json(db, "status", str(job.id))
     mine = job.status()

@@ -145,7 +145,7 @@ def test_a_detached_driver_gets_the_url_from_its_environment_not_its_command_lin
         for pid in pids:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
             assert password not in argv, argv
-        wait_until(lambda: storage.jobs.get(data["job"])["status"] == "completed",
+        wait_until(lambda: storage.jobs.get(data["job"]).status == "completed",
                    "the job's end", timeout=120)
         log = Path(data["log"])  # the driver prints its last line after the status write
         wait_until(lambda: "job 1 completed" in log.read_text(), "the driver's last line")

@@ -62,7 +62,7 @@ def _trial_rows(storage: Storage, job: int) -> list[tuple[int, str, str, int]]:
 def _assert_exact_budget(storage: Storage, job: int, budget: int = BUDGET) -> set[str]:
     """The job completed with trials 1..budget, each once, no architecture twice; returns
     the processes (host:pid) that evaluated its trials."""
-    assert storage.jobs.get(job)["status"] == "completed"
+    assert storage.jobs.get(job).status == "completed"
     rows = _trial_rows(storage, job)
     assert [r[0] for r in rows] == list(range(1, budget + 1))
     assert {r[1] for r in rows} == {"completed"}
@@ -108,7 +108,7 @@ def test_racing_claimers_get_each_job_exactly_once(db_url):
         run_all(drain=False)
         assert sorted(j for w in won for j in w) == [first]
         winner = next(i for i, w in enumerate(won) if w)
-        assert storage.jobs.get(first)["lease_owner"] == owners[winner]
+        assert storage.jobs.get(first).lease_owner == owners[winner]
         storage.jobs.release_leases(owners[winner])
 
     more = [first] + [api.submit(storage, _spec(i)) for i in range(1, 6)]
@@ -145,8 +145,8 @@ def test_what_is_claimable_and_in_which_order(db_url):
     assert storage.jobs.claim(me, ttl_s=30) == ids["pending"]
     assert storage.jobs.claim(me, ttl_s=30) is None
     job = storage.jobs.get(ids["expired"])
-    assert job["lease_owner"] == me and job["lease_expires_at"] > utcnow()
-    assert storage.jobs.get(ids["live"])["lease_owner"] == "host:1:live"
+    assert job.lease_owner == me and job.lease_expires_at > utcnow()
+    assert storage.jobs.get(ids["live"]).lease_owner == "host:1:live"
     assert storage.jobs.release_leases(me) == 2
     assert storage.jobs.claim(me, ttl_s=30) == ids["expired"]
 
@@ -159,8 +159,8 @@ def test_once_runs_one_job_in_process_then_exits(sqlite_url):
     lines: list[str] = []
     assert Server(storage, once=True, poll_s=0.2, name="cron", log=lines.append).run() == 1
     _assert_exact_budget(storage, first, budget=12)
-    assert storage.jobs.get(second)["status"] == "pending"
-    assert storage.jobs.get(second)["lease_owner"] is None
+    assert storage.jobs.get(second).status == "pending"
+    assert storage.jobs.get(second).lease_owner is None
     assert any(f"claimed job {first}" in line for line in lines)
     assert storage.servers.all() == []  # a clean exit leaves the registry
 
@@ -180,12 +180,12 @@ def test_a_cancelled_takeover_is_cancelled_and_a_broken_job_fails_once(sqlite_ur
             spec={**_spec(2), "budget": "no-such-budget"}))  # fails before the driver runs
     lines: list[str] = []
     assert Server(storage, once=True, poll_s=0.2, log=lines.append).run() == 1
-    assert storage.jobs.get(cancelled)["status"] == "cancelled"
+    assert storage.jobs.get(cancelled).status == "cancelled"
     assert storage.trials.counts(cancelled) == {}
     assert Server(storage, once=True, poll_s=0.2, log=lines.append).run() == 1
     job = storage.jobs.get(broken)
-    assert job["status"] == "failed" and "budget" in job["error"], job["error"]
-    assert job["lease_owner"] is None
+    assert job.status == "failed" and "budget" in job.error, job.error
+    assert job.lease_owner is None
     assert Server(storage, once=True, poll_s=0.2, log=lines.append).run() == 0
 
 
@@ -214,7 +214,7 @@ def test_a_cancel_between_the_claim_and_the_driver_start_is_kept(db_url):
     driver = Driver(storage, job, heartbeat_s=0.05)
     driver.owner = owner
     assert driver.run() == "cancelled"
-    assert storage.jobs.get(job)["status"] == "cancelled"
+    assert storage.jobs.get(job).status == "cancelled"
     assert storage.trials.counts(job).get("completed", 0) < BUDGET
     # resuming the cancelled job withdraws the old request: it runs to the end
     assert api.resume(storage, job) == "completed"
@@ -242,10 +242,10 @@ def test_two_servers_run_each_job_once_and_take_over_a_killed_ones_job(db_url, t
     os.kill(a.pid, signal.SIGKILL)
     a.wait()
     job = storage.jobs.get(victim)
-    assert job["status"] == "running" and job["lease_owner"].startswith(f"{_host()}:{a.pid}:")
+    assert job.status == "running" and job.lease_owner.startswith(f"{_host()}:{a.pid}:")
     done_by_a = storage.trials.counts(victim).get("completed", 0)
 
-    wait_until(lambda: all(storage.jobs.get(j)["status"] == "completed" for j in queued),
+    wait_until(lambda: all(storage.jobs.get(j).status == "completed" for j in queued),
           "every job to complete", timeout=90, logs=logs)
     a_worker, b_worker = f"{_host()}:{a.pid}", f"{_host()}:{b.pid}"
     for j in queued:
@@ -294,19 +294,19 @@ def test_submit_and_resume_queue_for_a_live_serve_and_sigterm_pauses(tmp_path, p
     s1.send_signal(signal.SIGTERM)
     assert s1.wait(timeout=30) == 0, log.read_text()
     paused = [storage.jobs.get(j) for j in (first, second)]
-    assert {j["status"] for j in paused} <= {"paused", "completed"}
-    assert "paused" in {j["status"] for j in paused}
-    assert all(j["lease_owner"] is None for j in paused)
+    assert {j.status for j in paused} <= {"paused", "completed"}
+    assert "paused" in {j.status for j in paused}
+    assert all(j.lease_owner is None for j in paused)
     assert storage.servers.all() == []
 
     log2 = tmp_path / "s2.log"
     _serve(procs, url, log2, "--poll-s", "0.3", "--name", "S2")
     wait_until(lambda: _server(storage, "S2"), "S2 to register", logs=(log2,))
-    for job in (j["id"] for j in paused if j["status"] == "paused"):
+    for job in (j.id for j in paused if j.status == "paused"):
         resumed = _nas_json("--db", url, "resume", str(job))
         assert resumed == {"job": job, "status": "pending", "runner": "serve",
                            "servers": ["S2"]}
-    wait_until(lambda: all(storage.jobs.get(j)["status"] == "completed" for j in (first, second)),
+    wait_until(lambda: all(storage.jobs.get(j).status == "completed" for j in (first, second)),
           "S2 to finish the resumed jobs", timeout=90, logs=(log, log2))
     for job in (first, second):
         _assert_exact_budget(storage, job, budget=60)
@@ -327,7 +327,7 @@ def test_submit_without_a_live_serve_spawns_a_driver_and_says_so(tmp_path, procs
     assert result.exit_code == 0, result.stderr
     assert "no `nas serve` process is running" in result.stdout
     job = int(re.search(r"job (\d+)", result.stdout).group(1))
-    wait_until(lambda: storage.jobs.get(job)["status"] == "completed", "the detached driver")
+    wait_until(lambda: storage.jobs.get(job).status == "completed", "the detached driver")
     _assert_exact_budget(storage, job, budget=8)
 
 

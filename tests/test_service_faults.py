@@ -42,7 +42,7 @@ def nas_cli(tmp_path: Path, url: str, *args: str, timeout: float = 180,
 
 
 def status_of(storage: Storage, job: int) -> str:
-    return storage.jobs.get(job)["status"]
+    return storage.jobs.get(job).status
 
 
 def _paused_job(storage: Storage, spec: dict[str, Any], after: int) -> int:
@@ -76,7 +76,7 @@ def test_a_cancel_right_after_a_detached_resume_stops_the_job(tmp_path):
     assert cancelled.stdout.split()[-1] in ("cancelled", "cancelling")
     log = tmp_path / "artifacts"
     wait_until(lambda: status_of(storage, job) == "cancelled"
-               and storage.jobs.get(job)["lease_owner"] is None,
+               and storage.jobs.get(job).lease_owner is None,
                "the job to end cancelled", timeout=90,
                logs=tuple(log.rglob("driver.log")))
     time.sleep(3)  # a driver that had withdrawn the cancel would be running trials by now
@@ -236,8 +236,8 @@ def test_a_trial_that_aborts_its_process_fails_after_max_attempts(tmp_path, monk
             break
     assert deaths == 2  # one per attempt, then no more
     job = storage.jobs.get(crashing)
-    assert job["status"] == "failed", job
-    assert "abandoned after 2 attempts" in job["error"], job["error"]
+    assert job.status == "failed", job
+    assert "abandoned after 2 attempts" in job.error, job.error
     assert storage.trials.counts(crashing) == {"failed": 1}
     assert storage.trials.counts(behind) == {"completed": 8}
 
@@ -249,7 +249,7 @@ def test_a_trial_that_killed_its_batch_runs_alone_on_resume(sqlite_url):
 
     storage = Storage(sqlite_url)
     job = api.submit(storage, nb201_spec(batch_size=4))
-    run = _Run(Driver(storage, job), api.parse_spec(storage.jobs.get(job)["spec"]),
+    run = _Run(Driver(storage, job), api.parse_spec(storage.jobs.get(job).spec),
                storage.jobs.get(job))
     run.to_dispatch = [_Slot(n, f"k{n}", {}, attempt=a)
                        for n, a in enumerate([0, 0, 1, 0, 0, 0, 0, 2, 1], start=1)]
@@ -310,7 +310,7 @@ def _slow_ray_spec(tmp_path: Path) -> Path:
 
 
 def _driver_pid(storage: Storage, job: int) -> int:
-    owner = storage.jobs.get(job)["lease_owner"]
+    owner = storage.jobs.get(job).lease_owner
     return int(owner.split(":")[1])
 
 
@@ -343,8 +343,8 @@ def test_sigterm_pauses_a_job_that_runs_on_ray(tmp_path, how):
         if proc.poll() is None:
             proc.kill()
     job = storage.jobs.get(1)
-    assert job["status"] == "paused", job
-    assert "SystemExit" not in (job["error"] or "")
+    assert job.status == "paused", job
+    assert "SystemExit" not in (job.error or "")
 
 
 # ---- item 6: a serve process stays alive to others while it starts a job ---------------------

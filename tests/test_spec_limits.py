@@ -102,7 +102,7 @@ def test_a_device_name_too_long_from_the_evaluator_fails_trials_not_the_job(db_u
         rows = [get_trial(storage, 1, r["number"]) for r in storage.trials.load(1)]
     finally:
         storage.close()
-    assert job["error"] is None or "trial" in job["error"], job["error"]
+    assert job.error is None or "trial" in job.error, job.error
     assert rows and all(r["status"] == "failed" for r in rows), rows
     assert all("at most 200" in r["error"] for r in rows), rows[0]["error"]
 

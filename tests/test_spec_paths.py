@@ -48,7 +48,7 @@ def test_a_relative_table_is_stored_absolute_and_runs_from_another_folder(
     storage = Storage(sqlite_url)
     job = api.submit(storage, _table_spec(table="table.csv",
                                                 latency_table="hw-nas-bench-cifar10"))
-    stored = storage.jobs.get(job)["spec"]["evaluator_args"]
+    stored = storage.jobs.get(job).spec["evaluator_args"]
     assert stored["table"] == str(table.resolve())
     assert stored["latency_table"] == "hw-nas-bench-cifar10"  # a built-in name stays a name
     monkeypatch.chdir(b)

@@ -230,7 +230,7 @@ def test_older_known_revision_asks_for_upgrade_and_upgrade_keeps_the_data(db_url
     assert "code" in {c["name"] for c in inspect(engine).get_columns("jobs")}
     engine.dispose()
     storage = Storage(db_url)
-    assert [j["name"] for j in storage.jobs.all()] == ["old"]
+    assert [j.name for j in storage.jobs.all()] == ["old"]
 
 
 def test_upgrade_fills_the_device_values_of_existing_trials(db_url):
@@ -320,7 +320,7 @@ def test_sqlite_file_uses_wal_and_busy_timeout(sqlite_url):
 def test_in_memory_sqlite_works():
     storage = Storage("sqlite://")
     job = storage.jobs.create({"a": 1}, "mem", seed=1)
-    assert storage.jobs.get(job)["spec"] == {"a": 1}
+    assert storage.jobs.get(job).spec == {"a": 1}
 
 
 # ---- jobs -----------------------------------------------------------------------------------
@@ -330,17 +330,17 @@ def test_create_get_and_list_jobs(storage):
     b = storage.jobs.create({"nested": {"x": [1, 2.5, None, "y"]}}, "second", seed=2**40)
     assert b > a
     job = storage.jobs.get(a)
-    assert job["spec"] == spec and job["name"] == "first" and job["seed"] == 3
-    assert job["status"] == "pending" and job["lease_owner"] is None
-    assert job["strategy_state"] is None and job["snapshot_told"] == 0
-    assert job["cancel_requested"] is False and job["elapsed_s"] == 0.0
-    assert job["created_at"].tzinfo is not None
-    assert abs((utcnow() - job["created_at"]).total_seconds()) < 60
-    assert storage.jobs.get(b)["seed"] == 2**40
+    assert job.spec == spec and job.name == "first" and job.seed == 3
+    assert job.status == "pending" and job.lease_owner is None
+    assert job.strategy_state is None and job.snapshot_told == 0
+    assert job.cancel_requested is False and job.elapsed_s == 0.0
+    assert job.created_at.tzinfo is not None
+    assert abs((utcnow() - job.created_at).total_seconds()) < 60
+    assert storage.jobs.get(b).seed == 2**40
     listed = storage.jobs.all()
-    assert [j["id"] for j in listed] == [a, b]
-    assert [j["name"] for j in listed] == ["first", "second"]
-    assert listed[0]["trials"] == {} and listed[0]["created_at"].tzinfo is not None
+    assert [j.id for j in listed] == [a, b]
+    assert [j.name for j in listed] == ["first", "second"]
+    assert listed[0].trials == {} and listed[0].created_at.tzinfo is not None
     with pytest.raises(NasError, match="no job 999"):
         storage.jobs.get(999)
 
@@ -357,7 +357,7 @@ def test_trial_counts_and_list_jobs_count_by_status(storage):
     assert storage.trials.counts(job) == {"completed": 1, "failed": 1, "running": 1,
                                           "queued": 2}
     assert storage.trials.counts(other) == {}
-    listed = {j["id"]: j["trials"] for j in storage.jobs.all()}
+    listed = {j.id: j.trials for j in storage.jobs.all()}
     assert listed == {job: {"completed": 1, "failed": 1, "running": 1, "queued": 2}, other: {}}
 
 
@@ -367,13 +367,13 @@ def test_lease_is_exclusive_and_names_its_holder(storage):
     first, second = new_owner(), new_owner()
     storage.jobs.acquire_lease(job, first, ttl_s=30)
     row = storage.jobs.get(job)
-    assert row["lease_owner"] == first
-    assert 20 < (row["lease_expires_at"] - utcnow()).total_seconds() <= 30
+    assert row.lease_owner == first
+    assert 20 < (row.lease_expires_at - utcnow()).total_seconds() <= 30
     held = rf"job {job} is being run by driver {first} \(lease live for another \d+s\)"
     with pytest.raises(LeaseHeldError, match=held):
         storage.jobs.acquire_lease(job, second, ttl_s=30)
     storage.jobs.acquire_lease(job, first, ttl_s=30)  # the holder may renew
-    assert storage.jobs.get(job)["lease_owner"] == first
+    assert storage.jobs.get(job).lease_owner == first
 
 
 def test_expired_lease_can_be_taken_over(storage):
@@ -382,7 +382,7 @@ def test_expired_lease_can_be_taken_over(storage):
     storage.jobs.acquire_lease(job, first, ttl_s=30)
     _set_lease(storage, job, first, expires_in_s=-1)
     storage.jobs.acquire_lease(job, second, ttl_s=30)
-    assert storage.jobs.get(job)["lease_owner"] == second
+    assert storage.jobs.get(job).lease_owner == second
     with pytest.raises(LeaseHeldError, match=second):
         storage.jobs.acquire_lease(job, first, ttl_s=30)
 
@@ -393,7 +393,7 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_at_once(storage):
     _set_lease(storage, job, dead, expires_in_s=3600)
     mine = new_owner()
     storage.jobs.acquire_lease(job, mine, ttl_s=30)
-    assert storage.jobs.get(job)["lease_owner"] == mine
+    assert storage.jobs.get(job).lease_owner == mine
 
 
 @pytest.mark.parametrize("holder", [
@@ -406,25 +406,25 @@ def test_live_or_unverifiable_lease_is_respected(storage, holder):
     _set_lease(storage, job, holder, expires_in_s=3600)
     with pytest.raises(LeaseHeldError, match=f"driver {holder} "):
         storage.jobs.acquire_lease(job, new_owner(), ttl_s=30)
-    assert storage.jobs.get(job)["lease_owner"] == holder
+    assert storage.jobs.get(job).lease_owner == holder
 
 
 def test_heartbeat_extends_and_reports_a_lost_lease(storage):
     job = storage.jobs.create({}, "j", seed=0)
     first, second = new_owner(), new_owner()
     storage.jobs.acquire_lease(job, first, ttl_s=5)
-    before = storage.jobs.get(job)["lease_expires_at"]
+    before = storage.jobs.get(job).lease_expires_at
     assert storage.jobs.heartbeat(job, first, ttl_s=300, elapsed_s=12.5) is True
     row = storage.jobs.get(job)
-    assert row["lease_expires_at"] > before + timedelta(seconds=200)
-    assert row["elapsed_s"] == 12.5
+    assert row.lease_expires_at > before + timedelta(seconds=200)
+    assert row.elapsed_s == 12.5
     _set_lease(storage, job, first, expires_in_s=-1)
     storage.jobs.acquire_lease(job, second, ttl_s=30)
     taken = storage.jobs.get(job)
     assert storage.jobs.heartbeat(job, first, ttl_s=300, elapsed_s=99.0) is False
     row = storage.jobs.get(job)
-    assert row["lease_owner"] == second and row["elapsed_s"] == 12.5
-    assert row["lease_expires_at"] == taken["lease_expires_at"]
+    assert row.lease_owner == second and row.elapsed_s == 12.5
+    assert row.lease_expires_at == taken.lease_expires_at
 
 
 def test_a_driver_that_lost_its_lease_cannot_set_the_status(storage):
@@ -434,13 +434,13 @@ def test_a_driver_that_lost_its_lease_cannot_set_the_status(storage):
     _set_lease(storage, job, first, expires_in_s=-1)
     storage.jobs.acquire_lease(job, second, ttl_s=30)
     storage.jobs.start_running(job, first)
-    assert storage.jobs.get(job)["status"] == "pending"
+    assert storage.jobs.get(job).status == "pending"
     storage.jobs.set_status(job, "failed", owner=first, error="late")
     row = storage.jobs.get(job)
-    assert row["status"] == "pending" and row["lease_owner"] == second
+    assert row.status == "pending" and row.lease_owner == second
     storage.jobs.set_status(job, "completed", owner=second)
     row = storage.jobs.get(job)
-    assert row["status"] == "completed" and row["lease_owner"] is None
+    assert row.status == "completed" and row.lease_owner is None
 
 
 def test_concurrent_acquire_has_exactly_one_winner(db_url):
@@ -469,7 +469,7 @@ def test_concurrent_acquire_has_exactly_one_winner(db_url):
             thread.join(60)
         assert sorted(outcomes.values()) == ["refused"] * 5 + ["won"], outcomes
         winner = next(o for o, r in outcomes.items() if r == "won")
-        assert stores[0].jobs.get(job)["lease_owner"] == winner
+        assert stores[0].jobs.get(job).lease_owner == winner
     finally:
         for store in stores:
             store.close()
@@ -509,7 +509,7 @@ def test_commit_step_writes_trials_results_and_measurements(storage):
     assert [tuple(r) for r in stored] == [("energy_mj", 3.0, SOURCE_RANK["benchmark"]),
                                           ("latency_ms", 10.0, SOURCE_RANK["benchmark"])]
     row = storage.jobs.get(job)
-    assert row["strategy_state"] == {"rng": 1} and row["snapshot_asked"] == 3
+    assert row.strategy_state == {"rng": 1} and row.snapshot_asked == 3
     with pytest.raises(NasError, match="has no trial 9"):
         get_trial(storage, job, 9)
 
@@ -529,7 +529,7 @@ def test_commit_step_without_the_lease_writes_nothing(storage):
     assert [_count(storage, t) for t in (architectures, trials, measurements)] == counts
     assert storage.trials.load(job)[0]["status"] == "queued"
     after = storage.jobs.get(job)
-    assert after["strategy_state"] == {"v": 1} and after["updated_at"] == before["updated_at"]
+    assert after.strategy_state == {"v": 1} and after.updated_at == before.updated_at
 
 
 def test_commit_step_is_all_or_nothing(storage):
@@ -547,7 +547,7 @@ def test_commit_step_is_all_or_nothing(storage):
                                    snapshot=({"v": 2}, 1, 2))
     assert [_count(storage, t) for t in (architectures, trials, measurements)] == counts
     assert storage.trials.load(job)[0]["status"] == "queued"
-    assert storage.jobs.get(job)["strategy_state"] == {"v": 1}
+    assert storage.jobs.get(job).strategy_state == {"v": 1}
 
 
 def test_an_architecture_is_evaluated_once_per_job(storage):
@@ -755,7 +755,7 @@ def test_cancel_without_a_live_driver_is_immediate(storage):
     job = storage.jobs.create({}, "j", seed=0)
     assert storage.jobs.request_cancel(job) == "cancelled"
     row = storage.jobs.get(job)
-    assert row["status"] == "cancelled" and row["cancel_requested"] is True
+    assert row.status == "cancelled" and row.cancel_requested is True
     with pytest.raises(NasError, match="already cancelled"):
         storage.jobs.request_cancel(job)
 
@@ -768,7 +768,7 @@ def test_cancel_of_a_job_whose_lease_expired_is_immediate(storage):
     _set_lease(storage, job, owner, expires_in_s=-1)
     assert storage.jobs.request_cancel(job) == "cancelled"
     row = storage.jobs.get(job)
-    assert row["status"] == "cancelled" and row["lease_owner"] is None
+    assert row.status == "cancelled" and row.lease_owner is None
 
 
 def test_cancel_of_a_job_whose_driver_died_is_immediate(storage):
@@ -777,7 +777,7 @@ def test_cancel_of_a_job_whose_driver_died_is_immediate(storage):
     with storage.engine.begin() as conn:
         conn.execute(update(jobs).where(jobs.c.id == job).values(status="running"))
     assert storage.jobs.request_cancel(job) == "cancelled"
-    assert storage.jobs.get(job)["status"] == "cancelled"
+    assert storage.jobs.get(job).status == "cancelled"
 
 
 def test_cancel_of_a_running_driver_is_left_to_it(storage):
@@ -786,7 +786,7 @@ def test_cancel_of_a_running_driver_is_left_to_it(storage):
     assert storage.jobs.cancel_requested(job) is False
     assert storage.jobs.request_cancel(job) == "cancelling"
     row = storage.jobs.get(job)
-    assert row["status"] == "running" and row["lease_owner"] == owner
+    assert row.status == "running" and row.lease_owner == owner
     assert storage.jobs.cancel_requested(job) is True
 
 
@@ -874,7 +874,7 @@ def test_lease_released_during_acquire_is_taken(pg_url):
         mine = new_owner()
         storage.jobs.acquire_lease(job, mine, ttl_s=60)
         assert fired
-        assert storage.jobs.get(job)["lease_owner"] == mine
+        assert storage.jobs.get(job).lease_owner == mine
     finally:
         other.dispose()
         storage.close()

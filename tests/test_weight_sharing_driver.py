@@ -79,7 +79,7 @@ def test_darts_job_scores_the_derived_cell_then_searches_around_it(artifacts):
         assert min(sum(a != b for a, b in zip(dna, space.to_dna(space.from_key(t["key"])),
                                               strict=True))
                    for t in trials if t["number"] < later["number"]) == 1
-    state = storage.jobs.get(job)["strategy_state"]
+    state = storage.jobs.get(job).strategy_state
     assert state["derived"][0]["key"] == derived["key"]
     assert state["search"]["epochs"] == 2
 

@@ -47,11 +47,13 @@ def _leases(storage: Storage) -> dict[int, dict[str, Any]]:
                 for r in conn.execute(query)}
 
 
-def _runner(job: dict[str, Any], servers: dict[str, str]) -> str | None:
-    """`serve NAME` or `driver` while a live process runs the job, else None."""
-    if not results.driver_alive(job):
+def _runner(owner: str | None, expires: datetime | None,
+            servers: dict[str, str]) -> str | None:
+    """`serve NAME` or `driver` while a live process (the job's lease `owner`, until
+    `expires`) runs the job, else None."""
+    if not results.driver_alive(owner, expires):
         return None
-    name = servers.get(job["lease_owner"])
+    name = servers.get(owner)
     return f"serve {name}" if name else "driver"
 
 
@@ -77,18 +79,18 @@ def jobs_list(storage: Storage) -> list[dict[str, Any]]:
     servers = _server_names(storage)
     rows = []
     for job in storage.jobs.all():
-        spec = job["spec"]
-        lease = leases.get(job["id"], {})
-        full = {**job, **lease}
-        counts = results.trial_counts(job["trials"])
+        spec = job.spec
+        lease = leases.get(job.id, {})
+        counts = results.trial_counts(job.trials)
         rows.append({
-            "id": job["id"], "name": job["name"], "status": job["status"],
+            "id": job.id, "name": job.name, "status": job.status,
             "space": spec["space"], "strategy": spec["strategy"],
             "budget": spec.get("budget", {}), "trials": counts,
-            "progress": progress(storage, job["id"], spec, counts),
-            "best": _best_score(storage, job["id"], spec),
-            "runner": _runner(full, servers) if lease else None,
-            "created_at": job["created_at"],
+            "progress": progress(storage, job.id, spec, counts),
+            "best": _best_score(storage, job.id, spec),
+            "runner": _runner(lease["lease_owner"], lease["lease_expires_at"], servers)
+            if lease else None,
+            "created_at": job.created_at,
         })
     return clean(rows)
 
@@ -114,17 +116,17 @@ def job_summary(storage: Storage, job_id: int, allow_actions: bool) -> dict[str,
     """The job page's live part: `nas status --json` plus progress, runner, failures."""
     data = results.status(storage, job_id)
     job = storage.jobs.get(job_id)
-    data["progress"] = progress(storage, job_id, job["spec"], data["trials"])
-    data["runner"] = _runner(job, _server_names(storage))
+    data["progress"] = progress(storage, job_id, job.spec, data["trials"])
+    data["runner"] = _runner(job.lease_owner, job.lease_expires_at, _server_names(storage))
     data["failures"] = [{"error": line, "count": n}
                         for line, n in storage.trials.common_errors(job_id, limit=10)]
-    data["cancel_requested"] = bool(job["cancel_requested"])
-    data["objectives"] = job["spec"]["objectives"]
-    data["constraints"] = job["spec"].get("constraints", [])
+    data["cancel_requested"] = bool(job.cancel_requested)
+    data["objectives"] = job.spec["objectives"]
+    data["constraints"] = job.spec.get("constraints", [])
     data["actions"] = {
-        "cancel": allow_actions and job["status"] not in FINISHED,
-        "resume": allow_actions and job["status"] in ("paused", "failed", "cancelled")
-        or (allow_actions and job["status"] == "running" and not data["driver_alive"]),
+        "cancel": allow_actions and job.status not in FINISHED,
+        "resume": allow_actions and job.status in ("paused", "failed", "cancelled")
+        or (allow_actions and job.status == "running" and not data["driver_alive"]),
     }
     return clean(data)
 
@@ -226,7 +228,7 @@ def trials_table(storage: Storage, job_id: int, *, status: str | None, sort: str
     """One page of the job's trials, filtered, sorted and paginated by the database."""
     from ..storage import trials_page
 
-    spec = storage.jobs.get(results.check_job_id(job_id))["spec"]
+    spec = storage.jobs.get(results.check_job_id(job_id)).spec
     page = trials_page(storage, job_id, status=status, sort=sort, descending=descending,
                        limit=limit, offset=offset)
     metrics = [o["metric"] for o in spec["objectives"]]
@@ -260,11 +262,11 @@ def trial_detail(storage: Storage, job_id: int, number: int) -> dict[str, Any]:
     job = storage.jobs.get(results.check_job_id(job_id))
     if isinstance(number, bool) or not 1 <= number <= results.MAX_ID:
         raise NasError(f"job {job_id} has no trial {number}")
-    spec = job["spec"]
+    spec = job.spec
     row = get_trial(storage, job_id, number)
     data = results.trial_json(row, spec)
     data.update(status=row["status"], error=row["error"], attempt=row["attempt"],
-                worker=row["worker"], job=job_id, job_name=job["name"], space=spec["space"],
+                worker=row["worker"], job=job_id, job_name=job.name, space=spec["space"],
                 space_args=spec.get("space_args", {}))
     data["measurements"] = device_measurements(storage, [row["key"]], spec["space"]).get(
         row["key"], [])
@@ -274,7 +276,7 @@ def trial_detail(storage: Storage, job_id: int, number: int) -> dict[str, Any]:
 def spec_json(storage: Storage, job_id: int, number: int) -> dict[str, Any]:
     """The trial's JSON spec, as `nas export --format json` writes it (minus the path)."""
     job = storage.jobs.get(results.check_job_id(job_id))
-    spec = job["spec"]
+    spec = job.spec
     row = get_trial(storage, job_id, number)
     return clean({
         "job": job_id, "trial": number, "space": spec["space"],
@@ -294,7 +296,7 @@ def export_onnx(storage: Storage, job_id: int, number: int, path: Path) -> None:
 
     from ..export import _export_model, choose_trial, split_weights, write_atomically
 
-    spec = storage.jobs.get(results.check_job_id(job_id))["spec"]
+    spec = storage.jobs.get(results.check_job_id(job_id)).spec
     trial = choose_trial(storage, job_id, number)
     space = get_space(spec["space"], **spec.get("space_args", {}))
     state, normalisation = split_weights(storage.trials.weights(job_id, number))

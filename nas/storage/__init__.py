@@ -22,7 +22,7 @@ from ._queries import (
 )
 from ._storage import Storage
 from ._trials_table import TrialsPage, trials_page
-from .jobs import Jobs, new_owner, owner_is_dead_here
+from .jobs import JobRecord, Jobs, JobSummary, new_owner, owner_is_dead_here
 from .measurements import MeasurementRow, Measurements
 from .servers import ServerRecord, Servers
 from .trials import StoredResult, Trials
@@ -34,5 +34,6 @@ __all__ = [
     "TrialsPage", "trials_page", "trials_with_device_value",
     "unknown_measurement_count", "upgrade", "utcnow",
     "PhaseProgress", "job_progress", "set_progress",
-    "Jobs", "Measurements", "ServerRecord", "Servers", "Trials", "new_owner", "owner_is_dead_here",
+    "JobRecord", "Jobs", "JobSummary", "Measurements", "ServerRecord", "Servers", "Trials",
+    "new_owner", "owner_is_dead_here",
 ]

@@ -176,7 +176,7 @@ def trials_page(storage, job_id: int, *, status: str | None = None,  # noqa: ANN
     _check_page(status, limit, offset)
     if isinstance(job_id, bool) or not isinstance(job_id, int) or not 1 <= job_id <= MAX_ID:
         raise NasError(f"JOB must be a positive job id, got {job_id!r}")
-    spec = storage.jobs.get(job_id)["spec"]
+    spec = storage.jobs.get(job_id).spec
     where = [trials.c.job_id == job_id]
     if status is not None:
         where.append(trials.c.status == status)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,6 +42,41 @@ def owner_is_dead_here(owner: str) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job's row, as `storage.jobs.get(id)` reads it (times in UTC)."""
+
+    id: int
+    name: str
+    spec: dict[str, Any]  # the validated job spec, as submitted
+    status: str  # pending | running | paused | completed | failed | cancelled
+    seed: int
+    created_at: datetime
+    updated_at: datetime
+    lease_owner: str | None  # the driver or serve process running it (`new_owner()`)
+    lease_expires_at: datetime | None
+    strategy_state: dict[str, Any] | None  # the strategy's last snapshot ...
+    snapshot_told: int  # ... after it was told this many results
+    snapshot_asked: int  # ... and asked for this many architectures
+    elapsed_s: float  # search time so far, over every driver session
+    cancel_requested: bool
+    note: str | None  # the note its driver left with its last status
+    error: str | None
+    code: dict[str, Any] | None  # the user code it runs (`nas.code_check`)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """A job as `storage.jobs.all()` lists it: its row's headline and its trial counts."""
+
+    id: int
+    name: str
+    status: str
+    created_at: datetime
+    spec: dict[str, Any]
+    trials: dict[str, int]  # status -> count; statuses without trials are absent
+
+
 class Jobs(Area):
     """`storage.jobs`: a job's row and who may run it."""
 
@@ -55,18 +91,18 @@ class Jobs(Area):
             ).scalar_one()
 
     @retried()
-    def get(self, job_id: int) -> dict[str, Any]:
+    def get(self, job_id: int) -> JobRecord:
         with self.read() as conn:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
         if row is None:
             raise NasError(f"no job {job_id} in {self.url}")
-        job = dict(row)
-        for column in ("created_at", "updated_at", "lease_expires_at"):
-            job[column] = as_utc(job[column])
-        return job
+        times = {column: as_utc(row[column])
+                 for column in ("created_at", "updated_at", "lease_expires_at")}
+        return JobRecord(**{**row, **times})
 
     @retried()
-    def all(self) -> list[dict[str, Any]]:
+    def all(self) -> list[JobSummary]:
+        """Every job, oldest first, with its trial counts by status."""
         counts = (
             select(trials.c.job_id, trials.c.status, func.count().label("n"))
             .group_by(trials.c.job_id, trials.c.status)
@@ -77,8 +113,9 @@ class Jobs(Area):
             per_job: dict[int, dict[str, int]] = {}
             for job_id, status, n in conn.execute(counts):
                 per_job.setdefault(job_id, {})[status] = n
-        return [{**dict(r), "created_at": as_utc(r["created_at"]),
-                 "trials": per_job.get(r["id"], {})} for r in rows]
+        return [JobSummary(id=r["id"], name=r["name"], status=r["status"],
+                           created_at=as_utc(r["created_at"]), spec=r["spec"],
+                           trials=per_job.get(r["id"], {})) for r in rows]
 
     @retried()
     def set_status(self, job_id: int, status: str, *, error: str | None = None,
@@ -106,8 +143,8 @@ class Jobs(Area):
         """Cancel a job: at once if no driver runs it, else the driver stops at its next
         heartbeat. Returns the status the job has now."""
         job = self.get(job_id)
-        if job["status"] in ("completed", "failed", "cancelled"):
-            raise NasError(f"job {job_id} is already {job['status']}")
+        if job.status in ("completed", "failed", "cancelled"):
+            raise NasError(f"job {job_id} is already {job.status}")
         now = utcnow()
         with self.engine.begin() as conn:
             conn.execute(update(jobs).where(jobs.c.id == job_id)
