@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from .errors import SpecError
-from .strategies._base import ConstraintInfo, ObjectiveInfo
+from .strategies._base import Constraint, Objective
 
 FIELDS = (
     "name", "space", "space_args", "strategy", "strategy_args", "evaluator", "evaluator_args",
@@ -29,11 +29,6 @@ MAX_SPEC_BYTES = 1_000_000  # a spec file larger than this is refused unread
 MAX_SPEC_VALUES = 10_000  # ... and one holding more values once its YAML aliases are expanded
 MAX_ECHO = 80  # characters of a user value quoted back in an error
 MAX_WORD = 200  # ... and of a word (a path, a name) in a component's error message
-
-
-# one definition shared with the strategies, which receive them in their SearchContext
-Objective = ObjectiveInfo
-Constraint = ConstraintInfo
 
 
 @dataclass(frozen=True)

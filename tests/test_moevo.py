@@ -12,8 +12,8 @@ import pytest
 
 from nas import pareto
 from nas.strategies import (
-    ConstraintInfo,
-    ObjectiveInfo,
+    Constraint,
+    Objective,
     RegularizedEvolution,
     SearchContext,
     TrialView,
@@ -29,7 +29,7 @@ from workers.tables import load_table
 
 SPACE = NB201Space()
 LATENCY = ("latency_ms", "edgegpu")
-TWO_OBJECTIVES = (ObjectiveInfo("valid_acc", "max"), ObjectiveInfo("latency_ms", "min", "edgegpu"))
+TWO_OBJECTIVES = (Objective("valid_acc", "max"), Objective("latency_ms", "min", "edgegpu"))
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_moevo_beats_random_in_hypervolume(tables):
 def test_latency_constraint_is_respected(tables):
     accuracy, latency = tables
     limit = 4.0  # about a quarter of the cells with a latency
-    constraint = (ConstraintInfo("latency_ms", "edgegpu", max=limit),)
+    constraint = (Constraint("latency_ms", "edgegpu", max=limit),)
     strategy, seen = _strategy("moevo", 2, latency, {"population": 20}, constraints=constraint)
     keys = _loop(strategy, seen, 1, 200, accuracy, latency, limit=limit)
     assert len(set(keys)) == 200

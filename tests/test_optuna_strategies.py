@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from nas.strategies import (
-    ConstraintInfo,
-    ObjectiveInfo,
+    Constraint,
+    Objective,
     RandomSearch,
     SearchContext,
     Strategy,
@@ -31,7 +31,7 @@ SPACE = NB201Space()
 #: single-candidate decisions: small enough to exhaust
 TINY = dict(stage_channels=(16, 24), stage_strides=(1, 2), depths=(1, 2), kernel_sizes=(3, 5),
             expand_ratios=(3,), width_mults=(1.0,))
-LATENCY = ObjectiveInfo("latency_ms", "min", "edgegpu")
+LATENCY = Objective("latency_ms", "min", "edgegpu")
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,8 @@ class Loop:
     trial-number order. `evaluate(number, key)` gives (score, objectives)."""
 
     def __init__(self, strategy: Strategy, evaluate: Evaluate,
-                 objectives: tuple[ObjectiveInfo, ...], window: int = 1,
-                 constraints: tuple[ConstraintInfo, ...] = ()) -> None:
+                 objectives: tuple[Objective, ...], window: int = 1,
+                 constraints: tuple[Constraint, ...] = ()) -> None:
         self.strategy, self.evaluate, self.objectives = strategy, evaluate, objectives
         self.window, self.constraints = window, constraints
         self.known: set[str] = set()
@@ -157,7 +157,7 @@ def _nb201(accuracy: Accuracy, latency: dict[str, float] | None = None) -> Evalu
 
 def _best_valid(cls: type[Strategy], seed: int, trials: int, accuracy: Accuracy) -> float:
     loop = Loop(cls(SPACE, seed=seed), _nb201(accuracy),
-                (ObjectiveInfo("valid_acc", "max"),)).run(trials)
+                (Objective("valid_acc", "max"),)).run(trials)
     return max(score for _, score, _ in loop.results)
 
 
@@ -191,7 +191,7 @@ def test_nsga2_front_improves_over_its_first_population(accuracy, latency):
     window of 4, 3 seeds: the front of the last generation beats the (random) first one's on
     every seed, and the late proposals (last 30) hold a much better front than the first
     population and than 30 late proposals of random search."""
-    objectives = (ObjectiveInfo("valid_acc", "max"), LATENCY)
+    objectives = (Objective("valid_acc", "max"), LATENCY)
     evaluate = _nb201(accuracy, latency)
     first, late, random_late = [], [], []
     for seed in range(3):
@@ -217,7 +217,7 @@ def _trial_states(strategy: Strategy) -> list[str]:
 def test_two_objective_round_trip_mid_search(cls, accuracy, latency):
     """With two objectives bound and 4 trials in flight, a strategy restored from a snapshot
     (taken inside a generation, with RUNNING trials) proposes exactly what the original does."""
-    objectives = (ObjectiveInfo("valid_acc", "max"), LATENCY)
+    objectives = (Objective("valid_acc", "max"), LATENCY)
     args = {"population_size": 5} if cls is NSGA2Strategy else {"n_startup_trials": 5}
 
     def fresh() -> Strategy:
@@ -239,7 +239,7 @@ def test_two_objective_round_trip_mid_search(cls, accuracy, latency):
 def test_nsga2_tells_unknown_or_infeasible_trials_failed(accuracy, latency):
     """A trial without a latency, or without a score (failed or infeasible, even with its
     objective values), is failed in the study; the others are complete with both values."""
-    objectives = (ObjectiveInfo("valid_acc", "max"), LATENCY)
+    objectives = (Objective("valid_acc", "max"), LATENCY)
 
     def evaluate(number: int, key: str) -> tuple[float | None, Objectives]:
         value = accuracy[key]["valid_acc"]
@@ -263,14 +263,14 @@ def test_known_infeasible_proposals_are_pruned_not_proposed():
     proposal breaks it; the Optuna trials of the rejected ones are PRUNED (TPE counts them
     among the bad trials, so it learns where the infeasible region is)."""
     limit = 0.3
-    constraint = (ConstraintInfo("latency_ms", SYNTHETIC_DEVICE, max=limit),)
+    constraint = (Constraint("latency_ms", SYNTHETIC_DEVICE, max=limit),)
 
     def evaluate(number: int, key: str) -> tuple[float | None, Objectives]:
         value = float(SPACE.to_dna(SPACE.from_key(key))[0])
         return value, (value,)
 
     strategy = TPEStrategy(SPACE, seed=1, n_startup_trials=5)
-    loop = Loop(strategy, evaluate, (ObjectiveInfo("objective", "max"),), window=4,
+    loop = Loop(strategy, evaluate, (Objective("objective", "max"),), window=4,
                 constraints=constraint).run(30)
     assert all(synthetic_latency(k, "latency_ms", SYNTHETIC_DEVICE) <= limit for k in loop.log)
     states = _trial_states(strategy)
@@ -296,7 +296,7 @@ def test_exhausts_a_tiny_conditional_space(cls):
 
     args = {"population_size": 4} if cls is NSGA2Strategy else {"n_startup_trials": 4}
     strategy = cls(space, seed=3, **args)
-    loop = Loop(strategy, evaluate, (ObjectiveInfo("objective", "max"),), window=4).run(36)
+    loop = Loop(strategy, evaluate, (Objective("objective", "max"),), window=4).run(36)
     assert loop.number == space.size() == 36
     assert len(set(loop.log[:36])) == 36
     told = {key: score for key, score, _ in loop.results}

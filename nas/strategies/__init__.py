@@ -1,8 +1,8 @@
 """Ask/tell search strategies, registered by name (spec field `strategy`)."""
 
 from ._base import (
-    ConstraintInfo,
-    ObjectiveInfo,
+    Constraint,
+    Objective,
     SearchContext,
     Strategy,
     TrialView,
@@ -22,8 +22,8 @@ from .random import RandomSearch
 from .weight_sharing import WeightSharingStrategy
 
 __all__ = [
-    "ConstraintInfo", "Evaluations", "GBDTSearch", "LongTask", "MultiObjectiveEvolution",
-    "ObjectiveInfo", "Preparation", "ProxySearch",
+    "Constraint", "Evaluations", "GBDTSearch", "LongTask", "MultiObjectiveEvolution",
+    "Objective", "Preparation", "ProxySearch",
     "RandomSearch",
     "RegularizedEvolution", "SearchContext", "Strategy", "TrialView", "check_strategy",
     "get_strategy", "list_strategies", "register_strategy", "strategy_class", "NSGA2Strategy",

@@ -43,9 +43,9 @@ class TrialView:
 
 
 @dataclass(frozen=True)
-class ObjectiveInfo:
-    """An objective of the job: a metric (or, with `device`, a device measurement). The job
-    spec uses this class too (`nas.spec.Objective`)."""
+class Objective:
+    """An objective of the job: a metric (or, with `device`, a device measurement). One
+    class for the job spec (`JobSpec.objectives`) and the strategies (`SearchContext`)."""
 
     metric: str
     mode: str = "max"  # max | min
@@ -57,9 +57,9 @@ class ObjectiveInfo:
 
 
 @dataclass(frozen=True)
-class ConstraintInfo:
-    """A hard limit on a metric or a device measurement (e.g. latency_ms on pixel3); also
-    the job spec's `nas.spec.Constraint`."""
+class Constraint:
+    """A hard limit on a metric or a device measurement (e.g. latency_ms on pixel3), in the
+    job spec (`JobSpec.constraints`) and the strategies' `SearchContext`."""
 
     metric: str
     device: str | None = None
@@ -90,8 +90,8 @@ class SearchContext:
     outside a driver).
     """
 
-    objectives: tuple[ObjectiveInfo, ...] = (ObjectiveInfo("score"),)
-    constraints: tuple[ConstraintInfo, ...] = ()
+    objectives: tuple[Objective, ...] = (Objective("score"),)
+    constraints: tuple[Constraint, ...] = ()
     value_of: Callable[[str, str, str | None], float | None] = field(default=_no_value)
     is_known: Callable[[str], bool] = field(default=_nothing_known)
     space_args: dict[str, Any] = field(default_factory=dict)

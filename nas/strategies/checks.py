@@ -33,7 +33,7 @@ import numpy as np
 from search_spaces import SearchSpace
 from search_spaces._conformance import check_runner
 
-from ._base import ConstraintInfo, ObjectiveInfo, SearchContext, Strategy, TrialView
+from ._base import Constraint, Objective, SearchContext, Strategy, TrialView
 
 StrategyFactory = Callable[[int], Strategy]
 MAX_DUPLICATES = 2000  # as the driver: a strategy that only repeats itself is stuck
@@ -121,9 +121,9 @@ class DriverLoop:
         self.strategy.bind(self.context())
 
     def context(self) -> SearchContext:
-        constraints = (ConstraintInfo("latency_ms", SYNTHETIC_DEVICE, max=SYNTHETIC_LIMIT),) \
+        constraints = (Constraint("latency_ms", SYNTHETIC_DEVICE, max=SYNTHETIC_LIMIT),) \
             if self.constrained else ()
-        return SearchContext(objectives=(ObjectiveInfo("objective", "max"),),
+        return SearchContext(objectives=(Objective("objective", "max"),),
                              constraints=constraints, value_of=synthetic_latency,
                              is_known=self.known.__contains__)
 
