@@ -173,3 +173,15 @@ def test_each_new_proxy_ranks_nb201_cells_by_accuracy(spread_cells):
     for name, floor in FLOORS.items():
         rho = spearmanr([s[name] for s in scores], accuracy)[0]
         assert rho > floor, f"{name}: Spearman {rho:.2f} <= {floor}"
+
+
+def test_a_group_computed_together_gives_each_proxy_its_value_alone():
+    """AZ-NAS and SWAP draw random weights and inputs: `compute_proxies` seeds torch before a
+    shared pass as before a proxy alone, so the shared pass gives the same values."""
+    space = get_space("nb201", channels=4, cells_per_stage=1, input_size=8)
+    x, y = _batch()
+    names = ["az_expressivity", "az_progressivity", "az_trainability", "swap", "swap_reg"]
+    together = compute_proxies(lambda: space.build(CONVS), (x, y), names, seed=2)
+    for name in names:
+        assert compute_proxies(lambda: space.build(CONVS), (x, y), [name], seed=2) == \
+            {name: together[name]}

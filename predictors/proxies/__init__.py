@@ -54,6 +54,7 @@ def compute_proxies(model_factory: Callable[[], Any], batch: tuple[Any, Any],
         model = model_factory()
         members = groups.get(proxy.group or "", [])
         if len(members) > 1:
+            torch.manual_seed(seed)  # as run_proxy does: a group's random draws match alone
             values = get_group(proxy.group)(model, inputs, targets, loss_fn)
             scores.update({name: float(values[name]) for name in members})
         else:
