@@ -97,7 +97,7 @@ def run_nas(folder: Path, address: str, spec: dict) -> tuple[float, list[str], d
         job = api.submit(storage, spec)
         status = api.run(storage, job, ray_address=address)
         seconds = time.perf_counter() - t0
-        keys = [row["key"] for row in storage.trials.load(job)]
+        keys = [row.key for row in storage.trials.load(job)]
         with storage.engine.connect() as conn:
             workers = conn.execute(select(trials_table.c.worker).where(
                 trials_table.c.job_id == job)).scalars().all()

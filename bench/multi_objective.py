@@ -129,14 +129,14 @@ def run_once(strategy: str, args: dict, seed: int,
         rows = storage.trials.load(job)
     finally:
         storage.close()
-    if [r["number"] for r in rows] != list(range(1, trials + 1)):
+    if [r.number for r in rows] != list(range(1, trials + 1)):
         raise RuntimeError(f"{strategy} seed {seed}: trial numbers are not 1..{trials}")
     out = []
     for row in rows:
-        if row["status"] != "completed":
-            raise RuntimeError(f"{strategy} seed {seed}: trial {row['number']} {row['status']}")
-        valid_acc, latency = row["objectives"]
-        out.append((row["key"], float(valid_acc), None if latency is None else float(latency)))
+        if row.status != "completed":
+            raise RuntimeError(f"{strategy} seed {seed}: trial {row.number} {row.status}")
+        valid_acc, latency = row.objectives
+        out.append((row.key, float(valid_acc), None if latency is None else float(latency)))
     return out
 
 

@@ -119,9 +119,9 @@ def fill_cache(storage: Storage, scores: dict[str, dict[str, float]]) -> None:
 
 # ---- step 2: searches ------------------------------------------------------------------------
 def best_by_valid(storage: Storage, job: int, table) -> float:
-    trials = [t for t in storage.trials.load(job) if t["status"] == "completed"]
-    best = max(trials, key=lambda t: (t["metrics"]["valid_acc"], -t["number"]))
-    return table.rows[best["key"]]["test_acc"]
+    trials = [t for t in storage.trials.load(job) if t.status == "completed"]
+    best = max(trials, key=lambda t: (t.metrics["valid_acc"], -t.number))
+    return table.rows[best.key]["test_acc"]
 
 
 def naswot_style(scores: dict[str, dict[str, float]], n: int, seed: int, table) -> float:

@@ -105,13 +105,13 @@ def run_once(strategy: str, seed: int, trials: int) -> list[tuple[str, float, fl
         rows = storage.trials.load(job)
     finally:
         storage.close()
-    if [r["number"] for r in rows] != list(range(1, trials + 1)):
+    if [r.number for r in rows] != list(range(1, trials + 1)):
         raise RuntimeError(f"{strategy} seed {seed}: trial numbers are not 1..{trials}")
     out = []
     for row in rows:
-        if row["status"] != "completed":
-            raise RuntimeError(f"{strategy} seed {seed}: trial {row['number']} {row['status']}")
-        out.append((row["key"], row["metrics"]["valid_acc"], row["metrics"]["test_acc"]))
+        if row.status != "completed":
+            raise RuntimeError(f"{strategy} seed {seed}: trial {row.number} {row.status}")
+        out.append((row.key, row.metrics["valid_acc"], row.metrics["test_acc"]))
     return out
 
 

@@ -998,7 +998,7 @@ def latency_measure(
     if job is not None:
         spec = storage.jobs.get(_positive_job(job)).spec
         target = get_space(spec["space"], **spec.get("space_args", {}))
-        archs = [r["arch"] for r in storage.trials.load(job) if r["status"] == "completed"]
+        archs = [r.arch for r in storage.trials.load(job) if r.status == "completed"]
         if not archs:
             raise NasError(f"job {job} has no completed trial to measure")
     else:

@@ -38,6 +38,7 @@ from .storage import (
     NewTrial,
     Storage,
     StoredResult,
+    TrialRecord,
     new_owner,
     preferred_device_values,
     stored_values,
@@ -327,9 +328,9 @@ class _Run:
             self.strategy.load_state_dict(job.strategy_state)
             self.told, self.asked = job.snapshot_told, job.snapshot_asked
         self.last_snapshot = self.told
-        self.stored = {row["number"]: row for row in self.storage.trials.load(self.job_id)}
-        self.known = {row["key"] for n, row in self.stored.items() if n <= self.asked}
-        job_keys = {row["key"] for row in self.stored.values()}
+        self.stored = {row.number: row for row in self.storage.trials.load(self.job_id)}
+        self.known = {row.key for n, row in self.stored.items() if n <= self.asked}
+        job_keys = {row.key for row in self.stored.values()}
         #: the job's artifact folder; trial N's scratch folder is `trials/N` (`ctx.scratch_dir`)
         self.artifacts = artifact_dir(self.storage.database_id, self.job_id)
         self.strategy.bind(search_context(
@@ -354,29 +355,27 @@ class _Run:
     def _restore_window(self) -> None:
         """Rebuild the in-flight window (told, asked] and the results stored past `told`."""
         for number, row in self.stored.items():
-            self.completed += row["status"] == "completed"
-            if row["status"] in FINISHED and row["score"] is not None:
-                self.best = max(self.best, row["score"]) if self.best is not None \
-                    else row["score"]
+            self.completed += row.status == "completed"
+            if row.status in FINISHED and row.score is not None:
+                self.best = max(self.best, row.score) if self.best is not None \
+                    else row.score
             if number <= self.told:
                 continue
-            if row["status"] in FINISHED:
+            if row.status in FINISHED:
                 self.finished[number] = self._view_of_row(row)
             if number <= self.asked:
                 self._adopt(number, row)
 
-    def _adopt(self, number: int, row: dict[str, Any]) -> None:
-        slot = _Slot(number, row["key"], row["arch"], row["id"], row["architecture_id"],
-                     row["attempt"])
+    def _adopt(self, number: int, row: TrialRecord) -> None:
+        slot = _Slot(number, row.key, row.arch, row.id, row.architecture_id, row.attempt)
         self.slots[number] = slot
-        if row["status"] not in FINISHED:
+        if row.status not in FINISHED:
             self.to_dispatch.append(slot)
 
-    def _view_of_row(self, row: dict[str, Any]) -> TrialView:
-        objectives = tuple(row["objectives"]) if row["objectives"] else None
-        return TrialView(row["number"], row["arch"], row["key"], row["status"],
-                         row["metrics"] or {}, self._strategy_score(row["score"],
-                                                                     row.get("feasible")),
+    def _view_of_row(self, row: TrialRecord) -> TrialView:
+        objectives = tuple(row.objectives) if row.objectives else None
+        return TrialView(row.number, row.arch, row.key, row.status, row.metrics or {},
+                         self._strategy_score(row.score, row.feasible),
                          objectives)
 
     @staticmethod
@@ -400,9 +399,9 @@ class _Run:
             proposal = self._propose()
             row = self.stored.get(number)
             if row is not None:  # replaying: the stored trial is the truth
-                if proposal is None or proposal[0] != row["key"]:
+                if proposal is None or proposal[0] != row.key:
                     self.note = (f"replay diverged at trial {number}; kept the stored trial")
-                self.known.add(row["key"])
+                self.known.add(row.key)
                 self.asked = number
                 self._adopt(number, row)
                 continue

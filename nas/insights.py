@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from .errors import NasError
-from .storage import Storage, as_utc
+from .storage import Storage, TrialRecord, as_utc
 from .storage.schema import trial_device_values, trials
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -116,9 +116,9 @@ def decisions(space: Any) -> list[dict[str, Any]]:
     return found
 
 
-def _completed(storage: Storage, job_id: int) -> list[dict[str, Any]]:
+def _completed(storage: Storage, job_id: int) -> list[TrialRecord]:
     return [r for r in storage.trials.load(job_id)
-            if r["status"] == "completed" and r["score"] is not None]
+            if r.status == "completed" and r.score is not None]
 
 
 def decision_importance(space: Any, archs: list[dict[str, Any]],
@@ -159,8 +159,8 @@ def importance(storage: Storage, job_id: int) -> dict[str, Any]:
     if len(done) < MIN_IMPORTANCE_TRIALS:
         raise NasError(f"job {job_id} has {len(done)} completed trials; importance needs at "
                        f"least {MIN_IMPORTANCE_TRIALS}")
-    found = decision_importance(_space(spec), [r["arch"] for r in done],
-                                [r["score"] for r in done], seed=spec.get("seed", 0) or 0)
+    found = decision_importance(_space(spec), [r.arch for r in done],
+                                [r.score for r in done], seed=spec.get("seed", 0) or 0)
     return {"job": job_id, "method": IMPORTANCE_METHOD, "trials": len(done),
             "objective": primary_objective(spec), "decisions": found}
 
@@ -174,11 +174,11 @@ def parallel(storage: Storage, job_id: int) -> dict[str, Any]:
     described = decisions(space)
     rows = []
     for r in _completed(storage, job_id):
-        dna = space.to_dna(r["arch"])
+        dna = space.to_dna(r.arch)
         values = [v if d["kind"] == "float" else d["candidates"][int(v)]
                   for v, d in zip(dna, described, strict=True)]
-        rows.append({"number": r["number"], "values": values, "score": r["score"],
-                     "value": (r["objectives"] or [None])[0]})
+        rows.append({"number": r.number, "values": values, "score": r.score,
+                     "value": (r.objectives or [None])[0]})
     return {"job": job_id, "objective": primary_objective(spec), "decisions": described,
             "trials": rows}
 

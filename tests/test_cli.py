@@ -307,13 +307,13 @@ def test_resume_an_interrupted_job_finishes_without_repeating_work(tmp_path):
     result = nas("--db", url, "resume", str(job), "--wait")
     assert result.stdout.strip() == f"job {job} completed"
     rows = storage.trials.load(job)
-    assert [r["number"] for r in rows] == list(range(1, 41))
-    assert all(r["status"] == "completed" for r in rows)
-    assert len({r["key"] for r in rows}) == 40
+    assert [r.number for r in rows] == list(range(1, 41))
+    assert all(r.status == "completed" for r in rows)
+    assert len({r.key for r in rows}) == 40
     # the same search as an uninterrupted run of the same spec
     reference = api.submit(storage, spec)
     api.run(storage, reference)
-    assert [r["key"] for r in rows] == [r["key"] for r in storage.trials.load(reference)]
+    assert [r.key for r in rows] == [r.key for r in storage.trials.load(reference)]
 
 
 @pytest.mark.integration
@@ -408,5 +408,5 @@ def test_detached_resume_of_an_interrupted_job(tmp_path):
     done = wait_for_status(url, job, "completed", timeout=60)
     assert done["trials"] == {"queued": 0, "running": 0, "completed": 30, "failed": 0,
                              "pruned": 0}
-    keys = [r["key"] for r in storage.trials.load(job)]
+    keys = [r.key for r in storage.trials.load(job)]
     assert len(keys) == len(set(keys)) == 30

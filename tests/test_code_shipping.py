@@ -231,7 +231,7 @@ def _new_code(user_folder: Path) -> None:
 
 
 def _scores(storage: Storage, job: int) -> set[float]:
-    return {row["metrics"]["score"] for row in storage.trials.load(job)}
+    return {row.metrics["score"] for row in storage.trials.load(job)}
 
 
 @pytest.mark.system

@@ -66,7 +66,7 @@ def _device_values(key: str) -> int:
 
 
 def _trials(storage: Storage, job: int) -> list[tuple[int, str, str, float]]:
-    return [(r["number"], r["key"], r["status"], r["score"]) for r in storage.trials.load(job)]
+    return [(r.number, r.key, r.status, r.score) for r in storage.trials.load(job)]
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ def _reference(storage: Storage) -> list[tuple[int, str]]:
     """(number, key) of the trials of an undisturbed run of the same spec."""
     reference = api.submit(storage, _spec())
     api.run(storage, reference)
-    return [(r["number"], r["key"]) for r in storage.trials.load(reference)]
+    return [(r.number, r.key) for r in storage.trials.load(reference)]
 
 
 def _resume_to_the_end(db_url: str, storage: Storage, job: int,
@@ -77,12 +77,12 @@ def _resume_to_the_end(db_url: str, storage: Storage, job: int,
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["trials"]["completed"] == BUDGET
     rows = storage.trials.load(job)
-    assert [r["number"] for r in rows] == list(range(1, BUDGET + 1))
-    assert all(r["status"] == "completed" for r in rows)
-    assert len({r["key"] for r in rows}) == BUDGET
+    assert [r.number for r in rows] == list(range(1, BUDGET + 1))
+    assert all(r.status == "completed" for r in rows)
+    assert len({r.key for r in rows}) == BUDGET
     final = _completed(storage, job)
     assert all(final[n] == v for n, v in seen.items()), "a completed trial was lost or redone"
-    assert [(r["number"], r["key"]) for r in rows] == expected
+    assert [(r.number, r.key) for r in rows] == expected
 
 
 @pytest.mark.slow

@@ -178,7 +178,7 @@ def test_a_trial_page_shows_metrics_measurements_picture_and_downloads(board):
 
     graph = onnx.load_model_from_string(model.content)
     assert graph.graph.input[0].name == "input"
-    failed = next(r["number"] for r in storage.trials.load(job) if r["status"] == "failed")
+    failed = next(r.number for r in storage.trials.load(job) if r.status == "failed")
     refused = client.get(f"/jobs/{job}/trials/{failed}/model.onnx")
     assert refused.status_code == 400 and "not completed" in refused.text
 

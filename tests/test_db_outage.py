@@ -85,7 +85,7 @@ def test_postgres_restarts_mid_job_and_every_trial_is_stored_once(runner, privat
     reference = Storage(sqlite_url)
     ref_job = api.submit(reference, _spec())
     api.run(reference, ref_job)
-    expected = [r["key"] for r in reference.trials.load(ref_job)]
+    expected = [r.key for r in reference.trials.load(ref_job)]
     expected_latencies = len(_with_pixel3_latency(reference, ref_job))
 
     url = private_pg.new_database(f"restart_{runner}")
@@ -109,9 +109,9 @@ def test_postgres_restarts_mid_job_and_every_trial_is_stored_once(runner, privat
     job_row = storage.jobs.get(job)
     assert job_row.status == "completed"
     rows = storage.trials.load(job)
-    assert [r["number"] for r in rows] == list(range(1, BUDGET + 1))
-    assert all(r["status"] == "completed" and r["attempt"] >= 1 for r in rows)
-    assert [r["key"] for r in rows] == expected, "the outage changed which trials ran"
+    assert [r.number for r in rows] == list(range(1, BUDGET + 1))
+    assert all(r.status == "completed" and r.attempt >= 1 for r in rows)
+    assert [r.key for r in rows] == expected, "the outage changed which trials ran"
     with storage.engine.connect() as conn:
         stored = conn.execute(select(func.count()).select_from(trials).where(
             trials.c.job_id == job)).scalar_one()
@@ -164,8 +164,8 @@ def _step(storage: Storage, job: int, owner: str, replay: bool) -> dict[int, tup
     arch = {"cell": "x"}
     new = [NewTrial(n, f"|key-{n}|", arch) for n in (3, 4)]
     done = storage.trials.load(job)[:2]
-    results = [StoredResult(r["id"], "completed", 1, "w:1", 1.0, 2.0, {"valid_acc": 90.0 + i},
-                            90.0 + i, [90.0 + i], True, None, r["architecture_id"], 10, 20,
+    results = [StoredResult(r.id, "completed", 1, "w:1", 1.0, 2.0, {"valid_acc": 90.0 + i},
+                            90.0 + i, [90.0 + i], True, None, r.architecture_id, 10, 20,
                             [{"device": "pixel3", "metric": "latency_ms", "value": 4.0 + i,
                               "source": "benchmark"}], weights=b"w" * (i + 1))
                for i, r in enumerate(done)]

@@ -10,7 +10,7 @@ from tests.conftest import nb201_spec
 
 
 def _completed_keys(storage: Storage, job_id: int) -> list[str]:
-    return [r["key"] for r in storage.trials.load(job_id) if r["status"] == "completed"]
+    return [r.key for r in storage.trials.load(job_id) if r.status == "completed"]
 
 
 def test_job_runs_to_budget_and_stores_every_trial(db_url):
@@ -18,9 +18,9 @@ def test_job_runs_to_budget_and_stores_every_trial(db_url):
     job = api.submit(storage, nb201_spec())
     assert api.run(storage, job) == "completed"
     rows = storage.trials.load(job)
-    assert [r["number"] for r in rows] == list(range(1, 41))
-    assert all(r["status"] == "completed" for r in rows)
-    assert len({r["key"] for r in rows}) == 40  # no architecture evaluated twice
+    assert [r.number for r in rows] == list(range(1, 41))
+    assert all(r.status == "completed" for r in rows)
+    assert len({r.key for r in rows}) == 40  # no architecture evaluated twice
     assert storage.jobs.get(job).status == "completed"
     assert storage.jobs.get(job).lease_owner is None
 
@@ -53,7 +53,7 @@ def test_missing_architecture_is_a_failed_trial_and_search_goes_on(sqlite_url, t
                                          budget={"trials": 30}))
     assert api.run(storage, job) == "completed"
     trials = storage.trials.load(job)
-    failed = [t for t in trials if t["status"] == "failed"]
+    failed = [t for t in trials if t.status == "failed"]
     assert len(trials) == 30 and failed and len(failed) < 30
     with storage.engine.connect() as conn:
         from sqlalchemy import select
@@ -95,10 +95,10 @@ def test_violations_only_known_after_evaluation_are_flagged(db_url):
     spec = nb201_spec(constraints=[{"metric": "test_acc", "max": 90.0}], budget={"trials": 40})
     job = api.submit(storage, spec)
     api.run(storage, job)
-    rows = [r for r in storage.trials.load(job) if r["status"] == "completed"]
-    flagged = [r for r in rows if r["feasible"] is False]
-    assert flagged and all(r["metrics"]["test_acc"] > 90.0 for r in flagged)
-    assert all(r["metrics"]["test_acc"] <= 90.0 for r in rows if r["feasible"] is True)
+    rows = [r for r in storage.trials.load(job) if r.status == "completed"]
+    flagged = [r for r in rows if r.feasible is False]
+    assert flagged and all(r.metrics["test_acc"] > 90.0 for r in flagged)
+    assert all(r.metrics["test_acc"] <= 90.0 for r in rows if r.feasible is True)
     best = best_trials(storage, job, top=1, feasible_only=True)[0]
     assert best["metrics"]["test_acc"] <= 90.0
 
@@ -127,5 +127,5 @@ def test_a_device_measurement_can_be_an_objective(sqlite_url):
 
     latency = load_table("hw-nas-bench-cifar10").rows
     for row in storage.trials.load(job):
-        expected = latency.get(row["key"], {}).get("edgegpu_latency_ms")
-        assert row["objectives"] == [row["metrics"]["valid_acc"], expected]
+        expected = latency.get(row.key, {}).get("edgegpu_latency_ms")
+        assert row.objectives == [row.metrics["valid_acc"], expected]

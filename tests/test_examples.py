@@ -42,16 +42,16 @@ def test_training_example_finds_better_than_median_random(name, tmp_path):
                           ["budget.trials=16", "strategy_args.population=8", "executor=local"])
     assert api.run(storage, job) == "completed"
     trials = storage.trials.load(job)
-    completed = [t for t in trials if t["status"] == "completed"]
-    assert len(completed) == 16, [t["error"] for t in trials if t["status"] != "completed"]
-    random_phase = [t["metrics"]["val_acc"] for t in completed if t["number"] <= 8]
-    best = max(t["metrics"]["val_acc"] for t in completed)
+    completed = [t for t in trials if t.status == "completed"]
+    assert len(completed) == 16, [t["error"] for t in trials if t.status != "completed"]
+    random_phase = [t.metrics["val_acc"] for t in completed if t.number <= 8]
+    best = max(t.metrics["val_acc"] for t in completed)
     median = statistics.median(random_phase)
     assert best >= median + 2.0, f"best {best:.1f}% vs median random {median:.1f}%"
     spec = storage.jobs.get(job).spec
-    stored = device_measurements(storage, [t["key"] for t in completed], spec["space"])
+    stored = device_measurements(storage, [t.key for t in completed], spec["space"])
     assert all(any(m["source"] == "measured" and m["metric"] == "latency_ms" and m["value"] > 0
-                   for m in stored.get(t["key"], [])) for t in completed)
+                   for m in stored.get(t.key, [])) for t in completed)
 
 
 # ---- examples/custom: a user's own model family, searched from the CLI and from Python ----

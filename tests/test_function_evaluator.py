@@ -158,7 +158,7 @@ def test_resume_after_kill_9_gives_the_trials_of_an_uninterrupted_run(sqlite_url
     assert (counts["pruned"] > 0) == bool(early_stopping)
 
     def trials_of(j: int) -> list:
-        return [(r["number"], r["key"], r["status"], json.dumps(r["metrics"], sort_keys=True))
+        return [(r.number, r.key, r.status, json.dumps(r.metrics, sort_keys=True))
                 for r in storage.trials.load(j)]
 
     assert trials_of(job) == trials_of(reference)

@@ -253,7 +253,7 @@ def test_a_job_trains_on_the_gpu_and_ranks_by_gpu_latency(sqlite_url):
     spec["evaluator_args"] = {**spec["evaluator_args"], "measure_latency": True}
     job = api.submit(storage, spec)
     assert api.run(storage, job) == "completed"
-    assert [t["status"] for t in storage.trials.load(job)] == ["completed"] * 6
+    assert [t.status for t in storage.trials.load(job)] == ["completed"] * 6
     key = gpu_device_key()
     result = CliRunner().invoke(app, ["--db", sqlite_url, "best", str(job), "--device", key,
                                       "--max-latency-ms", "1000", "--top", "10", "--json"])

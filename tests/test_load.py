@@ -60,12 +60,12 @@ def test_smallest_model_search_under_a_flops_budget(sqlite_url):
     job = api.submit(storage, spec)
     assert api.run(storage, job) == "completed"
     rows = storage.trials.load(job)
-    assert len(rows) == 300 and all(r["status"] == "completed" for r in rows)
-    assert all(r["feasible"] and r["metrics"]["flops"] <= budget for r in rows)
-    smallest = min(rows, key=lambda r: (r["metrics"]["params"], r["number"]))
+    assert len(rows) == 300 and all(r.status == "completed" for r in rows)
+    assert all(r.feasible and r.metrics["flops"] <= budget for r in rows)
+    smallest = min(rows, key=lambda r: (r.metrics["params"], r.number))
     best = best_trials(storage, job, top=1, feasible_only=True)[0]
-    assert (best["number"], best["params"]) == (smallest["number"],
-                                                smallest["metrics"]["params"])
+    assert (best["number"], best["params"]) == (smallest.number,
+                                                smallest.metrics["params"])
     storage.close()
 
 

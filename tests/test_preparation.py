@@ -130,7 +130,7 @@ def test_a_strategy_with_a_preparation_runs_through_the_driver_and_prepares_once
         e, slots=1))
     assert resumed.run() == "completed"
     assert _pool_batches() == []
-    assert [t["key"] for t in storage.trials.load(job)] == _expected(4, 5)
+    assert [t.key for t in storage.trials.load(job)] == _expected(4, 5)
 
 
 def test_a_cancel_during_the_preparation_ends_the_job_with_the_strategy_s_note(db_url):
@@ -173,7 +173,7 @@ def test_the_preparation_runs_on_ray_workers():
         ray.shutdown()
     assert sorted(_pool_batches()) == sorted(k for k, _ in SmallestFirst(
         NB201Space(), seed=4).candidates())
-    assert [t["key"] for t in storage.trials.load(job)] == _expected(4, 5)
+    assert [t.key for t in storage.trials.load(job)] == _expected(4, 5)
 
 
 @pytest.mark.integration

@@ -186,7 +186,7 @@ def test_a_job_records_its_trials_phase_at_its_budget(db_url):
     (phase,) = job_progress(storage, job)
     assert (phase.phase, phase.done, phase.total, phase.fraction, phase.eta_s) == \
         ("trials", 12, 12, 1.0, 0.0)
-    best = max(t["metrics"]["valid_acc"] for t in storage.trials.load(job))
+    best = max(t.metrics["valid_acc"] for t in storage.trials.load(job))
     assert phase.detail == {"best": best, "metric": "valid_acc", "completed": 12}
     told = [done for name, done, _, _ in heard if name == "trials"]
     assert told == sorted(told) and told[-1] == 12

@@ -82,9 +82,9 @@ def test_proxy_strategy_evaluates_the_proxy_best_of_its_pool():
     combined = mean_rank({p: [values[k][p] for k in keys] for p in PROXIES})
     expected = [keys[i] for i in sorted(range(10), key=lambda i: (-combined[i], keys[i]))][:5]
     trials = storage.trials.load(job)
-    assert [t["key"] for t in trials] == expected
+    assert [t.key for t in trials] == expected
     table = load_table("nb201-cifar10")
-    assert all(t["metrics"]["valid_acc"] == table.rows[t["key"]]["valid_acc"] for t in trials)
+    assert all(t.metrics["valid_acc"] == table.rows[t.key]["valid_acc"] for t in trials)
     # the scores are stored (synflow and jacov; params is analytic) under the data's key
     assert _proxy_rows(storage) == 10 * 2
 
@@ -99,8 +99,8 @@ def test_a_second_job_reuses_the_stored_scores():
     second = _run(storage, _spec(name="again"))
     assert len(_CountingExecutor.submitted) == 5  # the trials only: no proxy recomputed
     assert _proxy_rows(storage) == rows
-    assert [t["key"] for t in storage.trials.load(first)] == \
-        [t["key"] for t in storage.trials.load(second)]
+    assert [t.key for t in storage.trials.load(first)] == \
+        [t.key for t in storage.trials.load(second)]
     # another data (batch size) is another cache entry: scored again
     _CountingExecutor.submitted = []
     _run(storage, _spec(name="other-data", strategy_args={
@@ -124,13 +124,13 @@ def test_the_proxy_evaluator_reuses_scores_stored_by_any_job():
                  objectives=[{"metric": "score", "mode": "max"}], budget={"trials": 6})
     first = _run(storage, spec)
     again = _run(storage, {**spec, "name": "same seed, same archs"})
-    before = {t["key"]: t["metrics"] for t in storage.trials.load(first)}
+    before = {t.key: t.metrics for t in storage.trials.load(first)}
     after = storage.trials.load(again)
-    assert {t["key"] for t in after} == set(before)
+    assert {t.key for t in after} == set(before)
     for trial in after:
-        assert trial["metrics"]["proxy_cached"] == 2.0  # synflow and jacov came from the DB
+        assert trial.metrics["proxy_cached"] == 2.0  # synflow and jacov came from the DB
         for name in PROXIES:
-            assert trial["metrics"][f"proxy.{name}"] == before[trial["key"]][f"proxy.{name}"]
+            assert trial.metrics[f"proxy.{name}"] == before[trial.key][f"proxy.{name}"]
     assert all(before[k]["proxy_cached"] == 0.0 for k in before)
 
 
@@ -142,8 +142,8 @@ def test_warm_started_evolution_begins_with_the_proxy_best():
                                              "population": 4, "sample": 2},
                               budget={"trials": 10}))
     top = _run(storage, _spec(name="top", budget={"trials": 4}))
-    keys = [t["key"] for t in storage.trials.load(job)]
-    assert keys[:4] == [t["key"] for t in storage.trials.load(top)]
+    keys = [t.key for t in storage.trials.load(job)]
+    assert keys[:4] == [t.key for t in storage.trials.load(top)]
     assert len(set(keys)) == 10
 
 

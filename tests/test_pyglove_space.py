@@ -337,10 +337,10 @@ def test_a_job_searches_a_user_pyglove_space_by_reference(strategy, tmp_path, mo
         "executor": "local", "seed": 0})
     assert api.run(storage, job) == "completed"
     rows = storage.trials.load(job)
-    assert len(rows) == 24 and all(r["status"] == "completed" for r in rows)
+    assert len(rows) == 24 and all(r.status == "completed" for r in rows)
     space = get_space(f"{module}:space")
     assert space.name == f"{module}:space"
-    assert all(space.key(space.validate(r["arch"])) == r["key"] for r in rows)
+    assert all(space.key(space.validate(r.arch)) == r.key for r in rows)
     with storage.read() as conn:
         spaces = {s for (s,) in conn.exec_driver_sql("SELECT DISTINCT space FROM architectures")}
     assert spaces == {f"{module}:space"}

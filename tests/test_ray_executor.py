@@ -95,7 +95,7 @@ def test_job_through_ray_matches_local_executor(ray_local, sqlite_url):
     local = api.submit(storage, nb201_spec(executor="local", budget={"trials": 60}))
     assert api.run(storage, via_ray) == "completed"
     assert api.run(storage, local) == "completed"
-    keys = [[r["key"] for r in storage.trials.load(j)] for j in (via_ray, local)]
+    keys = [[r.key for r in storage.trials.load(j)] for j in (via_ray, local)]
     assert keys[0] == keys[1] and len(keys[0]) == 60
     from sqlalchemy import select
 

@@ -99,7 +99,7 @@ def test_a_device_name_too_long_from_the_evaluator_fails_trials_not_the_job(db_u
     storage = Storage(db_url)
     try:
         job = storage.jobs.get(1)
-        rows = [get_trial(storage, 1, r["number"]) for r in storage.trials.load(1)]
+        rows = [get_trial(storage, 1, r.number) for r in storage.trials.load(1)]
     finally:
         storage.close()
     assert job.error is None or "trial" in job.error, job.error

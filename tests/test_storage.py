@@ -484,7 +484,7 @@ def test_commit_step_writes_trials_results_and_measurements(storage):
                                         snapshot=({"rng": 1}, 0, 3), elapsed_s=1.5)
     assert sorted(created) == [1, 2, 3]
     rows = storage.trials.load(job)
-    assert [(r["number"], r["status"], r["key"], r["arch"], r["id"], r["architecture_id"])
+    assert [(r.number, r.status, r.key, r.arch, r.id, r.architecture_id)
             for r in rows] == [(n, "queued", SPACE.key(a), a, *created[n])
                                for n, a in zip((1, 2, 3), archs, strict=True)]
     storage.trials.commit_step(job, owner, "nb201", dispatched=[(created[1][0], 1),
@@ -494,12 +494,12 @@ def test_commit_step_writes_trials_results_and_measurements(storage):
         _result(*created[1], 91.0, measured=[_m("pixel3", 10.0, "benchmark"),
                                              _m("pixel3", 3.0, "benchmark", "energy_mj")]),
         _result(*created[2], None, status="failed")])
-    rows = {r["number"]: r for r in storage.trials.load(job)}
-    assert rows[1]["status"] == "completed" and rows[1]["score"] == 91.0
-    assert rows[1]["metrics"] == {"valid_acc": 91.0} and rows[1]["objectives"] == [91.0]
-    assert rows[1]["feasible"] is True
-    assert rows[2]["status"] == "failed" and rows[2]["score"] is None
-    assert rows[3]["status"] == "queued"
+    rows = {r.number: r for r in storage.trials.load(job)}
+    assert rows[1].status == "completed" and rows[1].score == 91.0
+    assert rows[1].metrics == {"valid_acc": 91.0} and rows[1].objectives == [91.0]
+    assert rows[1].feasible is True
+    assert rows[2].status == "failed" and rows[2].score is None
+    assert rows[3].status == "queued"
     trial = get_trial(storage, job, 1)
     assert trial["params"] == 1000 and trial["flops"] == 2000 and trial["worker"] == "test-worker"
     with storage.engine.connect() as conn:
@@ -527,7 +527,7 @@ def test_commit_step_without_the_lease_writes_nothing(storage):
                                                     measured=[_m("pixel3", 1.0, "measured")])],
                                    snapshot=({"v": 2}, 1, 2), elapsed_s=9.0)
     assert [_count(storage, t) for t in (architectures, trials, measurements)] == counts
-    assert storage.trials.load(job)[0]["status"] == "queued"
+    assert storage.trials.load(job)[0].status == "queued"
     after = storage.jobs.get(job)
     assert after.strategy_state == {"v": 1} and after.updated_at == before.updated_at
 
@@ -546,7 +546,7 @@ def test_commit_step_is_all_or_nothing(storage):
                                                     measured=[_m("pixel3", 1.0, "measured")])],
                                    snapshot=({"v": 2}, 1, 2))
     assert [_count(storage, t) for t in (architectures, trials, measurements)] == counts
-    assert storage.trials.load(job)[0]["status"] == "queued"
+    assert storage.trials.load(job)[0].status == "queued"
     assert storage.jobs.get(job).strategy_state == {"v": 1}
 
 
@@ -556,7 +556,7 @@ def test_an_architecture_is_evaluated_once_per_job(storage):
     created = storage.trials.commit_step(job, owner, "nb201", [_new(1, arch)])
     with pytest.raises(IntegrityError):
         storage.trials.commit_step(job, owner, "nb201", [_new(2, other), _new(3, arch)])
-    assert [r["number"] for r in storage.trials.load(job)] == [1]
+    assert [r.number for r in storage.trials.load(job)] == [1]
     with pytest.raises(IntegrityError, match="uq_trials_job_architecture|UNIQUE"):
         with storage.engine.begin() as conn:
             conn.execute(insert(trials).values(job_id=job, number=5, status="queued",
@@ -636,7 +636,7 @@ def real_job(storage):
         roll = rng.random()
         source = "measured" if roll < 0.3 else "predicted" if roll < 0.5 else None
         if source:
-            extra.append(MeasurementRow(row["key"], row["arch"], "pixel3", "latency_ms",
+            extra.append(MeasurementRow(row.key, row.arch, "pixel3", "latency_ms",
                                         rng.uniform(5, 30), source))
     storage.measurements.put("nb201", extra)
     return job
@@ -701,10 +701,10 @@ def test_best_trials_matches_brute_force(storage, real_job):
 def test_unknown_measurements_and_device_rows_match_brute_force(storage, real_job):
     for device in ("pixel3", "fpga", "no-such-device"):
         rows = _brute_force_rows(storage, real_job, device)
-        completed = [t for t in storage.trials.load(real_job) if t["status"] == "completed"]
+        completed = [t for t in storage.trials.load(real_job) if t.status == "completed"]
         known = {r["number"] for r in rows if r["device_value"] is not None}
         assert unknown_measurement_count(storage, real_job, device) == \
-            len([t for t in completed if t["number"] not in known])
+            len([t for t in completed if t.number not in known])
         got = trials_with_device_value(storage, real_job, device)
         assert sorted((r["number"], r["device_value"], r["device_source"]) for r in got) == \
             sorted((r["number"], r["device_value"], r["device_source"]) for r in rows

@@ -49,13 +49,13 @@ def test_weights_of_the_best_trials_are_kept_and_exported(db_url, tmp_path):
     storage = Storage(db_url)
     job = api.submit(storage, _spec())
     assert api.run(storage, job) == "completed"
-    rows = [t for t in storage.trials.load(job) if t["status"] == "completed"]
+    rows = [t for t in storage.trials.load(job) if t.status == "completed"]
     assert len(rows) == 6
-    ranked = sorted(rows, key=lambda t: (-t["score"], t["number"]))
-    assert _kept(storage, job) == sorted(t["number"] for t in ranked[:2])
+    ranked = sorted(rows, key=lambda t: (-t.score, t.number))
+    assert _kept(storage, job) == sorted(t.number for t in ranked[:2])
 
     summary = export_trial(storage, job, None, "onnx", str(tmp_path / "best.onnx"))
-    assert summary["trial"] == ranked[0]["number"] and summary["weights"] == "trained"
+    assert summary["trial"] == ranked[0].number and summary["weights"] == "trained"
     # the exported network is the trained one: same accuracy on the same validation split,
     # given as the loader reads it (the standardisation is folded into the model)
     data = parse_dataset({"kind": "digits", "limit": 200}).load()
@@ -65,7 +65,7 @@ def test_weights_of_the_best_trials_are_kept_and_exported(db_url, tmp_path):
                                            providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": data.x_val * std + mean})
     accuracy = 100.0 * float((logits.argmax(axis=1) == data.y_val).mean())
-    assert accuracy == pytest.approx(ranked[0]["metrics"]["val_acc"], abs=0.01)
+    assert accuracy == pytest.approx(ranked[0].metrics["val_acc"], abs=0.01)
     # ... and not a fresh initialisation, which is no better than chance
     space = get_space("nb201", **SPACE_ARGS)
     torch.manual_seed(0)
@@ -74,12 +74,12 @@ def test_weights_of_the_best_trials_are_kept_and_exported(db_url, tmp_path):
         chance = (fresh(torch.from_numpy(data.x_val)).argmax(1).numpy() == data.y_val).mean()
     assert accuracy > 100.0 * chance + 20
 
-    state, normalisation = split_weights(storage.trials.weights(job, ranked[1]["number"]))
+    state, normalisation = split_weights(storage.trials.weights(job, ranked[1].number))
     assert normalisation == {k: pytest.approx(v) for k, v in data.normalisation.items()}
-    second = space.build(space.from_key(ranked[1]["key"]))
+    second = space.build(space.from_key(ranked[1].key))
     assert set(state) == set(second.state_dict())
     second.load_state_dict(state)  # strict: the stored weights fit the architecture
-    assert storage.trials.weights(job, ranked[-1]["number"]) is None
+    assert storage.trials.weights(job, ranked[-1].number) is None
 
 
 def test_keep_weights_zero_keeps_none_and_export_says_initialised(sqlite_url, tmp_path):
@@ -100,4 +100,4 @@ def test_evaluator_can_skip_weights(sqlite_url):
     job = api.submit(storage, spec)
     api.run(storage, job)
     assert _kept(storage, job) == []
-    assert np.isfinite([t["score"] for t in storage.trials.load(job)]).all()
+    assert np.isfinite([t.score for t in storage.trials.load(job)]).all()

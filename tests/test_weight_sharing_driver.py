@@ -61,24 +61,24 @@ def test_darts_job_scores_the_derived_cell_then_searches_around_it(artifacts):
     job = api.submit(storage, _spec())
     assert api.run(storage, job) == "completed"
     trials = storage.trials.load(job)
-    assert len(trials) == 3 and all(t["status"] == "completed" for t in trials)
+    assert len(trials) == 3 and all(t.status == "completed" for t in trials)
     folder = _search_folder(storage, job)
     assert (folder / CHECKPOINT).exists()
     record = json.loads((folder / "history.json").read_text())
     assert [r["epoch"] for r in record["history"]] == [1, 2]
     derived = record["derived"][0]
     # trial 1 is the derived cell, scored by the table: its true accuracy, collapse or not
-    assert trials[0]["key"] == derived["key"]
-    assert trials[0]["metrics"]["valid_acc"] == \
+    assert trials[0].key == derived["key"]
+    assert trials[0].metrics["valid_acc"] == \
         load_table("nb201-cifar10").rows[derived["key"]]["valid_acc"]
-    assert trials[0]["metrics"]["search.supernet_val_acc"] == derived["supernet_val_acc"]
+    assert trials[0].metrics["search.supernet_val_acc"] == derived["supernet_val_acc"]
     # then mutations of the best so far: one decision away from a scored trial
     space = NB201Space()
     for later in trials[1:]:
-        dna = space.to_dna(space.from_key(later["key"]))
-        assert min(sum(a != b for a, b in zip(dna, space.to_dna(space.from_key(t["key"])),
+        dna = space.to_dna(space.from_key(later.key))
+        assert min(sum(a != b for a, b in zip(dna, space.to_dna(space.from_key(t.key)),
                                               strict=True))
-                   for t in trials if t["number"] < later["number"]) == 1
+                   for t in trials if t.number < later.number) == 1
     state = storage.jobs.get(job).strategy_state
     assert state["derived"][0]["key"] == derived["key"]
     assert state["search"]["epochs"] == 2
@@ -115,8 +115,8 @@ def test_driver_killed_during_the_search_resumes_from_its_checkpoint(tmp_path, a
     assert api.run(storage, job) == "completed"  # `nas resume`: the lease's owner is dead
     record = json.loads((checkpoint.parent / "history.json").read_text())
     assert record["resumed_from_epoch"] >= 1
-    assert [t["key"] for t in storage.trials.load(job)] == \
-        [t["key"] for t in storage.trials.load(clean)]
+    assert [t.key for t in storage.trials.load(job)] == \
+        [t.key for t in storage.trials.load(clean)]
     clean_record = json.loads((_search_folder(storage, clean) / "history.json").read_text())
     assert record["derived"] == clean_record["derived"]
 
@@ -172,7 +172,7 @@ def test_a_search_runs_as_a_ray_task(artifacts):
     assert api.run(storage, job) == "completed"
     record = json.loads((_search_folder(storage, job) / "history.json").read_text())
     assert record["worker"].split(":")[-1] != str(os.getpid())  # ran in a Ray worker
-    assert [t["key"] for t in storage.trials.load(job)][0] == record["derived"][0]["key"]
+    assert [t.key for t in storage.trials.load(job)][0] == record["derived"][0]["key"]
 
 
 def test_oneshot_job_exports_the_subnet_with_its_inherited_weights(artifacts, tmp_path):
@@ -195,16 +195,16 @@ def test_oneshot_job_exports_the_subnet_with_its_inherited_weights(artifacts, tm
         objectives=[{"metric": "score", "mode": "max"}], budget={"trials": 2}))
     assert api.run(storage, job) == "completed"
     trials = storage.trials.load(job)
-    assert all("search.supernet_acc" in t["metrics"] for t in trials)
+    assert all("search.supernet_acc" in t.metrics for t in trials)
     first = trials[0]
-    weights = storage.trials.weights(job, first["number"])
+    weights = storage.trials.weights(job, first.number)
     saved = (_search_folder(storage, job) / "subnet-1.pt").read_bytes()
     assert weights == saved
     target = tmp_path / "best.pt"
-    export_trial(storage, job, first["number"], "torchscript", str(target))
+    export_trial(storage, job, first.number, "torchscript", str(target))
     model = torch.jit.load(str(target))
     space = get_space("mbconv", **space_args)
-    reference = space.build(space.from_key(first["key"]))
+    reference = space.build(space.from_key(first.key))
     state, normalisation = split_weights(saved)
     reference.load_state_dict(state)
     reference.eval()

@@ -25,7 +25,7 @@ from ._trials_table import TrialsPage, trials_page
 from .jobs import JobRecord, Jobs, JobSummary, new_owner, owner_is_dead_here
 from .measurements import MeasurementRow, Measurements
 from .servers import ServerRecord, Servers
-from .trials import StoredResult, Trials
+from .trials import StoredResult, TrialRecord, Trials
 
 __all__ = [
     "DEFAULT_URL", "MeasurementRow", "NewTrial", "Storage", "StoredResult", "as_utc", "best_trials",
@@ -34,6 +34,7 @@ __all__ = [
     "TrialsPage", "trials_page", "trials_with_device_value",
     "unknown_measurement_count", "upgrade", "utcnow",
     "PhaseProgress", "job_progress", "set_progress",
-    "JobRecord", "Jobs", "JobSummary", "Measurements", "ServerRecord", "Servers", "Trials",
+    "JobRecord", "Jobs", "JobSummary", "Measurements", "ServerRecord", "Servers",
+    "TrialRecord", "Trials",
     "new_owner", "owner_is_dead_here",
 ]

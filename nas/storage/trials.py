@@ -52,6 +52,26 @@ class StoredResult:
 
 
 
+@dataclass(frozen=True, slots=True)
+class TrialRecord:
+    """A stored trial as `storage.trials.load(job)` reads it back: the driver's resume and
+    the commands that go over every trial of a job. (`StoredResult` is what the driver
+    writes; `nas trials`, `nas best` and the dashboard read richer rows by their own
+    queries.)"""
+
+    id: int
+    number: int
+    status: str  # queued | running | completed | failed | pruned
+    attempt: int
+    metrics: dict[str, float] | None
+    score: float | None  # the primary objective, higher is better (negated for `min`)
+    objectives: list[float | None] | None  # each objective's value as measured, in order
+    feasible: bool | None  # within the job's constraints (None: a constrained value unknown)
+    architecture_id: int
+    key: str  # the architecture's key in its space
+    arch: dict[str, Any]
+
+
 class Trials(Area):
     """`storage.trials`: a job's trials and what they produced."""
 
@@ -63,7 +83,8 @@ class Trials(Area):
         return {status: n for status, n in rows}
 
     @retried()
-    def load(self, job_id: int) -> list[dict[str, Any]]:
+    def load(self, job_id: int) -> list[TrialRecord]:
+        """The job's trials in number order, each with its architecture."""
         query = (
             select(trials.c.id, trials.c.number, trials.c.status, trials.c.attempt,
                    trials.c.metrics, trials.c.score, trials.c.objectives, trials.c.feasible,
@@ -72,7 +93,7 @@ class Trials(Area):
             .where(trials.c.job_id == job_id).order_by(trials.c.number)
         )
         with self.read() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+            return [TrialRecord(**row) for row in conn.execute(query).mappings()]
 
     @retried()
     def reports(self, job_id: int) -> list[tuple[int, int, str, float]]:
