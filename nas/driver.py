@@ -36,8 +36,8 @@ from .storage import (
     JobRecord,
     MeasurementRow,
     NewTrial,
+    ScoredResult,
     Storage,
-    StoredResult,
     TrialRecord,
     new_owner,
     preferred_device_values,
@@ -342,7 +342,7 @@ class _Run:
         self.completed = 0  # completed trials of the job, stored ones included
         # work for the next transaction
         self.new_trials: list[NewTrial] = []
-        self.results: list[StoredResult] = []
+        self.results: list[ScoredResult] = []
         self.dispatched: list[tuple[int, int]] = []
         self.to_dispatch: list[_Slot] = []
         self.snapshot: tuple[dict[str, Any], int, int] | None = None
@@ -430,7 +430,7 @@ class _Run:
                 result.metrics = {**result.metrics, **extra}
             if result.weights is None:
                 result.weights = self.strategy.result_weights(slot.key)
-        self.results.append(StoredResult(
+        self.results.append(ScoredResult(
             slot.trial_id, status, result.attempt, result.worker, result.started_at,
             result.finished_at, result.metrics if status != "failed" else None, score,
             values, feasible, error, slot.architecture_id, result.params, result.flops,

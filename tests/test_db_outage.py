@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from nas import api
 from nas.errors import DatabaseUnavailableError
-from nas.storage import NewTrial, Storage, StoredResult, Trials, new_owner
+from nas.storage import NewTrial, ScoredResult, Storage, Trials, new_owner
 from nas.storage.schema import measurements, trial_device_values, trials
 from tests.conftest import ROOT, nb201_spec, skip_or_fail
 from tests.private_pg import PrivatePostgres, postgres_bindir
@@ -164,7 +164,7 @@ def _step(storage: Storage, job: int, owner: str, replay: bool) -> dict[int, tup
     arch = {"cell": "x"}
     new = [NewTrial(n, f"|key-{n}|", arch) for n in (3, 4)]
     done = storage.trials.load(job)[:2]
-    results = [StoredResult(r.id, "completed", 1, "w:1", 1.0, 2.0, {"valid_acc": 90.0 + i},
+    results = [ScoredResult(r.id, "completed", 1, "w:1", 1.0, 2.0, {"valid_acc": 90.0 + i},
                             90.0 + i, [90.0 + i], True, None, r.architecture_id, 10, 20,
                             [{"device": "pixel3", "metric": "latency_ms", "value": 4.0 + i,
                               "source": "benchmark"}], weights=b"w" * (i + 1))

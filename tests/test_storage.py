@@ -23,8 +23,8 @@ from nas.errors import LeaseHeldError, NasError
 from nas.storage import (
     MeasurementRow,
     NewTrial,
+    ScoredResult,
     Storage,
-    StoredResult,
     best_trials,
     current_revision,
     get_trial,
@@ -77,9 +77,9 @@ def _new(number: int, arch: dict) -> NewTrial:
 
 def _result(trial_id: int, architecture_id: int, score: float | None = 1.0,
             status: str = "completed", measured: list[dict] | None = None,
-            feasible: bool | None = True) -> StoredResult:
+            feasible: bool | None = True) -> ScoredResult:
     now = time.time()
-    return StoredResult(
+    return ScoredResult(
         trial_id, status, 1, "test-worker", now - 1.0, now,
         {"valid_acc": score} if status == "completed" else None, score,
         [score] if score is not None else None, feasible if status == "completed" else None,

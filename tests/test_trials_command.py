@@ -21,7 +21,7 @@ import nas
 from nas import api
 from nas.cli import app
 from nas.errors import NasError
-from nas.storage import NewTrial, Storage, StoredResult, new_owner, trials_page
+from nas.storage import NewTrial, ScoredResult, Storage, new_owner, trials_page
 from tests.conftest import nb201_spec
 
 runner = CliRunner()
@@ -55,7 +55,7 @@ def arch_of(number: int) -> dict[str, Any]:
 
 
 def _result(number: int, trial: tuple, trial_id: int, architecture_id: int,
-            sign: float = 1.0) -> StoredResult | None:
+            sign: float = 1.0) -> ScoredResult | None:
     status, acc, latency, train_s, duration, error = trial
     if status in ("running", "queued"):
         return None
@@ -65,7 +65,7 @@ def _result(number: int, trial: tuple, trial_id: int, architecture_id: int,
     measured = [{"device": "pixel3", "metric": "latency_ms", "value": latency,
                  "source": "measured"}] if latency is not None else []
     started = T0 + 100.0 * number
-    return StoredResult(
+    return ScoredResult(
         trial_id=trial_id, status=status, attempt=1, worker="host:1", started_at=started,
         finished_at=started + duration, metrics=metrics if done else None,
         score=sign * acc if done and acc is not None else None,

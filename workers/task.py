@@ -57,6 +57,9 @@ class TrialTask:
 
 @dataclass
 class TrialResult:
+    """What a worker returns for a trial, as evaluated. The driver scores it into a
+    `nas.storage.ScoredResult` (the form stored); see docs/design.md, Data model."""
+
     number: int
     key: str
     status: str  # completed | failed | pruned

@@ -25,10 +25,10 @@ from ._trials_table import TrialsPage, trials_page
 from .jobs import JobRecord, Jobs, JobSummary, new_owner, owner_is_dead_here
 from .measurements import MeasurementRow, Measurements
 from .servers import ServerRecord, Servers
-from .trials import StoredResult, TrialRecord, Trials
+from .trials import ScoredResult, TrialRecord, Trials
 
 __all__ = [
-    "DEFAULT_URL", "MeasurementRow", "NewTrial", "Storage", "StoredResult", "as_utc", "best_trials",
+    "DEFAULT_URL", "MeasurementRow", "NewTrial", "Storage", "ScoredResult", "as_utc", "best_trials",
     "current_revision", "device_measurements", "get_trial", "head_revision", "make_engine",
     "mask_url", "pareto_front", "preferred_device_values", "stored_values",
     "TrialsPage", "trials_page", "trials_with_device_value",

@@ -30,7 +30,10 @@ def _epoch(value: float | None) -> datetime | None:
 
 
 @dataclass
-class StoredResult:
+class ScoredResult:
+    """A worker's `TrialResult` scored by the driver against the job's objectives and
+    constraints, with the ids of its rows: what `commit_step` writes."""
+
     trial_id: int
     status: str
     attempt: int
@@ -55,7 +58,7 @@ class StoredResult:
 @dataclass(frozen=True, slots=True)
 class TrialRecord:
     """A stored trial as `storage.trials.load(job)` reads it back: the driver's resume and
-    the commands that go over every trial of a job. (`StoredResult` is what the driver
+    the commands that go over every trial of a job. (`ScoredResult` is what the driver
     writes; `nas trials`, `nas best` and the dashboard read richer rows by their own
     queries.)"""
 
@@ -114,7 +117,7 @@ class Trials(Area):
         owner: str,
         space: str,
         new_trials: Sequence[NewTrial] = (),
-        results: Sequence[StoredResult] = (),
+        results: Sequence[ScoredResult] = (),
         dispatched: Iterable[tuple[int, int]] = (),
         snapshot: tuple[dict[str, Any], int, int] | None = None,
         elapsed_s: float | None = None,
@@ -175,7 +178,7 @@ class Trials(Area):
                              .where(trials.c.job_id == job_id, trials.c.number.in_(numbers)))
         return {number: (tid, aid) for number, tid, aid in found}
 
-    def _store_weights(self, conn, job_id: int, results: Sequence[StoredResult],  # noqa: ANN001
+    def _store_weights(self, conn, job_id: int, results: Sequence[ScoredResult],  # noqa: ANN001
                        keep: int, now: datetime, replay: bool = False) -> None:
         """Insert the weights of completed results, then keep only the `keep` best trials'
         (feasible first, by score, earlier trial on ties): the database stays small."""
@@ -206,7 +209,7 @@ class Trials(Area):
             data = conn.execute(query).scalar()
         return bytes(data) if data is not None else None
 
-    def _store_results(self, conn, results: Sequence[StoredResult], now: datetime) -> None:  # noqa: ANN001
+    def _store_results(self, conn, results: Sequence[ScoredResult], now: datetime) -> None:  # noqa: ANN001
         conn.execute(
             update(trials).where(trials.c.id == bindparam("tid")).values(
                 status=bindparam("st"), attempt=bindparam("att"), worker=bindparam("wk"),
