@@ -225,7 +225,7 @@ class Jobs(Area):
             return conn.execute(update(jobs).where(condition).values(
                 lease_owner=None, lease_expires_at=None, updated_at=utcnow())).rowcount
 
-    # ---- `nas serve`: atomic job claims and the registry of serve processes -----------------
+    # ---- `nas serve`: atomic job claims -------------------------------------------------------
     @staticmethod
     def _claimable(now: datetime):  # noqa: ANN205
         return and_(jobs.c.status.in_(CLAIMABLE),
