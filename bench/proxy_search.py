@@ -9,7 +9,7 @@ through the service, then searches with 10 and 100 real evaluations.
 2. Search: for each seed (30) and N in (10, 100), a job with strategy `proxy` (pool: 1,000
    random cells of the seed, mode `top`, and mode `evolution` = proxy-warm-started
    evolution) and the `benchmark` evaluator selecting on valid_acc, in a database whose
-   proxy cache holds the scores of step 1 (imported, as `put_measurements` would store them
+   proxy cache holds the scores of step 1 (imported, as `measurements.put` would store them
    from an earlier job), so only the N real evaluations run. Reports the test_acc of the
    best-by-valid_acc trial: mean +- std over seeds, next to NASWOT-style selection without
    any evaluation (the proxy-best of N random cells; NASWOT reports 91.6 +- 1.7 at N=10)

@@ -111,7 +111,7 @@ measurements = Table(
 #: The preferred device value (measured < imported < benchmark < predicted) of each completed,
 #: scored trial, one row per (trial, device, metric) the trial's architecture has a value for.
 #: A denormalised copy of `measurements` joined to `trials`, kept in step by `Storage` (on
-#: results and on `put_measurements`), so that `best` under a device budget reads one index
+#: results and on `measurements.put`), so that `best` under a device budget reads one index
 #: instead of looking up the preferred measurement of every trial it passes.
 trial_device_values = Table(
     "trial_device_values", metadata,
