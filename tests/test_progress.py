@@ -290,6 +290,7 @@ def _trials_done(data: dict) -> int | None:
     return phases["trials"]["done"] if "trials" in phases else None
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("runner", ["driver", "serve"])
 def test_a_detached_or_served_job_shows_its_progress_advancing_in_status(db_url, tmp_path,
                                                                          procs, runner):
