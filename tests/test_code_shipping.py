@@ -254,8 +254,8 @@ def test_resume_with_other_code_is_refused_unless_allowed(user_folder, tmp_path,
     assert len(lines) == 1 and "usermod" in lines[0] and "--allow-code-change" in lines[0], \
         refused.stderr
     after = storage.jobs.get(job)
-    assert {k: after[k] for k in ("status", "code", "updated_at", "error")} == \
-        {k: before[k] for k in ("status", "code", "updated_at", "error")}
+    fields = ("status", "code", "updated_at", "error")
+    assert [getattr(after, f) for f in fields] == [getattr(before, f) for f in fields]
 
     allowed = _nas(["--db", url, "resume", str(job), "--allow-code-change", "--wait"],
                    cwd=user_folder, env=env, timeout=120)
