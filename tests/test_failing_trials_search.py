@@ -49,7 +49,7 @@ def test_population_search_over_a_small_table_spends_its_whole_budget(
         budget={"trials": 300}))
     api.run(storage, job)
     counts = storage.trials.counts(job)
-    note = storage.jobs.get(job).get("note") or ""
+    note = storage.jobs.get(job).note or ""
     assert counts.get("completed", 0) + counts.get("failed", 0) == 300, (counts, note)
     assert counts["failed"] > 250  # the point of the test: nearly every trial fails
     assert "exhausted" not in note
