@@ -38,3 +38,17 @@ def grads_or_zeros(layers: list[nn.Module]) -> list[torch.Tensor]:
 def clear_grads(model: nn.Module) -> None:
     for p in model.parameters():
         p.grad = None
+
+
+def gaussian_init(model: nn.Module) -> None:
+    """Weights from N(0, 1), biases 0, BatchNorm affine at identity (Zen-NAS's and SWAP's
+    initialisation before scoring)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, WEIGHTED):
+                nn.init.normal_(weight_param(m))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, BATCHNORMS) and m.affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)

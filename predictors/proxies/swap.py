@@ -23,7 +23,7 @@ from torch import nn
 
 from ._base import register_group, register_proxy
 from ._state import kept_state
-from ._util import BATCHNORMS, WEIGHTED, weight_param
+from ._util import gaussian_init
 
 GROUP = "swap"
 #: Examples (`input_samples` of the reference code) and weight draws (reference: 32).
@@ -35,18 +35,6 @@ SWAP_REPEATS = 8
 #: sigma = mu^2, so the factor falls from 1 there to exp(-0.91) = 0.40 at the smallest one.
 SWAP_MU = 1531.0
 SWAP_SIGMA = SWAP_MU ** 2
-
-
-def _gaussian_init(model: nn.Module) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, WEIGHTED):
-                nn.init.normal_(weight_param(m))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, BATCHNORMS) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
 
 def pattern_keys(active: torch.Tensor) -> torch.Tensor:
@@ -71,7 +59,7 @@ def swap_score(model: nn.Module, inputs: torch.Tensor) -> float:
                    if isinstance(m, nn.ReLU)]
         try:
             for _ in range(SWAP_REPEATS):
-                _gaussian_init(model)
+                gaussian_init(model)
                 keys.clear()
                 with torch.no_grad():
                     model(x)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._base import register_proxy
-from ._util import BATCHNORMS, WEIGHTED, weight_param
+from ._util import BATCHNORMS, gaussian_init
 
 #: Size of the input perturbation (the paper's alpha).
 ZEN_ALPHA = 0.01
@@ -30,18 +30,6 @@ def _feature_module(model: nn.Module) -> tuple[nn.Module, bool]:
     return model, False
 
 
-def _gaussian_init(model: nn.Module) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, WEIGHTED):
-                nn.init.normal_(weight_param(m))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, BATCHNORMS) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-
 @register_proxy("zen", data=False)
 def zen(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
         loss_fn: Callable[..., Any]) -> float:
@@ -55,7 +43,7 @@ def zen(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     which momentum blends with the initial 1. BatchNorm layers whose input is identically zero
     (behind a `none` edge) are skipped: they scale nothing that reaches the output.
     """
-    _gaussian_init(model)
+    gaussian_init(model)
     model.train()
     target, is_input = _feature_module(model)
     feats: list[torch.Tensor] = []
