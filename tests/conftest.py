@@ -170,6 +170,25 @@ def nb201_spec(**overrides) -> dict:
     return spec
 
 
+def nb201_table_subset(path: Path, rows: int, seed: int = 0) -> Path:
+    """`rows` random cells of the shipped NB201 CIFAR-10 table, written as a CSV benchmark
+    table (an `arch` column): trials of the other cells fail ("not in the table")."""
+    import csv
+    import gzip
+    from importlib import resources
+
+    import numpy as np
+
+    data = resources.files("workers").joinpath("data", "nb201-cifar10.csv.gz").read_bytes()
+    records = list(csv.DictReader(gzip.decompress(data).decode().splitlines()))
+    keep = np.random.default_rng(seed).choice(len(records), size=rows, replace=False)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records[int(i)] for i in sorted(keep))
+    return path
+
+
 def ask_unseen(strategy, space, seen: set[str], tries: int = 2000):  # noqa: ANN001, ANN201
     """The strategy's next proposal not in `seen`, asking up to `tries` times as the driver
     discards duplicates; returns (arch, key), the last proposal when every one was seen."""

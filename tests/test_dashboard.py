@@ -5,8 +5,6 @@ the command's bad input (a missing or foreign database, a port in use)."""
 
 from __future__ import annotations
 
-import csv
-import gzip
 import json
 import signal
 import socket
@@ -14,10 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -25,7 +21,7 @@ from nas import api, results
 from nas.cli import app as cli_app
 from nas.dashboard.app import create_app
 from nas.storage import Storage, get_trial, trials_page
-from tests.conftest import nb201_spec
+from tests.conftest import nb201_spec, nb201_table_subset
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 DEVICE = "pixel3"
@@ -33,14 +29,7 @@ DEVICE = "pixel3"
 
 def small_table(path: Path, rows: int = 12000, seed: int = 0) -> Path:
     """`rows` random cells of the shipped NB201 table: the other cells fail as trials."""
-    data = resources.files("workers").joinpath("data", "nb201-cifar10.csv.gz").read_bytes()
-    records = list(csv.DictReader(gzip.decompress(data).decode().splitlines()))
-    keep = np.random.default_rng(seed).choice(len(records), size=rows, replace=False)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records[int(i)] for i in sorted(keep))
-    return path
+    return nb201_table_subset(path, rows, seed)
 
 
 def run_job(storage: Storage, tmp_path: Path, trials: int = 40) -> int:

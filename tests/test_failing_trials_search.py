@@ -6,11 +6,6 @@ neighbourhood is used up) instead of stalling on "proposals in a row were alread
 
 from __future__ import annotations
 
-import csv
-import gzip
-from importlib import resources
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -18,21 +13,10 @@ from nas import api
 from nas.storage import Storage
 from nas.strategies import SearchContext, TrialView, get_strategy
 from search_spaces import NB201Space
-from tests.conftest import nb201_spec
+from tests.conftest import nb201_spec, nb201_table_subset
 
 SPACE = NB201Space()
 
-
-def _small_table(path: Path, rows: int = 300, seed: int = 0) -> Path:
-    """`rows` random cells of the shipped NB201 table, as a CSV with an `arch` column."""
-    data = resources.files("workers").joinpath("data", "nb201-cifar10.csv.gz").read_bytes()
-    records = list(csv.DictReader(gzip.decompress(data).decode().splitlines()))
-    keep = np.random.default_rng(seed).choice(len(records), size=rows, replace=False)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records[int(i)] for i in sorted(keep))
-    return path
 
 
 @pytest.mark.integration
@@ -42,7 +26,7 @@ def _small_table(path: Path, rows: int = 300, seed: int = 0) -> Path:
 ])
 def test_population_search_over_a_small_table_spends_its_whole_budget(
         strategy, args, sqlite_url, tmp_path):
-    table = _small_table(tmp_path / "small.csv")
+    table = nb201_table_subset(tmp_path / "small.csv", rows=300)
     storage = Storage(sqlite_url)
     job = api.submit(storage, nb201_spec(
         strategy=strategy, strategy_args=args, evaluator_args={"table": str(table)},

@@ -5,7 +5,6 @@ decides the score; bad input refused with one line and no file."""
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import struct
@@ -21,7 +20,7 @@ from nas import api, insights, results
 from nas.cli import app
 from nas.storage import Storage
 from search_spaces import get_space
-from tests.conftest import nb201_spec
+from tests.conftest import nb201_spec, nb201_table_subset
 
 runner = CliRunner()
 TRIALS = 60
@@ -37,24 +36,12 @@ def nas(*args: str, code: int = 0) -> Any:
     return result
 
 
-def partial_table(shared_data: Path, path: Path, keep: float = 0.75) -> Path:
-    """The NB201 CIFAR-10 table with a random quarter of its cells left out: trials of the
-    missing cells fail, the others complete."""
-    with open(shared_data / "nb201" / "nb201-cifar10.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    chosen = np.random.default_rng(1).random(len(rows)) < keep
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(r for r, keep_it in zip(rows, chosen, strict=True) if keep_it)
-    return path
-
 
 def make_jobs(shared_data: Path, folder: Path) -> dict[str, Any]:
     """A finished 60-trial job (some trials failed), a finished 5-trial one and a pending one."""
     url = f"sqlite:///{folder / 'nas.db'}"
     storage = Storage(url)
-    table = partial_table(shared_data, folder / "partial.csv")
+    table = nb201_table_subset(folder / "partial.csv", rows=11719, seed=1)  # 3/4 of the cells
     args = {"table": str(table), "latency_table": "hw-nas-bench-cifar10"}
     job = api.submit(storage, nb201_spec(evaluator_args=args, budget={"trials": TRIALS}))
     small = api.submit(storage, nb201_spec(budget={"trials": 5}))

@@ -5,8 +5,6 @@ that hang. Each runs the real CLI, real processes and real databases."""
 
 from __future__ import annotations
 
-import csv
-import gzip
 import json
 import os
 import signal
@@ -22,7 +20,7 @@ import yaml
 
 from nas import api
 from nas.storage import Storage
-from tests.conftest import ROOT, nb201_spec, wait_until
+from tests.conftest import ROOT, nb201_spec, nb201_table_subset, wait_until
 
 TABLE = ROOT / "workers" / "data" / "nb201-cifar10.csv.gz"
 
@@ -100,20 +98,11 @@ def test_resume_withdraws_an_earlier_cancel(sqlite_url):
 
 
 # ---- item 10: a job whose every trial failed has failed --------------------------------------
-def _partial_table(path: Path, rows: int) -> Path:
-    """A benchmark table holding the first `rows` rows of the NB201 table only."""
-    with gzip.open(TABLE, "rt") as handle:
-        reader = csv.reader(handle)
-        kept = [next(reader) for _ in range(rows + 1)]
-    with open(path, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
-    return path
-
 
 @pytest.mark.system
 def test_a_job_whose_every_trial_failed_is_failed_with_the_reason(tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
-    table = _partial_table(tmp_path / "one.csv", rows=1)
+    table = nb201_table_subset(tmp_path / "one.csv", rows=1)
     spec = nb201_spec(strategy="random", strategy_args={},
                       evaluator_args={"table": str(table)}, budget={"trials": 6})
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
@@ -129,7 +118,7 @@ def test_a_job_whose_every_trial_failed_is_failed_with_the_reason(tmp_path):
 
 def test_a_job_with_some_completed_trials_is_completed(tmp_path):
     storage = Storage(f"sqlite:///{tmp_path / 'nas.db'}")
-    table = _partial_table(tmp_path / "part.csv", rows=4000)  # about a quarter of the cells
+    table = nb201_table_subset(tmp_path / "part.csv", rows=4000)  # about a quarter of the cells
     spec = nb201_spec(strategy="random", strategy_args={}, budget={"trials": 24},
                       evaluator_args={"table": str(table)})
     job = api.submit(storage, spec)
