@@ -115,14 +115,26 @@ def check_job_device(storage, job_id: int, device: str,  # noqa: ANN001
 
 def unknown_measurement_count(storage, job_id: int, device: str,  # noqa: ANN001
                               metric: str = "latency_ms") -> int:
-    """Completed trials with no measurement of `metric` on `device` (shown, never hidden)."""
-    known = select(measurements.c.id).where(
+    """Completed trials with no measurement of `metric` on `device` (shown, never hidden).
+
+    Counted as (scored completed trials) - (their rows in `trial_device_values`, which has
+    one per scored trial with a value) + (unscored completed trials without a measurement):
+    two index-only counts and a small remainder, where asking "no measurement?" of every
+    trial took half a second at 10^5 trials on SQLite."""
+    tdv = trial_device_values
+    completed = (trials.c.job_id == job_id) & (trials.c.status == "completed")
+    scored = select(func.count()).select_from(trials).where(
+        completed, trials.c.score.is_not(None))
+    with_value = select(func.count()).select_from(tdv).where(
+        tdv.c.job_id == job_id, tdv.c.device == device, tdv.c.metric == metric)
+    measured = select(measurements.c.id).where(
         measurements.c.architecture_id == trials.c.architecture_id,
         measurements.c.device == device, measurements.c.metric == metric).exists()
-    query = select(func.count()).select_from(trials).where(
-        trials.c.job_id == job_id, trials.c.status == "completed", ~known)
+    unscored_unknown = select(func.count()).select_from(trials).where(
+        completed, trials.c.score.is_(None), ~measured)
     with storage.read() as conn:
-        return int(conn.execute(query).scalar_one())
+        return int(conn.execute(scored).scalar_one() - conn.execute(with_value).scalar_one()
+                   + conn.execute(unscored_unknown).scalar_one())
 
 
 def trials_with_device_value(storage, job_id: int, device: str,  # noqa: ANN001
