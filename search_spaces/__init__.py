@@ -10,8 +10,9 @@ from .hybrid import HybridSpace
 from .mbconv import MBConvSpace
 from .nb201 import NB201Space
 from .quant import QuantSpace
+from .vit import ViTSpace
 
 __all__ = [
     "Arch", "DartsSpace", "HybridSpace", "MBConvSpace", "NB201Space", "QuantSpace", "SearchSpace",
-    "check_space", "get_space", "list_spaces", "register_space", "space_class",
+    "ViTSpace", "check_space", "get_space", "list_spaces", "register_space", "space_class",
 ]
