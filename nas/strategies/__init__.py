@@ -12,6 +12,7 @@ from ._base import (
     strategy_class,
 )
 from .checks import check_strategy
+from .deepmad import DeepMAD
 from .evolution import RegularizedEvolution
 from .gbdt import GBDTSearch
 from .moevo import MultiObjectiveEvolution
@@ -25,6 +26,7 @@ __all__ = [
     "Constraint", "Evaluations", "GBDTSearch", "LongTask", "MultiObjectiveEvolution",
     "Objective", "Preparation", "ProxySearch",
     "RandomSearch",
+    "DeepMAD",
     "RegularizedEvolution", "SearchContext", "Strategy", "TrialView", "check_strategy",
     "get_strategy", "list_strategies", "register_strategy", "strategy_class", "NSGA2Strategy",
     "TPEStrategy", "WeightSharingStrategy",
