@@ -19,7 +19,8 @@ from tests.conftest import ROOT, SHARED_DATA, skip_or_fail
 from workers.evaluators import get_evaluator
 from workers.evaluators.proxy import DEFAULT_PROXIES, ProxyEvaluator
 
-ALL = ["az_expressivity", "az_nas", "az_progressivity", "az_trainability", "evolved.nb201",
+ALL = ["az_expressivity", "az_nas", "az_progressivity", "az_trainability", "deepmad_entropy",
+       "evolved.nb201",
        "fisher", "flops", "grad_norm", "grasp", "jacov", "meco", "nwot", "params", "snip",
        "swap", "swap_reg", "synflow", "te_ntk", "zen", "zico"]
 CONVS = {"ops": ["nor_conv_3x3", "nor_conv_3x3", "nor_conv_1x1", "nor_conv_3x3",
