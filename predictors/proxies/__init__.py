@@ -6,7 +6,8 @@
 Built-in: synflow, snip, grasp, fisher, grad_norm (gradient saliencies), jacov, nwot
 (activation patterns), zen (Zen-score), params, flops, meco (MeCo), zico (ZiCo), swap and
 swap_reg (SWAP-Score), az_expressivity, az_progressivity, az_trainability and their
-aggregate az_nas (AZ-NAS), te_ntk (TE-NAS's NTK condition number, negated). Larger is better
+aggregate az_nas (AZ-NAS), te_ntk (TE-NAS's NTK condition number, negated),
+linear_regions (TE-NAS's number of linear regions; As-ViT's second measure). Larger is better
 for all of them.
 `import predictors.proxies` does not import torch; the first lookup does.
 """
