@@ -13,7 +13,8 @@ from ._base import (
 from .darts import DartsSearch, DifferentiableSearch, PCDartsSearch, RartsSearch
 from .fbnet import FBNetSearch
 from .oneshot import OneShotSearch
+from .tas import TASSearch
 
 __all__ = ["CHECKPOINT", "DartsSearch", "DifferentiableSearch", "FBNetSearch", "OneShotSearch",
-           "PCDartsSearch", "RartsSearch", "SearchOutcome", "WeightSharingSearch", "get_search",
-           "list_searches", "register_search", "search_class"]
+           "PCDartsSearch", "RartsSearch", "SearchOutcome", "TASSearch", "WeightSharingSearch",
+           "get_search", "list_searches", "register_search", "search_class"]
