@@ -36,14 +36,146 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 # ---- DeepMAD (helper H5) -------------------------------------------------------------------
+#: No published Spearman of DeepMAD's (or MAE-NAS's) entropy on NB201: the papers report
+#: ImageNet/COCO designs only. Peers: params and FLOPs on the same cells (this run), the
+#: published params figure (Abdelfattah et al., ICLR 2021, all 15,625 cells) and the other
+#: proxies measured by bench/proxies.py (bench/results/proxies.json, 1,000 cells).
+PUBLISHED_PARAMS_SPEARMAN = 0.753
+#: The digits-sized `mbconv` space of section deepmad_vs_random (small, so that each
+#: trained network takes seconds on a CPU).
+DIGITS_MBCONV = {"input_size": 8, "input_channels": 1, "num_classes": 10,
+                 "stage_channels": [16, 24, 32], "stage_strides": [2, 2, 1],
+                 "stem_channels": 8, "head_channels": 64, "depths": [1, 2, 3],
+                 "expand_ratios": [2, 3, 4], "kernel_sizes": [3, 5],
+                 "width_mults": [0.5, 0.75, 1.0]}
+
+
+def _spread(values: list[float]) -> dict:
+    import numpy as np
+
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)),
+            "median": float(np.median(values)), "min": float(min(values)),
+            "max": float(max(values)), "n": len(values)}
+
+
 def deepmad_nb201(args: argparse.Namespace) -> dict:
-    """Spearman of DeepMAD's entropy with NB201 test accuracy (filled in below)."""
-    return {"status": "not yet implemented"}
+    """Spearman of DeepMAD's entropy with NB201 CIFAR-10 test accuracy: the analytic entropy
+    of the `deepmad` strategy on every cell (quick: 2,000), and the `deepmad_entropy` proxy
+    measured on built networks (default NB201 network, one Gaussian input) on a sample."""
+    import numpy as np
+    import torch
+
+    from nas.strategies.deepmad import effectiveness, entropy, structure_of
+    from predictors.metrics import kendall_tau, spearman
+    from predictors.proxies import run_proxy
+    from search_spaces import get_space
+    from workers.tables import load_table
+
+    table = load_table("nb201-cifar10")
+    space = get_space("nb201")
+    keys = sorted(table.rows)
+    rng = np.random.default_rng(args.seed)
+    keys = [keys[i] for i in rng.permutation(len(keys))]
+    analytic_keys = keys[:2000] if args.quick else keys
+    archs = [space.from_key(k) for k in analytic_keys]
+    test = [table.rows[k]["test_acc"] for k in analytic_keys]
+    structures = [structure_of(space, a) for a in archs]
+    scores = {"deepmad_entropy (analytic)": [entropy(s) for s in structures],
+              "params": [space.params(a) for a in archs],
+              "flops": [space.flops(a) for a in archs]}
+    rho = [effectiveness(s) for s in structures]
+    out: dict = {"cells": len(analytic_keys), "analytic": {
+        name: {"spearman_test": spearman(v, test), "kendall_test": kendall_tau(v, test)}
+        for name, v in scores.items()}}
+    out["effectiveness_range"] = [float(min(rho)), float(max(rho))]
+    sample = keys[: 4 if args.quick else args.proxy_cells]
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    measured = [run_proxy("deepmad_entropy", space.build(space.from_key(k)),
+                          torch.zeros(1, 3, 32, 32), None, seed=args.seed) for k in sample]
+    seconds = (time.perf_counter() - start) / len(sample)
+    analytic = [entropy(structure_of(space, space.from_key(k))) for k in sample]
+    sample_test = [table.rows[k]["test_acc"] for k in sample]
+    out["measured"] = {"cells": len(sample), "seconds_per_cell": seconds,
+                       "spearman_test": spearman(measured, sample_test),
+                       "spearman_with_analytic": spearman(measured, analytic),
+                       "analytic_spearman_test_same_cells": spearman(analytic, sample_test)}
+    out["published"] = {"deepmad_entropy": None, "params": PUBLISHED_PARAMS_SPEARMAN}
+    peers = RESULTS / "proxies.json"
+    if peers.is_file():
+        rows = json.loads(peers.read_text()).get("proxies", [])
+        out["bench_proxies_json"] = {r["proxy"]: {"n": r["n"], "spearman_test":
+                                                  r["spearman_test"]} for r in rows}
+    for name, row in out["analytic"].items():
+        print(f"   {name:28} rho {row['spearman_test']:.3f}  tau {row['kendall_test']:.3f}"
+              f"  ({out['cells']} cells)")
+    m = out["measured"]
+    print(f"   deepmad_entropy (measured)   rho {m['spearman_test']:.3f} on {m['cells']} cells "
+          f"(analytic on them {m['analytic_spearman_test_same_cells']:.3f}; measured vs "
+          f"analytic {m['spearman_with_analytic']:.3f}; {m['seconds_per_cell']:.2f} s/cell)")
+    return out
+
+
+def _train_all(space, archs: list, seeds: list[int], quick: bool) -> list[list[float]]:
+    """val_acc of each architecture trained with the `train` evaluator, one run per seed."""
+    from workers.evaluators import get_evaluator
+
+    data = {"kind": "digits", "limit": 400} if quick else "digits"
+    out = []
+    for arch in archs:
+        accs = []
+        for seed in seeds:
+            evaluator = get_evaluator("train", space, dataset=data, epochs=1 if quick else 5,
+                                      seed=seed, measure_latency=False, save_weights=False)
+            accs.append(float(evaluator.evaluate(arch, space.key(arch)).metrics["val_acc"]))
+        out.append(accs)
+    return out
 
 
 def deepmad_vs_random(args: argparse.Namespace) -> dict:
-    """DeepMAD's design against random search at the same FLOPs budget (filled in below)."""
-    return {"status": "not yet implemented"}
+    """DeepMAD's design against random search at the same FLOPs budget (the median FLOPs of
+    the space), both trained with the `train` evaluator on digits over several seeds."""
+    import numpy as np
+
+    from nas.strategies import Constraint, SearchContext, get_strategy
+    from search_spaces import get_space
+
+    space = get_space("mbconv", **DIGITS_MBCONV)
+    rng = np.random.default_rng(args.seed)
+    budget = float(np.median([space.flops(space.sample(rng)) for _ in range(500)]))
+    context = SearchContext(
+        constraints=(Constraint("flops", max=budget),),
+        value_of=lambda k, m, d: float(space.flops(space.from_key(k))) if m == "flops" else None)
+    seeds = list(range(2 if args.quick else 3))
+    start = time.perf_counter()
+    deepmad = get_strategy("deepmad", space, seed=args.seed)
+    deepmad.bind(context)
+    design = deepmad.ask()
+    design_s = time.perf_counter() - start
+    randoms = get_strategy("random", space, seed=args.seed)
+    randoms.bind(context)
+    picks = [randoms.ask() for _ in range(2 if args.quick else args.random_archs)]
+    accs = _train_all(space, [design, *picks], seeds, args.quick)
+    per_random = [float(np.mean(a)) for a in accs[1:]]
+    best = int(np.argmax(per_random))
+    out = {"space_args": DIGITS_MBCONV, "flops_budget": budget, "seeds": seeds,
+           "epochs": 1 if args.quick else 5, "data": "digits (limit 400)" if args.quick
+           else "digits", "design_seconds": design_s,
+           "deepmad": {"key": space.key(design), **deepmad.design_report(design),
+                       "val_acc": _spread(accs[0])},
+           "random": [{"key": space.key(a), "flops": float(space.flops(a)),
+                       "objective": deepmad.objective(a), "val_acc": _spread(acc)}
+                      for a, acc in zip(picks, accs[1:], strict=True)],
+           "random_mean_over_archs": _spread(per_random),
+           "random_search_best_of": {"archs": len(picks), "key": space.key(picks[best]),
+                                     "val_acc": _spread(accs[1 + best])}}
+    d = out["deepmad"]
+    print(f"   budget {budget:.0f} FLOPs; DeepMAD {d['key']} ({d['flops']:.0f} FLOPs): val_acc "
+          f"{d['val_acc']['mean']:.2f} +- {d['val_acc']['std']:.2f} over {len(seeds)} seeds")
+    r = out["random_mean_over_archs"]
+    print(f"   random ({len(picks)} archs within budget): mean {r['mean']:.2f}, spread over "
+          f"archs {r['min']:.2f}-{r['max']:.2f}; best of them {per_random[best]:.2f}")
+    return out
 
 
 # ---- As-ViT (helper H6) ----------------------------------------------------------------------
@@ -64,6 +196,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sections", nargs="*", default=None, choices=list(SECTIONS),
                         help="run only these sections (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--proxy-cells", type=int, default=200,
+                        help="deepmad_nb201: NB201 cells the measured proxy scores")
+    parser.add_argument("--random-archs", type=int, default=5,
+                        help="deepmad_vs_random: random architectures trained")
     parser.add_argument("--json", default=None, help="results file (default: "
                         "bench/results/training_free.json; --quick: none)")
     return parser.parse_args(argv)
