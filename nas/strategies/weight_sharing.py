@@ -43,9 +43,12 @@ class WeightSharingStrategy(Strategy):
         super().__init__(space, seed)
         from search_spaces.validation import check_init_chain
         from workers.weight_sharing import get_search, search_class
+        from workers.weight_sharing.distributed import check_fits, known_resources
 
         check_init_chain(search_class(self.method), space, seed=seed, **args)
-        get_search(self.method, space, seed=seed, **args)  # bad arguments fail at submit
+        search = get_search(self.method, space, seed=seed, **args)  # bad arguments fail here
+        if search.workers > 1:  # more ranks than the cluster holds, when it is known here
+            check_fits(search.workers, search.device_name, known_resources())
         self.seed = int(seed)
         self.args = dict(args)
         self.derived: list[dict[str, Any]] | None = None  # [{key, arch, metrics}] best first
@@ -91,6 +94,7 @@ class WeightSharingStrategy(Strategy):
         self.set_outcome(result)
         (self.folder() / "history.json").write_text(json.dumps(
             {"device": result.device, "worker": result.worker,
+             "workers": getattr(result, "workers", 1), "notes": getattr(result, "notes", []),
              "resumed_from_epoch": result.resumed_from_epoch, "history": result.history,
              "derived": [{"key": k, **m} for k, m in zip(result.keys, result.metrics,
                                                           strict=True)]}, indent=1))
@@ -104,6 +108,9 @@ class WeightSharingStrategy(Strategy):
         self.search_info = {"epochs": len(result.history), "device": result.device,
                             "finished": result.finished, "last_epoch": last,
                             "resumed_from_epoch": result.resumed_from_epoch}
+        workers, notes = getattr(result, "workers", 1), list(getattr(result, "notes", []))
+        if workers > 1 or notes:  # a data-parallel search: its ranks, and a changed count
+            self.search_info.update(workers=workers, notes=notes)
 
     def search_metrics(self, key: str) -> dict[str, float]:
         """The search's own metrics of a derived architecture (empty for the others)."""

@@ -235,7 +235,10 @@ class RayExecutor(Executor):
         from ..weight_sharing.task import run_search
 
         gpus = 1 if self.ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        remote = self.ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0,
+        cpus = 1
+        if task.workers > 1:  # it only coordinates: its Ray Train ranks hold the resources
+            cpus = gpus = 0
+        remote = self.ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0,
                                  **self._env())(run_search)
         if self._search_records is None:  # kept over restarts of the search
             self._search_records = self.ray.remote(num_cpus=0)(_Records).remote()

@@ -22,6 +22,13 @@ resuming with a different configuration raises ValueError instead of mixing two 
 
 Subclasses implement `_setup`, `_train_epoch`, `_state`/`_load_state` and `_derive`; the
 base class owns the epoch loop, the checkpoint files, RNG capture and the stop/progress hooks.
+
+Data parallel (`workers: N`, see `distributed`): `run` trains on N Ray Train ranks that each
+run this same epoch loop on their shard of every batch, with `self.ranks` (a `Ranks`: the
+identity on one rank) averaging gradients, normalising BatchNorm over the global batch and
+keeping the ranks in step. Rank 0 alone writes the checkpoint (the same file: a 1-rank and
+an N-rank search resume each other; a changed rank count is noted in `outcome.notes`),
+reports progress and derives. `workers` is not part of `config()`.
 """
 
 from __future__ import annotations
@@ -63,6 +70,10 @@ class SearchOutcome:
     finished: bool = True
     #: Epochs that were already done when this `run` started (0: a fresh start).
     resumed_from_epoch: int = 0
+    #: Data-parallel ranks that trained (`workers`).
+    workers: int = 1
+    #: What the closing record should say (e.g. the rank count changed on resume).
+    notes: list[str] = field(default_factory=list)
 
 
 class WeightSharingSearch(abc.ABC):
@@ -72,7 +83,8 @@ class WeightSharingSearch(abc.ABC):
     reference, default `digits`), `epochs`, `batch_size`, `device` (`auto`: CUDA when
     available, else CPU; or `cpu`, `cuda`, `cuda:N`), `threads` (torch CPU threads),
     `deterministic` (on a GPU, deterministic kernels, so that a run and a stopped and resumed
-    one end bit for bit alike there too; the CPU always is).
+    one end bit for bit alike there too; the CPU always is), `workers` (data-parallel ranks
+    on Ray Train, default 1; see `distributed`).
     Method-specific arguments follow as keywords; unknown ones raise TypeError (the strategy
     names them first: `check_init_chain`), bad values
     `ArgumentError` naming the field (`search_spaces.validation`).
@@ -85,8 +97,10 @@ class WeightSharingSearch(abc.ABC):
 
     def __init__(self, space: SearchSpace, *, seed: int = 0, dataset: Any = "digits",
                  epochs: int = 10, batch_size: int = 64, device: str = "auto",
-                 threads: int = 1, deterministic: bool = False) -> None:
+                 threads: int = 1, deterministic: bool = False, workers: int = 1) -> None:
         from workers.datasets import parse_dataset
+
+        from .distributed import Ranks, check_workers
 
         if self.spaces and space.name not in self.spaces:
             raise UnsupportedSpaceError(f"strategy {self.name!r} supports the spaces "
@@ -99,6 +113,10 @@ class WeightSharingSearch(abc.ABC):
         self.threads = _int_field("threads", threads, 1)
         self.device_name = check_device("device", device)
         self.deterministic = check_deterministic("deterministic", deterministic)
+        self.workers = check_workers(workers)
+        #: This process's rank among the data-parallel ranks (the identity on one rank).
+        self.ranks: Ranks = Ranks()
+        self.notes: list[str] = []
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
 
@@ -120,6 +138,10 @@ class WeightSharingSearch(abc.ABC):
 
         folder = Path(checkpoint_dir)
         folder.mkdir(parents=True, exist_ok=True)
+        if self.workers > 1 and self.ranks.size == 1:  # the driver side: start the ranks
+            from .distributed import run_data_parallel
+
+            return run_data_parallel(self, folder, stop, progress)
         torch.set_num_threads(self.threads)
         self.device = _resolve_device(self.device_name)
         with deterministic_cuda(self.device, self.deterministic):
@@ -130,21 +152,46 @@ class WeightSharingSearch(abc.ABC):
         self.data = self.dataset.load()
         _seed_everything(self.seed)
         self._setup()
+        ranks = self.ranks
+        ranks.attach(self)
         resumed = self._load_checkpoint(folder / CHECKPOINT)
         finished = True
         while self.epoch < self.epochs:
-            record = self._train_epoch(self.epoch)
-            record = {"epoch": self.epoch + 1, **record}
+            with ranks.training():
+                record = self._train_epoch(self.epoch)
+            record = {"epoch": self.epoch + 1, **record, **self._rank_check()}
             self.history.append(record)
             self.epoch += 1
-            self._save_checkpoint(folder / CHECKPOINT)
-            if progress is not None:
-                progress(record)
-            if stop is not None and self.epoch < self.epochs and stop():
+            if ranks.rank == 0:
+                self._save_checkpoint(folder / CHECKPOINT)
+                if progress is not None:
+                    progress(record)
+            if self.epoch < self.epochs and ranks.agree(stop is not None and stop()):
                 finished = False
                 break
-        archs, metrics = self._derive()
-        return SearchOutcome(archs, metrics, list(self.history), finished, resumed)
+        if ranks.rank != 0:  # rank 0 derives (and writes what deriving writes)
+            return SearchOutcome([], [], list(self.history), finished, resumed, ranks.size,
+                                 list(self.notes))
+        with ranks.local():
+            archs, metrics = self._derive()
+        return SearchOutcome(archs, metrics, list(self.history), finished, resumed,
+                             ranks.size, list(self.notes))
+
+    def _rank_check(self) -> dict[str, Any]:
+        """On N ranks: every rank's hash of its architecture parameters and of its whole
+        state (`_arch_state`, `_state`), for the history; RuntimeError when they differ."""
+        from .distributed import state_digest
+
+        if self.ranks.size == 1:
+            return {}
+        mine = (state_digest(self._arch_state()), state_digest(self._state()))
+        every = self.ranks.gather(mine)
+        record = {"ranks": self.ranks.size, "arch_hashes": [a for a, _ in every],
+                  "state_hashes": [s for _, s in every]}
+        if len(set(every)) > 1:
+            raise RuntimeError(f"the data-parallel ranks diverged at epoch {self.epoch + 1}: "
+                               f"{record}")
+        return record
 
     # ---- what a subclass implements -------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
@@ -172,12 +219,17 @@ class WeightSharingSearch(abc.ABC):
     def _derive(self) -> tuple[list[Arch], list[dict[str, float]]]:
         """The derived architectures (best first) and per-arch metrics."""
 
+    def _arch_state(self) -> Any:
+        """The architecture parameters, whose per-rank hash the history of an N-rank search
+        records after every epoch (default: the whole `_state()`)."""
+        return self._state()
+
     # ---- checkpoints ------------------------------------------------------------------------
     def _save_checkpoint(self, path: Path) -> None:
         import torch
 
         payload = {"config": self.config(), "epoch": self.epoch, "history": self.history,
-                   "rng": _rng_state(), "state": self._state()}
+                   "rng": _rng_state(), "state": self._state(), "workers": self.ranks.size}
         tmp = path.with_name(path.name + ".tmp")
         torch.save(payload, tmp)
         with open(tmp, "rb") as handle:
@@ -194,6 +246,11 @@ class WeightSharingSearch(abc.ABC):
             raise ValueError(f"the checkpoint in {path.parent} is of another search "
                              f"({payload['config']}), not {self.config()}")
         self._load_state(payload["state"])
+        written = int(payload.get("workers", 1))
+        if written != self.ranks.size:
+            self.notes.append(f"resumed at epoch {payload['epoch']} on {self.ranks.size} "
+                              f"rank(s) from a checkpoint written on {written} (each batch "
+                              "split anew)")
         self.epoch = int(payload["epoch"])
         self.history = list(payload["history"])
         _set_rng_state(payload["rng"])

@@ -164,12 +164,17 @@ class DifferentiableSearch(WeightSharingSearch):
         perm_w = torch.randperm(n, generator=self.generator).to(self.device)
         perm_a = torch.randperm(n, generator=self.generator).to(self.device)
         losses, correct = [], 0
-        for lo in range(0, n, self.batch_size):
-            iw, ia = perm_w[lo:lo + self.batch_size], perm_a[lo:lo + self.batch_size]
+        ranks = self.ranks
+        for lo in range(0, n, self.batch_size):  # on N ranks, each its shard of the batch
+            iw = ranks.shard(perm_w[lo:lo + self.batch_size])
+            ia = ranks.shard(perm_a[lo:lo + self.batch_size])
             loss, hits = self.search_step(self.split_w[0][iw], self.split_w[1][iw],
                                           self.split_a[0][ia], self.split_a[1][ia])
-            losses.append(loss)
+            losses.append(loss * ranks.fraction)
             correct += hits
+        if ranks.size > 1:  # the global batches' mean losses and the global count
+            *losses, total = ranks.total([*losses, correct])
+            correct = round(total)
         self._after_epoch()
         val_loss, val_acc = self.evaluate()
         arch = self.current_arch()
@@ -206,15 +211,19 @@ class DifferentiableSearch(WeightSharingSearch):
             weights, edge = self._weights(), self.arch.edge_weights()
         logits = net(x, weights, edge)
         loss = self.criterion(logits, y)
-        loss.backward()
+        self.ranks.scaled(loss).backward()
         if extra_grad is not None:
             extra_grad()
+        self.ranks.sync_grads(net.parameters())  # clip the averaged gradient
         nn.utils.clip_grad_norm_(net.parameters(), _GRAD_CLIP)
         opt.step()
         return float(loss.detach().cpu()), int((logits.argmax(1) == y).sum().cpu())
 
     def _arch_loss(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.criterion(net(x, self._weights(), self.arch.edge_weights()), y)
+        """The loss to differentiate (on N ranks, this rank's share of the global mean
+        times N: the architecture optimiser's hook averages the gradients)."""
+        return self.ranks.scaled(
+            self.criterion(net(x, self._weights(), self.arch.edge_weights()), y))
 
     # ---- evaluation and derivation ---------------------------------------------------------
     @torch.no_grad()
@@ -235,6 +244,9 @@ class DifferentiableSearch(WeightSharingSearch):
         """The architecture the current alphas (and betas) derive."""
         probs, edges = self.arch.numpy()
         return derive(self.space, probs, edges)
+
+    def _arch_state(self) -> dict[str, np.ndarray]:
+        return self.alphas()
 
     def alphas(self) -> dict[str, np.ndarray]:
         """The architecture logits as CPU arrays (alpha per cell, then beta as `beta_<cell>`)."""
@@ -319,7 +331,10 @@ class DartsSearch(DifferentiableSearch):
         saved = [p.detach().clone() for p in weights]
         buffers = [b.detach().clone() for b in self.net.buffers()]
         lr = self.w_opt.param_groups[0]["lr"]
-        train_grads = _grads(self._arch_loss(self.net, xw, yw), weights)
+        # on N ranks the weight gradients are averaged here (the virtual step and epsilon
+        # must be those of the global batch); the architecture terms below are linear in the
+        # per-rank gradients and averaged by the architecture optimiser's hook
+        train_grads = self.ranks.average(_grads(self._arch_loss(self.net, xw, yw), weights))
         with torch.no_grad():  # the virtual step w' = w - lr (momentum buffer + g + wd w)
             for p, g in zip(weights, train_grads, strict=True):
                 buf = self.w_opt.state.get(p, {}).get("momentum_buffer")
@@ -328,7 +343,7 @@ class DartsSearch(DifferentiableSearch):
                     step = step + _MOMENTUM * buf
                 p.sub_(lr * step)
         grads = _grads(self._arch_loss(self.net, xa, ya), arch + weights)
-        d_arch, d_w = grads[:len(arch)], grads[len(arch):]
+        d_arch, d_w = grads[:len(arch)], self.ranks.average(grads[len(arch):])
         norm = torch.sqrt(sum((g * g).sum() for g in d_w))
         eps = 0.01 / float(norm.clamp_min(1e-12))
         hessian = []

@@ -86,9 +86,12 @@ class FBNetSearch(DifferentiableSearch):
         if self.lut is None:
             from workers.latency_lut import calibrate_nb201_lut, measure_nb201_lut
 
-            lut = measure_nb201_lut(self.space, threads=self.threads)
-            self.lut = calibrate_nb201_lut(lut, self.space, seed=self.seed,
-                                           threads=self.threads)
+            lut = None
+            if self.ranks.rank == 0:  # on N ranks, rank 0 measures and every rank uses it
+                with self.ranks.local():
+                    lut = calibrate_nb201_lut(measure_nb201_lut(self.space, threads=self.threads),
+                                              self.space, seed=self.seed, threads=self.threads)
+            self.lut = self.ranks.broadcast(lut)
         return self.lut
 
     def _setup(self) -> None:

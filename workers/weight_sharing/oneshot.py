@@ -172,8 +172,9 @@ class OneShotSearch(WeightSharingSearch):
             raise RuntimeError("export_subnet needs a supernet: call run() or restore() first")
         arch = self.space.validate(arch)
         net = self.supernet.extract(arch).to(self.device)
-        recalibrate_batchnorm(net, self._x_train[:self.bn_samples], self.batch_size,
-                              transform=lambda batch: self._resize(batch, arch))
+        with self.ranks.local():  # on N ranks, each recalibrates alike on the same examples
+            recalibrate_batchnorm(net, self._x_train[:self.bn_samples], self.batch_size,
+                                  transform=lambda batch: self._resize(batch, arch))
         return net.eval()
 
     def sandwich_archs(self) -> list[tuple[str, Arch]]:
@@ -231,7 +232,12 @@ class OneShotSearch(WeightSharingSearch):
             index = order[start:start + self.batch_size]
             if len(index) < 2:  # BatchNorm cannot train on a batch of one
                 continue
+            index = self.ranks.shard(index)  # on N ranks, this rank's part of the batch
             self._step(self._x_train[index], self._y_train[index], totals)
+        if self.ranks.size > 1:
+            names = ("loss", "kd_loss", "correct", "seen")
+            totals.update(zip(names, self.ranks.total([totals[k] for k in names]),
+                              strict=True))
         gaps = self._flops_gaps(self.sample_log[-self._steps_per_epoch:])
         return {"loss": totals["loss"] / totals["seen"],
                 "kd_loss": totals["kd_loss"] / totals["seen"],
@@ -264,7 +270,8 @@ class OneShotSearch(WeightSharingSearch):
             else:
                 loss = _soft_cross_entropy(logits, teacher)
                 totals["kd_loss"] += loss.item() * len(y) / max(1, len(archs) - 1)
-            loss.backward()
+            self.ranks.scaled(loss).backward()
+        self.ranks.sync_grads(self.supernet.parameters())  # clip the averaged gradient
         torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -312,6 +319,11 @@ class OneShotSearch(WeightSharingSearch):
                 "sampler": self._sampler.bit_generator.state,
                 "prev_flops": self._prev_flops,
                 "sample_log": self.sample_log}
+
+    def _arch_state(self) -> dict[str, Any]:
+        """What decides the subnets drawn: the sampler and the last epoch's draws."""
+        return {"sampler": self._sampler.bit_generator.state, "prev_flops": self._prev_flops,
+                "sample_log": self.sample_log[-self._steps_per_epoch:]}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.supernet.load_state_dict(state["supernet"])

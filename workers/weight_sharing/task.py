@@ -23,6 +23,13 @@ class SearchTask:
     checkpoint_dir: str
     attempt: int = 1
 
+    @property
+    def workers(self) -> int:
+        """Data-parallel ranks (`strategy_args.workers`): above 1 the task only coordinates
+        (its ranks are Ray Train workers with their own CPUs or GPUs), so it asks for none."""
+        value = self.args.get("workers", 1)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
 
 @dataclass
 class SearchResult:
@@ -37,6 +44,10 @@ class SearchResult:
     resumed_from_epoch: int = 0
     device: str = "cpu"
     worker: str = ""
+    #: Data-parallel ranks that trained, and notes for the closing record (a changed rank
+    #: count on resume).
+    workers: int = 1
+    notes: list[str] = field(default_factory=list)
 
 
 def run_search(task: SearchTask, stop: Callable[[], bool] | None = None,
@@ -62,4 +73,12 @@ def run_search(task: SearchTask, stop: Callable[[], bool] | None = None,
     return SearchResult(
         [space.key(a) for a in outcome.archs], [dict(a) for a in outcome.archs],
         [dict(m) for m in outcome.metrics], outcome.history, outcome.finished,
-        outcome.resumed_from_epoch, str(search.device), f"{socket.gethostname()}:{os.getpid()}")
+        outcome.resumed_from_epoch, _device(search), f"{socket.gethostname()}:{os.getpid()}",
+        outcome.workers, list(outcome.notes))
+
+
+def _device(search: object) -> str:
+    """Where the search trained (on N ranks the driver side has no device of its own:
+    that of the ranks' kind)."""
+    device = getattr(search, "device", None)
+    return str(device) if device is not None else getattr(search, "device_name", "cpu")
