@@ -17,6 +17,12 @@
    to the slowest cell), and for a run with the latency penalty and one without it the
    derived and the argmax cell's table latency and latency measured on this CPU
    (`workers.latency.measure_latency_ms`).
+4. tas on `digits` (`bench_tas`): an mbconv network (3 stages of up to 3 blocks, expand
+   ratios 1..6, all at 6) pruned by TAS to the FLOPs of uniform width pruning (every block at
+   expand 2, or 3, full depth), both distilled from the same trained teacher the same way
+   (`TASSearch.distill`): validation accuracy drop from the teacher, over several seeds
+   (mean, sd and the paired TAS - uniform difference). Also written alone to
+   bench/results/weight_sharing_tas.json; `--only tas` runs just this section.
 
     python bench/weight_sharing.py           # full (< 20 min on 2 shared CPU cores)
     python bench/weight_sharing.py --quick   # CI smoke test (< 60 s)
@@ -56,6 +62,15 @@ FULL = {"step": {"channels": 8, "cells": 5, "batch": 32, "steps": 5},
 QUICK = {"step": {"channels": 8, "cells": 3, "batch": 16, "steps": 2},
          "nb201": {"epochs": 2, "limit": 200, "channels": 8, "cells": 1, "batch": 64},
          "fbnet": {"epochs": 2, "budget_fraction": 0.3}}
+#: Section 4 (TAS): the network to prune and the uniform pruning it is compared with.
+TAS_SPACE = {"input_channels": 1, "input_size": 8, "stage_channels": [16, 24, 32],
+             "stage_strides": [2, 2, 1], "stem_channels": 16, "head_channels": 64,
+             "depths": [1, 2, 3], "kernel_sizes": [3], "expand_ratios": [1, 2, 3, 4, 5, 6],
+             "width_mults": [1.0]}
+TAS_FULL = {"seeds": [0, 1, 2], "uniform_expands": [2, 3], "limit": None, "teacher_epochs": 6,
+            "epochs": 10, "kd_epochs": 6, "batch_size": 64, "arch_lr": 0.05}
+TAS_QUICK = {"seeds": [0], "uniform_expands": [3], "limit": 300, "teacher_epochs": 1,
+             "epochs": 1, "kd_epochs": 1, "batch_size": 64, "arch_lr": 0.05}
 NB201_METHODS = {"darts-1st": ("darts", {"order": 1}), "darts-2nd": ("darts", {"order": 2}),
                  "pc-darts": ("pc-darts", {"k": 4}), "rarts": ("rarts", {})}
 
@@ -205,16 +220,88 @@ def fbnet_run(space, lut: dict, budget: float, weight: float, settings: dict,
     return out
 
 
+def uniform_arch(space, expand: int) -> dict:
+    """The largest network with every block at the same expand ratio (uniform pruning)."""
+    arch = space.max_arch()
+    return space.validate({**arch, "stages": [
+        {"depth": st["depth"], "blocks": [{**b, "expand": expand} for b in st["blocks"]]}
+        for st in arch["stages"]]})
+
+
+def tas_run(space, seed: int, expand: int, settings: dict, folder: Path) -> dict:
+    """One TAS search to the FLOPs of uniform pruning at `expand`, and that uniform network
+    distilled from the same teacher the same way."""
+    uniform = uniform_arch(space, expand)
+    dataset = {"kind": "digits", **({"limit": settings["limit"]} if settings["limit"] else {})}
+    started = time.perf_counter()
+    search = get_search("tas", space, seed=seed, dataset=dataset,
+                        target_flops=space.flops(uniform),
+                        **{k: settings[k] for k in ("teacher_epochs", "epochs", "kd_epochs",
+                                                    "batch_size", "arch_lr")})
+    outcome = search.run(folder / f"tas-{seed}-{expand}")
+    tas_seconds = time.perf_counter() - started
+    metrics = outcome.metrics[0]
+    _, uniform_acc = search.distill(uniform)
+    teacher = metrics["teacher_acc"]
+    return {"seed": seed, "uniform_expand": expand, "teacher_acc": teacher,
+            "full_flops": search.full_flops, "target_flops": metrics["target_flops"],
+            "tas": {"key": space.key(outcome.archs[0]), "flops": metrics["flops"],
+                    "argmax_flops": metrics["argmax_flops"], "acc": metrics["distilled_acc"],
+                    "drop": teacher - metrics["distilled_acc"], "seconds": tas_seconds},
+            "uniform": {"key": space.key(uniform), "flops": float(space.flops(uniform)),
+                        "acc": uniform_acc, "drop": teacher - uniform_acc}}
+
+
+def _spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}
+
+
+def bench_tas(settings: dict, folder: Path) -> dict:
+    """Section 4: TAS against uniform width pruning at the same FLOPs (see the docstring)."""
+    space = get_space("mbconv", **TAS_SPACE)
+    runs = [tas_run(space, seed, expand, settings, folder)
+            for expand in settings["uniform_expands"] for seed in settings["seeds"]]
+    summary = {}
+    for expand in settings["uniform_expands"]:
+        mine = [r for r in runs if r["uniform_expand"] == expand]
+        summary[f"expand{expand}"] = {
+            "flops_ratio": {m: _spread([r[m]["flops"] / r["full_flops"] for r in mine])
+                            for m in ("tas", "uniform")},
+            "drop": {m: _spread([r[m]["drop"] for r in mine]) for m in ("tas", "uniform")},
+            "tas_minus_uniform_acc": _spread([r["tas"]["acc"] - r["uniform"]["acc"]
+                                              for r in mine]),
+            "teacher_acc": _spread([r["teacher_acc"] for r in mine])}
+    return {"space_args": TAS_SPACE, "settings": settings, "runs": runs, "summary": summary}
+
+
+def print_tas(tas: dict) -> None:
+    for name, s in tas["summary"].items():
+        for method in ("tas", "uniform"):
+            ratio, drop = s["flops_ratio"][method], s["drop"][method]
+            print(f"  {name} {method:<8} FLOPs {100 * ratio['mean']:5.1f}% of the full net   "
+                  f"accuracy drop {drop['mean']:5.2f} +- {drop['sd']:.2f} pts "
+                  f"(n={drop['n']})")
+        diff = s["tas_minus_uniform_acc"]
+        print(f"  {name} TAS - uniform accuracy {diff['mean']:+.2f} +- {diff['sd']:.2f} pts "
+              f"(teacher {s['teacher_acc']['mean']:.2f}%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke test (< 60 s)")
     parser.add_argument("--out", type=Path, help="folder for the JSON (default bench/results; "
                                                  "quick: a temporary folder)")
+    parser.add_argument("--only", choices=["tas"], help="run only this section (its own JSON)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     settings = QUICK if args.quick else FULL
     out = args.out or (Path(tempfile.mkdtemp(prefix="nas-bench-")) if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
+    if args.only == "tas":
+        main_tas(TAS_QUICK if args.quick else TAS_FULL, out)
+        return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
@@ -235,12 +322,32 @@ def main() -> None:
               f"max {nb201['table_test_acc']['max']:.2f})\n")
         print(f"3. fbnet on nb201, {settings['fbnet']['epochs']} epochs", flush=True)
         fbnet = bench_fbnet(settings["fbnet"], work)
+    tas = main_tas(TAS_QUICK if args.quick else TAS_FULL, out)
     record = {"settings": settings, "step_cost": steps, "nb201": nb201, "fbnet": fbnet,
+              "tas": tas,
               "seconds": time.perf_counter() - started, "torch": torch.__version__,
               "python": platform.python_version(), "machine": platform.machine()}
     path = out / "weight_sharing.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\n{record['seconds']:.0f} s; wrote {path}")
+
+
+def main_tas(settings: dict, out: Path) -> dict:
+    """Section 4 alone: run, print, write `weight_sharing_tas.json`."""
+    started = time.perf_counter()
+    print(f"\n4. tas on digits: pruned to uniform expand {settings['uniform_expands']}'s "
+          f"FLOPs, seeds {settings['seeds']}, epochs teacher {settings['teacher_epochs']} / "
+          f"search {settings['epochs']} / distillation {settings['kd_epochs']}", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        tas = bench_tas(settings, Path(scratch))
+    print_tas(tas)
+    tas["seconds"] = time.perf_counter() - started
+    record = {**tas, "torch": torch.__version__, "python": platform.python_version(),
+              "machine": platform.machine()}
+    path = out / "weight_sharing_tas.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"  {tas['seconds']:.0f} s; wrote {path}")
+    return tas
 
 
 if __name__ == "__main__":
