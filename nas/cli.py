@@ -800,7 +800,9 @@ def export(
     job: int = typer.Argument(..., help="Job id."),
     trial: int | None = typer.Option(None, "--trial", help="Trial number to export."),
     best_: bool = typer.Option(False, "--best", help="Export the best trial."),
-    fmt: str = typer.Option("json", "--format", help="json | torchscript | onnx"),
+    fmt: str = typer.Option("json", "--format",
+                            help="json | torchscript | onnx | packed (quant space: the "
+                                 "low-bit weights packed)"),
     output: Path = typer.Option(..., "-o", "--output", help="File to write."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

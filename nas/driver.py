@@ -284,13 +284,17 @@ class KnownValues:
     def __call__(self, key: str, metric: str, device: str | None) -> float | None:
         if device is not None:
             return self.tables.get((device, metric), {}).get(key)
-        if metric not in ("params", "flops"):
+        extra = metric in self.space.cost_metrics
+        if metric not in ("params", "flops") and not extra:
             return None
         cached = self._analytic.get((key, metric))
         if cached is None:
             arch = self.space.from_key(key)
-            cached = float(self.space.params(arch) if metric == "params"
-                           else self.space.flops(arch))
+            if extra:
+                cached = float(self.space.costs(arch)[metric])
+            else:
+                cached = float(self.space.params(arch) if metric == "params"
+                               else self.space.flops(arch))
             self._analytic[(key, metric)] = cached
         return cached
 

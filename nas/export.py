@@ -1,4 +1,7 @@
-"""Hand over a model that runs: the architecture as JSON, TorchScript or ONNX."""
+"""Hand over a model that runs: the architecture as JSON, TorchScript or ONNX; for the quant
+space also `packed`, the low-bit weights packed (two 4-bit or four 2-bit codes per byte, with
+per-channel scales) that `load_packed` turns back into the same network. The INT8 runtime
+model for latency stays `QuantSpace.int8_model` (torch's INT8 kernels have no 2/4-bit path)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from search_spaces import get_space
 from .errors import NasError
 from .storage import Storage, best_trials, device_measurements, get_trial
 
-FORMATS = ("json", "torchscript", "onnx")
+FORMATS = ("json", "torchscript", "onnx", "packed")
+#: Spaces whose models have packed low-bit weights (`--format packed`).
+PACKED_SPACES = ("quant",)
 
 
 def choose_trial(storage: Storage, job_id: int, number: int | None) -> dict[str, Any]:
@@ -45,6 +50,9 @@ def export_trial(storage: Storage, job_id: int, number: int | None, fmt: str,
     job = storage.jobs.get(job_id)
     spec = job.spec
     trial = choose_trial(storage, job_id, number)
+    if fmt == "packed" and spec["space"] not in PACKED_SPACES:
+        raise NasError(f"--format packed needs a space with low-bit weights "
+                       f"({', '.join(PACKED_SPACES)}); job {job_id} searched {spec['space']!r}")
     space = get_space(spec["space"], **spec.get("space_args", {}))
     summary = {
         "job": job_id, "trial": trial["number"], "space": spec["space"],
@@ -154,6 +162,9 @@ def _export_model(space: Any, arch: dict[str, Any], fmt: str, target: Path, seed
     if normalisation:
         model = torch.nn.Sequential(_standardise_module(normalisation), model)
     model.eval()
+    if fmt == "packed":
+        _save_packed(space, arch, model, target, normalisation)
+        return
     if fmt == "torchscript":
         with torch.no_grad():
             torch.jit.trace(model, example).save(str(target))
@@ -163,3 +174,42 @@ def _export_model(space: Any, arch: dict[str, Any], fmt: str, target: Path, seed
         torch.onnx.export(model, (example,), str(target), dynamo=False, input_names=["input"],
                           output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
+# ---- packed low-bit weights (quant space) ----------------------------------------------------
+def _save_packed(space: Any, arch: dict[str, Any], model: Any, target: Path,
+                 normalisation: dict[str, list[float]] | None) -> None:
+    import torch
+
+    from search_spaces.layers.quant_net import pack_model
+
+    net = model[1] if isinstance(model, torch.nn.Sequential) else model
+    packed = pack_model(net)
+    packed.update({"space": space.name, "space_args": _space_args(space), "arch": arch,
+                   "key": space.key(arch), "normalisation": normalisation,
+                   "model_size_kb": space.model_size_kb(arch)})
+    torch.save(packed, str(target))
+
+
+def _space_args(space: Any) -> dict[str, Any]:
+    return {"num_classes": space.num_classes, "input_channels": space.input_channels,
+            "input_size": space.input_size, "stages": space.stages,
+            "layers_per_stage": space.layers_per_stage, "stem_width": space.stem_width,
+            "widths": list(space.widths)}
+
+
+def load_packed(path: str | Path) -> Any:
+    """The eval-mode torch model of a `--format packed` file: the fake-quantized network
+    with the unpacked weights (and the input standardisation first, when recorded)."""
+    import torch
+
+    from search_spaces.layers.quant_net import load_packed_state
+
+    packed = torch.load(str(path), weights_only=True)
+    if not isinstance(packed, dict) or packed.get("space") not in PACKED_SPACES:
+        raise NasError(f"{path}: not a packed model written by `nas export --format packed`")
+    space = get_space(packed["space"], **packed["space_args"])
+    model = load_packed_state(space.build(packed["arch"]), packed)
+    if packed.get("normalisation"):
+        model = torch.nn.Sequential(_standardise_module(packed["normalisation"]), model)
+    return model.eval()

@@ -512,7 +512,8 @@ def quant_picture(canvas: Canvas, arch: Any, space: Any = None) -> str:
         boxes = []
         for i, layer in enumerate(layers[s * per_stage:(s + 1) * per_stage]):
             lines = (f"{layer['op']} {layer['kernel']}x{layer['kernel']}",
-                     f"{layer['act']}, w{layer['width']}", f"{layer['bits']}-bit weights")
+                     f"{layer['act']}, w{layer['width']}",
+                     f"{layer['bits']}-bit weights, {layer.get('abits', 8)}-bit act")
             boxes.append(Block(lines, _BITS_FILLS.get(layer["bits"], "#f1f3f4"),
                                s > 0 and i == 0 and per_stage < len(layers),
                                (("op", str(layer["op"])), ("bits", str(layer["bits"])))))

@@ -111,6 +111,11 @@ class SearchSpace(abc.ABC):
     # False when the space has no torch model (a user's PyGlove space without a builder):
     # `build` raises NotImplementedError and evaluators that need a model say so
     buildable: bool = True
+    # Exact costs beyond params and FLOPs that the space counts without building a model
+    # (e.g. the quant space's `bitops`, `model_size_kb`), given by `costs(arch)`. The
+    # analytic and train evaluators report them and a job may use them as objectives and
+    # constraints (known before evaluation, like params and FLOPs).
+    cost_metrics: ClassVar[tuple[str, ...]] = ()
 
     # ---- the symbolic definition -------------------------------------------------------
     @abc.abstractmethod
@@ -158,6 +163,10 @@ class SearchSpace(abc.ABC):
     def flops(self, arch: Arch) -> int:
         """Forward FLOPs (2 x multiply-accumulates) of the built model for one input."""
         raise NotImplementedError
+
+    def costs(self, arch: Arch) -> dict[str, float]:
+        """The values of `cost_metrics` for `arch` (none unless the space defines some)."""
+        return {}
 
     def input_shape(self, arch: Arch | None = None) -> tuple[int, ...]:
         """Shape of one input sample (without the batch dimension) of `arch`'s model; without

@@ -5,17 +5,27 @@ conv, a depthwise-separable conv, or an inverted residual (expansion 3 or 6). Th
 is a 3x3 stem, `stages` x `layers_per_stage` searched blocks (the first block of every stage
 after the first has stride 2), global average pooling and a linear classifier.
 
-An architecture is `{"layers": [{"op", "kernel", "act", "width", "bits"}, ...]}`, one dict
-per block in network order: op in OPS, kernel in KERNELS, act in ACTIVATIONS, width (output
-channels, a multiple of 8) in the stage's candidates `widths * 2**stage`, and the block's
-weight bit-width in BITS (applied by fake quantization while training; activations are
-fake-quantized at 8 bits, see `layers/quant_net.py`). The key joins one token per block
-with '|', e.g. `ir6-k3-relu6-w16-b4|conv-k5-relu-w8-b8|...`.
+An architecture is `{"layers": [{"op", "kernel", "act", "width", "bits", "abits"}, ...]}`,
+one dict per block in network order: op in OPS, kernel in KERNELS, act in ACTIVATIONS, width
+(output channels, a multiple of 8) in the stage's candidates `widths * 2**stage`, the
+block's weight bit-width `bits` and activation bit-width `abits`, both in BITS (applied by
+fake quantization while training, see `layers/quant_net.py`; every conv of a block shares
+the block's two bit-widths). The key joins one token per block with '|', e.g.
+`ir6-k3-relu6-w16-b4-a8|conv-k5-relu-w8-b8-a4|...`; a key stored before activation
+bit-widths were searched (tokens without `-a<bits>`) reads as 8-bit activations, which is
+what those networks ran.
+
+Besides params and FLOPs the space counts, exactly from the bits, `bitops` (sum over convs
+and the classifier of MACs x weight bits x input-activation bits, the BitOPs of HAWQ-V3 and
+EMQ) and `model_size_kb` (the deployed weights: `bits` per weight, plus a float32 scale and
+a float32 bias per output channel once BN is folded; KiB = 1024 bytes). Both are usable as
+objectives and constraints like params and FLOPs (`COST_METRICS`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ._base import Arch, SearchSpace, register_space
@@ -25,7 +35,10 @@ OPS: tuple[str, ...] = ("conv", "dwsep", "ir3", "ir6")
 KERNELS: tuple[int, ...] = (3, 5)
 ACTIVATIONS: tuple[str, ...] = ("relu", "relu6")
 BITS: tuple[int, ...] = (2, 4, 8)
-FIELDS: tuple[str, ...] = ("op", "kernel", "act", "width", "bits")
+FIELDS: tuple[str, ...] = ("op", "kernel", "act", "width", "bits", "abits")
+#: Exact costs counted from the bits, beside params and FLOPs.
+COST_METRICS: tuple[str, ...] = ("bitops", "model_size_kb")
+EDGE_BITS = 8  # the stem and the classifier, and the network input / stem output activations
 _EXPAND = {"ir3": 3, "ir6": 6}
 
 
@@ -43,29 +56,50 @@ def _is_int(value: Any) -> bool:
 
 
 def layer_token(layer: dict[str, Any]) -> str:
-    """`op-k<kernel>-<act>-w<width>-b<bits>`, the key of one block."""
-    return f"{layer['op']}-k{layer['kernel']}-{layer['act']}-w{layer['width']}-b{layer['bits']}"
+    """`op-k<kernel>-<act>-w<width>-b<bits>-a<abits>`, the key of one block."""
+    return (f"{layer['op']}-k{layer['kernel']}-{layer['act']}-w{layer['width']}"
+            f"-b{layer['bits']}-a{layer['abits']}")
 
 
 def parse_layer_token(token: str) -> dict[str, Any]:
-    """Inverse of `layer_token` (structure only; value ranges are checked by the space)."""
+    """Inverse of `layer_token` (structure only; value ranges are checked by the space). A
+    token of the earlier form, without `-a<abits>`, reads as 8-bit activations."""
     parts = token.split("-")
-    if len(parts) != 5:
-        raise ValueError(f"block {token!r} must read 'op-k<kernel>-act-w<width>-b<bits>'")
-    op, kernel, act, width, bits = parts
+    legacy = len(parts) == 5
+    if legacy:
+        parts.append(f"a{EDGE_BITS}")
+    if len(parts) != 6:
+        raise ValueError(f"block {token!r} must read 'op-k<kernel>-act-w<width>-b<bits>"
+                         "-a<abits>'")
+    op, kernel, act, width, bits, abits = parts
     numbers = []
     for part, prefix, name in ((kernel, "k", "kernel"), (width, "w", "width"),
-                               (bits, "b", "bits")):
+                               (bits, "b", "bits"), (abits, "a", "abits")):
         digits = part[1:]
         if not (part.startswith(prefix) and digits.isascii() and digits.isdigit()):
             raise ValueError(f"the {name} of block {token!r} must read '{prefix}<integer>', "
                              f"got {part!r}")
         numbers.append(int(digits))
     layer = {"op": op, "kernel": numbers[0], "act": act, "width": numbers[1],
-             "bits": numbers[2]}
-    if layer_token(layer) != token:
+             "bits": numbers[2], "abits": numbers[3]}
+    canonical = layer_token(layer)
+    if (canonical.rpartition("-")[0] if legacy else canonical) != token:
         raise ValueError(f"block {token!r} is not canonical (leading zeros?)")
     return layer
+
+
+@dataclass(frozen=True)
+class WeightedLayer:
+    """One conv or linear layer of a built network, for the cost model: its weight count,
+    output channels, MACs for one input, weight bits, input-activation bits, and whether a
+    BN follows it (else it has a bias)."""
+
+    weights: int
+    channels: int
+    macs: int
+    w_bits: int
+    in_bits: int
+    bn: bool
 
 
 def _conv_out(side: int, stride: int) -> int:
@@ -79,7 +113,9 @@ class QuantSpace(SearchSpace):
 
     name = "quant"
     description = ("INT8-friendly conv/dwsep/inverted-residual blocks, ReLU or ReLU6, widths in "
-                   "multiples of 8, per-block weight bit-width {2,4,8} (fake-quantized)")
+                   "multiples of 8, per-block weight and activation bit-widths {2,4,8} "
+                   "(fake-quantized); exact bitops and model_size_kb")
+    cost_metrics = COST_METRICS
 
     def __init__(
         self,
@@ -120,7 +156,8 @@ class QuantSpace(SearchSpace):
 
     def _layer_candidates(self, index: int) -> dict[str, tuple[Any, ...]]:
         return {"op": OPS, "kernel": KERNELS, "act": ACTIVATIONS,
-                "width": self.stage_widths(index // self.layers_per_stage), "bits": BITS}
+                "width": self.stage_widths(index // self.layers_per_stage), "bits": BITS,
+                "abits": BITS}
 
     # ---- decisions -------------------------------------------------------------------------
     def template(self) -> Any:
@@ -223,35 +260,59 @@ class QuantSpace(SearchSpace):
         return to_int8(model, calibration)
 
     # ---- analytic cost model (exact for the network `build` returns) ----------------------
-    def _costs(self, arch: Arch) -> tuple[int, int]:
-        """(parameters, multiply-accumulates of convs and the classifier) for one input."""
+    def weighted_layers(self, arch: Arch) -> list[WeightedLayer]:
+        """Every conv and the classifier of `build(arch)`, in network order."""
         self.to_dna(arch)
         side, c = self.input_size, self.stem_width
-        params = self.input_channels * c * 9 + 2 * c
-        macs = self.input_channels * c * 9 * side * side
+        units = [WeightedLayer(self.input_channels * c * 9, c, self.input_channels * c * 9
+                               * side * side, EDGE_BITS, EDGE_BITS, True)]
+        in_bits = EDGE_BITS
         for layer, stride in zip(arch["layers"], self.strides(), strict=True):
             k, c_out, out = layer["kernel"], layer["width"], _conv_out(side, stride)
-            op = layer["op"]
+            wb, ab, op = layer["bits"], layer["abits"], layer["op"]
             if op == "conv":
-                params += c * c_out * k * k + 2 * c_out
-                macs += c * c_out * k * k * out * out
+                units.append(WeightedLayer(c * c_out * k * k, c_out,
+                                           c * c_out * k * k * out * out, wb, in_bits, True))
             elif op == "dwsep":
-                params += c * k * k + 2 * c + c * c_out + 2 * c_out
-                macs += c * k * k * out * out + c * c_out * out * out
+                units += [WeightedLayer(c * k * k, c, c * k * k * out * out, wb, in_bits, True),
+                          WeightedLayer(c * c_out, c_out, c * c_out * out * out, wb, ab, True)]
             else:
                 hidden = c * _EXPAND[op]
-                params += c * hidden + 2 * hidden + hidden * k * k + 2 * hidden
-                params += hidden * c_out + 2 * c_out
-                macs += c * hidden * side * side + hidden * k * k * out * out
-                macs += hidden * c_out * out * out
-            side, c = out, c_out
-        params += c * self.num_classes + self.num_classes
-        macs += c * self.num_classes
-        return params, macs
+                units += [
+                    WeightedLayer(c * hidden, hidden, c * hidden * side * side, wb, in_bits,
+                                  True),
+                    WeightedLayer(hidden * k * k, hidden, hidden * k * k * out * out, wb, ab,
+                                  True),
+                    WeightedLayer(hidden * c_out, c_out, hidden * c_out * out * out, wb, ab,
+                                  True)]
+            side, c, in_bits = out, c_out, ab
+        units.append(WeightedLayer(c * self.num_classes, self.num_classes,
+                                   c * self.num_classes, EDGE_BITS, EDGE_BITS, False))
+        return units
 
     def params(self, arch: Arch) -> int:
-        return self._costs(arch)[0]
+        """Weights, BN's weight and bias per channel, the classifier's bias."""
+        return sum(u.weights + u.channels * (2 if u.bn else 1)
+                   for u in self.weighted_layers(arch))
 
     def flops(self, arch: Arch) -> int:
         """2 x MACs of the convolutions and the classifier (the FlopCounterMode rule)."""
-        return 2 * self._costs(arch)[1]
+        return 2 * sum(u.macs for u in self.weighted_layers(arch))
+
+    def bitops(self, arch: Arch) -> int:
+        """sum of MACs x weight bits x input-activation bits (HAWQ-V3's and EMQ's BitOPs)."""
+        return sum(u.macs * u.w_bits * u.in_bits for u in self.weighted_layers(arch))
+
+    def model_size_bits(self, arch: Arch) -> int:
+        """Bits of the deployed weights: `bits` per weight, and per output channel a float32
+        scale and a float32 bias (BN folded into the conv)."""
+        return sum(u.weights * u.w_bits + 64 * u.channels for u in self.weighted_layers(arch))
+
+    def model_size_kb(self, arch: Arch) -> float:
+        """`model_size_bits` in KiB (1024 bytes)."""
+        return self.model_size_bits(arch) / 8192
+
+    def costs(self, arch: Arch) -> dict[str, float]:
+        """The `cost_metrics` of `arch` (exact, no model built)."""
+        return {"bitops": float(self.bitops(arch)),
+                "model_size_kb": float(self.model_size_kb(arch))}

@@ -37,12 +37,14 @@ MAX_GROWTH_B = 400
 def test_analytic_evaluator_reports_the_space_counts(name):
     space = get_space(name)
     evaluator = get_evaluator("analytic", space)
-    assert evaluator.cheap and evaluator.metric_names() == {"params", "flops"}
+    assert evaluator.cheap
+    assert evaluator.metric_names() == {"params", "flops", *space.cost_metrics}
     rng = np.random.default_rng(0)
     for arch in (space.sample(rng) for _ in range(5)):
         result = evaluator.evaluate(arch, space.key(arch))
         assert (result.params, result.flops) == (space.params(arch), space.flops(arch))
-        assert result.metrics == {"params": float(result.params), "flops": float(result.flops)}
+        assert result.metrics == {"params": float(result.params), "flops": float(result.flops),
+                                  **space.costs(arch)}
         assert result.measurements == []
 
 

@@ -17,8 +17,11 @@ from search_spaces.quant import BITS, QuantSpace, parse_layer_token
 from search_spaces.validation import ArgumentError
 
 DIGITS = {"num_classes": 10, "input_channels": 1, "input_size": 8}
-EXAMPLE_KEY = ("ir6-k3-relu6-w16-b4|conv-k5-relu-w8-b8|dwsep-k3-relu-w32-b2|"
-               "ir3-k5-relu6-w32-b4|ir6-k3-relu-w64-b8|ir3-k5-relu-w64-b2")
+EXAMPLE_KEY = ("ir6-k3-relu6-w16-b4-a8|conv-k5-relu-w8-b8-a4|dwsep-k3-relu-w32-b2-a8|"
+               "ir3-k5-relu6-w32-b4-a2|ir6-k3-relu-w64-b8-a8|ir3-k5-relu-w64-b2-a4")
+#: The same network keyed before activation bit-widths were searched (8-bit activations).
+LEGACY_KEY = ("ir6-k3-relu6-w16-b4|conv-k5-relu-w8-b8|dwsep-k3-relu-w32-b2|"
+              "ir3-k5-relu6-w32-b4|ir6-k3-relu-w64-b8|ir3-k5-relu-w64-b2")
 
 
 @pytest.fixture(autouse=True)
@@ -59,16 +62,28 @@ def test_key_is_one_readable_token_per_block():
     space = QuantSpace()
     arch = space.from_key(EXAMPLE_KEY)
     assert arch["layers"][0] == {"op": "ir6", "kernel": 3, "act": "relu6", "width": 16,
-                                 "bits": 4}
+                                 "bits": 4, "abits": 8}
     assert [layer["width"] for layer in arch["layers"]] == [16, 8, 32, 32, 64, 64]
+    assert [layer["abits"] for layer in arch["layers"]] == [8, 4, 8, 2, 8, 4]
     assert space.key(arch) == EXAMPLE_KEY
-    assert space.size() == (4 * 2 * 2 * 3 * 3) ** 6
-    assert len(space.choice_counts()) == 6 * 5
+    assert space.size() == (4 * 2 * 2 * 3 * 3 * 3) ** 6
+    assert len(space.choice_counts()) == 6 * 6
+
+
+def test_keys_stored_before_activation_bits_read_as_8_bit_activations():
+    space = QuantSpace()
+    arch = space.from_key(LEGACY_KEY)
+    assert all(layer["abits"] == 8 for layer in arch["layers"])
+    assert space.key(arch) == LEGACY_KEY.replace("|", "-a8|") + "-a8"
+    with pytest.raises(ValueError, match="not canonical"):  # mixed forms stay one token each
+        space.from_key(LEGACY_KEY.replace("-w16-b4", "-w016-b4"))
 
 
 @pytest.mark.parametrize(("key", "message"), [
-    ("ir6-k3-relu6-w16-b4", "needs 6"),
-    (EXAMPLE_KEY.replace("ir6-k3-relu6-w16-b4", "ir6-k3-relu6-w16"), "must read"),
+    ("ir6-k3-relu6-w16-b4-a8", "needs 6"),
+    (EXAMPLE_KEY.replace("ir6-k3-relu6-w16-b4-a8", "ir6-k3-relu6-w16"), "must read"),
+    (EXAMPLE_KEY.replace("-w16-b4-a8", "-w16-b4-a3"), "abits 3"),
+    (EXAMPLE_KEY.replace("-w16-b4-a8", "-w16-b4-x8"), "abits"),
     (EXAMPLE_KEY.replace("-k3-relu6-w16-", "-3-relu6-w16-"), "kernel"),
     (EXAMPLE_KEY.replace("-w16-b4", "-w016-b4"), "not canonical"),
     (EXAMPLE_KEY.replace("-w16-b4", "-w16-b3"), "bits 3"),
@@ -86,7 +101,7 @@ def test_from_key_rejects_malformed_keys_precisely(key, message):
 def test_to_dna_rejects_lookalike_values():
     space = QuantSpace()
     arch = space.from_key(EXAMPLE_KEY)
-    for field, value in (("width", 16.0), ("bits", True), ("kernel", "3")):
+    for field, value in (("width", 16.0), ("bits", True), ("kernel", "3"), ("abits", 8.0)):
         bad = {"layers": [dict(layer) for layer in arch["layers"]]}
         bad["layers"][0][field] = value
         with pytest.raises(ValueError, match=field):
@@ -98,10 +113,11 @@ def test_to_dna_rejects_lookalike_values():
 
 
 def test_parse_layer_token_is_structural():
-    assert parse_layer_token("dwsep-k5-relu-w24-b2") == {
-        "op": "dwsep", "kernel": 5, "act": "relu", "width": 24, "bits": 2}
+    assert parse_layer_token("dwsep-k5-relu-w24-b2-a4") == {
+        "op": "dwsep", "kernel": 5, "act": "relu", "width": 24, "bits": 2, "abits": 4}
+    assert parse_layer_token("dwsep-k5-relu-w24-b2")["abits"] == 8  # the earlier form
     with pytest.raises(ValueError, match="width"):
-        parse_layer_token("dwsep-k5-relu-x24-b2")
+        parse_layer_token("dwsep-k5-relu-x24-b2-a4")
 
 
 @pytest.mark.parametrize(("args", "field"), [
@@ -126,7 +142,7 @@ def test_widths_are_multiples_of_8_and_double_per_stage():
     space = QuantSpace(widths=[8, 24], stages=2, layers_per_stage=3)
     assert space.strides() == [1, 1, 1, 2, 1, 1]
     counts = space.choice_counts()
-    assert counts == [4, 2, 2, 2, 3] * 6
+    assert counts == [4, 2, 2, 2, 3, 3] * 6
     archs = _archs(space, 20)
     widths = {layer["width"] for arch in archs for layer in arch["layers"]}
     assert widths <= {8, 24, 16, 48} and all(w % 8 == 0 for w in widths)

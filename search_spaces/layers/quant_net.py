@@ -8,10 +8,13 @@ and FlopCounterMode sees only its convolutions and the classifier.
   scale = max|w| / (2^(b-1) - 1). Attached as a `torch.nn.utils.parametrize`
   parametrization, so the conv stays a plain `nn.Conv2d` that eager-mode fusion recognises.
   The stem and the classifier are kept at 8 bits (the usual first/last layer rule).
-- Activations: 8 bits everywhere (what the INT8 deployment runs), per tensor, after every
-  activation function (unsigned) and on the network input and each block output (signed
-  where the tensor can be negative). The range of a ReLU6 output is fixed to [0, 6]; other
-  ranges follow an exponential moving average of the batch maximum, kept in buffers.
+- Activations: per tensor, after every activation function (unsigned) and on each block
+  output (signed where the tensor can be negative), at the block's searched activation
+  bit-width (2, 4 or 8); the network input and the stem output at 8 bits. The range of a
+  ReLU6 output is fixed to [0, 6]; other ranges follow an exponential moving average of the
+  batch maximum, kept in buffers.
+- Every conv/linear records `w_bits` (its weight bit-width) and `in_bits` (the bit-width of
+  the activation it reads), from which `bitops` are counted; see `bitops_of_model`.
 - BN is not folded during training; `to_int8` folds it and requantizes the (already
   fake-quantized) weights to int8 per channel, so a 2-bit layer stays exactly ternary and
   4/8-bit layers are approximated within half an int8 step.
@@ -96,15 +99,20 @@ class ActFakeQuant(nn.Module):
         return f"bits={self.bits}, signed={self.signed}, fixed_max={self.fixed_max}"
 
 
-def act_quant(fake_quant: bool, signed: bool, act: str | None = None) -> nn.Module:
+def act_quant(fake_quant: bool, signed: bool, act: str | None = None,
+              bits: int = ACT_BITS) -> nn.Module:
     if not fake_quant:
         return nn.Identity()
-    return ActFakeQuant(signed, fixed_max=6.0 if act == "relu6" else None)
+    return ActFakeQuant(signed, fixed_max=6.0 if act == "relu6" else None, bits=bits)
 
 
-def quantize_weight(module: nn.Module, bits: int, fake_quant: bool) -> nn.Module:
+def quantize_weight(module: nn.Module, bits: int, fake_quant: bool,
+                    in_bits: int = ACT_BITS) -> nn.Module:
+    """Attach the weight fake quantization; record `w_bits` and `in_bits` (the bit-width of
+    the input activation) on the module for the BitOPs count."""
     if fake_quant:
         parametrize.register_parametrization(module, "weight", WeightFakeQuant(bits))
+    module.w_bits, module.in_bits = bits, in_bits
     return module
 
 
@@ -116,13 +124,16 @@ class ConvBNAct(nn.Sequential):
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, act: str | None,
-                 bits: int, fake_quant: bool, groups: int = 1) -> None:
+                 bits: int, fake_quant: bool, groups: int = 1, in_bits: int = ACT_BITS,
+                 out_bits: int = ACT_BITS) -> None:
         conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2,
                          groups=groups, bias=False)
         parts: list[tuple[str, nn.Module]] = [
-            ("conv", quantize_weight(conv, bits, fake_quant)), ("bn", nn.BatchNorm2d(c_out))]
+            ("conv", quantize_weight(conv, bits, fake_quant, in_bits)),
+            ("bn", nn.BatchNorm2d(c_out))]
         if act is not None:
-            parts += [("act", ACTIVATIONS[act]()), ("fq", act_quant(fake_quant, False, act))]
+            parts += [("act", ACTIVATIONS[act]()),
+                      ("fq", act_quant(fake_quant, False, act, out_bits))]
         super().__init__(OrderedDict(parts))
 
 
@@ -130,10 +141,12 @@ class DepthwiseSeparable(nn.Sequential):
     """k x k depthwise conv-BN-act, then 1 x 1 pointwise conv-BN-act."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, act: str, bits: int,
-                 fake_quant: bool) -> None:
+                 fake_quant: bool, in_bits: int = ACT_BITS, act_bits: int = ACT_BITS) -> None:
         super().__init__(OrderedDict([
-            ("dw", ConvBNAct(c_in, c_in, kernel, stride, act, bits, fake_quant, groups=c_in)),
-            ("pw", ConvBNAct(c_in, c_out, 1, 1, act, bits, fake_quant)),
+            ("dw", ConvBNAct(c_in, c_in, kernel, stride, act, bits, fake_quant, groups=c_in,
+                             in_bits=in_bits, out_bits=act_bits)),
+            ("pw", ConvBNAct(c_in, c_out, 1, 1, act, bits, fake_quant, in_bits=act_bits,
+                             out_bits=act_bits)),
         ]))
 
 
@@ -143,16 +156,19 @@ class InvertedResidual(nn.Module):
     can observe and convert it."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, act: str, bits: int,
-                 fake_quant: bool, expand: int) -> None:
+                 fake_quant: bool, expand: int, in_bits: int = ACT_BITS,
+                 act_bits: int = ACT_BITS) -> None:
         super().__init__()
         hidden = c_in * expand
-        self.expand = ConvBNAct(c_in, hidden, 1, 1, act, bits, fake_quant)
-        self.dw = ConvBNAct(hidden, hidden, kernel, stride, act, bits, fake_quant, groups=hidden)
-        self.project = ConvBNAct(hidden, c_out, 1, 1, None, bits, fake_quant)
+        self.expand = ConvBNAct(c_in, hidden, 1, 1, act, bits, fake_quant, in_bits=in_bits,
+                                out_bits=act_bits)
+        self.dw = ConvBNAct(hidden, hidden, kernel, stride, act, bits, fake_quant, groups=hidden,
+                            in_bits=act_bits, out_bits=act_bits)
+        self.project = ConvBNAct(hidden, c_out, 1, 1, None, bits, fake_quant, in_bits=act_bits)
         self.residual = stride == 1 and c_in == c_out
         if self.residual:
             self.skip_add = torch.ao.nn.quantized.FloatFunctional()
-        self.out_fq = act_quant(fake_quant, True)
+        self.out_fq = act_quant(fake_quant, True, bits=act_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(self.dw(self.expand(x)))
@@ -162,14 +178,19 @@ class InvertedResidual(nn.Module):
 
 
 def make_block(op: str, c_in: int, c_out: int, kernel: int, stride: int, act: str, bits: int,
-               fake_quant: bool) -> nn.Module:
+               fake_quant: bool, in_bits: int = ACT_BITS, act_bits: int = ACT_BITS
+               ) -> nn.Module:
+    """One searched block: weights at `bits`; it reads `in_bits` activations (the previous
+    block's output) and quantizes its own activations and output at `act_bits`."""
     if op == "conv":
-        return ConvBNAct(c_in, c_out, kernel, stride, act, bits, fake_quant)
+        return ConvBNAct(c_in, c_out, kernel, stride, act, bits, fake_quant, in_bits=in_bits,
+                         out_bits=act_bits)
     if op == "dwsep":
-        return DepthwiseSeparable(c_in, c_out, kernel, stride, act, bits, fake_quant)
+        return DepthwiseSeparable(c_in, c_out, kernel, stride, act, bits, fake_quant,
+                                  in_bits=in_bits, act_bits=act_bits)
     if op.startswith("ir") and op[2:].isdigit():
         return InvertedResidual(c_in, c_out, kernel, stride, act, bits, fake_quant,
-                                expand=int(op[2:]))
+                                expand=int(op[2:]), in_bits=in_bits, act_bits=act_bits)
     raise ValueError(f"unknown quant-space operation {op!r}")
 
 
@@ -183,14 +204,16 @@ class QuantNetwork(nn.Module):
         self.input_fq = act_quant(fake_quant, True)
         self.stem = ConvBNAct(input_channels, stem_width, 3, 1, "relu", EDGE_BITS, fake_quant)
         blocks = []
-        c = stem_width
+        c, in_bits = stem_width, ACT_BITS
         for layer, stride in zip(layers, strides, strict=True):
+            act_bits = layer.get("abits", ACT_BITS)
             blocks.append(make_block(layer["op"], c, layer["width"], layer["kernel"], stride,
-                                     layer["act"], layer["bits"], fake_quant))
-            c = layer["width"]
+                                     layer["act"], layer["bits"], fake_quant, in_bits, act_bits))
+            c, in_bits = layer["width"], act_bits
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
+        # the pooled features are counted as 8-bit input (the INT8 runtime requantizes there)
         self.classifier = quantize_weight(nn.Linear(c, num_classes), EDGE_BITS, fake_quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -274,3 +297,117 @@ def to_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
         wrapped(calibration)
     tq.convert(wrapped, inplace=True)
     return wrapped.eval()
+
+
+# ---- BitOPs of a built network (the analytic count's cross-check) --------------------------
+def bitops_of_model(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """sum over convs/linears of MACs x weight bits x input-activation bits, counted by
+    running one sample through `model` with hooks (each module's `w_bits` and `in_bits`)."""
+    total = [0]
+
+    def hook(module: nn.Module, inputs: Any, out: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            macs = out[0].numel() * (module.in_channels // module.groups) * k
+        else:
+            macs = module.in_features * module.out_features
+        total[0] += macs * module.w_bits * module.in_bits
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total[0]
+
+
+# ---- packed low-bit weights ----------------------------------------------------------------
+PACKED_FORMAT = "nas-quant-packed-1"
+
+
+def weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(integer codes in [-(2^(b-1)-1), 2^(b-1)-1], per-output-channel float32 scales) of a
+    weight, exactly as `WeightFakeQuant` rounds it."""
+    qmax = 2 ** (bits - 1) - 1
+    dims = tuple(range(1, w.dim()))
+    scale = w.detach().abs().amax(dim=dims, keepdim=True).clamp_min(1e-8) / qmax
+    codes = torch.clamp(torch.round(w.detach() / scale), -qmax, qmax).to(torch.int16)
+    return codes, scale.flatten().float()
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Signed `bits`-bit codes as bytes (uint8): each code offset by 2^(b-1) to an unsigned
+    b-bit field, 8 // b fields per byte, the first in the low bits; the last byte padded
+    with zeros. 8-bit codes take a byte each."""
+    import numpy as np
+
+    if bits not in (2, 4, 8):
+        raise ValueError(f"bits must be 2, 4 or 8, got {bits}")
+    fields = (codes.flatten().to(torch.int32) + 2 ** (bits - 1)).numpy().astype(np.uint8)
+    per_byte = 8 // bits
+    padded = np.zeros(-(-fields.size // per_byte) * per_byte, dtype=np.uint8)
+    padded[:fields.size] = fields
+    groups = padded.reshape(-1, per_byte).astype(np.uint16)
+    shifts = (np.arange(per_byte, dtype=np.uint16) * bits)
+    packed = (groups << shifts).sum(axis=1).astype(np.uint8)
+    return torch.from_numpy(packed)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """Inverse of `pack_codes`: the first `count` signed codes (int16)."""
+    import numpy as np
+
+    per_byte = 8 // bits
+    data = packed.numpy().astype(np.uint16)[:, None]
+    shifts = (np.arange(per_byte, dtype=np.uint16) * bits)[None, :]
+    fields = ((data >> shifts) & (2**bits - 1)).reshape(-1)[:count]
+    return torch.from_numpy(fields.astype(np.int16) - 2 ** (bits - 1))
+
+
+def pack_model(model: QuantNetwork) -> dict[str, Any]:
+    """The low-bit weights of a fake-quantized network, packed (`pack_codes`) with their
+    per-channel scales, and the rest of its state (BN, biases, activation ranges) as is.
+    `load_packed_state` restores a network computing the same outputs."""
+    if not model.fake_quant:
+        raise ValueError("pack_model needs the fake-quantized model (build(arch))")
+    weights: dict[str, Any] = {}
+    skip = set()
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            original = module.parametrizations.weight.original
+            codes, scale = weight_codes(original, module.w_bits)
+            weights[name] = {"bits": module.w_bits, "shape": list(original.shape),
+                             "scale": scale, "data": pack_codes(codes, module.w_bits)}
+            skip.add(f"{name}.parametrizations.weight.original")
+    state = {k: v for k, v in model.state_dict().items() if k not in skip}
+    return {"format": PACKED_FORMAT, "weights": weights, "state": state}
+
+
+def load_packed_state(model: QuantNetwork, packed: dict[str, Any]) -> QuantNetwork:
+    """Load `pack_model`'s output into a network of the same architecture (in place)."""
+    if not isinstance(packed, dict) or packed.get("format") != PACKED_FORMAT:
+        raise ValueError(f"not a packed quant model (format {PACKED_FORMAT!r})")
+    state = dict(packed["state"])
+    for name, entry in packed["weights"].items():
+        shape = tuple(entry["shape"])
+        count = int(torch.Size(shape).numel())
+        codes = unpack_codes(entry["data"], int(entry["bits"]), count).reshape(shape)
+        scale = entry["scale"].reshape(-1, *([1] * (len(shape) - 1)))
+        state[f"{name}.parametrizations.weight.original"] = codes.float() * scale
+    model.load_state_dict(state)
+    return model
+
+
+def bake_weights(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose weights are their fake-quantized values as plain parameters
+    (the network the bit-widths make), activation fake quantization kept. Training-free
+    proxies of the quantized network (EMQ) read these weights; `model` is left intact."""
+    baked = copy.deepcopy(model)
+    for module in list(baked.modules()):
+        if parametrize.is_parametrized(module, "weight"):
+            _own_parametrized_class(module)
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return baked

@@ -19,7 +19,8 @@ METRICS = ("params", "flops")
 
 @register_evaluator
 class AnalyticEvaluator(Evaluator):
-    """Metrics `params` and `flops` (floats; also stored on the architecture row). Takes no
+    """Metrics `params` and `flops` (floats; also stored on the architecture row), and the
+    space's other exact `cost_metrics` (the quant space's `bitops`, `model_size_kb`). Takes no
     `evaluator_args`: the counts follow the space and its `space_args` (input size,
     classes)."""
 
@@ -34,9 +35,10 @@ class AnalyticEvaluator(Evaluator):
         super().__init__(space)
 
     def metric_names(self) -> set[str]:
-        return set(METRICS)
+        return set(METRICS) | set(self.space.cost_metrics)
 
     def evaluate(self, arch: Arch, key: str) -> Evaluation:
         params = int(self.space.params(arch))
         flops = int(self.space.flops(arch))
-        return Evaluation({"params": float(params), "flops": float(flops)}, [], params, flops)
+        metrics = {"params": float(params), "flops": float(flops), **self.space.costs(arch)}
+        return Evaluation(metrics, [], params, flops)

@@ -87,7 +87,8 @@ class TrainEvaluator(Evaluator):
         return {"num_classes": parse_dataset(args.get("dataset")).info().num_classes}
 
     def metric_names(self) -> set[str]:
-        names = {"val_acc", "val_loss", "train_loss", "train_time_s", "params", "flops"}
+        names = {"val_acc", "val_loss", "train_loss", "train_time_s", "params", "flops",
+                 *self.space.cost_metrics}
         return names | ({"test_acc"} if self.dataset_info.has_test else set()) | \
             ({"int8_val_acc"} if self.int8 else set())
 
@@ -137,7 +138,7 @@ class TrainEvaluator(Evaluator):
         params, flops = self.space.params(arch), self.space.flops(arch)
         metrics = {"val_acc": result.val_acc, "val_loss": result.val_loss,
                    "train_loss": result.train_loss, "train_time_s": result.train_time_s,
-                   "params": float(params), "flops": float(flops)}
+                   "params": float(params), "flops": float(flops), **self.space.costs(arch)}
         if result.test_acc is not None:
             metrics["test_acc"] = result.test_acc
         measurements = []

@@ -1,0 +1,233 @@
+"""Mixed precision that matters: per-block weight and activation bit-widths of the quant
+space, the exact `bitops` / `model_size_kb` metrics (objectives and constraints), the packed
+low-bit export, and the EMQ proxy machinery (`predictors/emq.py`, proxy `emq`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from search_spaces.layers.quant_net import (
+    ActFakeQuant,
+    bitops_of_model,
+    pack_codes,
+    pack_model,
+    unpack_codes,
+)
+from search_spaces.quant import QuantSpace
+
+DIGITS = {"num_classes": 10, "input_channels": 1, "input_size": 8}
+#: One block on a 1 x 4 x 4 input, 8 stem channels, 2 classes: small enough to count by hand.
+TINY = {"num_classes": 2, "input_channels": 1, "input_size": 4, "stages": 1,
+        "layers_per_stage": 1, "stem_width": 8, "widths": [8]}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---- bitops and model size, by hand ------------------------------------------------------------
+# stem: 1 -> 8, 3x3 on 4x4: 72 weights, 72 * 16 = 1152 MACs, 8-bit weights, 8-bit input.
+# classifier: 8 -> 2: 16 weights and MACs, 8 x 8 bits. Size: bits per weight + 64 (a float32
+# scale and a float32 bias) per output channel.
+STEM_BITOPS, STEM_BITS = 1152 * 8 * 8, 72 * 8 + 64 * 8
+HEAD_BITOPS, HEAD_BITS = 16 * 8 * 8, 16 * 8 + 64 * 2
+
+
+@pytest.mark.parametrize(("token", "bitops", "size_bits"), [
+    # conv 8 -> 8, 3x3: 576 weights, 576 * 16 MACs; 4-bit weights reading the 8-bit stem
+    ("conv-k3-relu-w8-b4-a2", 9216 * 4 * 8, 576 * 4 + 64 * 8),
+    # ir3: expand 8 -> 24 (192 w, 3072 MACs, reads 8 bits), dw 3x3 on 24 (216 w, 3456 MACs,
+    # reads its own 4-bit activations), project 24 -> 8 (192 w, 3072 MACs, reads 4 bits)
+    ("ir3-k3-relu-w8-b2-a4", 3072 * 2 * 8 + 3456 * 2 * 4 + 3072 * 2 * 4,
+     192 * 2 + 64 * 24 + 216 * 2 + 64 * 24 + 192 * 2 + 64 * 8),
+    # dwsep: dw 3x3 on 8 (72 w, 1152 MACs, reads 8 bits), pw 8 -> 8 (64 w, 1024 MACs, 2 bits)
+    ("dwsep-k3-relu6-w8-b8-a2", 1152 * 8 * 8 + 1024 * 8 * 2, 72 * 8 + 64 * 8 + 64 * 8 + 64 * 8),
+])
+def test_bitops_and_model_size_are_exact_on_hand_counted_networks(token, bitops, size_bits):
+    space = QuantSpace(**TINY)
+    arch = space.from_key(token)
+    assert space.bitops(arch) == STEM_BITOPS + bitops + HEAD_BITOPS
+    assert space.model_size_bits(arch) == STEM_BITS + size_bits + HEAD_BITS
+    assert space.model_size_kb(arch) == (STEM_BITS + size_bits + HEAD_BITS) / 8192
+    assert space.costs(arch) == {"bitops": float(space.bitops(arch)),
+                                 "model_size_kb": space.model_size_kb(arch)}
+    assert bitops_of_model(space.build(arch), space.input_shape()) == space.bitops(arch)
+
+
+@pytest.mark.parametrize("args", [{}, DIGITS])
+def test_bitops_match_the_built_networks_and_fall_with_the_bits(args):
+    space = QuantSpace(**args)
+    rng = np.random.default_rng(5)
+    for arch in (space.sample(rng) for _ in range(3)):
+        model = space.build(arch)
+        assert bitops_of_model(model, space.input_shape()) == space.bitops(arch)
+        n_weights = sum(m.weight.numel() for m in model.modules()
+                        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear))
+        channels = sum(m.weight.shape[0] for m in model.modules()
+                       if isinstance(m, torch.nn.Conv2d | torch.nn.Linear))
+        bits = sum(m.weight.numel() * m.w_bits for m in model.modules()
+                   if isinstance(m, torch.nn.Conv2d | torch.nn.Linear))
+        assert space.model_size_bits(arch) == bits + 64 * channels
+        assert n_weights * 2 + 64 * channels <= space.model_size_bits(arch)
+        lower = {"layers": [{**layer, "bits": 2, "abits": 2} for layer in arch["layers"]]}
+        assert space.bitops(lower) < space.bitops(arch) or arch == lower
+        assert space.flops(lower) == space.flops(arch)  # bits change no MAC
+
+
+def test_activation_bits_set_the_quantizers_of_each_block():
+    space = QuantSpace(**DIGITS)
+    arch = space.from_key("ir3-k3-relu6-w8-b8-a2|dwsep-k3-relu-w16-b4-a4|"
+                          "conv-k3-relu-w16-b2-a8|ir6-k5-relu-w32-b8-a4|"
+                          "conv-k3-relu-w32-b4-a2|dwsep-k5-relu6-w64-b2-a8")
+    model = space.build(arch)
+    for block, layer in zip(model.blocks, arch["layers"], strict=True):
+        bits = {m.bits for m in block.modules() if isinstance(m, ActFakeQuant)}
+        assert bits == {layer["abits"]}
+    assert model.input_fq.bits == 8 and model.stem.fq.bits == 8
+    # 2-bit unsigned activations take at most 4 values
+    x = torch.randn(16, *space.input_shape())
+    seen = []
+    model.blocks[0].dw.fq.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    model.eval()(x)
+    assert len(torch.unique(seen[0])) <= 4
+
+
+# ---- metrics as objectives and constraints ---------------------------------------------------
+@pytest.mark.integration
+def test_a_job_minimises_bitops_under_a_model_size_budget(sqlite_url):
+    """Both metrics are known before evaluation: no trial is spent over the size budget,
+    and the best trial has the fewest BitOPs of those evaluated."""
+    from nas import api
+    from nas.load_probe import load_spec
+    from nas.storage import Storage, best_trials
+
+    storage = Storage(sqlite_url)
+    space, budget = QuantSpace(), 60.0
+    rng = np.random.default_rng(2)
+    assert 0.2 < np.mean([space.model_size_kb(space.sample(rng)) > budget
+                          for _ in range(200)]) < 0.9
+    spec = {**load_spec(60, space="quant", batch_size=8), "name": "fewest-bitops",
+            "objectives": [{"metric": "bitops", "mode": "min"}],
+            "constraints": [{"metric": "model_size_kb", "max": budget}]}
+    job = api.submit(storage, spec)
+    assert api.run(storage, job) == "completed"
+    rows = storage.trials.load(job)
+    assert len(rows) == 60 and all(r.feasible for r in rows)
+    for row in rows:
+        arch = space.from_key(row.key)
+        assert row.metrics["model_size_kb"] == space.model_size_kb(arch) <= budget
+        assert row.metrics["bitops"] == space.bitops(arch)
+    best = best_trials(storage, job, top=1)[0]
+    assert best["metrics"]["bitops"] == min(r.metrics["bitops"] for r in rows)
+    storage.close()
+
+
+def test_spec_names_a_cost_metric_the_space_lacks():
+    from nas.spec import SpecError, parse_spec
+    from tests.conftest import nb201_spec
+
+    spec = nb201_spec(evaluator="analytic", evaluator_args={},
+                      objectives=[{"metric": "params", "mode": "min"}],
+                      constraints=[{"metric": "model_size_kb", "max": 10}])
+    with pytest.raises(SpecError, match=r"constraints\[0\]\.metric"):
+        parse_spec(spec)
+    quant = {**spec, "space": "quant"}
+    assert parse_spec(quant).constraints[0].metric == "model_size_kb"
+
+
+# ---- packed export ---------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_codes_pack_several_per_byte_and_unpack(bits):
+    qmax = 2 ** (bits - 1) - 1
+    codes = torch.randint(-qmax, qmax + 1, (37,), generator=torch.Generator().manual_seed(bits))
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-37 * bits // 8)
+    assert torch.equal(unpack_codes(packed, bits, 37), codes.to(torch.int16))
+    if bits == 4:  # low nibble first
+        assert packed[0].item() == (codes[0] + 8) | ((codes[1] + 8) << 4)
+
+
+def test_packed_export_reloads_to_the_same_outputs(tmp_path):
+    from nas.export import _export_model, load_packed
+
+    space = QuantSpace(**DIGITS)
+    arch = space.from_key("ir3-k3-relu6-w8-b2-a4|dwsep-k3-relu-w16-b4-a8|"
+                          "conv-k3-relu-w16-b8-a2|ir6-k5-relu-w32-b2-a8|"
+                          "conv-k3-relu-w32-b4-a4|dwsep-k5-relu6-w64-b2-a2")
+    torch.manual_seed(0)
+    trained = space.build(arch).train()
+    with torch.no_grad():  # move BN statistics and activation ranges off their init
+        for _ in range(3):
+            trained(torch.randn(16, *space.input_shape()))
+    state = trained.state_dict()
+    normalisation = {"mean": [0.5], "std": [2.0]}
+    path = tmp_path / "model.packed"
+    _export_model(space, arch, "packed", path, seed=3, state=state, normalisation=normalisation)
+    reloaded = load_packed(path)
+    x = torch.randn(8, *space.input_shape())
+    trained.eval()
+    with torch.no_grad():
+        expected = trained((x - 0.5) / 2.0)
+        got = reloaded(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    packed = torch.load(path, weights_only=True)
+    payload = sum(entry["data"].numel() for entry in packed["weights"].values())
+    weight_bits = sum(int(np.prod(e["shape"])) * e["bits"] for e in packed["weights"].values())
+    assert payload * 8 - weight_bits < 8 * len(packed["weights"])  # only per-tensor padding
+    assert payload < sum(int(np.prod(e["shape"])) for e in packed["weights"].values())
+
+
+def test_pack_model_refuses_a_model_without_fake_quantization():
+    space = QuantSpace(**DIGITS)
+    arch = space.sample(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="fake-quantized"):
+        pack_model(space.build(arch, fake_quant=False))
+
+
+# ---- EMQ ---------------------------------------------------------------------------------------
+def test_emq_allocation_respects_budgets_and_follows_the_gains():
+    from predictors import emq
+
+    space = QuantSpace(**emq.SPACE_ARGS)
+    base = space.from_key(emq.BASE_KEY)
+    pairs = emq.bit_pairs()
+    gains = np.zeros((4, len(pairs)))
+    gains[:, pairs.index((2, 8))] = 1.0  # 2-bit weights with 8-bit activations preferred
+    uniform4 = emq.with_bits(base, [(4, 4)] * 4)
+    size, bitops = space.model_size_kb(uniform4), space.bitops(uniform4)
+    chosen = emq.allocate_bits(space, base, gains, max_size_kb=size, max_bitops=bitops)
+    assert space.model_size_kb(chosen) <= size and space.bitops(chosen) <= bitops
+    brute = max((emq.with_bits(base, [pairs[j] for j in c]) for c in
+                 np.ndindex(*(len(pairs),) * 4)),
+                key=lambda a: (space.model_size_kb(a) <= size and space.bitops(a) <= bitops,
+                               sum(gains[i, pairs.index((la["bits"], la["abits"]))]
+                                   for i, la in enumerate(a["layers"]))))
+    score = [sum(gains[i, pairs.index((la["bits"], la["abits"]))]
+                 for i, la in enumerate(a["layers"])) for a in (chosen, brute)]
+    assert score[0] == score[1]
+    with pytest.raises(ValueError, match="no bit configuration"):
+        emq.allocate_bits(space, base, gains, max_size_kb=0.1)
+
+
+def test_emq_statistics_see_the_bits():
+    from predictors import emq, evolved
+
+    space = QuantSpace(**emq.SPACE_ARGS)
+    base = space.from_key(emq.BASE_KEY)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g))
+    high = emq.quantized_stats(space, emq.with_bits(base, [(8, 8)] * 4), batch)
+    low = emq.quantized_stats(space, emq.with_bits(base, [(2, 2)] * 4), batch)
+    nonzero = evolved.STAT_COLUMNS.index("W.nz")
+    # ternary weights have zeros where 8-bit ones have none (stem and classifier stay 8-bit)
+    assert (low[1:-1, nonzero] < high[1:-1, nonzero]).all()
+    # the stem's weights and outputs come before any searched bit (its gradients do not)
+    same = [i for i, c in enumerate(evolved.STAT_COLUMNS) if c.split(".")[0] in ("W", "A")]
+    assert np.allclose(low[0, same], high[0, same])
+    assert not np.allclose(low[-2], high[-2])
