@@ -236,3 +236,41 @@ def test_bad_arguments_fail_at_submit() -> None:
             "objectives": [{"metric": "score", "mode": "max"}], "budget": {"trials": 1}}
     with pytest.raises(SpecError, match="strategy_args.target_flops"):
         parse_spec(spec)
+
+
+@pytest.mark.integration
+def test_tas_job_exports_the_distilled_network(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tas job through the driver (proxy evaluator, no training of trials): its derived
+    network's trial carries the search metrics and `nas export` hands over the distilled
+    weights."""
+    from nas import api
+    from nas.export import export_trial
+    from nas.storage import Storage
+
+    monkeypatch.setenv("NAS_ARTIFACTS", str(tmp_path / "artifacts"))
+    space_args = {**MBCONV_ARGS, "num_classes": 10}
+    storage = Storage("sqlite://")
+    job = api.submit(storage, {
+        "name": "tas-job", "space": "mbconv", "space_args": space_args, "strategy": "tas",
+        "strategy_args": {"epochs": 1, "teacher_epochs": 1, "kd_epochs": 1, "batch_size": 32,
+                          "dataset": {"kind": "digits", "limit": 200}, "target_flops": 0.6},
+        "evaluator": "proxy", "evaluator_args": {"proxies": ["params"]},
+        "objectives": [{"metric": "score", "mode": "max"}], "budget": {"trials": 1},
+        "executor": "local", "parallelism": 1, "batch_size": 1, "seed": 1})
+    assert api.run(storage, job) == "completed"
+    (trial,) = storage.trials.load(job)
+    space = get_space("mbconv", **space_args)
+    assert trial.metrics["search.flops"] == space.flops(space.from_key(trial.key))
+    assert trial.metrics["search.distilled"] == 1.0
+    state, normalisation = split_weights(storage.trials.weights(job, trial.number))
+    target = tmp_path / "pruned.pt"
+    export_trial(storage, job, trial.number, "torchscript", str(target))
+    model = torch.jit.load(str(target))
+    reference = space.build(space.from_key(trial.key))
+    reference.load_state_dict(state)
+    reference.eval()
+    mean, std = (torch.tensor(normalisation[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    x = torch.rand(3, 1, 8, 8) * 16
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference((x - mean) / std), atol=1e-4)
