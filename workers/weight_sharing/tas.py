@@ -35,12 +35,19 @@ Three phases, one epoch counter (`epochs` in the record is their sum):
    is built as `space.build(found)` and trained with `(1 - kd_alpha) * CE + kd_alpha * T^2 *
    KL(teacher_T || student_T)` (`kd_temperature` T) from the frozen teacher.
 
-Derivation: the argmax network; if it is above the target (TAS just takes it), the cheapest
-steps down in log-probability per FLOP saved (one width or one depth candidate at a time)
-bring it under. `outcome.archs` is that one network; its metrics are `distilled_acc`,
-`teacher_acc` (validation top-1, percent), `flops`, `params`, `target_flops`, `flops_ratio`
-(of the given network's), `argmax_flops`. `subnet-1.pt` beside the checkpoint holds the
-distilled network's state_dict (with the input standardisation), `subnets.json` indexes it.
+Derivation (at the start of phase 3): the argmax network; when it misses the band
+[target * (1 - flops_tolerance), target] (TAS just takes it), single steps of one width or
+depth candidate, the least log-probability lost per FLOP changed first, bring it under the
+target, then up into the band while they stay under. `outcome.archs` is that one network;
+its metrics are `distilled_acc`, `teacher_acc` (validation top-1, percent, BatchNorm
+statistics recalibrated on the training split), `flops`, `params`, `target_flops`,
+`flops_ratio` (of the given network's), `argmax_flops`, `distilled` (0 when stopped before
+phase 3). `subnet-1.pt` beside the checkpoint holds the distilled network's state_dict (BN
+recalibrated, with the input standardisation), `subnets.json` indexes it. `distill(arch)`
+distils the teacher into any other pruned network the same way (a benchmark's peer).
+
+Data parallel (`workers: N`): every rank trains on the whole batch (no `ranks.shard`), so
+the result is one rank's, at N times the compute (not exercised by the tests).
 
 Where we simplify: the search starts from the trained teacher's weights (TAS searches from
 scratch); the student starts from the teacher's first channels and blocks (`kd_init:
