@@ -206,6 +206,16 @@ def test_combinations_rank_vote_and_place_one_arch_in_a_reference():
     assert combine.transform("grasp", -3.0) < 0 < combine.transform("grasp", 3.0)
 
 
+def test_the_default_battery_is_cheap_and_not_fitted_on_nb201_labels():
+    """The default is `combine.DEFAULT_BATTERY` (chosen by bench/proxies.py on cells other
+    than those it is reported on); a proxy fitted on NB201 labels is never part of it."""
+    assert DEFAULT_PROXIES == combine.DEFAULT_BATTERY == ("meco",)
+    assert combine.DEFAULT_AGGREGATE == "mean_rank"
+    assert not set(DEFAULT_PROXIES) & combine.FITTED_ON_NB201_LABELS
+    assert "evolved.nb201" in combine.FITTED_ON_NB201_LABELS and "evolved.nb201" in ALL
+    assert all(p in combine.NB201_QUANTILES for p in DEFAULT_PROXIES)
+
+
 def test_every_proxy_has_nb201_reference_quantiles():
     assert set(combine.NB201_QUANTILES) == set(ALL)
     for name, quantiles in combine.NB201_QUANTILES.items():
@@ -234,7 +244,8 @@ def test_proxy_evaluator_on_a_digits_shaped_space():
         {k: v for k, v in result.metrics.items() if k != "proxy_time_s"}
     expected = combine.fixed_score({p: result.metrics[f"proxy.{p}"] for p in DEFAULT_PROXIES})
     assert result.metrics["score"] == pytest.approx(expected)
-    assert evaluator.proxy_value(CONVS, key, "jacov") == result.metrics["proxy.jacov"]
+    first = DEFAULT_PROXIES[0]
+    assert evaluator.proxy_value(CONVS, key, first) == result.metrics[f"proxy.{first}"]
     # every computed (not analytic) proxy is a measurement under the cache device
     assert evaluator.cache_device() == \
         f"proxy:{evaluator.network_key()}|digits|batch=20|seed=0"
