@@ -38,6 +38,11 @@ formula as proxy `evolved.<name>`. It is not called on import: the built-in regi
 listing is pinned by tests/test_proxies.py, so a caller that wants the evolved proxies (e.g.
 the proxy evaluator, when a job names one) calls it first; calling it again is harmless.
 
+`evolved.nb201` was evolved for Spearman with NAS-Bench-201 CIFAR-10 `valid_acc` on 100
+cells: it is fitted on the labels of the benchmark it would be tested on, so it is listed in
+`predictors.combine.FITTED_ON_NB201_LABELS`, is never a candidate for the default battery,
+and its NB201 figure (bench/proxy_learning.py) is only fair on the cells it was not fitted on.
+
 torch is imported only by the functions that run a network.
 """
 
