@@ -145,3 +145,10 @@ def test_bad_arguments_name_the_field(args, field):
 def test_an_unsupported_space_is_refused():
     with pytest.raises(UnsupportedSpaceError, match="mbconv, nb201"):
         get_strategy("deepmad", get_space("hybrid"))
+
+
+def test_with_no_feasible_design_the_smallest_network_comes_first():
+    space = get_space("mbconv", **DIGITS)
+    strategy = get_strategy("deepmad", space, max_flops=1000.0, iterations=50)
+    assert strategy.ask() == space.min_arch() and strategy.designs == []
+    assert strategy.ask() != space.min_arch()

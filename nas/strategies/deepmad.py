@@ -231,6 +231,7 @@ class DeepMAD(Strategy):
         #: the solver's best feasible designs, best first: (key, objective)
         self.designs: list[tuple[str, float]] = []
         self.next = 0  # index in `designs` of the next proposal
+        self.smallest_proposed = False  # the fallback when no design is feasible
 
     # ---- the program -------------------------------------------------------------------------
     def objective(self, arch: Arch, structure: Structure | None = None) -> float:
@@ -311,6 +312,13 @@ class DeepMAD(Strategy):
                 return arch
         if self.designs:  # every solved design proposed: neighbours of the best
             return self.mutate_or_sample(self.space.from_key(self.designs[0][0]))
+        # No design meets the bounds: the space's smallest network (the nearest to any
+        # budget), then samples within the job's known constraints.
+        smallest = getattr(self.space, "min_arch", None)
+        if not self.smallest_proposed and callable(smallest):
+            self.smallest_proposed = True
+            if self.acceptable(smallest()):
+                return smallest()
         return self.draw_acceptable(lambda: self.space.sample(self.rng))
 
     def tell(self, trial: TrialView) -> None:
@@ -318,13 +326,15 @@ class DeepMAD(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "solved": self.solved, "next": self.next,
-                "designs": [[k, v] for k, v in self.designs]}
+                "designs": [[k, v] for k, v in self.designs],
+                "smallest_proposed": self.smallest_proposed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.solved = bool(state["solved"])
         self.next = int(state["next"])
         self.designs = [(str(k), float(v)) for k, v in state["designs"]]
+        self.smallest_proposed = bool(state.get("smallest_proposed", False))
 
     def design_report(self, arch: Arch) -> dict[str, float]:
         """The program's terms for one design (for reports and the benchmark)."""
