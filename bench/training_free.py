@@ -116,6 +116,57 @@ def deepmad_nb201(args: argparse.Namespace) -> dict:
     return out
 
 
+def deepmad_nb201_design(args: argparse.Namespace) -> dict:
+    """DeepMAD's designs on NB201 (no training) at FLOPs budgets, looked up in the table:
+    the design's test accuracy beside the best cell and random search within the budget, the
+    best of the first 10 designs beside random search's best of 10 (expected over 2,000
+    draws), and the solver's design beside the program's optimum by enumeration (quick: over
+    2,000 cells)."""
+    import numpy as np
+
+    from nas.strategies import get_strategy
+    from search_spaces import get_space
+    from workers.tables import load_table
+
+    table = load_table("nb201-cifar10")
+    space = get_space("nb201")
+    keys = sorted(table.rows)
+    archs = [space.from_key(k) for k in keys]
+    flops = np.array([space.flops(a) for a in archs], dtype=float)
+    test = np.array([table.rows[k]["test_acc"] for k in keys])
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for q in [0.5] if args.quick else [0.25, 0.5, 1.0]:
+        budget = float(np.quantile(flops, q))
+        strategy = get_strategy("deepmad", space, seed=args.seed, max_flops=budget)
+        first = [space.key(strategy.ask()) for _ in range(10)]
+        objective = {k: v for k, v in strategy.designs}
+        pool = rng.permutation(len(archs))[:2000] if args.quick else range(len(archs))
+        feasible = [int(i) for i in pool if strategy.feasible(archs[i])]
+        optimum = max(feasible, key=lambda i: strategy.objective(archs[i]))
+        by_key = {k: i for i, k in enumerate(keys)}
+        draws = rng.choice(feasible, size=(2000, 10))
+        rows.append({
+            "flops_quantile": q, "flops_budget": budget, "feasible_cells": len(feasible),
+            "design": first[0], "design_test_acc": float(test[by_key[first[0]]]),
+            "best_of_10_designs_test_acc": float(max(test[by_key[k]] for k in first)),
+            "best_cell_test_acc": float(test[feasible].max()),
+            "random_mean_test_acc": float(test[feasible].mean()),
+            "random_best_of_10_test_acc": float(test[draws].max(axis=1).mean()),
+            "design_is_program_optimum": objective[first[0]]
+            >= strategy.objective(archs[optimum]) - 1e-9,
+            "design_percentile_in_budget": float((test[feasible] <= test[by_key[first[0]]])
+                                                 .mean() * 100)})
+        r = rows[-1]
+        print(f"   FLOPs <= {budget / 1e6:.1f}M ({len(feasible)} cells): design "
+              f"{r['design_test_acc']:.2f} (percentile {r['design_percentile_in_budget']:.0f}, "
+              f"program optimum: {r['design_is_program_optimum']}), best of 10 designs "
+              f"{r['best_of_10_designs_test_acc']:.2f}; random {r['random_mean_test_acc']:.2f}, "
+              f"random best of 10 {r['random_best_of_10_test_acc']:.2f}; best cell "
+              f"{r['best_cell_test_acc']:.2f}")
+    return {"budgets": rows}
+
+
 def _train_all(space, archs: list, seeds: list[int], quick: bool) -> list[list[float]]:
     """val_acc of each architecture trained with the `train` evaluator, one run per seed."""
     from workers.evaluators import get_evaluator
@@ -204,6 +255,7 @@ def deepmad_vs_random(args: argparse.Namespace) -> dict:
 #: Named sections in the order they run; each takes the parsed arguments, returns a dict.
 SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "deepmad_nb201": deepmad_nb201,
+    "deepmad_nb201_design": deepmad_nb201_design,
     "deepmad_vs_random": deepmad_vs_random,
 }
 
