@@ -30,9 +30,10 @@ SPACE = NB201Space()
 
 #: Strategies with a preparation phase (a supernet search, scoring a proxy pool) pass the
 #: same suite once prepared, in tests/test_weight_sharing_driver.py and
-#: tests/test_proxy_strategy.py.
+#: tests/test_proxy_strategy.py. `asvit` searches the `vit` space only: tests/test_asvit.py.
 ASK_TELL = [n for n in list_strategies()
-            if not issubclass(strategy_class(n), (WeightSharingStrategy, ProxySearch))]
+            if not issubclass(strategy_class(n), (WeightSharingStrategy, ProxySearch))
+            and n != "asvit"]
 
 
 @pytest.mark.integration

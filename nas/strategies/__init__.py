@@ -11,6 +11,7 @@ from ._base import (
     register_strategy,
     strategy_class,
 )
+from .asvit import AsViT
 from .checks import check_strategy
 from .deepmad import DeepMAD
 from .evolution import RegularizedEvolution
@@ -26,7 +27,7 @@ __all__ = [
     "Constraint", "Evaluations", "GBDTSearch", "LongTask", "MultiObjectiveEvolution",
     "Objective", "Preparation", "ProxySearch",
     "RandomSearch",
-    "DeepMAD",
+    "AsViT", "DeepMAD",
     "RegularizedEvolution", "SearchContext", "Strategy", "TrialView", "check_strategy",
     "get_strategy", "list_strategies", "register_strategy", "strategy_class", "NSGA2Strategy",
     "TPEStrategy", "WeightSharingStrategy",
