@@ -23,6 +23,12 @@
    (`TASSearch.distill`): validation accuracy drop from the teacher, over several seeds
    (mean, sd and the paired TAS - uniform difference). Also written alone to
    bench/results/weight_sharing_tas.json; `--only tas` runs just this section.
+5. data-parallel ranks (`bench_ranks`, `strategy_args.workers`): each method on 1 rank (in
+   process) and on 2 Ray Train ranks (gloo, one CPU each) with the same global batch:
+   seconds per epoch (median and spread over the epochs; the ranks' start-up is in the wall
+   time only), and how far 2 ranks end from 1 (max |difference| of the architecture
+   parameters, or of the supernet weights for oneshot; the same derived architectures?).
+   Also written alone to bench/results/weight_sharing_ranks.json; `--only ranks` runs it.
 
     python bench/weight_sharing.py           # full (< 20 min on 2 shared CPU cores)
     python bench/weight_sharing.py --quick   # CI smoke test (< 60 s)
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -293,7 +300,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CI smoke test (< 60 s)")
     parser.add_argument("--out", type=Path, help="folder for the JSON (default bench/results; "
                                                  "quick: a temporary folder)")
-    parser.add_argument("--only", choices=["tas"], help="run only this section (its own JSON)")
+    parser.add_argument("--only", choices=["tas", "ranks"],
+                        help="run only this section (its own JSON)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     settings = QUICK if args.quick else FULL
@@ -301,6 +309,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.only == "tas":
         main_tas(TAS_QUICK if args.quick else TAS_FULL, out)
+        return
+    if args.only == "ranks":
+        main_ranks(RANKS_QUICK if args.quick else RANKS_FULL, out)
         return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
@@ -323,8 +334,9 @@ def main() -> None:
         print(f"3. fbnet on nb201, {settings['fbnet']['epochs']} epochs", flush=True)
         fbnet = bench_fbnet(settings["fbnet"], work)
     tas = main_tas(TAS_QUICK if args.quick else TAS_FULL, out)
+    ranks = main_ranks(RANKS_QUICK if args.quick else RANKS_FULL, out)
     record = {"settings": settings, "step_cost": steps, "nb201": nb201, "fbnet": fbnet,
-              "tas": tas,
+              "tas": tas, "ranks": ranks,
               "seconds": time.perf_counter() - started, "torch": torch.__version__,
               "python": platform.python_version(), "machine": platform.machine()}
     path = out / "weight_sharing.json"
@@ -348,6 +360,108 @@ def main_tas(settings: dict, out: Path) -> dict:
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"  {tas['seconds']:.0f} s; wrote {path}")
     return tas
+
+
+# ---- 5. data-parallel ranks (`strategy_args.workers`) ---------------------------------------
+#: Methods run on 1 and on 2 ranks with the same global batch (fbnet with a fixed table, so
+#: both runs use the same one; oneshot on a small mbconv, latency not measured).
+RANK_METHODS = {
+    "darts-1st": ("darts", "nb201", {}, {"order": 1}),
+    "darts-2nd": ("darts", "nb201", {}, {"order": 2}),
+    "pc-darts": ("pc-darts", "nb201", {}, {"k": 2, "warmup_epochs": 0, "batch_size": 32}),
+    "rarts": ("rarts", "nb201", {}, {}),
+    "fbnet": ("fbnet", "nb201", {}, {"max_latency_ms": 5.0, "latency_table": {
+        "none": 0.0, "skip_connect": 0.1, "nor_conv_1x1": 0.6, "nor_conv_3x3": 1.5,
+        "avg_pool_3x3": 0.3, "skeleton_ms": 1.0}}),
+    "oneshot": ("oneshot", "mbconv", {
+        "input_channels": 1, "input_size": 8, "num_classes": 10, "stage_channels": [16, 24],
+        "stage_strides": [2, 2], "stem_channels": 8, "head_channels": 32, "depths": [1, 2],
+        "kernel_sizes": [3, 5], "expand_ratios": [2, 4], "width_mults": [0.5, 1.0]},
+        {"population": 6, "generations": 1, "top_k": 2, "latency": "none", "bn_samples": 64}),
+}
+RANKS_FULL = {"epochs": 5, "limit": 600, "batch_size": 32, "methods": list(RANK_METHODS)}
+RANKS_QUICK = {"epochs": 1, "limit": 128, "batch_size": 32, "methods": ["darts-1st"]}
+
+
+def _arch_tensors(state: dict) -> dict[str, torch.Tensor]:
+    """A checkpoint's architecture parameters (alpha, beta), else every floating-point
+    supernet tensor (oneshot has no architecture parameters: its sampler is seeded)."""
+    if "arch" in state:
+        return {k: v.float() for k, v in state["arch"].items()}
+    return {k: v.float() for k, v in state["supernet"].items() if v.is_floating_point()}
+
+
+def ranks_run(label: str, workers: int, settings: dict, folder: Path) -> dict:
+    """One search of `RANK_METHODS[label]` on `workers` ranks: wall time, seconds per epoch,
+    derived keys, whether the ranks' hashes agreed every epoch, the architecture tensors."""
+    method, space_name, space_args, extra = RANK_METHODS[label]
+    args = {"epochs": settings["epochs"], "batch_size": settings["batch_size"], "seed": 1,
+            "dataset": {"kind": "digits", "limit": settings["limit"]},
+            **({} if method == "oneshot" else {"channels": 4}), **extra}
+    space = get_space(space_name, **space_args)
+    target = folder / f"{label}-{workers}"
+    started = time.perf_counter()
+    outcome = get_search(method, space, workers=workers, **args).run(target)
+    wall = time.perf_counter() - started
+    state = torch.load(target / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return {"wall_s": wall, "epoch_s": [r["seconds"] for r in outcome.history],
+            "keys": [space.key(a) for a in outcome.archs],
+            "ranks_agree": all(len(set(r.get("arch_hashes", [0]))) == 1
+                               for r in outcome.history),
+            "tensors": _arch_tensors(state["state"])}
+
+
+def bench_ranks(settings: dict, folder: Path) -> dict:
+    """Per method: 1 rank against 2 ranks (see the module docstring, 5.)."""
+    from workers.executors.ray import connect_ray
+
+    connect_ray()
+    out = {}
+    for label in settings["methods"]:
+        one, two = (ranks_run(label, w, settings, folder) for w in (1, 2))
+        diff = max(float((one["tensors"][k] - two["tensors"][k]).abs().max())
+                   for k in one["tensors"])
+        out[label] = {"epoch_s_1": _spread(one["epoch_s"]), "epoch_s_2": _spread(two["epoch_s"]),
+                      "wall_s_1": one["wall_s"], "wall_s_2": two["wall_s"],
+                      "max_arch_param_diff": diff, "same_derived": one["keys"] == two["keys"],
+                      "ranks_agree_every_epoch": two["ranks_agree"],
+                      "derived_1": one["keys"][0], "derived_2": two["keys"][0]}
+    return out
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "spread": max(values) - min(values),
+            "n": len(values)}
+
+
+def print_ranks(ranks: dict) -> None:
+    for label, r in ranks.items():
+        one, two = r["epoch_s_1"], r["epoch_s_2"]
+        print(f"  {label:<10} s/epoch: 1 rank {one['median']:6.2f} (spread {one['spread']:.2f})"
+              f"  2 ranks {two['median']:6.2f} (spread {two['spread']:.2f})  "
+              f"{one['median'] / two['median']:.2f}x   wall {r['wall_s_1']:.0f} / "
+              f"{r['wall_s_2']:.0f} s   max |d| {r['max_arch_param_diff']:.1e}   "
+              f"same derived: {r['same_derived']}   ranks agree: "
+              f"{r['ranks_agree_every_epoch']}", flush=True)
+
+
+def main_ranks(settings: dict, out: Path) -> dict:
+    """Section 5 alone: run, print, write `weight_sharing_ranks.json`."""
+    started = time.perf_counter()
+    print(f"\n5. data-parallel ranks: 1 vs 2 (Ray Train, gloo), global batch "
+          f"{settings['batch_size']}, {settings['epochs']} epochs, digits limit "
+          f"{settings['limit']}", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        ranks = bench_ranks(settings, Path(scratch))
+    print_ranks(ranks)
+    record = {"settings": settings, "ranks": ranks, "seconds": time.perf_counter() - started,
+              "cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(),
+              "torch": torch.__version__, "python": platform.python_version(),
+              "machine": platform.machine()}
+    path = out / "weight_sharing_ranks.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"  {record['seconds']:.0f} s; wrote {path}")
+    return ranks
 
 
 if __name__ == "__main__":
