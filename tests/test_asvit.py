@@ -11,6 +11,7 @@ from nas.spec import SpecError, parse_spec
 from nas.strategies import check_strategy, get_strategy, list_strategies
 from predictors.proxies.linear_regions import count_linear_regions, segments
 from search_spaces import get_space
+from search_spaces.validation import ArgumentError
 from tests.conftest import nb201_spec
 
 ANALYTIC = {"evaluator": "analytic", "evaluator_args": {},
@@ -84,3 +85,26 @@ def test_bad_asvit_arguments_name_the_field(args, field):
 def test_asvit_refuses_another_space():
     with pytest.raises(SpecError, match="space"):
         parse_spec(nb201_spec(strategy="asvit", strategy_args={}, **ANALYTIC))
+
+
+# ---- the vit space ---------------------------------------------------------------------------
+def test_vit_keys_are_asvit_genotypes_and_heads_double_per_stage():
+    """(check_space runs on the registered `vit` in tests/test_spaces.py.)"""
+    space = _space()
+    arch = {"kernels": [2, 3, 4], "splits": [2, 1, 1], "ratios": [4, 2, 4], "depths": [1, 2, 1],
+            "heads": 8, "width": 16}
+    assert space.key(arch) == "2,2,4,1|3,1,2,2|4,1,4,1|8,16"
+    assert space.from_key(space.key(arch)) == arch
+    model = space.build(arch)
+    assert [b.attn.heads for b in model.stages if hasattr(b, "attn")] == [2, 4, 4, 8]
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("args, field", [
+    ({"splits": [[3], [1], [1]]}, "splits[0]"), ({"heads": [6]}, "heads"),
+    ({"widths": [6], "heads": [16]}, "widths"), ({"stages": 5}, "stages"),
+    ({"patch_kernels": [0]}, "patch_kernels")])
+def test_bad_vit_space_arguments_name_the_field(args, field):
+    with pytest.raises(ArgumentError) as info:
+        get_space("vit", **{**DIGITS_VIT, **args})
+    assert info.value.field == field
