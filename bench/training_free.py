@@ -249,6 +249,157 @@ def deepmad_vs_random(args: argparse.Namespace) -> dict:
 
 
 # ---- As-ViT (helper H6) ----------------------------------------------------------------------
+#: TE-NAS's NTK condition number on NB201 CIFAR-10 as other papers measured it (the figure
+#: bench/proxies.py quotes; sign: a smaller condition number, a better cell). No published
+#: NB201 number is quoted here for the linear-region count (TE-NAS shows it in a figure only).
+ASVIT_PUBLISHED = {"ntk_condition_number": {"spearman": -0.54, "kendall": -0.37},
+                   "linear_regions": None}
+ASVIT_CELLS, ASVIT_QUICK_CELLS = 200, 3
+#: Full mode stops scoring new cells after this long and reports on the cells scored so far
+#: (the cache keeps them: a rerun goes on where it stopped).
+ASVIT_MAX_SECONDS = 2400
+ASVIT_CACHE = ROOT / "bench" / ".cache" / "asvit_nb201.jsonl"
+#: The digits-sized `vit` space of section asvit_vs_random.
+DIGITS_VIT = {"input_channels": 1, "input_size": 8, "patch_stride": 1, "stages": 3,
+              "widths": [8, 16, 24, 32], "heads": [4, 8], "depths": [1, 2, 3],
+              "ratios": [2, 3, 4]}
+
+
+def _nb201_images(n: int = 20):
+    """The first CIFAR-10 test images of ../shared/data, normalised (channel mean/std)."""
+    import numpy as np
+    import torch
+
+    data = np.load(SHARED / "cifar10-test-first20.npz")
+    x = torch.tensor(data["x"][:n], dtype=torch.float32).permute(0, 3, 1, 2) / 255.0
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).reshape(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).reshape(1, 3, 1, 1)
+    return (x - mean) / std, torch.tensor(data["y"][:n], dtype=torch.long)
+
+
+def asvit_nb201(args: argparse.Namespace) -> dict:
+    """Spearman / Kendall of As-ViT's two measures (te_ntk's condition number, linear_regions)
+    with NB201 CIFAR-10 test accuracy on a seeded sample of cells (default NB201 network, 20
+    CIFAR-10 test images, weights seeded), cached in bench/.cache (quick: 3 cells, no cache;
+    full: 200 cells, or those scored within ASVIT_MAX_SECONDS)."""
+    import numpy as np
+    import torch
+
+    from predictors.metrics import kendall_tau, spearman
+    from predictors.proxies import compute_proxies
+    from search_spaces import get_space
+    from workers.tables import load_table
+
+    table = load_table("nb201-cifar10")
+    space = get_space("nb201")
+    keys = sorted(table.rows)
+    order = np.random.default_rng(args.seed + 201).permutation(len(keys))
+    sample = [keys[i] for i in order[:ASVIT_QUICK_CELLS if args.quick else ASVIT_CELLS]]
+    cache: dict[str, dict] = {}
+    if not args.quick and ASVIT_CACHE.is_file():
+        for line in ASVIT_CACHE.read_text().splitlines():
+            row = json.loads(line)
+            cache[row["key"]] = row
+    batch = _nb201_images()
+    torch.set_num_threads(1)
+    start, scored = time.perf_counter(), 0
+    for key in sample:
+        if key in cache:
+            continue
+        if time.perf_counter() - start > ASVIT_MAX_SECONDS:
+            break
+        arch = space.from_key(key)
+        scores = compute_proxies(lambda arch=arch: space.build(arch), batch,
+                                 ["te_ntk", "linear_regions"], seed=args.seed)
+        cache[key] = {"key": key, "ntk": -scores["te_ntk"], "lr": scores["linear_regions"]}
+        scored += 1
+        if not args.quick:
+            ASVIT_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            with ASVIT_CACHE.open("a") as f:
+                f.write(json.dumps(cache[key]) + "\n")
+    seconds = (time.perf_counter() - start) / max(scored, 1)
+    sample = [k for k in sample if k in cache]
+    test = [table.rows[k]["test_acc"] for k in sample]
+    out: dict = {"cells": len(sample), "scored_now": scored, "seconds_per_cell": seconds,
+                 "published": ASVIT_PUBLISHED, "measures": {}}
+    columns = {"ntk_condition_number": [cache[k]["ntk"] for k in sample],
+               "linear_regions": [cache[k]["lr"] for k in sample],
+               "params (peer)": [space.params(space.from_key(k)) for k in sample]}
+    # As-ViT's combination: the sum of the two ranks (condition number ascending, regions
+    # descending), negated so that larger is better
+    ntk_rank = np.argsort(np.argsort(columns["ntk_condition_number"]))
+    lr_rank = np.argsort(np.argsort([-v for v in columns["linear_regions"]]))
+    columns["asvit rank sum (negated)"] = [-float(a + b) for a, b in zip(ntk_rank, lr_rank,
+                                                                         strict=True)]
+    for name, values in columns.items():
+        row = {"spearman_test": spearman(values, test), "kendall_test": kendall_tau(values, test)}
+        out["measures"][name] = row
+        print(f"   {name:28} rho {row['spearman_test']:+.3f}  tau {row['kendall_test']:+.3f}"
+              f"  ({len(sample)} cells)")
+    print(f"   published (TE-NAS's NTK, other papers): rho -0.54, tau -0.37; "
+          f"{seconds:.2f} s per cell scored now ({scored})")
+    return out
+
+
+def _random_at_flops(space, flops: float, count: int, rng, tolerance: float = 0.15) -> list:
+    """`count` distinct random architectures within +-tolerance of `flops`."""
+    picks: dict[str, dict] = {}
+    for _ in range(200_000):
+        if len(picks) >= count:
+            break
+        arch = space.sample(rng)
+        if abs(space.flops(arch) - flops) <= tolerance * flops:
+            picks.setdefault(space.key(arch), arch)
+    return list(picks.values())
+
+
+def asvit_vs_random(args: argparse.Namespace) -> dict:
+    """As-ViT's seed topology and its scaled model (the `asvit` strategy, FLOPs budget: the
+    median FLOPs of the space) against random ViTs of the same FLOPs (+-15%), all trained with
+    the `train` evaluator on digits over several seeds."""
+    import numpy as np
+    import torch
+
+    from nas.strategies import get_strategy
+    from search_spaces import get_space
+
+    torch.set_num_threads(1)
+    space = get_space("vit", **DIGITS_VIT)
+    rng = np.random.default_rng(args.seed)
+    budget = float(np.median([space.flops(space.sample(rng)) for _ in range(500)]))
+    start = time.perf_counter()
+    strategy = get_strategy("asvit", space, seed=args.seed, steps=3 if args.quick else 40,
+                            batch=4 if args.quick else 8, max_flops=budget)
+    final = strategy.ask()
+    design_s = time.perf_counter() - start
+    seed_arch = space.from_key(strategy.report["seed"])
+    seeds = [0] if args.quick else [0, 1, 2]
+    per_design = 1 if args.quick else 3
+    designs = {"scaled": final} if args.quick else {"scaled": final, "seed": seed_arch}
+    out: dict = {"space_args": DIGITS_VIT, "flops_budget": budget, "seeds": seeds,
+                 "epochs": 1 if args.quick else 5, "design_seconds": design_s,
+                 "report": strategy.report, "designs": {}}
+    for label, arch in designs.items():
+        flops = float(space.flops(arch))
+        randoms = _random_at_flops(space, flops, per_design, rng)
+        accs = _train_all(space, [arch, *randoms], seeds, args.quick)
+        per_random = [float(np.mean(a)) for a in accs[1:]]
+        out["designs"][label] = {
+            "key": space.key(arch), "flops": flops, "params": float(space.params(arch)),
+            "val_acc": _spread(accs[0]),
+            "random": [{"key": space.key(a), "flops": float(space.flops(a)),
+                        "val_acc": _spread(acc)} for a, acc in zip(randoms, accs[1:],
+                                                                   strict=True)],
+            "random_mean_over_archs": _spread(per_random) if per_random else None}
+        d = out["designs"][label]
+        r = d["random_mean_over_archs"]
+        print(f"   As-ViT {label} {d['key']} ({flops:.0f} FLOPs): val_acc "
+              f"{d['val_acc']['mean']:.2f} +- {d['val_acc']['std']:.2f} over {len(seeds)} "
+              f"seeds; random at +-15% FLOPs ({len(randoms)} archs): "
+              + (f"mean {r['mean']:.2f}, {r['min']:.2f}-{r['max']:.2f}" if r else "none"))
+    return out
+
+
 
 
 # ---- driver ---------------------------------------------------------------------------------
@@ -257,6 +408,8 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "deepmad_nb201": deepmad_nb201,
     "deepmad_nb201_design": deepmad_nb201_design,
     "deepmad_vs_random": deepmad_vs_random,
+    "asvit_nb201": asvit_nb201,
+    "asvit_vs_random": asvit_vs_random,
 }
 
 
