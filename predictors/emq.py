@@ -6,6 +6,9 @@ The method, as in the paper:
 1. A labelled set: one network with many sampled per-layer bit configurations (the paper
    samples 50 configurations of ResNet-18), each trained briefly with quantization-aware
    training; the label is the quantized network's accuracy (`train_labels`, here on digits).
+   Uniformly drawn configurations nearly all hold a 2-bit activation somewhere, which
+   dominates their accuracy; a third of the set is drawn without 2-bit activations so the
+   proxy also learns to rank the configurations an allocation chooses among.
 2. The proxy search space: programs over primitive statistics of the *quantized* network on
    one minibatch (weights at their quantized values, activations fake-quantized at the
    configuration's bit-widths), combined by unary and binary operators and aggregated over
@@ -18,9 +21,10 @@ The method, as in the paper:
    every configuration is discarded, EMQ's compatibility check).
 4. Bit allocation with the found proxy (`allocate_bits`): the proxy's gain when one block
    takes a bit-width pair and the others stay at 8/8 is the block's sensitivity, and the
-   configuration maximising the summed sensitivities under the model-size and BitOPs budgets
-   is chosen exactly (all configurations enumerated; the paper solves the same integer
-   programme with an ILP solver).
+   configurations maximising the summed sensitivities under the model-size and BitOPs
+   budgets are found exactly (all configurations enumerated; the paper solves the same
+   integer programme with an ILP solver); the best few are then re-scored by the proxy on
+   the whole configuration (`rerank`), which the additive model only approximates.
 
 The proxy found by `bench/mixed_precision.py` is stored in `predictors/data/emq_proxies.json`
 and registered as proxy `emq` (`predictors/proxies/emq.py`).
@@ -32,6 +36,7 @@ tournament; its primitives include a Hessian trace, here the gradient/activation
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -69,10 +74,12 @@ def with_bits(arch: dict[str, Any], config: Sequence[tuple[int, int]]) -> dict[s
 
 
 def sample_configs(space: QuantSpace, arch: dict[str, Any], n: int,
-                   rng: np.random.Generator, exclude: set[str] = frozenset()) -> list[dict]:
-    """`n` distinct random bit configurations of `arch` (keys not in `exclude`)."""
-    pairs, seen, out = bit_pairs(), set(exclude), []
-    limit = len(pairs) ** len(arch["layers"]) - len(seen)
+                   rng: np.random.Generator, exclude: set[str] = frozenset(),
+                   pairs: Sequence[tuple[int, int]] | None = None) -> list[dict]:
+    """`n` distinct random bit configurations of `arch` (keys not in `exclude`), each block
+    drawing from `pairs` (default: every pair)."""
+    pairs, seen, out = list(pairs or bit_pairs()), set(exclude), []
+    limit = len(pairs) ** len(arch["layers"]) - len(seen & _keys(space, arch, pairs))
     if n > limit:
         raise ValueError(f"only {limit} configurations left, asked for {n}")
     while len(out) < n:
@@ -83,6 +90,14 @@ def sample_configs(space: QuantSpace, arch: dict[str, Any], n: int,
             seen.add(key)
             out.append(candidate)
     return out
+
+
+def _keys(space: QuantSpace, arch: dict[str, Any], pairs: Sequence[tuple[int, int]]
+          ) -> set[str]:
+    if len(pairs) ** len(arch["layers"]) > 100_000:
+        return set()
+    return {space.key(with_bits(arch, c))
+            for c in itertools.product(pairs, repeat=len(arch["layers"]))}
 
 
 # ---- statistics of the quantized network --------------------------------------------------
@@ -164,29 +179,31 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 # ---- bit allocation -------------------------------------------------------------------------
 def sensitivities(formula: evolved.Formula, space: QuantSpace, arch: dict[str, Any],
-                  batch: tuple[Any, Any], seed: int = 0) -> np.ndarray:
+                  batch: tuple[Any, Any], seeds: Sequence[int] = (0,)) -> np.ndarray:
     """(blocks, pairs) array: the proxy's change when block i alone takes pair j (the other
-    blocks at 8/8), relative to all blocks at 8/8."""
+    blocks at 8/8), relative to all blocks at 8/8, averaged over initialisation `seeds`."""
     pairs = bit_pairs()
     blocks = len(arch["layers"])
     top = [(max(BITS), max(BITS))] * blocks
-    base = proxy_score(formula, space, with_bits(arch, top), batch, seed)
     out = np.zeros((blocks, len(pairs)))
-    for i in range(blocks):
-        for j, pair in enumerate(pairs):
-            if pair != top[i]:
-                config = top[:i] + [pair] + top[i + 1:]
-                out[i, j] = proxy_score(formula, space, with_bits(arch, config), batch,
-                                        seed) - base
-    return out
+    for seed in seeds:
+        base = proxy_score(formula, space, with_bits(arch, top), batch, seed)
+        for i in range(blocks):
+            for j, pair in enumerate(pairs):
+                if pair != top[i]:
+                    config = top[:i] + [pair] + top[i + 1:]
+                    out[i, j] += proxy_score(formula, space, with_bits(arch, config), batch,
+                                             seed) - base
+    return out / len(seeds)
 
 
 def allocate_bits(space: QuantSpace, arch: dict[str, Any], gains: np.ndarray, *,
-                  max_size_kb: float | None = None, max_bitops: float | None = None
-                  ) -> dict[str, Any]:
+                  max_size_kb: float | None = None, max_bitops: float | None = None,
+                  top: int = 1) -> Any:
     """The bit configuration of `arch` with the largest summed `gains` (from
     `sensitivities`) whose `model_size_kb` and `bitops` are within the budgets (exact:
-    every configuration is costed by the space). ValueError when none fits."""
+    every configuration is costed by the space); with `top` > 1, the `top` best in order
+    (a list). ValueError when none fits."""
     pairs = bit_pairs()
     blocks = len(arch["layers"])
     total = len(pairs) ** blocks
@@ -196,6 +213,7 @@ def allocate_bits(space: QuantSpace, arch: dict[str, Any], gains: np.ndarray, *,
     for i in range(blocks):  # summed[j0, j1, ...] = sum_i gains[i, j_i]
         summed = np.add.outer(summed, gains[i])
     order = np.argsort(-summed.reshape(-1), kind="stable")
+    found = []
     for flat in order:
         choice = np.unravel_index(flat, summed.shape)
         candidate = with_bits(arch, [pairs[int(j)] for j in choice])
@@ -203,8 +221,22 @@ def allocate_bits(space: QuantSpace, arch: dict[str, Any], gains: np.ndarray, *,
             continue
         if max_bitops is not None and space.bitops(candidate) > max_bitops:
             continue
-        return candidate
-    raise ValueError("no bit configuration fits the budgets")
+        found.append(candidate)
+        if len(found) == top:
+            break
+    if not found:
+        raise ValueError("no bit configuration fits the budgets")
+    return found if top > 1 else found[0]
+
+
+def rerank(formula: evolved.Formula, space: QuantSpace, candidates: Sequence[dict[str, Any]],
+           batch: tuple[Any, Any], seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Any]:
+    """The candidate whose whole configuration the proxy scores highest (mean over
+    initialisation `seeds`): the sensitivities assume the blocks add up, this does not."""
+    def score(arch: dict[str, Any]) -> float:
+        return float(np.mean([proxy_score(formula, space, arch, batch, s) for s in seeds]))
+
+    return max(candidates, key=score)
 
 
 # ---- the stored proxies ---------------------------------------------------------------------

@@ -51,6 +51,35 @@ def _width_candidates(widths: Any) -> tuple[int, ...]:
     return tuple(widths)
 
 
+def _stage_ops(value: Any, stages: int) -> tuple[tuple[str, ...], ...]:
+    """Per stage, the operations its blocks choose from (default: all of OPS). A space
+    designed by SpaceEvo (`nas/spaceevo.py`) narrows them."""
+    if value is None:
+        return (OPS,) * stages
+    ok = isinstance(value, list | tuple) and len(value) == stages and all(
+        isinstance(ops, list | tuple) and ops and len(set(ops)) == len(ops)
+        and all(op in OPS for op in ops) for ops in value)
+    if not ok:
+        raise ArgumentError("stage_ops", f"must be {stages} non-empty lists of distinct "
+                                         f"operations among {', '.join(OPS)}, got {value!r}")
+    return tuple(tuple(op for op in OPS if op in ops) for ops in value)
+
+
+def _stage_widths(value: Any, stages: int) -> tuple[tuple[int, ...], ...]:
+    """Per stage, the width candidates (overrides `widths * 2**stage`)."""
+    if not (isinstance(value, list | tuple) and len(value) == stages):
+        raise ArgumentError("stage_widths", f"must be {stages} lists of widths, got {value!r}")
+    out = []
+    for widths in value:
+        try:
+            out.append(_width_candidates(widths))
+        except ArgumentError:
+            raise ArgumentError("stage_widths", "each must be a non-empty increasing list of "
+                                                f"positive multiples of 8, got {widths!r}"
+                                ) from None
+    return tuple(out)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -126,6 +155,8 @@ class QuantSpace(SearchSpace):
         layers_per_stage: int = 2,
         stem_width: int = 16,
         widths: Sequence[int] = (8, 16, 24),
+        stage_ops: Sequence[Sequence[str]] | None = None,
+        stage_widths: Sequence[Sequence[int]] | None = None,
     ) -> None:
         self.num_classes = positive_int("num_classes", num_classes)
         self.input_channels = positive_int("input_channels", input_channels)
@@ -140,6 +171,9 @@ class QuantSpace(SearchSpace):
             raise ArgumentError("input_size", f"must be at least 2**(stages - 1) = "
                                               f"{2 ** (stages - 1)} for {stages} stages, "
                                               f"got {input_size}")
+        self.stage_ops = _stage_ops(stage_ops, self.stages)
+        self.stage_width_choices = None if stage_widths is None else \
+            _stage_widths(stage_widths, self.stages)
         self._candidates = [self._layer_candidates(i) for i in range(self.num_layers)]
 
     # ---- structure -------------------------------------------------------------------------
@@ -148,6 +182,8 @@ class QuantSpace(SearchSpace):
         return self.stages * self.layers_per_stage
 
     def stage_widths(self, stage: int) -> tuple[int, ...]:
+        if self.stage_width_choices is not None:
+            return self.stage_width_choices[stage]
         return tuple(w * 2**stage for w in self.widths)
 
     def strides(self) -> list[int]:
@@ -155,7 +191,8 @@ class QuantSpace(SearchSpace):
                 for i in range(self.num_layers)]
 
     def _layer_candidates(self, index: int) -> dict[str, tuple[Any, ...]]:
-        return {"op": OPS, "kernel": KERNELS, "act": ACTIVATIONS,
+        return {"op": self.stage_ops[index // self.layers_per_stage], "kernel": KERNELS,
+                "act": ACTIVATIONS,
                 "width": self.stage_widths(index // self.layers_per_stage), "bits": BITS,
                 "abits": BITS}
 

@@ -231,3 +231,75 @@ def test_emq_statistics_see_the_bits():
     same = [i for i, c in enumerate(evolved.STAT_COLUMNS) if c.split(".")[0] in ("W", "A")]
     assert np.allclose(low[0, same], high[0, same])
     assert not np.allclose(low[-2], high[-2])
+
+
+# ---- SpaceEvo ----------------------------------------------------------------------------------
+def test_found_space_args_make_a_conforming_quant_space():
+    from search_spaces import spaceevo
+
+    genome = ((0, 0), (2, 3), (1, 1))
+    args = spaceevo.space_args(genome, DIGITS)
+    assert args["stage_ops"] == [["conv"], ["ir3"], ["dwsep"]]
+    assert args["stage_widths"] == [[8, 16, 24], [64, 80, 96], [64, 96, 128]]
+    space = QuantSpace(**args)
+    arch = space.sample(np.random.default_rng(0))
+    assert [layer["op"] for layer in arch["layers"]] == ["conv", "conv", "ir3", "ir3",
+                                                        "dwsep", "dwsep"]
+    hyper = spaceevo.hyperspace(DIGITS)
+    assert hyper.key(arch) == space.key(arch)  # every found network is a hyperspace one
+    assert space.from_key(space.key(arch)) == arch
+    assert space.from_dna(space.to_dna(arch)) == arch
+    assert space.size() == (2 * 2 * 3 * 3 * 3) ** 6  # one op per stage, 3 widths
+    assert space.build(arch).eval()(torch.zeros(2, *space.input_shape())).shape == (2, 10)
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    ({"stage_ops": [["conv"], ["ir3"]]}, "stage_ops"),
+    ({"stage_ops": [["conv"], [], ["ir3"]]}, "stage_ops"),
+    ({"stage_ops": [["conv"], ["ir4"], ["ir3"]]}, "stage_ops"),
+    ({"stage_widths": [[8], [16]]}, "stage_widths"),
+    ({"stage_widths": [[8], [20], [32]]}, "stage_widths"),
+])
+def test_bad_stage_args_are_named(args, field):
+    from search_spaces.validation import ArgumentError
+
+    with pytest.raises(ArgumentError) as info:
+        QuantSpace(**args)
+    assert info.value.field == field
+
+
+def test_space_evolution_is_deterministic_and_finds_the_best_space_of_a_known_score():
+    """Latency = FLOPs (exact, analytic), quality = parameter count: within a FLOPs budget
+    the best space is the one whose sampled networks have the most parameters."""
+    from search_spaces import spaceevo
+
+    hyper = spaceevo.hyperspace(DIGITS)
+    budget = float(np.quantile([hyper.flops(hyper.sample(np.random.default_rng(i)))
+                                for i in range(40)], 0.5))
+
+    def scorer() -> spaceevo.SpaceScorer:
+        return spaceevo.SpaceScorer(
+            DIGITS, lambda archs: np.array([hyper.flops(a) for a in archs], dtype=float),
+            lambda a: hyper.params(a) / 1e4, [budget], samples=6)
+
+    first = spaceevo.evolve_space(scorer(), 3, population=4, steps=12, seed=3)
+    again = spaceevo.evolve_space(scorer(), 3, population=4, steps=12, seed=3)
+    assert (first.best, first.history) == (again.best, again.history)
+    assert first.history == sorted(first.history)  # the best so far never gets worse
+    assert first.best_score == scorer().score(first.best) > -3.0
+
+
+def test_emq_rerank_scores_whole_configurations_with_the_proxy():
+    from predictors import emq, evolved
+
+    space = QuantSpace(**emq.SPACE_ARGS)
+    base = space.from_key(emq.BASE_KEY)
+    g = torch.Generator().manual_seed(1)
+    batch = (torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))
+    # ||sign(W)||^2 counts the non-zero quantized weights: ternary weights hold zeros
+    nonzeros = evolved.SEED_FORMULAS["params"]
+    low = emq.with_bits(base, [(2, 8), (8, 8), (2, 8), (8, 8)])
+    high = emq.with_bits(base, [(8, 8), (4, 8), (8, 8), (4, 8)])
+    assert emq.rerank(nonzeros, space, [low, high], batch, seeds=[0]) == high
+    assert emq.proxy_score(nonzeros, space, low, batch) < emq.proxy_score(nonzeros, space,
+                                                                          high, batch)
