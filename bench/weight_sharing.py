@@ -74,7 +74,7 @@ TAS_SPACE = {"input_channels": 1, "input_size": 8, "stage_channels": [16, 24, 32
              "stage_strides": [2, 2, 1], "stem_channels": 16, "head_channels": 64,
              "depths": [1, 2, 3], "kernel_sizes": [3], "expand_ratios": [1, 2, 3, 4, 5, 6],
              "width_mults": [1.0]}
-TAS_FULL = {"seeds": [0, 1, 2], "uniform_expands": [2, 3], "limit": None, "teacher_epochs": 6,
+TAS_FULL = {"seeds": [0, 1, 2], "uniform_expands": [1, 2, 3], "limit": None, "teacher_epochs": 6,
             "epochs": 10, "kd_epochs": 6, "batch_size": 64, "arch_lr": 0.05}
 TAS_QUICK = {"seeds": [0], "uniform_expands": [3], "limit": 300, "teacher_epochs": 1,
              "epochs": 1, "kd_epochs": 1, "batch_size": 64, "arch_lr": 0.05}
@@ -268,8 +268,14 @@ def _spread(values: list[float]) -> dict:
 def bench_tas(settings: dict, folder: Path) -> dict:
     """Section 4: TAS against uniform width pruning at the same FLOPs (see the docstring)."""
     space = get_space("mbconv", **TAS_SPACE)
-    runs = [tas_run(space, seed, expand, settings, folder)
-            for expand in settings["uniform_expands"] for seed in settings["seeds"]]
+    runs = []
+    for expand in settings["uniform_expands"]:
+        for seed in settings["seeds"]:
+            runs.append(tas_run(space, seed, expand, settings, folder))
+            r = runs[-1]
+            print(f"  seed {seed} expand {expand}: tas {r['tas']['key']} "
+                  f"{r['tas']['acc']:.2f}%, uniform {r['uniform']['acc']:.2f}%, teacher "
+                  f"{r['teacher_acc']:.2f}% ({r['tas']['seconds']:.0f} s)", flush=True)
     summary = {}
     for expand in settings["uniform_expands"]:
         mine = [r for r in runs if r["uniform_expand"] == expand]
