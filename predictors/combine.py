@@ -33,7 +33,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 #: Proxies whose values are positive magnitudes spanning orders of magnitude: compared by log.
-LOG_PROXIES = frozenset({"synflow", "snip", "grad_norm", "fisher", "params", "flops"})
+LOG_PROXIES = frozenset({"synflow", "snip", "grad_norm", "fisher", "params", "flops",
+                         "linear_regions"})
 #: z-scores are clipped to this magnitude, so that one degenerate value (synflow = 0 for a
 #: network whose output ignores its input) cannot outvote every other proxy.
 Z_CLIP = 5.0
@@ -152,6 +153,13 @@ NB201_QUANTILES: dict[str, list[float]] = {
         -7.69581, -6.7541, -6.41646, -5.54727, -4.22263, -3.83836, -3.70478, -3.62195, -3.56326,
         -3.50608, -3.29055, -3.12786, -3.05743, -2.85265, -2.68118, -2.54227, -2.47535, -2.40168,
         -2.26326, -2.01222, -1.71902,
+    ],
+    # linear_regions (log): 60 cells of bench/training_free.py's asvit_nb201 (the same
+    # network and 20 test images, seed 0)
+    "linear_regions": [
+        9.62928, 10.979, 11.0196, 11.0655, 11.1216, 11.1842, 11.3203, 11.5113, 11.6029, 11.6315,
+        11.6727, 11.7104, 11.7752, 11.809, 11.834, 11.9554, 12.0609, 12.1645, 12.2002, 12.2926,
+        12.7221,
     ],
     # the evolved proxy (predictors/data/evolved_proxies.json), on the same 1,000 cells
     "evolved.nb201": [

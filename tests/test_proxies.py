@@ -21,7 +21,8 @@ from workers.evaluators.proxy import DEFAULT_PROXIES, ProxyEvaluator
 
 ALL = ["az_expressivity", "az_nas", "az_progressivity", "az_trainability", "deepmad_entropy",
        "evolved.nb201",
-       "fisher", "flops", "grad_norm", "grasp", "jacov", "meco", "nwot", "params", "snip",
+       "fisher", "flops", "grad_norm", "grasp", "jacov", "linear_regions", "meco", "nwot",
+       "params", "snip",
        "swap", "swap_reg", "synflow", "te_ntk", "zen", "zico"]
 CONVS = {"ops": ["nor_conv_3x3", "nor_conv_3x3", "nor_conv_1x1", "nor_conv_3x3",
                  "skip_connect", "nor_conv_3x3"]}
