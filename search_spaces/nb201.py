@@ -6,6 +6,7 @@ the edges in the order of the NAS-Bench-201 cell string, which is the canonical 
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from ._base import Arch, SearchSpace, register_space
@@ -69,6 +70,79 @@ def effective_ops(ops: list[str]) -> list[str]:
         return ["none"] * len(ops)
     return [op if live[e] and src in reached and dst in useful else "none"
             for e, ((src, dst), op) in enumerate(zip(EDGES, ops, strict=True))]
+
+
+#: Operations with weights: two of them on the same input are two different functions (their
+#: own weights), while two parameter-free ones on the same input are one tensor.
+_WEIGHTED_OPS = frozenset(_CONV_KERNEL)
+
+
+def function_key(ops: list[str]) -> str:
+    """A canonical form of what the cell computes, equal for two cells exactly when they
+    compute the same function of the input up to which weights sit where (isomorphic
+    computation graphs): dead edges (`effective_ops`) are dropped, `skip_connect` is the
+    identity, sums are unordered, and two `avg_pool_3x3` of the same tensor are one tensor.
+
+    The graph's vertices are the live operations; each reads the sum at its source node, a
+    multiset of vertices (and the input `x`; a skip forwards its source's multiset, so
+    `x + x` is `x` twice). Each vertex gets a tree code (operation + its input's codes); as
+    the code is invariant under isomorphism, the vertices are ordered by it and only
+    vertices of equal code (e.g. two 3x3 convolutions of `x`) are permuted, keeping the
+    smallest encoding: an exact canonical form. Two convolutions of `x` summed (two weight
+    tensors) and one convolution of `x` reached twice through skips (`2 * conv(x)`) differ.
+    """
+    ops = effective_ops(list(ops))
+    sums: list[dict[int, int]] = [{-1: 1}]  # node -> {vertex (-1: the input): multiplicity}
+    vertices: list[tuple[str, tuple[tuple[int, int], ...]]] = []  # (op, sorted input)
+    pooled: dict[tuple[str, tuple[tuple[int, int], ...]], int] = {}
+    for target in (1, 2, 3):
+        total: dict[int, int] = {}
+        for e, (src, dst) in enumerate(EDGES):
+            op = ops[e]
+            if dst != target or op == "none":
+                continue
+            if op == "skip_connect":
+                refs = sums[src]
+            else:
+                vertex = (op, tuple(sorted(sums[src].items())))
+                if op in _WEIGHTED_OPS or vertex not in pooled:
+                    vertices.append(vertex)
+                    pooled.setdefault(vertex, len(vertices) - 1)
+                refs = {len(vertices) - 1 if op in _WEIGHTED_OPS else pooled[vertex]: 1}
+            for ref, count in refs.items():
+                total[ref] = total.get(ref, 0) + count
+        sums.append(total)
+    return _canonical(vertices, sums[3])
+
+
+@cache
+def _function_key(ops: tuple[str, ...]) -> str:
+    return function_key(list(ops))
+
+
+def _canonical(vertices: list[tuple[str, tuple[tuple[int, int], ...]]],
+               output: dict[int, int]) -> str:
+    """The smallest encoding of the vertex DAG over the orderings that sort the vertices by
+    tree code (see `function_key`)."""
+    from itertools import permutations, product
+
+    codes: list[str] = []
+    for op, inputs in vertices:  # inputs precede their readers
+        parts = sorted(f"{n}*{'x' if ref < 0 else codes[ref]}" for ref, n in inputs)
+        codes.append(f"{op}({'+'.join(parts)})")
+    groups: dict[str, list[int]] = {}
+    for v in sorted(range(len(vertices)), key=lambda v: codes[v]):
+        groups.setdefault(codes[v], []).append(v)
+    best = None
+    for choice in product(*(permutations(members) for members in groups.values())):
+        order = [v for members in choice for v in members]
+        place = {v: i for i, v in enumerate(order)} | {-1: -1}
+        rows = [(vertices[v][0], sorted((place[r], n) for r, n in vertices[v][1]))
+                for v in order]
+        encoding = repr((rows, sorted((place[r], n) for r, n in output.items())))
+        if best is None or encoding < best:
+            best = encoding
+    return best if best is not None else "zero"
 
 
 @register_space
@@ -138,6 +212,12 @@ class NB201Space(SearchSpace):
 
     def input_shape(self, arch: Arch | None = None) -> tuple[int, ...]:
         return (self.input_channels, self.input_size, self.input_size)
+
+    def function_key(self, arch: Arch) -> str:
+        """What the cell computes, up to which weights sit where (`function_key` above):
+        equal keys, isomorphic networks. The `proxy` strategy scores one cell per key."""
+        self.to_dna(arch)  # validates
+        return _function_key(tuple(arch["ops"]))
 
     def build(self, arch: Arch, **kwargs: Any) -> Any:
         from .layers.nb201_net import NB201Network

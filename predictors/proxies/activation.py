@@ -40,7 +40,7 @@ def jacov(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     x = inputs.detach().clone().requires_grad_(True)
     out = model(x)
     out.backward(torch.ones_like(out))
-    jac = x.grad.detach().reshape(len(x), -1).double().numpy()
+    jac = x.grad.detach().reshape(len(x), -1).double().cpu().numpy()
     worst = -len(x) * (math.log(JACOV_K) + 1.0 / JACOV_K)
     if not np.all(np.isfinite(jac)) or np.any(jac.std(axis=1) == 0):
         return worst
@@ -57,7 +57,7 @@ def nwot(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     activations applied functionally are not seen)."""
     model.train()
     n = len(inputs)
-    kernel = torch.zeros((n, n), dtype=torch.float64)
+    kernel = torch.zeros((n, n), dtype=torch.float64, device=inputs.device)
     handles = []
 
     def on_forward(_module: nn.Module, inp: tuple[torch.Tensor, ...], _out: Any) -> None:

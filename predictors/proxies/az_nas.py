@@ -129,7 +129,7 @@ def az_components(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     with kept_state(model):
         _kaiming_init(model)
         model.train()
-        gaussian = torch.randn((AZ_BATCH, *inputs.shape[1:]), dtype=inputs.dtype)
+        gaussian = torch.randn((AZ_BATCH, *inputs.shape[1:]), dtype=inputs.dtype).to(inputs.device)
         feats = block_features(model, gaussian)
         entropies = [covariance_entropy(f) for f in feats]
         steps = [b - a for a, b in zip(entropies, entropies[1:], strict=False)]

@@ -35,7 +35,7 @@ def loss_saliencies(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     """
     model.train()
     clear_grads(model)
-    fisher = torch.zeros((), dtype=torch.float64)
+    fisher = torch.zeros((), dtype=torch.float64, device=inputs.device)
 
     def on_forward(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
         if not out.requires_grad:

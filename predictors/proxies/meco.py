@@ -30,6 +30,8 @@ def min_correlation_eigenvalue(features: torch.Tensor) -> float:
         return 0.0
     if rows.shape[0] == 1:  # one channel: the 1 x 1 matrix [1] (or [0] when constant)
         return float(rows.std() > 0)
+    if bool((rows == rows[:, :1]).all()):  # every row constant (a `none` edge's zeros): the
+        return 0.0  # zero matrix, without forming it
     corr = torch.nan_to_num(torch.corrcoef(rows), nan=0.0, posinf=0.0, neginf=0.0)
     return float(torch.linalg.eigvalsh(corr)[0])  # symmetric: eigvalsh, ascending
 
@@ -40,10 +42,20 @@ def meco(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     """MeCo: sum over modules of the smallest eigenvalue of the channel correlation matrix of
     the module's output for one example (the minibatch's first)."""
     terms: list[float] = []
+    # A module often returns a tensor another one returned already (a Sequential its last
+    # layer's output, an Identity its input): its term is computed once (the same value).
+    # Keyed by identity and version (an in-place op changes the version); the tensors are
+    # kept alive so that no identity is reused within the pass.
+    seen: dict[tuple[int, int], float] = {}
+    alive: list[torch.Tensor] = []
 
     def on_forward(_module: nn.Module, _inp: Any, out: Any) -> None:
         if isinstance(out, torch.Tensor) and out.dim() >= 2:
-            terms.append(min_correlation_eigenvalue(out[0].detach()))
+            key = (id(out), out._version)
+            if key not in seen:
+                seen[key] = min_correlation_eigenvalue(out[0].detach())
+                alive.append(out)
+            terms.append(seen[key])
 
     handles = [m.register_forward_hook(on_forward) for m in model.modules()]
     try:

@@ -38,7 +38,7 @@ def synflow(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
             p.abs_()
     try:
         clear_grads(model)
-        x = torch.ones((1, *inputs.shape[1:]), dtype=torch.float64)
+        x = torch.ones((1, *inputs.shape[1:]), dtype=torch.float64, device=first.device)
         torch.sum(model(x)).backward()
         layers = weighted_layers(model)
         score = sum((weight_param(m).detach() * g).abs().sum().item()

@@ -63,8 +63,8 @@ def zen(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     handles = [target.register_forward_hook(on_feature)]
     handles += [m.register_forward_hook(on_bn) for m in model.modules()
                 if isinstance(m, BATCHNORMS)]
-    x = torch.randn(inputs.shape, dtype=inputs.dtype)
-    eps = torch.randn(inputs.shape, dtype=inputs.dtype)
+    x = torch.randn(inputs.shape, dtype=inputs.dtype).to(inputs.device)  # the CPU's draws
+    eps = torch.randn(inputs.shape, dtype=inputs.dtype).to(inputs.device)
     try:
         with torch.no_grad():
             model(x)
