@@ -13,7 +13,7 @@ positive-scale proxies) either by ranks or by z-scores:
 
 The default battery (`DEFAULT_BATTERY`, the `proxy` evaluator's default `proxies`) was chosen
 without the labels it is evaluated on: `bench/proxies.py` picks, among every subset of the
-cheap candidates (meco, synflow, nwot, jacov, params, flops) under mean rank or AZ-NAS's
+cheap candidates (meco, synflow, nwot, params, flops) under mean rank or AZ-NAS's
 log-rank sum whose cost fits the throughput budget (38 ms of one core per cell: all 15,625
 NB201 cells in 5 minutes on 2 cores), the one that ranks best by `valid_acc` on 1,000
 *other* NB201 cells (scored on the one-cell-per-stage scoring network); it is then reported
