@@ -111,6 +111,10 @@ PUBLISHED_SOURCES = {
     "te_ntk": "TE-NAS's NTK condition number alone (Chen et al., ICLR 2021) as other papers "
               "measured it on NB201 CIFAR-10 (0.54 / 0.37); not checked here.",
 }
+#: A proxy scored on fewer of the evaluation cells is left out of `recent` (its figure would
+#: be too noisy beside the papers'; the first pass's 200-cell figures are in
+#: bench/results/proxies_recent.json).
+RECENT_MIN_CELLS = 100
 RECENT = ["meco", "zico", "swap", "swap_reg", "az_expressivity", "az_progressivity",
           "az_trainability", "te_ntk"]
 #: How the scoring differs from the papers' (CPU, the data we have).
@@ -264,6 +268,8 @@ SELECTION_CELLS = 1000
 INIT_SEEDS = (1, 2)
 INIT_SEED_CELLS = 300
 SUBSAMPLES = 10
+#: The default battery before issue 20 (chosen on NB201 labels), reported as the peer.
+OLD_DEFAULT = ("synflow", "jacov", "params")
 
 
 def aggregate(columns: dict[str, list[float]], rule: str) -> np.ndarray:
@@ -492,7 +498,7 @@ def recent_report(keys: list[str], cache: dict, table, costs: dict | None = None
                 for k in az_keys]
     out = {}
     for name, have in scored.items():
-        if len(have) < 10:
+        if len(have) < min(RECENT_MIN_CELLS, len(keys)):
             continue
         values = np.asarray(columns[name])
         test = np.asarray([table.rows[k]["test_acc"] for k in have])
@@ -640,6 +646,8 @@ def main() -> None:
     selection = select_default(select_keys, caches["scoring network"], table,
                                costs["threads_1"]) if costs else None
     default = evaluate_battery(battery, combine.DEFAULT_AGGREGATE, keys, caches, table)
+    old = evaluate_battery(list(OLD_DEFAULT), "mean_rank", keys, {"default network": base},
+                           table)
     if costs:
         default["cost_ms"] = battery_cost(battery, costs["threads_1"])
     available = [p for p in list_proxies() if all(p in base[k]["scores"] for k in keys)]
@@ -651,7 +659,7 @@ def main() -> None:
               "space": "nb201 (channels 16, 5 cells per stage)",
               "naslib_overlap": sum(k in reference for k in keys), "proxies": rows,
               "combined": comb, "costs": costs, "default_selection": selection,
-              "default": default, "notes": NOTES,
+              "default": default, "old_default": old, "notes": NOTES,
               "reference_quantiles": reference_quantiles(keys, base, list_proxies()),
               "recent": recent_report(keys, base, table, costs.get("threads_1")),
               "recent_notes": RECENT_NOTES, "published_sources": PUBLISHED_SOURCES}
@@ -659,6 +667,10 @@ def main() -> None:
     print_recent(result["recent"])
     if selection:
         print_default(selection, default, battery)
+    if "default network" in old:
+        r = old["default network"]
+        print(f"  the old default {'+'.join(OLD_DEFAULT)} (mean rank), same run: n {r['n']}, "
+              f"rho test {r['spearman_test']:.3f}, tau {r['kendall_test']:.3f}")
     out = args.json or (None if args.quick else str(RESULTS / "proxies.json"))
     if out:
         Path(out).write_text(json.dumps(result, indent=2) + "\n")

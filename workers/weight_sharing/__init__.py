@@ -10,11 +10,12 @@ from ._base import (
     register_search,
     search_class,
 )
+from .bossnas import BossNASSearch
 from .darts import DartsSearch, DifferentiableSearch, PCDartsSearch, RartsSearch
 from .fbnet import FBNetSearch
 from .oneshot import OneShotSearch
 from .tas import TASSearch
 
-__all__ = ["CHECKPOINT", "DartsSearch", "DifferentiableSearch", "FBNetSearch", "OneShotSearch",
-           "PCDartsSearch", "RartsSearch", "SearchOutcome", "TASSearch", "WeightSharingSearch",
-           "get_search", "list_searches", "register_search", "search_class"]
+__all__ = ["BossNASSearch", "CHECKPOINT", "DartsSearch", "DifferentiableSearch", "FBNetSearch",
+           "OneShotSearch", "PCDartsSearch", "RartsSearch", "SearchOutcome", "TASSearch",
+           "WeightSharingSearch", "get_search", "list_searches", "register_search", "search_class"]

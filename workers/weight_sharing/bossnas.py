@@ -1,0 +1,509 @@
+"""BossNAS (Li et al., ICCV 2021): block-wise self-supervised search with ensemble bootstrapping.
+
+The supernet of the `hytra` space holds, for every layer, every (scale, op) candidate the
+fabric can reach there: one shared body and an entry per input scale (from the same scale,
+or from the one above through a stride-2 entry and shortcut); see `search_spaces.hytra`.
+Its layers are cut into `blocks` contiguous search blocks (as evenly as possible; the paper:
+16 layers in 4 blocks), searched one after the other, `epochs` epochs each (so the run has
+`epochs x blocks` epochs; `history` says which block each trained).
+
+Training block b (unlabelled: the labels are never read). Siamese online and target
+networks (BYOL): the target is an exponential moving average of the online supernet, its
+momentum rising from `base_momentum` to 1 along the block (cosine). The blocks before b are
+fixed to their searched best paths and frozen (no gradient). Every step samples `paths`
+distinct candidate paths of block b (uniformly, without replacement, among the paths that
+start at the scale where the fixed prefix ends) and two augmented views per path (random
+scale and shift, contrast, brightness, noise, cutout; the reference's multi-view pairs).
+Each path's target output (global pooling, then the block's projector MLP, L2-normalised)
+is averaged over the sampled paths: the ensemble target of a view. Each path's online
+prediction (projector, then the block's predictor MLP) of one view regresses the ensemble
+target of the other view (2 - 2 cos, both directions): ensemble bootstrapping, so every
+path learns towards what the candidates agree on, not towards itself.
+
+Block-wise evaluation (the paper's ranking, at the end of each block). On `eval_samples`
+validation images (two fixed augmented views), every candidate path of the block is run
+by the online and the target network; the ensemble target is the mean of all candidates'
+target outputs; a path's score is its online prediction's loss against that ensemble
+target (lower is better). The best path is fixed for the following blocks, and the table of
+every candidate's loss is kept (`block_losses`).
+
+Derivation: the best path of every block, then the next `top_k - 1` architectures by the
+sum of block losses among those whose blocks start and end at the searched scales (the
+architectures the block-wise evaluation ranks; `score` gives that sum for any of them).
+Metrics: `bossnas_loss` (the sum), `flops`, `params`. The found network is retrained from
+scratch by the job's evaluator, as in the paper.
+
+BatchNorm in the supernet always uses batch statistics (no running averages: a shared
+layer sees different paths' features), in training and evaluation alike. Determinism: data
+order, path sampler and augmentation have their own seeded generators (checkpointed), the
+evaluation views a generator seeded by (seed, block), so on CPU a resumed run equals an
+uninterrupted one. On N ranks (`workers`) each rank trains on its shard of every batch and
+the evaluation runs whole on every rank (`ranks.local`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from search_spaces import Arch, SearchSpace
+from search_spaces.validation import ArgumentError, int_at_least, number_in, positive_number
+
+from ._base import WeightSharingSearch, register_search
+
+#: A block's path: one (down, op) per layer of the block.
+Path = tuple[tuple[int, str], ...]
+
+
+def _no_running_stats(module: Any) -> None:
+    """Every BatchNorm normalises with the batch's statistics, in train and eval mode."""
+    import torch
+
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+
+
+def _mlp(c_in: int, hidden: int, out: int) -> Any:
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(c_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                         nn.Linear(hidden, out))
+
+
+def _byol_loss(prediction: Any, target: Any) -> Any:
+    """2 - 2 cos(prediction, target), per example."""
+    import torch.nn.functional as F
+
+    return 2 - 2 * (F.normalize(prediction, dim=1) * F.normalize(target, dim=1)).sum(dim=1)
+
+
+class HyTraSupernet:
+    """The candidates of every layer of a `hytra` space, one projector per (block, output
+    scale) and one predictor per block; a torch `nn.Module` built by `build()`."""
+
+    @staticmethod
+    def build(space: Any, blocks: list[list[int]], hidden: int, projection: int) -> Any:
+        from torch import nn
+
+        from search_spaces.layers.hytra_net import (
+            inner_width,
+            make_body,
+            make_entry,
+            make_shortcut,
+            make_stem,
+        )
+
+        net = nn.Module()
+        net.stem = make_stem(space.input_channels, space.widths[0], space.stem_stride)
+        net.layers = nn.ModuleList()
+        last = space.scales - 1
+        for i in range(space.layers):
+            cands = nn.ModuleDict()
+            for s in range(min(i + 1, last) + 1):
+                for op in ("resconv", "resatt") if s in space.attention_scales else ("resconv",):
+                    c, mid = space.widths[s], inner_width(space.widths[s])
+                    cand = nn.ModuleDict({"body": make_body(op, mid, c, space.head_dim)})
+                    if s <= min(i, last):
+                        cand["stay"] = make_entry(c, mid, False)
+                    if s >= 1:
+                        cand["down"] = make_entry(space.widths[s - 1], mid, True)
+                        cand["shortcut"] = make_shortcut(space.widths[s - 1], c, True)
+                    cands[f"{s}_{op}"] = cand
+            net.layers.append(cands)
+        net.projectors = nn.ModuleList()
+        net.predictors = nn.ModuleList()
+        for layers in blocks:
+            end = min(layers[-1] + 1, last)
+            net.projectors.append(nn.ModuleDict({
+                str(s): nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                      _mlp(space.widths[s], hidden, projection))
+                for s in range(end + 1)}))
+            net.predictors.append(_mlp(projection, hidden, projection))
+        _no_running_stats(net)
+        return net
+
+
+@register_search
+class BossNASSearch(WeightSharingSearch):
+    """BossNAS: block-wise self-supervised (BYOL) supernet training with ensemble
+    bootstrapping on unlabelled data, block-wise evaluation against the candidates' ensemble
+    target, searched block by block on the HyTra space."""
+
+    name = "bossnas"
+    description = ("BossNAS: block-wise self-supervised supernet training with ensemble "
+                   "bootstrapping (unlabelled), paths ranked block by block by their loss "
+                   "against the candidates' ensemble target")
+    spaces = ("hytra",)
+
+    def __init__(self, space: SearchSpace, *, blocks: int = 4, paths: int = 4,
+                 lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 1e-5,
+                 base_momentum: float = 0.99, hidden_dim: int = 128,
+                 projection_dim: int = 64, eval_samples: int = 256, top_k: int = 5,
+                 grad_clip: float = 5.0, **common: Any) -> None:
+        super().__init__(space, **common)
+        layers = getattr(space, "layers", 1)
+        self.n_blocks = int_at_least("blocks", blocks, 1)
+        if self.n_blocks > layers:
+            raise ArgumentError("blocks", f"must be at most the space's layers ({layers}), "
+                                          f"got {blocks!r}")
+        self.paths = int_at_least("paths", paths, 1)
+        self.lr = positive_number("lr", lr)
+        self.momentum = number_in("momentum", momentum, 0.0, 0.999)
+        self.weight_decay = number_in("weight_decay", weight_decay, 0.0, 1.0)
+        self.base_momentum = number_in("base_momentum", base_momentum, 0.0, 1.0)
+        self.hidden_dim = int_at_least("hidden_dim", hidden_dim, 1)
+        self.projection_dim = int_at_least("projection_dim", projection_dim, 1)
+        self.eval_samples = int_at_least("eval_samples", eval_samples, 2)
+        self.top_k = int_at_least("top_k", top_k, 1)
+        self.grad_clip = positive_number("grad_clip", grad_clip)
+        self.epochs_per_block = self.epochs
+        self.epochs = self.epochs_per_block * self.n_blocks
+        sizes = [layers // self.n_blocks + (b < layers % self.n_blocks)
+                 for b in range(self.n_blocks)]
+        starts = np.cumsum([0, *sizes]).tolist()
+        self.block_layers = [list(range(a, b)) for a, b in zip(starts, starts[1:],
+                                                               strict=False)]
+
+    def _config(self) -> dict[str, Any]:
+        return {"blocks": self.n_blocks, "epochs_per_block": self.epochs_per_block,
+                "paths": self.paths, "lr": self.lr, "momentum": self.momentum,
+                "weight_decay": self.weight_decay, "base_momentum": self.base_momentum,
+                "hidden_dim": self.hidden_dim, "projection_dim": self.projection_dim,
+                "eval_samples": self.eval_samples, "top_k": self.top_k,
+                "grad_clip": self.grad_clip}
+
+    # ---- paths -------------------------------------------------------------------------------
+    def candidates(self, block: int, start: int) -> list[Path]:
+        """Every path of `block` from input scale `start`, in a fixed order."""
+        space, out = self.space, [()]
+        for _ in self.block_layers[block]:
+            grown = []
+            for path in out:
+                scale = start + sum(d for d, _ in path)
+                for d in (0, 1) if scale < space.scales - 1 else (0,):
+                    ops = ("resconv", "resatt") if scale + d in space.attention_scales \
+                        else ("resconv",)
+                    grown += [(*path, (d, op)) for op in ops]
+            out = grown
+        return out
+
+    def _start(self, block: int) -> int:
+        """The scale the fixed prefix (best paths of the earlier blocks) ends at."""
+        return sum(d for path in self.best_paths[:block] for d, _ in path)
+
+    def path_key(self, path: Path) -> str:
+        return ",".join(f"{d}{op}" for d, op in path)
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        import torch
+
+        data = self.data
+        expected = tuple(self.space.input_shape())
+        if tuple(data.input_shape) != expected:
+            raise ArgumentError("dataset", f"has inputs of shape {data.input_shape}, the space "
+                                           f"expects {expected} (set space_args.input_channels "
+                                           "/ input_size)")
+        self.online = HyTraSupernet.build(self.space, self.block_layers, self.hidden_dim,
+                                          self.projection_dim).to(self.device)
+        self.target = copy.deepcopy(self.online)
+        for p in self.target.parameters():
+            p.requires_grad_(False)
+        self._x_train = torch.from_numpy(data.x_train).to(self.device)
+        self._x_val = torch.from_numpy(data.x_val[:self.eval_samples]).to(self.device)
+        n = len(self._x_train)
+        self._steps_per_epoch = n // self.batch_size + (1 if n % self.batch_size > 1 else 0)
+        if self._steps_per_epoch == 0 or len(self._x_val) < 2:
+            raise ArgumentError("dataset", f"has {n} training and {len(data.x_val)} "
+                                           "validation examples; the search needs at least 2 "
+                                           "of each")
+        self.optimizer = torch.optim.SGD(
+            [p for p in self.online.parameters()], lr=self.lr, momentum=self.momentum,
+            weight_decay=self.weight_decay)
+        self._order = torch.Generator().manual_seed(self.seed)
+        self._augment = torch.Generator().manual_seed(self.seed + 1)
+        self._sampler = np.random.default_rng([self.seed, 3])
+        self.best_paths: list[Path] = []
+        self.block_losses: list[dict[str, float]] = []
+        self._step_in_block = 0
+
+    # ---- augmentation ------------------------------------------------------------------------
+    def _views(self, x: Any, count: int, generator: Any) -> list[Any]:
+        """`count` random augmentations of the batch `x` (each a new draw)."""
+        import torch
+        import torch.nn.functional as F
+
+        out = []
+        n = len(x)
+        for _ in range(count):
+            u = torch.rand(n, 7, generator=generator).to(x.device)
+            scale = 0.8 + 0.25 * u[:, 0]
+            theta = torch.zeros(n, 2, 3, device=x.device)
+            theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
+            theta[:, :, 2] = (u[:, 1:3] - 0.5) * 0.3
+            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            v = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+            v = v * (0.7 + 0.6 * u[:, 3]).view(-1, 1, 1, 1) + (u[:, 4] - 0.5).view(-1, 1, 1, 1)
+            v = v + 0.1 * torch.randn(v.shape, generator=generator).to(x.device)
+            side = x.shape[-1]
+            cut = max(1, side // 4)
+            rows = (u[:, 5] * (side - cut + 1)).long().clamp(max=side - cut)
+            cols = (u[:, 6] * (side - cut + 1)).long().clamp(max=side - cut)
+            r = torch.arange(side, device=x.device).view(1, -1)
+            in_rows = (r >= rows.view(-1, 1)) & (r < (rows + cut).view(-1, 1))
+            in_cols = (r >= cols.view(-1, 1)) & (r < (cols + cut).view(-1, 1))
+            mask = in_rows.view(n, side, 1) & in_cols.view(n, 1, side)
+            out.append(v.masked_fill(mask.unsqueeze(1), 0.0))
+        return out
+
+    # ---- forward passes ----------------------------------------------------------------------
+    def _layer(self, net: Any, i: int, scale: int, down: int, op: str, x: Any) -> Any:
+        import torch
+
+        cand = net.layers[i][f"{scale + down}_{op}"]
+        entry = cand["down"] if down else cand["stay"]
+        shortcut = cand["shortcut"] if down else None
+        main = cand["body"](entry(x))
+        return torch.relu(main + (shortcut(x) if shortcut is not None else x))
+
+    def _prefix(self, net: Any, x: Any, block: int) -> Any:
+        """The stem and the fixed best paths of the blocks before `block` (no gradient)."""
+        import torch
+
+        with torch.no_grad():
+            x = net.stem(x)
+            scale = 0
+            for b in range(block):
+                for i, (down, op) in zip(self.block_layers[b], self.best_paths[b], strict=True):
+                    x = self._layer(net, i, scale, down, op, x)
+                    scale += down
+        return x
+
+    def _block(self, net: Any, x: Any, block: int, start: int, path: Path) -> Any:
+        """The block's path on the prefix output `x`, then the block's projector."""
+        scale = start
+        for i, (down, op) in zip(self.block_layers[block], path, strict=True):
+            x = self._layer(net, i, scale, down, op, x)
+            scale += down
+        return net.projectors[block][str(scale)](x)
+
+    # ---- training ----------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        import torch
+
+        started = time.perf_counter()
+        block = epoch // self.epochs_per_block
+        if epoch % self.epochs_per_block == 0:
+            self._step_in_block = 0
+        start = self._start(block)
+        pool = self.candidates(block, start)
+        self.online.train()
+        self.target.train()
+        order = torch.randperm(len(self._x_train), generator=self._order).to(self.device)
+        total, seen = 0.0, 0
+        for first in range(0, len(order), self.batch_size):
+            index = order[first:first + self.batch_size]
+            if len(index) < 2:  # BatchNorm cannot train on a batch of one
+                continue
+            chosen = self._sampler.choice(len(pool), size=min(self.paths, len(pool)),
+                                          replace=False)
+            paths = [pool[int(j)] for j in chosen]
+            views = self._views(self._x_train[index], 2 * len(paths), self._augment)
+            local = self.ranks.shard(torch.arange(len(index)))
+            views = [v[local.to(v.device)] for v in views]
+            loss = self._step(views, paths, block, start)
+            total += loss * len(local)
+            seen += len(local)
+        if self.ranks.size > 1:
+            total, seen = self.ranks.total([total, float(seen)])
+        record: dict[str, Any] = {"block": block + 1, "loss": total / seen,
+                                  "candidates": len(pool),
+                                  "target_momentum": self._target_momentum(),
+                                  "lr": self.optimizer.param_groups[0]["lr"]}
+        if (epoch + 1) % self.epochs_per_block == 0:  # the block's evaluation
+            with self.ranks.local():
+                losses = self.evaluate_block(block)
+            best = min(losses, key=lambda k: (losses[k], k))
+            self.block_losses.append(losses)
+            self.best_paths.append(next(p for p in pool if self.path_key(p) == best))
+            record.update(best_path=best, best_loss=losses[best])
+        record["seconds"] = time.perf_counter() - started
+        return record
+
+    def _block_steps(self) -> int:
+        return self.epochs_per_block * self._steps_per_epoch
+
+    def _target_momentum(self) -> float:
+        progress = min(1.0, self._step_in_block / max(1, self._block_steps()))
+        return 1 - (1 - self.base_momentum) * (math.cos(math.pi * progress) + 1) / 2
+
+    def _step(self, views: list[Any], paths: list[Path], block: int, start: int) -> float:
+        import torch
+
+        k = len(paths)
+        progress = self._step_in_block / max(1, self._block_steps())
+        for group in self.optimizer.param_groups:  # cosine schedule within the block
+            group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        with torch.no_grad():
+            targets = [[torch.nn.functional.normalize(
+                self._block(self.target, self._prefix(self.target, views[2 * j + v], block),
+                            block, start, path), dim=1) for v in (0, 1)]
+                for j, path in enumerate(paths)]
+            ensemble = [torch.stack([t[v] for t in targets]).mean(0) for v in (0, 1)]
+        self.optimizer.zero_grad(set_to_none=True)
+        predictor = self.online.predictors[block]
+        loss_sum = 0.0
+        for j, path in enumerate(paths):
+            a, b = (predictor(self._block(self.online, self._prefix(self.online,
+                                                                     views[2 * j + v], block),
+                                          block, start, path)) for v in (0, 1))
+            loss = (_byol_loss(a, ensemble[1]) + _byol_loss(b, ensemble[0])).mean() / k
+            self.ranks.scaled(loss).backward()
+            loss_sum += loss.item()
+        params = [p for p in self.online.parameters() if p.grad is not None]
+        self.ranks.sync_grads(params)
+        torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.optimizer.step()
+        self._step_in_block += 1
+        tau = self._target_momentum()
+        with torch.no_grad():
+            for p_t, p_o in zip(self.target.parameters(), self.online.parameters(),
+                                strict=True):
+                p_t.mul_(tau).add_(p_o.detach(), alpha=1 - tau)
+        return loss_sum
+
+    # ---- block-wise evaluation ---------------------------------------------------------------
+    def evaluate_block(self, block: int) -> dict[str, float]:
+        """Every candidate path's loss against the ensemble target of all candidates (the
+        paper's block-wise evaluation), by path key."""
+        import torch
+
+        start = self._start(block)
+        pool = self.candidates(block, start)
+        generator = torch.Generator().manual_seed(self.seed * 1000 + block)
+        views = self._views(self._x_val, 2, generator)
+        with torch.no_grad():
+            inputs = {name: [self._prefix(net, v, block) for v in views]
+                      for name, net in (("online", self.online), ("target", self.target))}
+            targets, predictions = [], []
+            for path in pool:
+                targets.append([torch.nn.functional.normalize(
+                    self._block(self.target, x, block, start, path), dim=1)
+                    for x in inputs["target"]])
+                predictions.append([self.online.predictors[block](
+                    self._block(self.online, x, block, start, path)) for x in inputs["online"]])
+            ensemble = [torch.stack([t[v] for t in targets]).mean(0) for v in (0, 1)]
+            return {self.path_key(path): float((_byol_loss(p[0], ensemble[1])
+                                                + _byol_loss(p[1], ensemble[0])).mean())
+                    for path, p in zip(pool, predictions, strict=True)}
+
+    # ---- ranking and derivation --------------------------------------------------------------
+    def block_paths(self, arch: Arch) -> list[Path]:
+        """`arch`'s path in each search block."""
+        arch = self.space.validate(arch)
+        return [tuple((arch["down"][i], arch["ops"][i]) for i in layers)
+                for layers in self.block_layers]
+
+    def score(self, arch: Arch) -> float:
+        """The sum of `arch`'s block losses (lower is better); ValueError unless every block
+        of `arch` starts where the searched prefix ends (the architectures the block-wise
+        evaluation ranks) and every block has been evaluated."""
+        if len(self.block_losses) < self.n_blocks:
+            raise ValueError("score needs a finished search (every block evaluated)")
+        total, scale = 0.0, 0
+        for b, path in enumerate(self.block_paths(arch)):
+            if scale != self._start(b):
+                raise ValueError(f"block {b + 1} of {self.space.key(arch)} starts at scale "
+                                 f"{scale}, the searched prefix ends at {self._start(b)}")
+            total += self.block_losses[b][self.path_key(path)]
+            scale += sum(d for d, _ in path)
+        return total
+
+    def _ends(self, block: int) -> int | None:
+        """The scale block `block` must end at to stay rankable (None: the last block)."""
+        return self._start(block + 1) if block + 1 < self.n_blocks else None
+
+    def _options(self, block: int) -> list[tuple[float, Path]]:
+        start, end = self._start(block), self._ends(block)
+        out = [(self.block_losses[block][self.path_key(p)], p)
+               for p in self.candidates(block, start)
+               if end is None or start + sum(d for d, _ in p) == end]
+        return sorted(out, key=lambda item: (item[0], self.path_key(item[1])))
+
+    def _arch(self, paths: list[Path]) -> Arch:
+        steps = [step for path in paths for step in path]
+        return {"down": [d for d, _ in steps], "ops": [op for _, op in steps]}
+
+    def ranked(self, count: int) -> list[tuple[float, Arch]]:
+        """The `count` rankable architectures with the lowest summed block loss, best first
+        (blocks are independent once their end scales are fixed: a k-best merge)."""
+        partial: list[tuple[float, list[Path]]] = [(0.0, [])]
+        for block in range(self.n_blocks):
+            merged = [(s + loss, [*ps, p]) for s, ps in partial
+                      for loss, p in self._options(block)]
+            merged.sort(key=lambda item: (item[0], [self.path_key(p) for p in item[1]]))
+            partial = merged[:count]
+        return [(s, self._arch(ps)) for s, ps in partial]
+
+    def sample_rankable(self, count: int, seed: int) -> list[Arch]:
+        """`count` distinct rankable architectures (or all of them when there are fewer):
+        each block's path drawn uniformly among those that start and end at the searched
+        scales (a population for rank-correlation benchmarks)."""
+        rng = np.random.default_rng(seed)
+        options = [self._options(b) for b in range(self.n_blocks)]
+        total = math.prod(len(o) for o in options)
+        found: dict[str, Arch] = {}
+        while len(found) < min(count, total):
+            arch = self._arch([o[int(rng.integers(len(o)))][1] for o in options])
+            found.setdefault(self.space.key(arch), arch)
+        return list(found.values())
+
+    def _derive(self) -> tuple[list[Arch], list[dict[str, float]]]:
+        if len(self.best_paths) < self.n_blocks:  # stopped early: finish the search greedily
+            return self._derive_partial()
+        archs, metrics = [], []
+        for loss, arch in self.ranked(self.top_k):
+            archs.append(arch)
+            metrics.append({"bossnas_loss": loss, "flops": float(self.space.flops(arch)),
+                            "params": float(self.space.params(arch))})
+        return archs, metrics
+
+    def _derive_partial(self) -> tuple[list[Arch], list[dict[str, float]]]:
+        """A run stopped before its last block: the searched prefix, the rest all ResConv at
+        the prefix's last scale (no loss to report)."""
+        paths = list(self.best_paths)
+        for b in range(len(paths), self.n_blocks):
+            paths.append(tuple((0, "resconv") for _ in self.block_layers[b]))
+        arch = self.space.validate(self._arch(paths))
+        return [arch], [{"flops": float(self.space.flops(arch)),
+                         "params": float(self.space.params(arch))}]
+
+    # ---- checkpoint state --------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"online": self.online.state_dict(), "target": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "order": self._order.get_state(),
+                "augment": self._augment.get_state(),
+                "sampler": self._sampler.bit_generator.state,
+                "best_paths": [list(map(list, p)) for p in self.best_paths],
+                "block_losses": self.block_losses, "step_in_block": self._step_in_block}
+
+    def _arch_state(self) -> dict[str, Any]:
+        return {"sampler": self._sampler.bit_generator.state,
+                "best_paths": [list(map(list, p)) for p in self.best_paths]}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._order.set_state(state["order"].cpu())
+        self._augment.set_state(state["augment"].cpu())
+        self._sampler.bit_generator.state = state["sampler"]
+        self.best_paths = [tuple((int(d), str(op)) for d, op in p) for p in state["best_paths"]]
+        self.block_losses = [dict(t) for t in state["block_losses"]]
+        self._step_in_block = int(state["step_in_block"])
