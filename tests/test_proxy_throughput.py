@@ -166,3 +166,43 @@ def test_dedup_scores_one_cell_per_class_and_shares_its_scores():
     again = ProxySearch(space, seed=0, pool=300, proxies=names, dataset="digits", dedup=True)
     again.prepared(result)
     assert again.ranking == dedup.ranking
+
+
+@pytest.mark.integration
+def test_a_dedup_job_scores_one_cell_per_class_through_the_driver():
+    """Seed 3's 10-cell pool holds two pairs of isomorphic cells: 8 cells scored and
+    stored, the job completes with 3 trials, a second job reuses every stored score."""
+    from sqlalchemy import func, select
+
+    from nas import api
+    from nas.driver import Driver
+    from nas.storage import Storage
+    from nas.storage.schema import measurements
+    from workers.executors import LocalExecutor
+
+    args = {"channels": 8, "cells_per_stage": 1, "input_channels": 1, "input_size": 8}
+    strategy = {"pool": 10, "proxies": ["meco", "params"], "dataset": "digits",
+                "dedup": True, "proxy_device": "cpu"}
+    spec = {"name": "dedup", "space": "nb201", "space_args": args, "strategy": "proxy",
+            "strategy_args": strategy, "evaluator": "benchmark",
+            "evaluator_args": {"table": "nb201-cifar10"},
+            "objectives": [{"metric": "valid_acc", "mode": "max"}],
+            "budget": {"trials": 3}, "executor": "local", "seed": 3}
+    submitted: list[str] = []
+
+    class Counting(LocalExecutor):
+        def submit(self, batch):
+            submitted.extend(t.key for t in batch)
+            super().submit(batch)
+
+    storage = Storage("sqlite://")
+    for name in ("first", "second"):
+        job = api.submit(storage, {**spec, "name": name})
+        driver = Driver(storage, job, executor_factory=lambda s, e: Counting(e, slots=1))
+        assert driver.run() == "completed"
+        assert len(storage.trials.load(job)) == 3
+        with storage.read() as conn:
+            rows = conn.execute(select(func.count()).select_from(measurements).where(
+                measurements.c.device.like("proxy:%"))).scalar_one()
+        assert rows == 8
+    assert len(submitted) == 8 + 3 + 3  # the 8 scored once, then each job's trials
