@@ -161,6 +161,13 @@ NB201_QUANTILES: dict[str, list[float]] = {
         11.6727, 11.7104, 11.7752, 11.809, 11.834, 11.9554, 12.0609, 12.1645, 12.2002, 12.2926,
         12.7221,
     ],
+    # emq (predictors/data/emq_proxies.json, evolved on quant-space bit configurations):
+    # 200 random NB201 cells, bench/proxies.py's network, 20 test images, seed 0
+    "emq": [
+        -1434.16, -787.655, -700.217, -373.197, -307.392, -203.298, 41.2584, 124.212, 129.392,
+        171.557, 208.962, 212.177, 217.786, 294.617, 296.096, 300.242, 301.074, 375.909, 382.682,
+        459.99, 555.332,
+    ],
     # the evolved proxy (predictors/data/evolved_proxies.json), on the same 1,000 cells
     "evolved.nb201": [
         -6066.43, 2224.08, 2640.0, 5024.11, 5594.23, 6353.24, 8092.64, 11240.6,

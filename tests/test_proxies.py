@@ -20,7 +20,7 @@ from workers.evaluators import get_evaluator
 from workers.evaluators.proxy import DEFAULT_PROXIES, ProxyEvaluator
 
 ALL = ["az_expressivity", "az_nas", "az_progressivity", "az_trainability", "deepmad_entropy",
-       "evolved.nb201",
+       "emq", "evolved.nb201",
        "fisher", "flops", "grad_norm", "grasp", "jacov", "linear_regions", "meco", "nwot",
        "params", "snip",
        "swap", "swap_reg", "synflow", "te_ntk", "zen", "zico"]

@@ -30,7 +30,7 @@ GroupFn = Callable[[Any, Any, Any, Callable[..., Any]], dict[str, float]]
 
 #: Modules holding the built-in proxies, imported by `load_builtin_proxies`.
 _FAMILIES = ("gradient", "synflow", "activation", "zen", "cost", "meco", "zico", "swap", "az_nas",
-             "ntk", "deepmad", "linear_regions")
+             "ntk", "deepmad", "linear_regions", "emq")
 _GROUPS: dict[str, GroupFn] = {}
 _loaded = False
 
