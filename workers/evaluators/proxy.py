@@ -128,6 +128,7 @@ class ProxyEvaluator(Evaluator):
                 check_classes(space, self.dataset_spec)
         self._batch: tuple[Any, Any] | None = None
         self._on_device: dict[tuple[str, tuple[int, ...]], tuple[Any, Any]] = {}
+        self._device: Any = None
 
     @classmethod
     def uses_gpu(cls, args: dict[str, Any]) -> bool:
@@ -136,10 +137,12 @@ class ProxyEvaluator(Evaluator):
     def torch_device(self) -> Any:
         """The `torch.device` this worker scores on (`EvaluationError`, one line, when the
         `device` argument asks for a GPU it does not have)."""
-        try:
-            return resolve_device("evaluator_args.device", self.device_name)
-        except ValueError as exc:
-            raise EvaluationError(str(exc)) from None
+        if self._device is None:
+            try:
+                self._device = resolve_device("evaluator_args.device", self.device_name)
+            except ValueError as exc:
+                raise EvaluationError(str(exc)) from None
+        return self._device
 
     @classmethod
     def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
@@ -221,8 +224,11 @@ class ProxyEvaluator(Evaluator):
                     timings[name] = time.perf_counter() - start
         rest = [n for n in names if n not in values]
         if rest:
+            from predictors.proxies import get_proxy
+
             device = self.torch_device()
-            model = SharedModel(lambda: self.space.build(arch), device)
+            passes = {get_proxy(n).group or n for n in rest}  # networks compute_proxies asks for
+            model = SharedModel(lambda: self.space.build(arch), device, keep=len(passes) > 1)
             values.update(compute_proxies(model, self.batch(arch, device), rest,
                                           seed=self.seed, timings=timings))
         for name, value in values.items():
@@ -290,8 +296,8 @@ class SharedModel:
     costs about as much as a cheap proxy, so this halves the cost of a two-proxy battery;
     the scores equal those of fresh builds (tests/test_proxy_throughput.py)."""
 
-    def __init__(self, build: Any, device: Any = None) -> None:
-        self.build, self.device = build, device
+    def __init__(self, build: Any, device: Any = None, keep: bool = True) -> None:
+        self.build, self.device, self.keep = build, device, keep
         self.model: Any = None
         self.builds = 0
 
@@ -302,8 +308,9 @@ class SharedModel:
         if self.device is not None and getattr(self.device, "type", "cpu") != "cpu":
             model = model.to(self.device)
         self.builds += 1
-        self.model = model
-        self._snapshot()
+        if self.keep:  # (a single pass needs no snapshot: `keep=False` builds every time)
+            self.model = model
+            self._snapshot()
         return model
 
     def _tensors(self) -> list[Any]:
