@@ -117,6 +117,9 @@ def test_the_device_argument():
     with pytest.raises(ArgumentError) as exc:
         ProxySearch(TINY, proxies=["synflow"], proxy_device="tpu:0")
     assert exc.value.field == "proxy_device"
+    with pytest.raises(ArgumentError) as exc:
+        ProxySearch(TINY, proxies=["synflow"], dedup="yes")
+    assert exc.value.field == "dedup"
     assert ProxyEvaluator.uses_gpu({}) and ProxyEvaluator.uses_gpu({"device": "cuda"})
     assert not ProxyEvaluator.uses_gpu({"device": "cpu"})
     has_gpu = torch.cuda.is_available()
