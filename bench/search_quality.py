@@ -11,6 +11,14 @@ one trial the driver's ask/tell sequence depends only on the seed and the result
     python bench/search_quality.py            # 30 seeds, budgets 50/100/300, all variants
     python bench/search_quality.py --seeds 100 --budgets 100,300,1000 --variants random,evolution
     python bench/search_quality.py --quick    # CI smoke test: 4 seeds, budget 100
+    python bench/search_quality.py --variants random,evolution,gbdt,tpe,auto --budgets 50,100 \
+        --first-seed 100 --name search_quality_auto_confirm   # the held-out seeds 100-129
+
+`auto` scores the whole NB201 space training-free before its first trial. The full mode
+loads those scores from bench/.cache (`bench/nb201_proxy_cache.py` computes them once, about
+40 ms per cell on one core) into each job's database, as a second job in a shared database
+would find them; its time per job is then the search's own. `--quick` (CI, no cache) gives
+auto a pool of `QUICK_POOL` sampled cells scored live on a small network instead.
 
 Writes search_quality.json and search_quality.png to bench/results/ (`--out` to change;
 `--quick` writes to a fresh temporary folder, so it never overwrites the reference figures).
@@ -22,6 +30,7 @@ import argparse
 import csv
 import gzip
 import json
+import os
 import platform
 import statistics
 import sys
@@ -31,8 +40,9 @@ from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from nas import api  # noqa: E402
 from nas.storage import Storage  # noqa: E402
@@ -50,8 +60,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gbdt+pretrain": ("gbdt", {"pretrain": True}),
     "gbdt+prune+pretrain": ("gbdt", {"prune": True, "pretrain": True}),
     "tpe": ("tpe", {}),
+    "auto": ("auto", {"proxies": ["meco", "synflow"],
+                      "dataset": "npz:../shared/data/cifar10-test-first20.npz",
+                      "proxy_space_args": {"cells_per_stage": 1}}),
 }
-QUICK_VARIANTS = ("random", "evolution", "gbdt", "tpe")
+QUICK_VARIANTS = ("random", "evolution", "gbdt", "tpe", "auto")
+#: --quick: auto's pool (sampled, scored live: CI has no bench/.cache) and scoring network.
+QUICK_POOL = 24
+QUICK_ARGS = {"auto": {"pool": QUICK_POOL, "proxies": ["meco"],
+                       "proxy_space_args": {"cells_per_stage": 1, "channels": 8}}}
 
 
 def load_nb201() -> tuple[dict[str, int], dict[str, dict[str, float]]]:
@@ -75,8 +92,13 @@ def available_variants(names: list[str]) -> list[str]:
     return [n for n in names if VARIANTS[n][0] in list_strategies()]
 
 
-def job_spec(variant: str, seed: int, trials: int) -> dict:
-    strategy, args = VARIANTS[variant]
+def variant_args(variant: str, quick: bool) -> dict:
+    """The variant's strategy_args (with --quick's overrides)."""
+    return {**VARIANTS[variant][1], **(QUICK_ARGS.get(variant, {}) if quick else {})}
+
+
+def job_spec(variant: str, seed: int, trials: int, quick: bool = False) -> dict:
+    strategy, args = VARIANTS[variant][0], variant_args(variant, quick)
     return {
         "name": f"bench-quality-{variant}-{seed}",
         "space": "nb201",
@@ -94,11 +116,44 @@ def job_spec(variant: str, seed: int, trials: int) -> dict:
     }
 
 
-def run_once(strategy: str, seed: int, trials: int) -> list[tuple[str, float, float]]:
-    """(key, valid_acc, test_acc) of trials 1..`trials` in trial-number order."""
+def proxy_cache_rows(variant: str, quick: bool) -> list:
+    """The cached pool scores of a proxy-scoring variant (`bench/nb201_proxy_cache.py`) as
+    measurement rows under the device its preparation reads (empty without a cache)."""
+    import nb201_proxy_cache
+
+    from nas.storage.measurements import MeasurementRow
+    from nas.strategies import get_strategy, strategy_class
+    from search_spaces import get_space
+    from workers.evaluators.proxy import ProxyEvaluator
+
+    strategy_name = VARIANTS[variant][0]
+    args = variant_args(variant, quick)
+    if strategy_name != "auto" or quick:
+        return []
+    space_args = args.get("proxy_space_args", {})
+    if space_args != nb201_proxy_cache.SPACE_ARGS or \
+            args.get("dataset") != nb201_proxy_cache.SETTINGS["dataset"]:
+        return []
+    cached = nb201_proxy_cache.load(space_args)
+    proxies = [p for p in args["proxies"] if p not in ("params", "flops")]
+    strategy = get_strategy(strategy_name, get_space("nb201"), seed=0,
+                            **strategy_class(strategy_name).canonical_args(args))
+    device = ProxyEvaluator(get_space("nb201", **space_args),
+                            **strategy.scorer.evaluator_args).cache_device()
+    space = get_space("nb201")
+    return [MeasurementRow(key, space.from_key(key), device, p, float(values[p]), "measured")
+            for key, values in cached.items() for p in proxies if p in values]
+
+
+def run_once(strategy: str, seed: int, trials: int, quick: bool = False,
+             preload: list | None = None) -> list[tuple[str, float, float]]:
+    """(key, valid_acc, test_acc) of trials 1..`trials` in trial-number order; `preload`:
+    measurement rows stored before the job (cached proxy scores)."""
     storage = Storage("sqlite://")
     try:
-        job = api.submit(storage, job_spec(strategy, seed, trials))
+        if preload:
+            storage.measurements.put("nb201", preload)
+        job = api.submit(storage, job_spec(strategy, seed, trials, quick))
         status = api.run(storage, job)
         if status != "completed":
             raise RuntimeError(f"{strategy} seed {seed}: job ended {status}")
@@ -172,6 +227,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke test (< 60 s)")
     parser.add_argument("--seeds", type=int, help="number of seeds (default 30, quick 4)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed .. first-seed + seeds - 1 (default 0; the "
+                             "held-out confirmation uses 100)")
+    parser.add_argument("--name", default="search_quality",
+                        help="stem of the JSON and PNG written (default search_quality)")
     parser.add_argument("--budgets", help="comma-separated trial budgets (default 50,100,300)")
     parser.add_argument("--variants", help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--out", type=Path,
@@ -200,17 +260,27 @@ def main() -> None:
     curves: dict[str, list[list[float]]] = {}
     found: dict[str, list[list[bool]]] = {}
     seconds: dict[str, list[float]] = {}
+    seed_list = list(range(args.first_seed, args.first_seed + seeds))
     for strategy in variants:
         curves[strategy], found[strategy], seconds[strategy] = [], [], []
-        for seed in range(seeds):
+        preload = proxy_cache_rows(strategy, args.quick)
+        if VARIANTS[strategy][0] == "auto" and not args.quick:
+            if len({r.key for r in preload}) < len(table):
+                raise SystemExit(f"{strategy}: the proxy cache holds "
+                                 f"{len({r.key for r in preload})} of {len(table)} cells; run "
+                                 "bench/nb201_proxy_cache.py first")
+            print(f"  {strategy}: {len(preload)} cached proxy scores loaded into each job's "
+                  "database", flush=True)
+        for seed in seed_list:
             t0 = time.perf_counter()
-            trials = run_once(strategy, seed, horizon)
+            trials = run_once(strategy, seed, horizon, args.quick, preload)
             seconds[strategy].append(time.perf_counter() - t0)
             tests, keys = incumbent_curve(trials)
             curves[strategy].append(tests)
             found[strategy].append([k == best_key for k in keys])
         print(f"  ran {strategy}: {seeds} runs, median {statistics.median(seconds[strategy]):.2f}"
-              f" s per {horizon}-trial run", flush=True)
+              f" s per {horizon}-trial job (range {min(seconds[strategy]):.2f}-"
+              f"{max(seconds[strategy]):.2f})", flush=True)
 
     summary: dict[str, dict[str, dict[str, float]]] = {}
     print(f"\n{'variant':<20} {'trials':>6}  {'test_acc mean ± std':>20}  {'median':>7}  "
@@ -237,19 +307,21 @@ def main() -> None:
 
     out = args.out or (Path(tempfile.mkdtemp(prefix="nas-bench-")) if args.quick else RESULTS)
     out.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out / "search_quality.json", out / "search_quality.png"
+    json_path, png_path = out / f"{args.name}.json", out / f"{args.name}.png"
     record = {
         "benchmark": "nb201-cifar10", "select_on": "valid_acc", "report": "test_acc",
-        "seeds": seeds, "budgets": budgets,
+        "seeds": seeds, "first_seed": args.first_seed, "budgets": budgets,
         "protocol": "nas driver end to end: executor local, parallelism 1, batch_size 1, "
                     "in-memory SQLite; budgets are prefixes of one run per seed",
-        "variants": {v: {"strategy": VARIANTS[v][0], "strategy_args": VARIANTS[v][1]}
-                     for v in variants},
+        "variants": {v: {"strategy": VARIANTS[v][0],
+                         "strategy_args": variant_args(v, args.quick)} for v in variants},
         "best_valid_cell": {"index": BEST_VALID_INDEX, "key": best_key,
                             "valid_acc": table[best_key]["valid_acc"],
                             "test_acc": reference_test},
         "results": summary,
         "seconds_per_run_median": {s: statistics.median(v) for s, v in seconds.items()},
+        "seconds_per_run_range": {s: [min(v), max(v)] for s, v in seconds.items()},
+        "load_average": list(os.getloadavg()),
         "python": platform.python_version(), "machine": platform.machine(),
     }
     json_path.write_text(json.dumps(record, indent=2) + "\n")

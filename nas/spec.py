@@ -21,6 +21,8 @@ FIELDS = (
     "early_stopping",
 )
 EXECUTORS = ("ray", "local")
+#: The strategy of a spec that names none: chooses per job from what the space allows.
+DEFAULT_STRATEGY = "auto"
 MAX_NAME = 200  # jobs.name is VARCHAR(200)
 MAX_SEED = 2**63 - 1  # jobs.seed is BIGINT
 MAX_METRIC = 64  # measurements.metric is VARCHAR(64) (tests/test_spec_limits.py checks both)
@@ -474,7 +476,7 @@ def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
             raise SpecError(f"spec field '{shorten_words(str(key), MAX_ECHO)}': unknown field; "
                             f"expected one of {', '.join(FIELDS)}")
     _no_nul("", data)
-    for required in ("space", "strategy", "evaluator"):
+    for required in ("space", "evaluator"):
         if required not in data:
             raise SpecError(f"spec field '{required}': required")
     trials, seconds = _budget(data.get("budget"))
@@ -483,7 +485,7 @@ def parse_spec(data: Any, check_components: bool = True) -> JobSpec:
         raise _fail("executor", "'ray' or 'local'", executor)
     batch = data.get("batch_size")
     space = _str("space", data["space"])
-    strategy = _str("strategy", data["strategy"])
+    strategy = _str("strategy", data.get("strategy", DEFAULT_STRATEGY))
     spec = JobSpec(
         name=_name(data.get("name") or f"{space}-{strategy}"),
         space=space,

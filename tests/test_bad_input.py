@@ -102,8 +102,6 @@ SPEC_CASES = [
     pytest.param(spec_with(colour="red"), [], ["'colour'", "unknown field"],
                  id="unknown-top-level-field"),
     pytest.param(spec_without("space"), [], ["'space'", "required"], id="missing-space"),
-    pytest.param(spec_without("strategy"), [], ["'strategy'", "required"],
-                 id="missing-strategy"),
     pytest.param(spec_without("evaluator"), [], ["'evaluator'", "required"],
                  id="missing-evaluator"),
     pytest.param(spec_without("objectives"), [], ["'objectives'", "required"],

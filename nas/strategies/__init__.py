@@ -12,6 +12,7 @@ from ._base import (
     strategy_class,
 )
 from .asvit import AsViT
+from .auto import AutoSearch
 from .checks import check_strategy
 from .deepmad import DeepMAD
 from .evolution import RegularizedEvolution
@@ -24,6 +25,7 @@ from .random import RandomSearch
 from .weight_sharing import WeightSharingStrategy
 
 __all__ = [
+    "AutoSearch",
     "Constraint", "Evaluations", "GBDTSearch", "LongTask", "MultiObjectiveEvolution",
     "Objective", "Preparation", "ProxySearch",
     "RandomSearch",
