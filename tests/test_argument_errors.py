@@ -141,6 +141,7 @@ def _evaluator_spec(name: str) -> dict:
 STRATEGY_SPECS = {"oneshot": {"space": "mbconv", **ANALYTIC},
                   "asvit": {"space": "vit", **ANALYTIC},
                   "tas": {"space": "mbconv", **ANALYTIC},
+                  "bossnas": {"space": "hytra", **ANALYTIC},
                   "fbnet": {"strategy_args": {"max_latency_ms": 5.0}}}
 BAD_VALUES = [{"not": "valid"}, -7]
 #: Arguments taken as `bool(value)`, so any value passes (kept as they were).
