@@ -322,13 +322,14 @@ def test_spaces_and_strategies():
     nb201 = next(s for s in spaces if s["name"] == "nb201")
     assert nb201["size"] == 15625 and nb201["decisions"] == 6
     assert nb201["input_shape"] == [3, 32, 32] and nb201["conditional"] is False
-    assert {s["name"] for s in spaces} == {"darts", "hybrid", "mbconv", "nb201", "quant"}
+    assert {s["name"] for s in spaces} == {"darts", "hybrid", "hytra", "mbconv", "nb201", "quant",
+                                           "vit"}
     mbconv = next(s for s in spaces if s["name"] == "mbconv")
     assert mbconv["conditional"] is True and mbconv["size"] > 10**15
     text = nas("spaces").stdout
     assert "15,625" in text and "5.90e+15" in text and all(s["description"] for s in spaces)
     strategies = nas_json("strategies")
-    assert {"evolution", "random"} <= {s["name"] for s in strategies}
+    assert {"evolution", "random", "bossnas"} <= {s["name"] for s in strategies}
     assert all(s["description"] for s in strategies)
     assert "evolution" in nas("strategies").stdout
 
