@@ -17,10 +17,20 @@ scored on the same 360 validation digits.
 
     python bench/oneshot.py              # mbconv + hybrid, 40 subnets: 829 s (2 busy cores)
     python bench/oneshot.py --spaces mbconv --subnets 30
-    python bench/oneshot.py --quick      # CI smoke test (< 60 s): mbconv, 8 subnets
+    python bench/oneshot.py --quick      # CI smoke test (< 60 s): mbconv, 8 subnets; BossNAS
+    python bench/oneshot.py --bossnas    # BossNAS's ranking on hytra, 16 subnets (--full: 40)
 
-Writes bench/results/oneshot.json (`--out` to change; `--quick` writes to a fresh temporary
-folder, so it never overwrites the reference figures).
+BossNAS section (issue 19, `bench_bossnas`). The `bossnas` search trains the hytra supernet
+block by block on unlabelled digits; its ranking of an architecture is the sum of its
+block-wise losses against the candidates' ensemble targets (the paper's block-wise
+evaluation). The subnets are the searched best architecture and a uniform sample of the
+architectures that evaluation ranks (each block's path among those from the scale where the
+searched prefix ends to where the next block starts). Ground truth: stand-alone accuracy
+averaged over 4 seeds; the Kendall tau between the means of seeds {0, 1} and of seeds {2, 3}
+(two independent ground truths) says how reliable it is. FLOPs' and params' tau beside it.
+
+Writes bench/results/oneshot.json (`--bossnas`: oneshot_bossnas.json; `--out` to change;
+`--quick` writes to a fresh temporary folder, so it never overwrites the reference figures).
 """
 
 from __future__ import annotations
@@ -182,6 +192,103 @@ def bench_space(name: str, args: argparse.Namespace, folder: Path) -> dict[str, 
     return result
 
 
+# ---- BossNAS (issue 19): block-wise self-supervised ranking on the hytra space ----------------
+#: HyTra for 8x8 digits: four scales (8, 4, 2, 1 px), ResAtt at the last two (settings chosen
+#: once, never per result); `--quick` a smaller fabric.
+BOSSNAS_SPACE = {"input_channels": 1, "input_size": 8, "stem_stride": 1, "layers": 8,
+                 "widths": [8, 16, 32, 64], "head_dim": 4}
+BOSSNAS_QUICK_SPACE = {"input_channels": 1, "input_size": 8, "stem_stride": 1, "layers": 4,
+                       "widths": [8, 16, 32], "head_dim": 4}
+
+
+def bossnas_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The section's sizes: `--quick` (CI smoke, < 20 s), default, `--full` (40 subnets)."""
+    if args.quick:
+        return {"space": BOSSNAS_QUICK_SPACE, "subnets": 4, "blocks": 2, "epochs_per_block": 1,
+                "limit": 200, "train_epochs": 1, "train_seeds": 2, "eval_samples": 64}
+    return {"space": BOSSNAS_SPACE, "subnets": args.subnets if args.bossnas_subnets else
+            (40 if args.full else 16), "blocks": 4, "epochs_per_block": 3, "limit": args.limit,
+            "train_epochs": 4, "train_seeds": 4, "eval_samples": 256}
+
+
+def bossnas_search(space: Any, settings: dict[str, Any], folder: Path) -> tuple[Any, float]:
+    """The `bossnas` search on unlabelled digits (the first `limit` training images)."""
+    search = get_search("bossnas", space, seed=0, dataset={"kind": "digits",
+                                                           "limit": settings["limit"]},
+                        epochs=settings["epochs_per_block"], blocks=settings["blocks"],
+                        batch_size=64, paths=4, eval_samples=settings["eval_samples"], top_k=1)
+    started = time.perf_counter()
+    search.run(folder)
+    return search, time.perf_counter() - started
+
+
+def two_ground_truths(per_seed: list[list[float]]) -> dict[str, Any]:
+    """The seed-mean stand-alone accuracy, and two independent ground truths (the means over
+    the first and the second half of the seeds) with their Kendall tau: how far the ground
+    truth can be trusted."""
+    half = len(per_seed[0]) // 2
+    first = [statistics.fmean(a[:half]) for a in per_seed]
+    second = [statistics.fmean(a[half:]) for a in per_seed]
+    return {"mean": [statistics.fmean(a) for a in per_seed], "first": first, "second": second,
+            "tau_first_vs_second": kendall_tau(first, second)}
+
+
+def bench_bossnas(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """Kendall tau between BossNAS's ranking (the sum of block-wise losses against the
+    candidates' ensemble targets; lower ranks higher) and stand-alone accuracy, over the
+    searched best architecture and a uniform sample of the architectures the block-wise
+    evaluation ranks, beside FLOPs and params."""
+    settings = bossnas_settings(args)
+    space = get_space("hytra", **settings["space"])
+    search, search_seconds = bossnas_search(space, settings, folder / "bossnas")
+    best = search.ranked(1)[0][1]
+    archs = {space.key(best): best}
+    for arch in search.sample_rankable(4 * settings["subnets"], seed=1):
+        if len(archs) >= settings["subnets"]:
+            break
+        archs.setdefault(space.key(arch), arch)
+    population = list(archs.values())
+    data = parse_dataset({"kind": "digits", "limit": settings["limit"]}).load()
+    started = time.perf_counter()
+    per_seed = [standalone_accuracies(space, a, data, settings["train_epochs"],
+                                      settings["train_seeds"]) for a in population]
+    standalone_seconds = time.perf_counter() - started
+    truth = two_ground_truths(per_seed)
+    scores = [-search.score(a) for a in population]
+    flops = [space.flops(a) for a in population]
+    params = [space.params(a) for a in population]
+    result = {
+        "settings": settings, "subnets": len(population), "search_seconds": search_seconds,
+        "standalone_seconds": standalone_seconds,
+        "kendall_tau": kendall_tau(scores, truth["mean"]),
+        "kendall_tau_vs_first": kendall_tau(scores, truth["first"]),
+        "kendall_tau_vs_second": kendall_tau(scores, truth["second"]),
+        "spearman": spearman(scores, truth["mean"]),
+        "flops_kendall_tau": kendall_tau(flops, truth["mean"]),
+        "params_kendall_tau": kendall_tau(params, truth["mean"]),
+        "ground_truth_tau_first_vs_second": truth["tau_first_vs_second"],
+        "seed_vs_seed_tau": seed_agreement(per_seed),
+        "best_key": space.key(best), "best_standalone": truth["mean"][0],
+        "best_standalone_rank": 1 + sum(acc > truth["mean"][0] for acc in truth["mean"]),
+        "best_paths": [search.path_key(p) for p in search.best_paths],
+        "subnet_keys": [space.key(a) for a in population], "bossnas_loss": [-s for s in scores],
+        "standalone": truth["mean"], "standalone_per_seed": per_seed, "flops": flops,
+        "history": [{k: v for k, v in r.items() if k != "seconds"} for r in search.history],
+    }
+    print(f"bossnas (hytra): search {search_seconds:.0f} s ({settings['blocks']} blocks x "
+          f"{settings['epochs_per_block']} epochs); {len(population)} subnets trained "
+          f"stand-alone ({settings['train_epochs']} epochs x {settings['train_seeds']} seeds) "
+          f"in {standalone_seconds:.0f} s, accuracy {min(truth['mean']):.1f}.."
+          f"{max(truth['mean']):.1f}%", flush=True)
+    print(f"  BossNAS tau {result['kendall_tau']:+.3f} (vs each half of the seeds: "
+          f"{result['kendall_tau_vs_first']:+.3f}, {result['kendall_tau_vs_second']:+.3f})  "
+          f"FLOPs tau {result['flops_kendall_tau']:+.3f}  params tau "
+          f"{result['params_kendall_tau']:+.3f}  ground truth halves agree at tau "
+          f"{truth['tau_first_vs_second']:+.3f}; searched best {result['best_key']} ranks "
+          f"{result['best_standalone_rank']}/{len(population)} stand-alone", flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke test (< 60 s)")
@@ -194,11 +301,16 @@ def main() -> None:
                                                            "quick 1)")
     parser.add_argument("--limit", type=int, help="digits training examples (default 600, "
                                                   "quick 300; 1437 = all)")
+    parser.add_argument("--bossnas", action="store_true",
+                        help="only the BossNAS section (hytra space); writes oneshot_bossnas.json")
+    parser.add_argument("--full", action="store_true",
+                        help="BossNAS section at the issue's size (40 subnets; default 16)")
     parser.add_argument("--out", type=Path, help="folder for the JSON (default bench/results; "
                                                  "quick: a temporary folder)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     quick = args.quick
+    args.bossnas_subnets = args.subnets is not None
     args.subnets = args.subnets or (8 if quick else 40)
     args.supernet_epochs = args.supernet_epochs or (3 if quick else 40)
     args.train_epochs = args.train_epochs or (2 if quick else 6)
@@ -206,6 +318,8 @@ def main() -> None:
     args.supernet_seeds = args.supernet_seeds or (1 if quick else 2)
     args.limit = args.limit or (300 if quick else 600)
     names = args.spaces.split(",") if args.spaces else (["mbconv"] if quick else list(SPACES))
+    if args.bossnas:
+        names = []
     unknown = [n for n in names if n not in SPACES]
     if unknown:
         raise SystemExit(f"unknown space {unknown[0]!r}; known: {', '.join(SPACES)}")
@@ -214,6 +328,8 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="oneshot-bench-") as work:
         results = {name: bench_space(name, args, Path(work)) for name in names}
+        if args.bossnas or (quick and not args.spaces):
+            results["bossnas"] = bench_bossnas(args, Path(work))
     record = {
         "benchmark": "oneshot ranking on digits (8x8; `limit` training examples, 360 val)",
         "protocol": "Kendall tau / Spearman between inherited-weight val accuracy (BN "
@@ -227,7 +343,7 @@ def main() -> None:
         "python": platform.python_version(), "torch": torch.__version__,
         "machine": platform.machine(), "threads": 1,
     }
-    path = out / "oneshot.json"
+    path = out / ("oneshot_bossnas.json" if args.bossnas else "oneshot.json")
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\ntotal {record['seconds']:.0f} s; wrote {path}")
 
