@@ -230,6 +230,9 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0,
                         help="seeds first-seed .. first-seed + seeds - 1 (default 0; the "
                              "held-out confirmation uses 100)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="a line per job: test_acc at each budget (* = the best-by-valid "
+                             "cell) and its time")
     parser.add_argument("--name", default="search_quality",
                         help="stem of the JSON and PNG written (default search_quality)")
     parser.add_argument("--budgets", help="comma-separated trial budgets (default 50,100,300)")
@@ -278,6 +281,10 @@ def main() -> None:
             tests, keys = incumbent_curve(trials)
             curves[strategy].append(tests)
             found[strategy].append([k == best_key for k in keys])
+            if args.verbose:
+                print(f"    {strategy} seed {seed}: " + ", ".join(
+                    f"{tests[b - 1]:.2f}{'*' if keys[b - 1] == best_key else ''} at {b}"
+                    for b in budgets) + f" ({seconds[strategy][-1]:.1f} s)", flush=True)
         print(f"  ran {strategy}: {seeds} runs, median {statistics.median(seconds[strategy]):.2f}"
               f" s per {horizon}-trial job (range {min(seconds[strategy]):.2f}-"
               f"{max(seconds[strategy]):.2f})", flush=True)

@@ -4,6 +4,8 @@ then reused by a resumed job), bad arguments, and the spec default."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyglove as pg
 import pytest
@@ -14,7 +16,13 @@ from nas.errors import SpecError
 from nas.spec import DEFAULT_STRATEGY, parse_spec
 from nas.storage import Storage
 from nas.storage.schema import measurements
-from nas.strategies import AutoSearch, SearchContext, TrialView, check_strategy
+from nas.strategies import (
+    AutoSearch,
+    RegularizedEvolution,
+    SearchContext,
+    TrialView,
+    check_strategy,
+)
 from search_spaces import NB201Space
 from search_spaces.pyglove_space import PyGloveSpace
 
@@ -51,12 +59,17 @@ def test_auto_falls_back_to_evolution_on_a_space_without_a_builder():
     strategy = AutoSearch(space, seed=1)
     assert strategy.scorer is None and strategy.mode == "evolution"
     assert strategy.preparation() is None
-    check_strategy(lambda seed: AutoSearch(_dict_space(), seed=seed), trials=10)
-    # in that mode it proposes exactly what evolution does
-    from nas.strategies import RegularizedEvolution
-
+    # in that mode it proposes exactly what evolution does, and resumes as it does
+    # (check_strategy runs over it in tests/test_strategies.py: unprepared, it is evolution)
     evo = RegularizedEvolution(space, seed=1)
-    assert [space.key(strategy.ask()) for _ in range(5)] == \
+    for n in range(1, 25):
+        arch, same = strategy.ask(), evo.ask()
+        assert space.key(arch) == space.key(same)
+        for s in (strategy, evo):
+            s.tell(TrialView(n, arch, space.key(arch), "completed", {}, float(arch["d0"])))
+    clone = AutoSearch(_dict_space(), seed=7)
+    clone.load_state_dict(json.loads(json.dumps(strategy.state_dict())))
+    assert [space.key(clone.ask()) for _ in range(5)] == \
         [space.key(evo.ask()) for _ in range(5)]
 
 
@@ -71,7 +84,7 @@ def test_too_few_scored_pool_members_mean_evolution():
 def test_the_ensemble_learns_from_free_features():
     """Told the params of a few cells as their score, the ensemble's next proposals are the
     pool's largest cells (with params among its features it needs few labels)."""
-    strategy = _scored(0, init=4, kappa=0.0, trees=60, ensemble=3)
+    strategy = _scored(0, init=4, kappa=0.0, trees=60, ensemble=3, batch=1)
     seen: set[str] = set()
     strategy.bind(SearchContext(is_known=lambda k: k in seen))
     params = {}

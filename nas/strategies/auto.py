@@ -33,7 +33,6 @@ count).
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Any
 
 import numpy as np
@@ -74,8 +73,8 @@ class _Scorer(ProxySearch):
         super().set_scores(scores)
 
 
-_POOL_ROWS: weakref.WeakKeyDictionary[SearchSpace, dict[tuple, tuple[list[str], np.ndarray]]] = \
-    weakref.WeakKeyDictionary()
+#: Base feature rows of recent pools (`AutoSearch._pool_base`), oldest first.
+_POOL_ROWS: dict[tuple, tuple[list[str], np.ndarray]] = {}
 
 
 @register_strategy
@@ -91,7 +90,7 @@ class AutoSearch(Strategy):
     def __init__(self, space: SearchSpace, seed: int = 0, pool: Any = None,
                  proxies: Any = None, dataset: Any = None, batch_size: Any = 20,
                  proxy_seed: Any = 0, proxy_space_args: Any = None, init: int = 10,
-                 batch: int = 1, ensemble: int = 5, kappa: float = 1.0,
+                 batch: int = 5, ensemble: int = 5, kappa: float = 1.0,
                  population: int = 20, sample: int = 5, trees: int = 100, depth: int = 4,
                  learning_rate: float = 0.1) -> None:
         super().__init__(space, seed)
@@ -163,7 +162,7 @@ class AutoSearch(Strategy):
             self.mode = "predictor" if len(complete) >= MIN_SCORED else "evolution"
         if self.mode == "evolution":
             return
-        keys, base = self._pool_base([k for k, _ in self.scorer.pool_candidates()])
+        keys, base = self._pool_base(dict(self.scorer.pool_candidates()))
         extra = np.full((len(keys), len(proxies) + 1), MISSING, dtype=np.float32)
         row = {k: i for i, k in enumerate(keys)}
         for k in complete:
@@ -178,14 +177,25 @@ class AutoSearch(Strategy):
         self._keys, self._row = keys, row
         self._X = np.concatenate([base, extra], axis=1)
 
-    def _pool_base(self, keys: list[str]) -> tuple[list[str], np.ndarray]:
-        """The pool's keys (sorted) and their base feature rows (cached per space object)."""
-        keys = sorted(set(keys))
-        cache = _POOL_ROWS.setdefault(self.space, {})
-        tag = (self.features.kind, len(keys), keys[0] if keys else "", keys[-1] if keys else "")
-        if tag not in cache:
-            cache[tag] = (keys, self.features.matrix([self._arch(k) for k in keys]))
-        return cache[tag]
+    def _pool_base(self, pool: dict[str, Arch]) -> tuple[list[str], np.ndarray]:
+        """The pool's keys (sorted) and their base feature rows, kept for the next job on
+        an equal space and pool (a benchmark runs many; the rows cost seconds)."""
+        keys = sorted(pool)
+        middle = pool[keys[len(keys) // 2]]
+        try:
+            size = (self.space.params(middle), self.space.flops(middle))
+        except NotImplementedError:
+            size = (self.space.params(middle), None)
+        tag = (type(self.space).__qualname__, self.space.name, self.features.kind, len(keys),
+               keys[0], keys[-1], size)
+        found = _POOL_ROWS.get(tag)
+        if found is None or found[0] != keys:
+            found = (keys, self.features.matrix([pool[k] for k in keys]))
+            _POOL_ROWS[tag] = found
+            while len(_POOL_ROWS) > 4:
+                del _POOL_ROWS[next(iter(_POOL_ROWS))]
+        self._archs.update(pool)
+        return found
 
     # ---- ask / tell --------------------------------------------------------------------------
     def ask(self) -> Arch:
