@@ -154,19 +154,19 @@ NB201_QUANTILES: dict[str, list[float]] = {
         -3.50608, -3.29055, -3.12786, -3.05743, -2.85265, -2.68118, -2.54227, -2.47535, -2.40168,
         -2.26326, -2.01222, -1.71902,
     ],
-    # linear_regions (log): 60 cells of bench/training_free.py's asvit_nb201 (the same
-    # network and 20 test images, seed 0)
-    "linear_regions": [
-        9.62928, 10.979, 11.0196, 11.0655, 11.1216, 11.1842, 11.3203, 11.5113, 11.6029, 11.6315,
-        11.6727, 11.7104, 11.7752, 11.809, 11.834, 11.9554, 12.0609, 12.1645, 12.2002, 12.2926,
-        12.7221,
-    ],
     # emq (predictors/data/emq_proxies.json, evolved on quant-space bit configurations):
     # 200 random NB201 cells, bench/proxies.py's network, 20 test images, seed 0
     "emq": [
         -1434.16, -787.655, -700.217, -373.197, -307.392, -203.298, 41.2584, 124.212, 129.392,
         171.557, 208.962, 212.177, 217.786, 294.617, 296.096, 300.242, 301.074, 375.909, 382.682,
         459.99, 555.332,
+    ],
+    # linear_regions (log): 200 cells of bench/training_free.py's asvit_nb201 (the same
+    # network and 20 test images, seed 0)
+    "linear_regions": [
+        0.0, 9.78581, 10.9984, 11.0693, 11.1414, 11.2771, 11.5357, 11.6243, 11.652, 11.6763,
+        11.7077, 11.7724, 11.8107, 11.8769, 11.965, 12.0422, 12.1125, 12.1597, 12.2378, 12.3073,
+        12.7221,
     ],
     # the evolved proxy (predictors/data/evolved_proxies.json), on the same 1,000 cells
     "evolved.nb201": [
