@@ -80,21 +80,35 @@ def mutate_genome(genome: Genome, rng: random.Random) -> Genome:
 
 # ---- INT8 latency -----------------------------------------------------------------------
 def measure_int8_latencies(space: QuantSpace, archs: Sequence[dict[str, Any]],
-                           repeats: int = 10, seed: int = 0) -> list[float]:
-    """Median INT8 latency (ms, batch 1, 1 thread, this CPU) of each architecture's real
-    INT8 model (`QuantSpace.int8_model`, calibrated on a random batch)."""
+                           repeats: int = 20, seed: int = 0) -> list[float]:
+    """INT8 latency (ms, batch 1, 1 thread, this CPU) of each architecture's real INT8
+    model (`QuantSpace.int8_model`, calibrated on a random batch): the fastest of `repeats`
+    timed passes, the estimate least disturbed by other processes on a shared machine."""
+    import time
+
     import torch
 
-    from workers.latency import measure_latency_ms
-
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
     out = []
-    for i, arch in enumerate(archs):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + i)
-            calibration = torch.randn(8, *space.input_shape())
-            model = space.int8_model(arch, calibration)
-        out.append(measure_latency_ms(model, space.input_shape(), repeats=repeats,
-                                      warmup=3)["median_ms"])
+    try:
+        for i, arch in enumerate(archs):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed + i)
+                calibration = torch.randn(8, *space.input_shape())
+                model = space.int8_model(arch, calibration)
+            x = torch.randn(1, *space.input_shape())
+            times = []
+            with torch.inference_mode():
+                for _ in range(3):
+                    model(x)
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    model(x)
+                    times.append((time.perf_counter() - start) * 1000.0)
+            out.append(min(times))
+    finally:
+        torch.set_num_threads(previous)
     return out
 
 
