@@ -27,7 +27,10 @@
    process) and on 2 Ray Train ranks (gloo, one CPU each) with the same global batch:
    seconds per epoch (median and spread over the epochs; the ranks' start-up is in the wall
    time only), and how far 2 ranks end from 1 (max |difference| of the architecture
-   parameters, or of the supernet weights for oneshot; the same derived architectures?).
+   parameters, or of the supernet weights for oneshot; the same derived architectures?),
+   beside a control: 1 rank through the data-parallel code path on a 1-process gloo group
+   (the global-batch BatchNorm's and the all-reduces' arithmetic, no data split), which
+   shows how far floating-point order alone moves the same search.
    Also written alone to bench/results/weight_sharing_ranks.json; `--only ranks` runs it.
 
     python bench/weight_sharing.py           # full (< 20 min on 2 shared CPU cores)
@@ -397,17 +400,24 @@ def _arch_tensors(state: dict) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in state["supernet"].items() if v.is_floating_point()}
 
 
-def ranks_run(label: str, workers: int, settings: dict, folder: Path) -> dict:
+def ranks_run(label: str, workers: int, settings: dict, folder: Path,
+              control: bool = False) -> dict:
     """One search of `RANK_METHODS[label]` on `workers` ranks: wall time, seconds per epoch,
-    derived keys, whether the ranks' hashes agreed every epoch, the architecture tensors."""
+    derived keys, whether the ranks' hashes agreed every epoch, the architecture tensors.
+    `control`: 1 rank through the data-parallel code path (a 1-process group must exist)."""
+    from workers.weight_sharing.distributed import DataParallel
+
     method, space_name, space_args, extra = RANK_METHODS[label]
     args = {"epochs": settings["epochs"], "batch_size": settings["batch_size"], "seed": 1,
             "dataset": {"kind": "digits", "limit": settings["limit"]},
             **({} if method == "oneshot" else {"channels": 4}), **extra}
     space = get_space(space_name, **space_args)
-    target = folder / f"{label}-{workers}"
+    target = folder / f"{label}-{workers}{'-control' if control else ''}"
     started = time.perf_counter()
-    outcome = get_search(method, space, workers=workers, **args).run(target)
+    search = get_search(method, space, workers=workers, **args)
+    if control:
+        search.ranks = DataParallel(0, 1)
+    outcome = search.run(target)
     wall = time.perf_counter() - started
     state = torch.load(target / "checkpoint.pt", map_location="cpu", weights_only=False)
     return {"wall_s": wall, "epoch_s": [r["seconds"] for r in outcome.history],
@@ -419,19 +429,30 @@ def ranks_run(label: str, workers: int, settings: dict, folder: Path) -> dict:
 
 def bench_ranks(settings: dict, folder: Path) -> dict:
     """Per method: 1 rank against 2 ranks (see the module docstring, 5.)."""
+    import torch.distributed as dist
+
     from workers.executors.ray import connect_ray
 
     connect_ray()
+    dist.init_process_group("gloo", init_method=f"file://{folder / 'control-store'}", rank=0,
+                            world_size=1)
     out = {}
     for label in settings["methods"]:
         one, two = (ranks_run(label, w, settings, folder) for w in (1, 2))
+        control = ranks_run(label, 1, settings, folder, control=True)
         diff = max(float((one["tensors"][k] - two["tensors"][k]).abs().max())
                    for k in one["tensors"])
+        control_diff = max(float((one["tensors"][k] - control["tensors"][k]).abs().max())
+                           for k in one["tensors"])
         out[label] = {"epoch_s_1": _spread(one["epoch_s"]), "epoch_s_2": _spread(two["epoch_s"]),
                       "wall_s_1": one["wall_s"], "wall_s_2": two["wall_s"],
                       "max_arch_param_diff": diff, "same_derived": one["keys"] == two["keys"],
+                      "max_param": max(float(t.abs().max()) for t in one["tensors"].values()),
+                      "control_max_diff": control_diff,
+                      "control_same_derived": one["keys"] == control["keys"],
                       "ranks_agree_every_epoch": two["ranks_agree"],
                       "derived_1": one["keys"][0], "derived_2": two["keys"][0]}
+    dist.destroy_process_group()
     return out
 
 
@@ -446,8 +467,9 @@ def print_ranks(ranks: dict) -> None:
         print(f"  {label:<10} s/epoch: 1 rank {one['median']:6.2f} (spread {one['spread']:.2f})"
               f"  2 ranks {two['median']:6.2f} (spread {two['spread']:.2f})  "
               f"{one['median'] / two['median']:.2f}x   wall {r['wall_s_1']:.0f} / "
-              f"{r['wall_s_2']:.0f} s   max |d| {r['max_arch_param_diff']:.1e}   "
-              f"same derived: {r['same_derived']}   ranks agree: "
+              f"{r['wall_s_2']:.0f} s   max |d| {r['max_arch_param_diff']:.1e} (control "
+              f"{r['control_max_diff']:.1e}, max |param| {r['max_param']:.1e})   same derived: "
+              f"{r['same_derived']} (control {r['control_same_derived']})   ranks agree: "
               f"{r['ranks_agree_every_epoch']}", flush=True)
 
 
