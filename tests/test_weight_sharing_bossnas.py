@@ -273,3 +273,31 @@ def test_bad_argument_is_one_line_exit_2_and_nothing_written(tmp_path: Path,
     assert result.exit_code == 2 and len(lines) == 1, result.stderr
     assert "strategy_args.paths" in lines[0]
     assert not db.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+@pytest.mark.integration
+def test_bossnas_job_proposes_the_searched_architecture_first(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """A bossnas job through the driver: the supernet search runs as the job's preparation,
+    then its derived architectures are the first trials, with the search's metrics."""
+    from nas import api
+    from nas.storage import Storage
+
+    monkeypatch.setenv("NAS_ARTIFACTS", str(tmp_path / "artifacts"))
+    storage = Storage("sqlite://")
+    job = api.submit(storage, {
+        "name": "bossnas-job", "space": "hytra", "space_args": HYTRA_ARGS,
+        "strategy": "bossnas", "strategy_args": {**{k: v for k, v in REFERENCE.items()
+                                                    if k != "seed"}, "top_k": 2},
+        "evaluator": "analytic", "objectives": [{"metric": "flops", "mode": "min"}],
+        "budget": {"trials": 3}, "executor": "local", "parallelism": 1, "batch_size": 1,
+        "seed": 1})
+    assert api.run(storage, job) == "completed"
+    trials = sorted(storage.trials.load(job), key=lambda t: t.number)
+    assert len(trials) == 3 and all(t.status == "completed" for t in trials)
+    space = hytra()
+    first, second = trials[0], trials[1]
+    assert first.metrics["search.bossnas_loss"] <= second.metrics["search.bossnas_loss"]
+    assert first.metrics["flops"] == space.flops(space.from_key(first.key))
+    assert "search.bossnas_loss" not in trials[2].metrics  # a mutation of the best
