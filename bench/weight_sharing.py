@@ -262,14 +262,15 @@ def tas_run(space, seed: int, expand: int, settings: dict, folder: Path) -> dict
                         "acc": uniform_acc, "drop": teacher - uniform_acc}}
 
 
-def _spread(values: list[float]) -> dict:
+def _tas_spread(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values),
             "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values), "n": len(values)}
 
 
-def bench_tas(settings: dict, folder: Path) -> dict:
-    """Section 4: TAS against uniform width pruning at the same FLOPs (see the docstring)."""
+def bench_tas(settings: dict, folder: Path, partial: Path | None = None) -> dict:
+    """Section 4: TAS against uniform width pruning at the same FLOPs (see the docstring);
+    the runs so far go to `partial` after each one."""
     space = get_space("mbconv", **TAS_SPACE)
     runs = []
     for expand in settings["uniform_expands"]:
@@ -279,16 +280,18 @@ def bench_tas(settings: dict, folder: Path) -> dict:
             print(f"  seed {seed} expand {expand}: tas {r['tas']['key']} "
                   f"{r['tas']['acc']:.2f}%, uniform {r['uniform']['acc']:.2f}%, teacher "
                   f"{r['teacher_acc']:.2f}% ({r['tas']['seconds']:.0f} s)", flush=True)
+            if partial is not None:
+                partial.write_text(json.dumps({"partial": True, "runs": runs}, indent=1))
     summary = {}
     for expand in settings["uniform_expands"]:
         mine = [r for r in runs if r["uniform_expand"] == expand]
         summary[f"expand{expand}"] = {
-            "flops_ratio": {m: _spread([r[m]["flops"] / r["full_flops"] for r in mine])
+            "flops_ratio": {m: _tas_spread([r[m]["flops"] / r["full_flops"] for r in mine])
                             for m in ("tas", "uniform")},
-            "drop": {m: _spread([r[m]["drop"] for r in mine]) for m in ("tas", "uniform")},
-            "tas_minus_uniform_acc": _spread([r["tas"]["acc"] - r["uniform"]["acc"]
+            "drop": {m: _tas_spread([r[m]["drop"] for r in mine]) for m in ("tas", "uniform")},
+            "tas_minus_uniform_acc": _tas_spread([r["tas"]["acc"] - r["uniform"]["acc"]
                                               for r in mine]),
-            "teacher_acc": _spread([r["teacher_acc"] for r in mine])}
+            "teacher_acc": _tas_spread([r["teacher_acc"] for r in mine])}
     return {"space_args": TAS_SPACE, "settings": settings, "runs": runs, "summary": summary}
 
 
@@ -359,14 +362,15 @@ def main_tas(settings: dict, out: Path) -> dict:
     print(f"\n4. tas on digits: pruned to uniform expand {settings['uniform_expands']}'s "
           f"FLOPs, seeds {settings['seeds']}, epochs teacher {settings['teacher_epochs']} / "
           f"search {settings['epochs']} / distillation {settings['kd_epochs']}", flush=True)
+    path = out / "weight_sharing_tas.json"
     with tempfile.TemporaryDirectory() as scratch:
-        tas = bench_tas(settings, Path(scratch))
-    print_tas(tas)
+        tas = bench_tas(settings, Path(scratch), partial=out / "weight_sharing_tas.partial.json")
     tas["seconds"] = time.perf_counter() - started
     record = {**tas, "torch": torch.__version__, "python": platform.python_version(),
               "machine": platform.machine()}
-    path = out / "weight_sharing_tas.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
+    (out / "weight_sharing_tas.partial.json").unlink(missing_ok=True)
+    print_tas(tas)
     print(f"  {tas['seconds']:.0f} s; wrote {path}")
     return tas
 
