@@ -142,6 +142,7 @@ STRATEGY_SPECS = {"oneshot": {"space": "mbconv", **ANALYTIC},
                   "asvit": {"space": "vit", **ANALYTIC},
                   "tas": {"space": "mbconv", **ANALYTIC},
                   "bossnas": {"space": "hytra", **ANALYTIC},
+                  "fbnetv5": {"space": "mbconv", **ANALYTIC},
                   "fbnet": {"strategy_args": {"max_latency_ms": 5.0}}}
 BAD_VALUES = [{"not": "valid"}, -7]
 #: Arguments taken as `bool(value)`, so any value passes (kept as they were).

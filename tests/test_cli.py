@@ -329,7 +329,7 @@ def test_spaces_and_strategies():
     text = nas("spaces").stdout
     assert "15,625" in text and "5.90e+15" in text and all(s["description"] for s in spaces)
     strategies = nas_json("strategies")
-    assert {"evolution", "random", "bossnas"} <= {s["name"] for s in strategies}
+    assert {"evolution", "random", "bossnas", "fbnetv5"} <= {s["name"] for s in strategies}
     assert all(s["description"] for s in strategies)
     assert "evolution" in nas("strategies").stdout
 
