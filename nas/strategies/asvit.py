@@ -4,8 +4,8 @@ training-free search of a seed ViT topology, then its scaling rule, on the `vit`
 1. Topology search (the paper's sec. 3.3, `search/reinforce.py` of VITA-Group/AsViT): at the
    seed size (one block per stage, width `seed_width`), a REINFORCE policy (one categorical
    per topology decision: kernels, attention splits, MLP ratios, heads; logits from N(0,
-   1e-3), Adam-free plain gradient steps of `lr`, an exponential-moving-average baseline of
-   momentum 0.9) samples a topology per step. Its reward is As-ViT's: the change of each
+   1e-3), Adam steps of `lr` on the policy-gradient loss, an exponential-moving-average
+   baseline of momentum 0.9) samples a topology per step. Its reward is As-ViT's: the change of each
    measure since the previous sample, divided by the range of that measure over the last
    `buffer` samples, counted against the NTK condition number (trainability: smaller is
    better) and for the number of linear regions (expressivity: larger is better). The seed is
@@ -137,6 +137,7 @@ class AsViT(Strategy):
         depths = [min(self.space.depth_options)] * self.space.stages  # type: ignore
         buffers: dict[str, list[float]] = {"ntk": [], "lr": []}
         numerator = denominator = 0.0
+        adam = _Adam(logits, self.lr)
         trace = []
         for _ in range(self.steps):
             probs = [np.exp(v - v.max()) / np.exp(v - v.max()).sum() for v in logits]
@@ -147,10 +148,12 @@ class AsViT(Strategy):
             numerator = EMA_MOMENTUM * numerator + (1 - EMA_MOMENTUM) * reward
             denominator = EMA_MOMENTUM * denominator + (1 - EMA_MOMENTUM)
             advantage = reward - numerator / denominator
-            for v, p, c in zip(logits, probs, choice, strict=True):
-                grad = -p
-                grad[c] += 1.0  # d log p(c) / d logits
-                v += self.lr * advantage * grad
+            grads = []
+            for p, c in zip(probs, choice, strict=True):
+                grad = p * advantage  # d(-log p(c) * advantage) / d logits
+                grad[c] -= advantage
+                grads.append(grad)
+            adam.step(grads)
             trace.append({"key": self.space.key(arch), "ntk": ntk, "linear_regions": regions,
                           "reward": reward})
         best = [int(np.argmax(v)) for v in logits]
@@ -281,6 +284,26 @@ class AsViT(Strategy):
         self.next = int(state["next"])
         self.designs = [str(k) for k in state["designs"]]
         self.report = dict(state["report"])
+
+
+class _Adam:
+    """Adam (Kingma & Ba; torch's defaults: betas 0.9, 0.999, eps 1e-8) on a list of numpy
+    logit vectors, updated in place: As-ViT's optimiser of the policy."""
+
+    def __init__(self, params: list[np.ndarray], lr: float) -> None:
+        self.params, self.lr, self.t = params, lr, 0
+        self.m = [np.zeros_like(p) for p in params]
+        self.v = [np.zeros_like(p) for p in params]
+
+    def step(self, grads: list[np.ndarray]) -> None:
+        self.t += 1
+        for p, g, m, v in zip(self.params, grads, self.m, self.v, strict=True):
+            m *= 0.9
+            m += 0.1 * g
+            v *= 0.999
+            v += 0.001 * g * g
+            m_hat, v_hat = m / (1 - 0.9 ** self.t), v / (1 - 0.999 ** self.t)
+            p -= self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
 
 
 def _dense_ranks(values: list[float]) -> list[int]:
