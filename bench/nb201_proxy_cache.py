@@ -64,6 +64,9 @@ def _cells(part: int, parts: int) -> Iterator[tuple[str, object]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", default="0/1", help="i/n: this process's share of cells")
+    parser.add_argument("--reverse", action="store_true",
+                        help="walk the share from its end (a second process on a share that "
+                             "one is scoring from its start; stops where they meet)")
     args = parser.parse_args()
     part, parts = (int(x) for x in args.part.split("/"))
     import torch
@@ -76,16 +79,18 @@ def main() -> None:
     evaluator = ProxyEvaluator(space, **SETTINGS)
     out = folder()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"part-{part}-of-{parts}.jsonl"
-    done = set()
-    if path.exists():
-        done = {json.loads(line)["key"] for line in path.read_text().splitlines()
-                if line.endswith("}")}
+    path = out / f"part-{part}-of-{parts}{'-reverse' if args.reverse else ''}.jsonl"
+    done = set(load())
     names = [p for p in SETTINGS["proxies"]]
     start, count = time.perf_counter(), 0
     with path.open("a") as fh:
-        for key, arch in _cells(part, parts):
+        cells = list(_cells(part, parts))
+        for key, arch in reversed(cells) if args.reverse else cells:
+            if args.reverse and count % 20 == 0:
+                done = set(load())
             if key in done:
+                if args.reverse:
+                    break  # met the forward walk
                 continue
             try:
                 values = evaluator.compute(arch, names)

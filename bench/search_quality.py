@@ -67,7 +67,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 QUICK_VARIANTS = ("random", "evolution", "gbdt", "tpe", "auto")
 #: --quick: auto's pool (sampled, scored live: CI has no bench/.cache) and scoring network.
 QUICK_POOL = 24
-QUICK_ARGS = {"auto": {"pool": QUICK_POOL, "proxies": ["meco"],
+QUICK_ARGS = {"auto": {"pool": QUICK_POOL, "proxies": ["synflow"], "ensemble": 3, "trees": 30,
                        "proxy_space_args": {"cells_per_stage": 1, "channels": 8}}}
 
 
@@ -233,6 +233,9 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true",
                         help="a line per job: test_acc at each budget (* = the best-by-valid "
                              "cell) and its time")
+    parser.add_argument("--merge", help="comma-separated JSON files of runs in parallel "
+                                            "(other seeds, same variants and budgets): "
+                                            "writes their jobs as one table")
     parser.add_argument("--name", default="search_quality",
                         help="stem of the JSON and PNG written (default search_quality)")
     parser.add_argument("--budgets", help="comma-separated trial budgets (default 50,100,300)")
@@ -264,7 +267,15 @@ def main() -> None:
     found: dict[str, list[list[bool]]] = {}
     seconds: dict[str, list[float]] = {}
     seed_list = list(range(args.first_seed, args.first_seed + seeds))
-    for strategy in variants:
+    if args.merge:  # parts run in parallel (same budgets): their jobs, one table
+        parts = [json.loads(Path(f).read_text()) for f in args.merge.split(",")]
+        seed_list = [s for part in parts for s in part["per_seed"]["seeds"]]
+        seeds, variants = len(seed_list), list(parts[0]["per_seed"]["curves"])
+        for v in variants:
+            curves[v] = [c for part in parts for c in part["per_seed"]["curves"][v]]
+            found[v] = [f for part in parts for f in part["per_seed"]["found"][v]]
+            seconds[v] = [t for part in parts for t in part["per_seed"]["seconds"][v]]
+    for strategy in variants if not args.merge else []:
         curves[strategy], found[strategy], seconds[strategy] = [], [], []
         preload = proxy_cache_rows(strategy, args.quick)
         if VARIANTS[strategy][0] == "auto" and not args.quick:
@@ -317,7 +328,7 @@ def main() -> None:
     json_path, png_path = out / f"{args.name}.json", out / f"{args.name}.png"
     record = {
         "benchmark": "nb201-cifar10", "select_on": "valid_acc", "report": "test_acc",
-        "seeds": seeds, "first_seed": args.first_seed, "budgets": budgets,
+        "seeds": seeds, "first_seed": seed_list[0], "budgets": budgets,
         "protocol": "nas driver end to end: executor local, parallelism 1, batch_size 1, "
                     "in-memory SQLite; budgets are prefixes of one run per seed",
         "variants": {v: {"strategy": VARIANTS[v][0],
@@ -326,6 +337,8 @@ def main() -> None:
                             "valid_acc": table[best_key]["valid_acc"],
                             "test_acc": reference_test},
         "results": summary,
+        "per_seed": {"seeds": seed_list, "curves": curves, "found": found,
+                     "seconds": seconds},
         "seconds_per_run_median": {s: statistics.median(v) for s, v in seconds.items()},
         "seconds_per_run_range": {s: [min(v), max(v)] for s, v in seconds.items()},
         "load_average": list(os.getloadavg()),

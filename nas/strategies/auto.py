@@ -128,6 +128,7 @@ class AutoSearch(Strategy):
         self._archs: dict[str, Arch] = {}
         self._ranking: np.ndarray | None = None
         self._cursor = 0
+        self._exhausted = False
 
     @classmethod
     def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
@@ -210,11 +211,12 @@ class AutoSearch(Strategy):
             arch = self._initial()
             if arch is not None:
                 return arch
-        else:
+        elif not self._exhausted:
             self._ensure_ranking()
             arch = self._next_ranked()
             if arch is not None:
                 return arch
+            self._exhausted = True  # nothing in the pool is acceptable, now or later
         best = self._best_told()
         if best is None:
             return self.draw_acceptable(lambda: self.space.sample(self.rng))
@@ -328,6 +330,7 @@ class AutoSearch(Strategy):
             self.evolution.load_state_dict(state["evolution"])
         self._ranking = None
         self._cursor = 0
+        self._exhausted = False
 
 
 def _labels(scores: list[float | None]) -> np.ndarray:
