@@ -286,8 +286,8 @@ def _global_batch_norm(x: torch.Tensor, running_mean: Any, running_var: Any, wei
     every rank; differentiable (`torch.distributed.nn.functional.all_reduce` sums the
     gradients back), the running statistics updated as `F.batch_norm` does (unbiased)."""
     import torch
-    from torch.distributed.nn.functional import all_reduce
 
+    all_reduce = _sum_over_ranks()
     dims = [d for d in range(x.dim()) if d != 1]
     shape = [1, -1] + [1] * (x.dim() - 2)
     count = torch.tensor([x.numel() / max(1, x.shape[1])], dtype=x.dtype, device=x.device)
@@ -307,6 +307,34 @@ def _global_batch_norm(x: torch.Tensor, running_mean: Any, running_var: Any, wei
             running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
             running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
     return out
+
+
+_SUM: Any = None
+
+
+def _sum_over_ranks() -> Callable[[Any], Any]:
+    """A differentiable sum over the ranks: all-reduce forward, all-reduce of the gradient
+    backward (every rank's loss depends on every rank's share of the statistics)."""
+    global _SUM
+    if _SUM is None:
+        import torch
+        import torch.distributed as dist
+
+        class SumOverRanks(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx: Any, t: Any) -> Any:
+                t = t.clone()
+                dist.all_reduce(t)
+                return t
+
+            @staticmethod
+            def backward(ctx: Any, grad: Any) -> Any:
+                grad = grad.clone()
+                dist.all_reduce(grad)
+                return grad
+
+        _SUM = SumOverRanks.apply
+    return _SUM
 
 
 def state_digest(state: Any) -> str:
@@ -401,10 +429,11 @@ def run_data_parallel(search: WeightSharingSearch, folder: Path,
     finally:
         done.set()
         pump.join()
-    outcome = ray.get(relay.get_outcome.remote())
+    result = ray.get(relay.get_outcome.remote())
     ray.kill(relay)
-    if outcome is None:
+    if result is None:
         raise RuntimeError("the data-parallel search ended without an outcome from rank 0")
+    outcome, search.device = result  # where the ranks trained (rank 0's device)
     return outcome
 
 
@@ -457,6 +486,6 @@ def _rank_main(config: dict[str, Any]) -> None:
             relay.add.remote(record)
 
         outcome = search.run(folder, stop=stop, progress=progress)
-        ray.get(relay.set_outcome.remote(outcome))
+        ray.get(relay.set_outcome.remote((outcome, str(search.device))))
     else:
         search.run(folder)
