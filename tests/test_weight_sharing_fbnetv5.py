@@ -114,6 +114,13 @@ def test_the_mode_is_the_most_probable_architecture() -> None:
         assert space.key(search.mode(task)) == space.key(best)
 
 
+def test_a_negative_seed_is_a_seed_too() -> None:
+    search = prepared(seed=-3)  # seeds are any integer (numpy's generators take none < 0)
+    space = mbconv()
+    assert space.validate(space.from_dna(search._uniform_dna()))
+    assert (len(search._xa), len(search._xw)) == (24, 96)  # limit 120: 20% scores archs
+
+
 def test_derived_tasks_need_ten_classes() -> None:
     from workers.weight_sharing.fbnetv5 import task_labels
 

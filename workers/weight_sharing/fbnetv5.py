@@ -183,7 +183,7 @@ class FBNetV5Search(WeightSharingSearch):
         if n < 4:
             raise ArgumentError("dataset", f"has {n} training examples; the search needs at "
                                            "least 4")
-        split = np.random.default_rng([self.seed, 3]).permutation(n)
+        split = np.random.default_rng([self.seed % 2**63, 3]).permutation(n)
         n_arch = min(n - 2, max(2, int(round(self.arch_fraction * n))))
         arch_idx, weight_idx = np.sort(split[:n_arch]), np.sort(split[n_arch:])
         x = torch.from_numpy(data.x_train).to(self.device)
@@ -208,7 +208,7 @@ class FBNetV5Search(WeightSharingSearch):
         self.arch_optimizer = torch.optim.Adam([self.theta], lr=self.arch_lr, betas=(0.5, 0.999))
         self.baselines = torch.full((len(self.tasks),), float("nan"), dtype=torch.float64)
         self._order = torch.Generator().manual_seed(self.seed)
-        self._sampler = np.random.default_rng([self.seed, 1])
+        self._sampler = np.random.default_rng([self.seed % 2**63, 1])
         self._max_flops = float(self.space.flops(self.space.max_arch()))
 
     # ---- the distributions ----------------------------------------------------------------
@@ -441,7 +441,7 @@ class FBNetV5Search(WeightSharingSearch):
         """The task's mode, then distinct draws from P_task, most probable first."""
         import torch
 
-        rng = np.random.default_rng([self.seed, 4, task])
+        rng = np.random.default_rng([self.seed % 2**63, 4, task])
         with torch.no_grad():
             log_probs = self.log_probs()
             probs = torch.exp(log_probs[task]).cpu().numpy().astype(np.float64)
