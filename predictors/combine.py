@@ -240,19 +240,35 @@ def percentile_against(values: Mapping[str, float],
     return float(total / len(values))
 
 
+#: How far beyond [0, 1] `quantile_percentile` places a value outside the reference range:
+#: a value below (above) every reference cell is still ordered among such values, so that a
+#: one-proxy score on a space far from NAS-Bench-201 (the proxy's values all larger, say)
+#: does not tie every architecture at 1.0, while a mean over proxies moves by at most this.
+OUTSIDE_TAIL = 0.01
+
+
+def _squash(distance: float) -> float:
+    """A distance >= 0 into [0, 1], increasing; infinity to 1."""
+    return 1.0 if math.isinf(distance) else float(distance / (1.0 + distance))
+
+
 def quantile_percentile(quantiles: Sequence[float], value: float) -> float:
-    """Where `value` falls in a distribution given by evenly spaced quantiles, in [0, 1]:
-    linear between neighbouring quantiles, the middle of a run of equal quantiles (ties)."""
+    """Where `value` falls in a distribution given by evenly spaced quantiles: in [0, 1]
+    within the quantiles' range (linear between neighbouring quantiles, the middle of a run
+    of equal quantiles: ties), and strictly monotone outside it, within `OUTSIDE_TAIL` of
+    the end (d / (1 + d) of the distance d in units of the whole range, which still orders
+    values many ranges away, where a tanh rounds to 1)."""
     qs = np.asarray(quantiles, dtype=np.float64)
     steps = len(qs) - 1
+    span = float(qs[-1] - qs[0]) or 1.0
     lo = int(np.searchsorted(qs, value, side="left"))
     hi = int(np.searchsorted(qs, value, side="right"))
     if hi > lo:  # equal to one or more quantiles
         return (lo + hi - 1) / 2 / steps
     if lo == 0:
-        return 0.0
+        return -OUTSIDE_TAIL * _squash((qs[0] - value) / span)
     if lo > steps:
-        return 1.0
+        return 1.0 + OUTSIDE_TAIL * _squash((value - qs[-1]) / span)
     a, b = qs[lo - 1], qs[lo]
     return (lo - 1 + (value - a) / (b - a)) / steps
 
@@ -303,6 +319,6 @@ def az_nas_score(values: Mapping[str, float],
     for name in AZ_NAS_COMPONENTS:
         if name not in values or name not in table:
             raise ValueError(f"az_nas needs {name!r} and its reference quantiles")
-        p = quantile_percentile(table[name], transform(name, values[name]))
+        p = min(max(quantile_percentile(table[name], transform(name, values[name])), 0.0), 1.0)
         total += math.log((1.0 + p * (n - 1)) / n)
     return total

@@ -196,8 +196,14 @@ def test_combinations_rank_vote_and_place_one_arch_in_a_reference():
         combine.mean_rank({"nwot": [1.0], "zen": [1.0, 2.0]})
     quantiles = {"synflow": [0.0, 10.0, 20.0], "nwot": [100.0, 100.0, 100.0, 200.0, 300.0]}
     assert combine.fixed_score({"synflow": math.exp(15.0)}, quantiles) == pytest.approx(0.75)
-    assert combine.fixed_score({"synflow": 0.0}, quantiles) == 0.0  # log(0) is below all
-    assert combine.fixed_score({"synflow": 1e300}, quantiles) == 1.0
+    # outside the reference range: strictly ordered, within OUTSIDE_TAIL of the end
+    tail = combine.OUTSIDE_TAIL
+    assert -tail < combine.fixed_score({"synflow": 0.0}, quantiles) < 0.0  # below all
+    assert combine.fixed_score({"synflow": 1e300}, quantiles) == pytest.approx(1.0 + tail)
+    above = [combine.fixed_score({"synflow": math.exp(v)}, quantiles) for v in (21, 25, 40, 80)]
+    below = [combine.fixed_score({"synflow": math.exp(v)}, quantiles) for v in (-9, -5, -1)]
+    assert 1.0 < above[0] < above[1] < above[2] < above[3] < 1.0 + tail
+    assert -tail < below[0] < below[1] < below[2] < 0.0
     assert combine.fixed_score({"nwot": 100.0}, quantiles) == pytest.approx(0.25)  # tie run
     assert combine.fixed_score({"nwot": 250.0, "synflow": 1.0}, quantiles) == \
         pytest.approx((0.875 + 0.0) / 2)
