@@ -303,3 +303,34 @@ def test_emq_rerank_scores_whole_configurations_with_the_proxy():
     assert emq.rerank(nonzeros, space, [low, high], batch, seeds=[0]) == high
     assert emq.proxy_score(nonzeros, space, low, batch) < emq.proxy_score(nonzeros, space,
                                                                           high, batch)
+
+
+@pytest.mark.integration
+def test_cli_exports_packed_weights_of_a_quant_job_and_refuses_other_spaces(sqlite_url, tmp_path):
+    from typer.testing import CliRunner
+
+    from nas import api
+    from nas.cli import app
+    from nas.export import load_packed
+    from nas.load_probe import load_spec
+    from nas.storage import Storage
+    from tests.test_bad_input import assert_one_line_error
+
+    storage = Storage(sqlite_url)
+    quant = api.submit(storage, {**load_spec(4, space="quant", batch_size=4), "name": "q",
+                                 "space_args": DIGITS})
+    other = api.submit(storage, {**load_spec(4, space="nb201", batch_size=4), "name": "n"})
+    assert api.run(storage, quant) == "completed" and api.run(storage, other) == "completed"
+    storage.close()
+    runner = CliRunner()
+    path = tmp_path / "best.packed"
+    done = runner.invoke(app, ["--db", sqlite_url, "export", str(quant), "--best", "--format",
+                               "packed", "-o", str(path), "--json"])
+    assert done.exit_code == 0, done.stderr
+    assert path.is_file()
+    model = load_packed(path)
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    refused = runner.invoke(app, ["--db", sqlite_url, "export", str(other), "--best",
+                                  "--format", "packed", "-o", str(tmp_path / "x.packed")])
+    assert_one_line_error(refused, "packed", "nb201")
+    assert not (tmp_path / "x.packed").exists()
