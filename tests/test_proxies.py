@@ -199,7 +199,7 @@ def test_combinations_rank_vote_and_place_one_arch_in_a_reference():
     # outside the reference range: strictly ordered, within OUTSIDE_TAIL of the end
     tail = combine.OUTSIDE_TAIL
     assert -tail < combine.fixed_score({"synflow": 0.0}, quantiles) < 0.0  # below all
-    assert combine.fixed_score({"synflow": 1e300}, quantiles) == pytest.approx(1.0 + tail)
+    assert 1.0 < combine.fixed_score({"synflow": 1e300}, quantiles) < 1.0 + tail
     above = [combine.fixed_score({"synflow": math.exp(v)}, quantiles) for v in (21, 25, 40, 80)]
     below = [combine.fixed_score({"synflow": math.exp(v)}, quantiles) for v in (-9, -5, -1)]
     assert 1.0 < above[0] < above[1] < above[2] < above[3] < 1.0 + tail
