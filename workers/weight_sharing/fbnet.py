@@ -1,4 +1,6 @@
-"""FBNet-style latency-aware differentiable search (Wu et al., CVPR 2019) on `nb201`.
+"""FBNet-style latency-aware differentiable search (Wu et al., CVPR 2019) on `nb201`; on
+`mbconv`, FBNet as published (layer-wise blocks, the paper's loss, architectures sampled from
+the final distribution): `fbnet_mbconv.FBNetMBConvSearch`, which this class gives there.
 
 The supernet's forward passes use Gumbel-softmax samples of the op weights per edge, with a
 temperature annealed as `temperature * temperature_decay ** epoch` (FBNet: 5.0 x 0.956^epoch).
@@ -54,7 +56,15 @@ class FBNetSearch(DifferentiableSearch):
 
     name = "fbnet"
     description = "FBNet: Gumbel-softmax DNAS with a per-op latency table and a budget"
-    spaces = ("nb201",)
+    spaces = ("nb201", "mbconv")
+
+    def __new__(cls, space: SearchSpace | None = None, *args: Any, **kwargs: Any) -> Any:
+        """On `mbconv`, FBNet as published (`fbnet_mbconv.FBNetMBConvSearch`)."""
+        if cls is FBNetSearch and getattr(space, "name", None) == "mbconv":
+            from .fbnet_mbconv import FBNetMBConvSearch
+
+            return super().__new__(FBNetMBConvSearch)
+        return super().__new__(cls)
 
     def __init__(self, space: SearchSpace, *, max_latency_ms: float | None = None,
                  latency_table: dict[str, Any] | None = None, latency_weight: float = 0.2,

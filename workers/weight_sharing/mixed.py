@@ -329,7 +329,10 @@ def nb201_ranked(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def skip_count(space: SearchSpace, arch: Arch) -> int:
-    """Skip connections in the cell (nb201) or in the normal cell (darts)."""
+    """Skip connections in the cell (nb201) or in the normal cell (darts); on mbconv the
+    skipped layers (blocks below each stage's largest depth)."""
+    if space.name == "mbconv":
+        return sum(len(s["blocks"]) - s["depth"] for s in arch["stages"])
     ops = arch["ops"] if space.name == "nb201" else \
         [op for node in arch["normal"] for op in node["ops"]]
     return sum(op == "skip_connect" for op in ops)
