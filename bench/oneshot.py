@@ -29,8 +29,16 @@ searched prefix ends to where the next block starts). Ground truth: stand-alone 
 averaged over 4 seeds; the Kendall tau between the means of seeds {0, 1} and of seeds {2, 3}
 (two independent ground truths) says how reliable it is. FLOPs' and params' tau beside it.
 
-Writes bench/results/oneshot.json (`--bossnas`: oneshot_bossnas.json; `--out` to change;
-`--quick` writes to a fresh temporary folder, so it never overwrites the reference figures).
+Samplers and mixture section (issue 19, `bench_mixture_space`, `--mixture`): on mbconv (or
+`--spaces`), the single supernet with the default and the `elasticvit` sampler and the
+balanced mixture of K=2 supernets (`supernets: 2`) with either sampler, one supernet seed
+each (20 epochs), over 12 uniform subnets (`--full`: 40); ground truth stand-alone accuracy
+averaged over 4 seeds (4 epochs), the tau of its two halves and FLOPs' tau beside.
+`--quick` runs a 4-subnet version of it (< 20 s).
+
+Writes bench/results/oneshot.json (`--bossnas`: oneshot_bossnas.json, `--mixture`:
+oneshot_mixture.json; `--out` to change; `--quick` writes to a fresh temporary folder, so it
+never overwrites the reference figures).
 """
 
 from __future__ import annotations
@@ -289,6 +297,69 @@ def bench_bossnas(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     return result
 
 
+# ---- ElasticViT's sampler and the balanced mixture of supernets (issue 19) --------------------
+#: The section's variants: `oneshot` options beside the single supernet's default sampler.
+MIXTURE_VARIANTS: dict[str, dict[str, Any]] = {
+    "single, default sampler": {},
+    "single, elasticvit sampler": {"sampler": "elasticvit"},
+    "mixture K=2, default sampler": {"supernets": 2},
+    "mixture K=2, elasticvit sampler": {"supernets": 2, "sampler": "elasticvit"},
+}
+
+
+def mixture_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The section's sizes: `--quick` (< 20 s), default (12 subnets), `--full` (40)."""
+    if args.quick:
+        return {"subnets": 4, "supernet_epochs": 1, "train_epochs": 1, "train_seeds": 2,
+                "limit": 200, "variants": ["single, default sampler",
+                                           "single, elasticvit sampler",
+                                           "mixture K=2, default sampler"]}
+    return {"subnets": 40 if args.full else 12, "supernet_epochs": 20, "train_epochs": 4,
+            "train_seeds": 4, "limit": args.limit, "variants": list(MIXTURE_VARIANTS)}
+
+
+def bench_mixture_space(name: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """Kendall tau of inherited (per variant) and FLOPs against the stand-alone accuracy
+    averaged over the seeds, and the agreement of two independent ground truths."""
+    settings = mixture_settings(args)
+    space = get_space(name, **SPACES[name])
+    archs = sample_subnets(space, settings["subnets"], seed=1)
+    data = parse_dataset({"kind": "digits", "limit": settings["limit"]}).load()
+    started = time.perf_counter()
+    per_seed = [standalone_accuracies(space, a, data, settings["train_epochs"],
+                                      settings["train_seeds"]) for a in archs]
+    truth = two_ground_truths(per_seed)
+    flops = [space.flops(a) for a in archs]
+    result: dict[str, Any] = {
+        "settings": settings, "subnets": len(archs),
+        "standalone_seconds": time.perf_counter() - started,
+        "ground_truth_tau_first_vs_second": truth["tau_first_vs_second"],
+        "flops_kendall_tau": kendall_tau(flops, truth["mean"]), "variants": {}}
+    print(f"{name} (issue 19 samplers/mixture): {len(archs)} subnets stand-alone "
+          f"({settings['train_epochs']} epochs x {settings['train_seeds']} seeds), accuracy "
+          f"{min(truth['mean']):.1f}..{max(truth['mean']):.1f}%; ground-truth halves agree at "
+          f"tau {truth['tau_first_vs_second']:+.3f}; FLOPs tau "
+          f"{result['flops_kendall_tau']:+.3f}", flush=True)
+    run_args = argparse.Namespace(supernet_epochs=settings["supernet_epochs"],
+                                  limit=settings["limit"])
+    for label in settings["variants"]:
+        inherited, info = supernet_accuracies(space, archs, MIXTURE_VARIANTS[label], run_args,
+                                              0, folder / f"{name}-{len(result['variants'])}")
+        entry = {"kendall_tau": kendall_tau(inherited, truth["mean"]),
+                 "kendall_tau_vs_halves": [kendall_tau(inherited, truth["first"]),
+                                           kendall_tau(inherited, truth["second"])],
+                 "spearman": spearman(inherited, truth["mean"]), **info,
+                 "inherited": inherited}
+        result["variants"][label] = entry
+        print(f"  {label:<32} tau {entry['kendall_tau']:+.3f} (vs halves "
+              f"{entry['kendall_tau_vs_halves'][0]:+.3f}, {entry['kendall_tau_vs_halves'][1]:+.3f})"
+              f"  rho {entry['spearman']:+.3f}  supernet {info['train_seconds']:.0f} s",
+              flush=True)
+    result.update(subnet_keys=[space.key(a) for a in archs], standalone=truth["mean"],
+                  standalone_per_seed=per_seed, flops=flops)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke test (< 60 s)")
@@ -305,6 +376,9 @@ def main() -> None:
                         help="only the BossNAS section (hytra space); writes oneshot_bossnas.json")
     parser.add_argument("--full", action="store_true",
                         help="BossNAS section at the issue's size (40 subnets; default 16)")
+    parser.add_argument("--mixture", action="store_true",
+                        help="only the ElasticViT-sampler / mixture-of-supernets section "
+                             "(12 subnets; --full: 40); writes oneshot_mixture.json")
     parser.add_argument("--out", type=Path, help="folder for the JSON (default bench/results; "
                                                  "quick: a temporary folder)")
     args = parser.parse_args()
@@ -318,8 +392,10 @@ def main() -> None:
     args.supernet_seeds = args.supernet_seeds or (1 if quick else 2)
     args.limit = args.limit or (300 if quick else 600)
     names = args.spaces.split(",") if args.spaces else (["mbconv"] if quick else list(SPACES))
-    if args.bossnas:
+    if args.bossnas or args.mixture:
         names = []
+    mixture_names = (args.spaces.split(",") if args.spaces else ["mbconv"]) \
+        if args.mixture else (["mbconv"] if quick and not args.spaces else [])
     unknown = [n for n in names if n not in SPACES]
     if unknown:
         raise SystemExit(f"unknown space {unknown[0]!r}; known: {', '.join(SPACES)}")
@@ -328,8 +404,10 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="oneshot-bench-") as work:
         results = {name: bench_space(name, args, Path(work)) for name in names}
-        if args.bossnas or (quick and not args.spaces):
+        if args.bossnas or (quick and not args.spaces and not args.mixture):
             results["bossnas"] = bench_bossnas(args, Path(work))
+        for name in mixture_names:
+            results[f"mixture-{name}"] = bench_mixture_space(name, args, Path(work))
     record = {
         "benchmark": "oneshot ranking on digits (8x8; `limit` training examples, 360 val)",
         "protocol": "Kendall tau / Spearman between inherited-weight val accuracy (BN "
@@ -343,7 +421,8 @@ def main() -> None:
         "python": platform.python_version(), "torch": torch.__version__,
         "machine": platform.machine(), "threads": 1,
     }
-    path = out / ("oneshot_bossnas.json" if args.bossnas else "oneshot.json")
+    path = out / ("oneshot_bossnas.json" if args.bossnas else
+                  "oneshot_mixture.json" if args.mixture else "oneshot.json")
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\ntotal {record['seconds']:.0f} s; wrote {path}")
 

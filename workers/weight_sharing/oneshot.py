@@ -15,6 +15,14 @@ subnet is the first of `flops_candidates` uniform samples whose FLOPs lies withi
 closest one when none does, so consecutive subnets never pull the shared weights in very
 different directions; `false` samples uniformly.
 
+Issue 19's variants (`oneshot_sampling`): `sampler: elasticvit` draws the random subnets with
+ElasticViT's sampler (a walk over equal-share FLOPs levels, each subnet in the previous one's
+level or a neighbour, and per-level memory banks of the best subnets measured so far, drawn
+with probability `bank_prob`); `supernets: K` trains a balanced mixture of K supernets, each
+architecture routed by its downsampling configuration with a learned, Sinkhorn-balanced
+assignment (evaluation and export use the hard balanced assignment). Both learn only from
+global-batch losses and draw with the shared seeded generator, so N ranks stay identical.
+
 Search. After training, an evolutionary search (population `population`, `generations`
 rounds; the best quarter are parents, children by `space.mutate` or by uniform crossover of
 two parents' DNA) scores subnets by inherited-weight top-1 accuracy on the validation split,
@@ -60,6 +68,7 @@ from ._base import (
     _seed_everything,
     register_search,
 )
+from .oneshot_sampling import SAMPLERS, ElasticViTSampler, SupernetMixture, pooling_configs
 
 LATENCY_SOURCES = ("measured", "none")
 PARENT_FRACTION = 0.25  # of the population kept as parents each generation (OFA's choice)
@@ -95,7 +104,9 @@ class OneShotSearch(WeightSharingSearch):
                  population: int = 50, generations: int = 10, top_k: int = 5,
                  bn_samples: int = 256, max_flops: float | None = None,
                  max_params: float | None = None, max_latency_ms: float | None = None,
-                 latency: str = "measured", latency_repeats: int = 10, **common: Any) -> None:
+                 latency: str = "measured", latency_repeats: int = 10, sampler: str = "default",
+                 flops_buckets: int = 8, bank_size: int = 4, bank_prob: float = 0.5,
+                 supernets: int = 1, **common: Any) -> None:
         super().__init__(space, **common)
         self.sandwich = int_at_least("sandwich", sandwich, 0)
         if not isinstance(complexity_aware, bool):
@@ -126,6 +137,23 @@ class OneShotSearch(WeightSharingSearch):
             raise _field("latency", "'measured' when max_latency_ms is set", latency)
         self.latency = latency
         self.latency_repeats = int_at_least("latency_repeats", latency_repeats, 3)
+        if sampler not in SAMPLERS:
+            raise _field("sampler", f"one of {', '.join(SAMPLERS)}", sampler)
+        if sampler == "elasticvit" and complexity_aware:
+            raise _field("sampler", "'default' when complexity_aware is true (elasticvit "
+                                    "replaces it)", sampler)
+        self.sampler = sampler
+        self.flops_buckets = int_at_least("flops_buckets", flops_buckets, 2)
+        self.bank_size = int_at_least("bank_size", bank_size, 1)
+        if isinstance(bank_prob, bool) or not isinstance(bank_prob, int | float) \
+                or not 0 <= bank_prob <= 1:
+            raise _field("bank_prob", "a number in [0, 1]", bank_prob)
+        self.bank_prob = float(bank_prob)
+        self.supernets = int_at_least("supernets", supernets, 1)
+        configs = len(pooling_configs(space)) if space.name in self.spaces else 0
+        if self.supernets > 1 and self.supernets > configs:
+            raise _field("supernets", f"at most the space's {configs} downsampling "
+                                      "configurations", supernets)
         self._folder: Path | None = None
         self._flops_cache: dict[str, int] = {}
         self._latency_cache: dict[str, float] = {}
@@ -138,7 +166,10 @@ class OneShotSearch(WeightSharingSearch):
                 "generations": self.generations, "top_k": self.top_k,
                 "bn_samples": self.bn_samples, "max_flops": self.max_flops,
                 "max_params": self.max_params, "max_latency_ms": self.max_latency_ms,
-                "latency": self.latency, "latency_repeats": self.latency_repeats}
+                "latency": self.latency, "latency_repeats": self.latency_repeats,
+                "sampler": self.sampler, "flops_buckets": self.flops_buckets,
+                "bank_size": self.bank_size, "bank_prob": self.bank_prob,
+                "supernets": self.supernets}
 
     # ---- public extras ----------------------------------------------------------------------
     def run(self, checkpoint_dir: str | Path, **kwargs: Any) -> SearchOutcome:
@@ -196,11 +227,13 @@ class OneShotSearch(WeightSharingSearch):
                                            f"expects {expected} (set space_args.input_channels "
                                            "/ input_size)")
         if self.space.name == "mbconv":
-            self.supernet = self.space.supernet()
+            members = [self.space.supernet() for _ in range(self.supernets)]
             self._largest, self._smallest = self.space.max_arch(), self.space.min_arch()
         else:
-            self.supernet = HybridSupernet(self.space)
+            members = [HybridSupernet(self.space) for _ in range(self.supernets)]
             self._largest, self._smallest = extreme_archs(self.space)
+        self.supernet = members[0] if self.supernets == 1 else SupernetMixture(self.space,
+                                                                              members)
         self.supernet.to(self.device)
         self._x_train = torch.from_numpy(data.x_train).to(self.device)
         self._y_train = torch.from_numpy(data.y_train).to(self.device)
@@ -219,6 +252,10 @@ class OneShotSearch(WeightSharingSearch):
         self._order = torch.Generator().manual_seed(self.seed)
         self._sampler = np.random.default_rng([self.seed, 1])
         self._prev_flops: int | None = None
+        self._elastic = None if self.sampler == "default" else ElasticViTSampler(
+            self.space, self._flops, self.flops_buckets, self.bank_size, self.bank_prob,
+            self.seed)
+        self._levels: list[int] = []  # the target FLOPs levels of this step's random subnets
         self.sample_log: list[dict[str, list[Any]]] = []
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -252,15 +289,25 @@ class OneShotSearch(WeightSharingSearch):
         import torch
         import torch.nn.functional as F
 
+        self._levels = []
         archs = self.sandwich_archs()
-        self.sample_log.append({"roles": [r for r, _ in archs],
-                                "keys": [self.space.key(a) for _, a in archs],
-                                "flops": [self._flops(a) for _, a in archs]})
+        mixture = self.supernet if isinstance(self.supernet, SupernetMixture) else None
+        members = [mixture.route(a, self._sampler) for _, a in archs] if mixture else []
+        entry = {"roles": [r for r, _ in archs], "keys": [self.space.key(a) for _, a in archs],
+                 "flops": [self._flops(a) for _, a in archs]}
+        if self._elastic is not None:
+            entry["levels"] = list(self._levels)
+        if mixture is not None:
+            entry["members"] = members
+        self.sample_log.append(entry)
         del self.sample_log[:-LOG_STEPS]
         self.optimizer.zero_grad(set_to_none=True)
         teacher = None
-        for _, arch in archs:
-            logits = self.supernet(self._resize(x, arch), arch)
+        losses = []
+        for i, (_, arch) in enumerate(archs):
+            x_arch = self._resize(x, arch)
+            logits = (mixture(x_arch, arch, members[i]) if mixture is not None
+                      else self.supernet(x_arch, arch))
             if teacher is None:  # the largest subnet learns from the labels
                 loss = F.cross_entropy(logits, y)
                 teacher = logits.detach()
@@ -270,11 +317,28 @@ class OneShotSearch(WeightSharingSearch):
             else:
                 loss = _soft_cross_entropy(logits, teacher)
                 totals["kd_loss"] += loss.item() * len(y) / max(1, len(archs) - 1)
+            losses.append(loss.item() * len(y))
             self.ranks.scaled(loss).backward()
+        if mixture is not None or self._elastic is not None:
+            self._learn_from_losses(archs, members, losses, len(y))
         self.ranks.sync_grads(self.supernet.parameters())  # clip the averaged gradient
         torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), self.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+
+    def _learn_from_losses(self, archs: list[tuple[str, Arch]], members: list[int],
+                           losses: list[float], batch: int) -> None:
+        """Feed the global-batch losses (the same on every rank) to the ElasticViT banks and
+        the mixture's routing."""
+        *sums, seen = self.ranks.total([*losses, float(batch)])
+        means = [total / seen for total in sums]
+        if self._elastic is not None:
+            for (role, arch), loss in zip(archs, means, strict=True):
+                if role == "random":
+                    self._elastic.update(arch, loss)
+        if members:
+            for (_, arch), member, loss in zip(archs, members, means, strict=True):
+                self.supernet.record(arch, member, loss)
 
     def _resize(self, x: Any, arch: Arch) -> Any:
         import torch.nn.functional as F
@@ -292,7 +356,10 @@ class OneShotSearch(WeightSharingSearch):
         return self._flops_cache[key]
 
     def _random_subnet(self) -> Arch:
-        if not self.complexity_aware or self._prev_flops is None:
+        if self._elastic is not None:
+            arch, level = self._elastic.draw(self._sampler)
+            self._levels.append(level)
+        elif not self.complexity_aware or self._prev_flops is None:
             arch = self.space.sample(self._sampler)
         else:
             previous = self._prev_flops
@@ -318,12 +385,14 @@ class OneShotSearch(WeightSharingSearch):
                 "order": self._order.get_state(),
                 "sampler": self._sampler.bit_generator.state,
                 "prev_flops": self._prev_flops,
-                "sample_log": self.sample_log}
+                "sample_log": self.sample_log,
+                "elasticvit": None if self._elastic is None else self._elastic.state()}
 
     def _arch_state(self) -> dict[str, Any]:
         """What decides the subnets drawn: the sampler and the last epoch's draws."""
         return {"sampler": self._sampler.bit_generator.state, "prev_flops": self._prev_flops,
-                "sample_log": self.sample_log[-self._steps_per_epoch:]}
+                "sample_log": self.sample_log[-self._steps_per_epoch:],
+                "elasticvit": None if self._elastic is None else self._elastic.state()}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.supernet.load_state_dict(state["supernet"])
@@ -333,6 +402,8 @@ class OneShotSearch(WeightSharingSearch):
         self._sampler.bit_generator.state = state["sampler"]
         self._prev_flops = state["prev_flops"]
         self.sample_log = list(state["sample_log"])
+        if self._elastic is not None:
+            self._elastic.load(state["elasticvit"])
 
     # ---- evaluation and the evolutionary search -------------------------------------------------
     def inherited_accuracy(self, arch: Arch) -> float:
