@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._base import Arch, SearchSpace, register_space
-from .layers.hytra_net import EXPANSION, LayerSpec
+from .layers.hytra_plan import EXPANSION, LayerSpec
 from .validation import ArgumentError, positive_int
 
 OPS: tuple[str, ...] = ("resconv", "resatt")

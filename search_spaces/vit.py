@@ -42,7 +42,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._base import Arch, SearchSpace, register_space
-from .layers.vit_net import StageSpec
+from .layers.vit_plan import StageSpec
 from .validation import ArgumentError, positive_int
 
 _ARCH_FIELDS = ("kernels", "splits", "ratios", "depths", "heads", "width")

@@ -18,27 +18,10 @@ Attention uses explicit matmuls so ONNX export (TorchScript exporter) and
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
-EXPANSION = 4  # a layer's inner width is its output width // 4 (ResNet's bottleneck)
-
-
-class LayerSpec(NamedTuple):
-    """One layer as the builder, the supernet and the cost model see it."""
-
-    op: str  # resconv | resatt
-    c_in: int
-    c_out: int
-    down: bool  # the layer halves the resolution (goes down one scale)
-    side_in: int
-    side_out: int
-
-
-def inner_width(c_out: int) -> int:
-    return c_out // EXPANSION
+from .hytra_plan import EXPANSION, LayerSpec, inner_width  # noqa: F401 (re-exported)
 
 
 class MultiHeadAttention(nn.Module):

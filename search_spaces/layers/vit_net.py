@@ -10,25 +10,10 @@ reshape/permute only (static window sizes), which export as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One stage: `kernel` of the layer entering it (patch embedding for stage 0, token
-    reduction otherwise), `split` (attention windows per side), MLP `ratio`, `depth`
-    blocks, `width`, `heads`, and the token grid side it runs at."""
-
-    kernel: int
-    split: int
-    ratio: int
-    depth: int
-    width: int
-    heads: int
-    side: int
+from .vit_plan import StageSpec  # noqa: F401 (re-exported)
 
 
 def asymmetric_padding(kernel: int, stride: int) -> nn.ZeroPad2d:
