@@ -32,6 +32,13 @@
    (the global-batch BatchNorm's and the all-reduces' arithmetic, no data split), which
    shows how far floating-point order alone moves the same search.
    Also written alone to bench/results/weight_sharing_ranks.json; `--only ranks` runs it.
+6. fbnetv5 on `digits` (`bench_fbnetv5`): one multi-task search over three tasks (digit
+   class, parity, closed loops) against one single-task search per task with the same
+   settings (epochs, samples, batch: the same budget per task) and a uniformly random
+   architecture, per seed; each found architecture trained from scratch on its task (mean of
+   `train_seeds` inits); mean and sd over seeds of that stand-alone accuracy, and the cost:
+   seconds (wall and training) and supernet passes of the one run against the T runs.
+   Also written alone to bench/results/weight_sharing_fbnetv5.json; `--only fbnetv5`.
 
     python bench/weight_sharing.py           # full (< 20 min on 2 shared CPU cores)
     python bench/weight_sharing.py --quick   # CI smoke test (< 60 s)
@@ -312,7 +319,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CI smoke test (< 60 s)")
     parser.add_argument("--out", type=Path, help="folder for the JSON (default bench/results; "
                                                  "quick: a temporary folder)")
-    parser.add_argument("--only", choices=["tas", "ranks"],
+    parser.add_argument("--only", choices=["tas", "ranks", "fbnetv5"],
                         help="run only this section (its own JSON)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -324,6 +331,9 @@ def main() -> None:
         return
     if args.only == "ranks":
         main_ranks(RANKS_QUICK if args.quick else RANKS_FULL, out)
+        return
+    if args.only == "fbnetv5":
+        main_fbnetv5(FBNETV5_QUICK if args.quick else FBNETV5_FULL, out)
         return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
@@ -347,8 +357,9 @@ def main() -> None:
         fbnet = bench_fbnet(settings["fbnet"], work)
     tas = main_tas(TAS_QUICK if args.quick else TAS_FULL, out)
     ranks = main_ranks(RANKS_QUICK if args.quick else RANKS_FULL, out)
+    fbnetv5 = main_fbnetv5(FBNETV5_QUICK if args.quick else FBNETV5_FULL, out)
     record = {"settings": settings, "step_cost": steps, "nb201": nb201, "fbnet": fbnet,
-              "tas": tas, "ranks": ranks,
+              "tas": tas, "ranks": ranks, "fbnetv5": fbnetv5,
               "seconds": time.perf_counter() - started, "torch": torch.__version__,
               "python": platform.python_version(), "machine": platform.machine()}
     path = out / "weight_sharing.json"
@@ -494,6 +505,171 @@ def main_ranks(settings: dict, out: Path) -> dict:
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"  {record['seconds']:.0f} s; wrote {path}")
     return ranks
+
+
+# ---- 6. fbnetv5: one multi-task search against one search per task ---------------------------
+#: A small mbconv on 8x8 digits (3 stages of up to 3 blocks; kernels, expand ratios, widths).
+FBNETV5_SPACE = {"input_channels": 1, "input_size": 8, "stage_channels": [16, 24, 32],
+                 "stage_strides": [2, 2, 1], "stem_channels": 8, "head_channels": 48,
+                 "depths": [1, 2, 3], "kernel_sizes": [3, 5], "expand_ratios": [2, 4, 6],
+                 "width_mults": [0.5, 1.0]}
+FBNETV5_FULL = {"tasks": ["class", "parity", "loops"], "seeds": [0, 1, 2], "epochs": 5,
+                "limit": None, "samples": 2, "flops_weight": 0.5, "train_epochs": 6,
+                "train_seeds": 2}
+FBNETV5_QUICK = {"tasks": ["class", "parity"], "seeds": [0], "epochs": 1, "limit": 160,
+                 "samples": 1, "flops_weight": 0.5, "train_epochs": 1, "train_seeds": 1}
+
+
+def _task_data(data, task: str):
+    """`data` with the labels of `task` (`workers.weight_sharing.fbnetv5.TASKS`)."""
+    import dataclasses
+
+    from workers.weight_sharing.fbnetv5 import task_labels
+
+    y_train, classes = task_labels(task, data.y_train, data.num_classes)
+    y_val, _ = task_labels(task, data.y_val, data.num_classes)
+    return dataclasses.replace(data, y_train=y_train, y_val=y_val), classes
+
+
+_FBNETV5_DATA: dict = {}
+
+
+def fbnetv5_standalone(arch: dict, task: str, settings: dict) -> list[float]:
+    """Validation accuracy of `arch` trained from scratch on `task`, one per training seed."""
+    from workers.datasets import parse_dataset
+    from workers.training import TrainConfig, train_model
+
+    if (task, settings["limit"]) not in _FBNETV5_DATA:
+        digits = parse_dataset({"kind": "digits", "limit": settings["limit"]}
+                               if settings["limit"] else "digits").load()
+        _FBNETV5_DATA[task, settings["limit"]] = _task_data(digits, task)
+    data, classes = _FBNETV5_DATA[task, settings["limit"]]
+    space = get_space("mbconv", **FBNETV5_SPACE, num_classes=classes)
+    out = []
+    for seed in range(settings["train_seeds"]):
+        torch.manual_seed(seed)
+        config = TrainConfig(epochs=settings["train_epochs"], batch_size=64, lr=0.05,
+                             seed=seed, threads=1, bn_recalibration=512)
+        out.append(train_model(space.build(arch), data, config).val_acc)
+    return out
+
+
+def fbnetv5_search(tasks: list[str], seed: int, settings: dict, folder: Path) -> dict:
+    """One fbnetv5 search over `tasks`: wall seconds, supernet passes and the arch per task."""
+    space = get_space("mbconv", **FBNETV5_SPACE)
+    dataset = {"kind": "digits", **({"limit": settings["limit"]} if settings["limit"] else {})}
+    search = get_search("fbnetv5", space, seed=seed, epochs=settings["epochs"], tasks=tasks,
+                        dataset=dataset, samples=settings["samples"], batch_size=64,
+                        flops_weight=settings["flops_weight"], bn_samples=256, threads=1)
+    started = time.perf_counter()
+    outcome = search.run(folder / f"{'+'.join(tasks)}-{seed}")
+    wall = time.perf_counter() - started
+    steps = sum(r["steps"] for r in outcome.history)
+    return {"wall_s": wall, "train_s": sum(r["seconds"] for r in outcome.history),
+            "supernet_passes": steps * settings["samples"] * 2,
+            "archs": {tasks[int(m["task_index"])]: {"key": space.key(a), "arch": a,
+                                                   "supernet_acc": m["supernet_acc"],
+                                                   "flops": m["flops"]}
+                      for a, m in zip(outcome.archs, outcome.metrics, strict=True)}}
+
+
+def _fbnetv5_spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "median": statistics.median(values), "n": len(values)}
+
+
+def bench_fbnetv5(settings: dict, folder: Path) -> dict:
+    """Per seed: one multi-task search over every task, one single-task search per task with
+    the same settings (epochs, samples, batch: the same budget per task), and a uniformly
+    random architecture per task; every found architecture trained from scratch on its
+    task (`train_seeds` inits). Costs: wall seconds and supernet passes (training forward +
+    backward and scoring forward per sampled subnet)."""
+    space = get_space("mbconv", **FBNETV5_SPACE)
+    tasks, runs = settings["tasks"], []
+    fbnetv5_search(tasks, -1, {**settings, "epochs": 1, "limit": 64}, folder)  # warm-up
+    for seed in settings["seeds"]:
+        multi = fbnetv5_search(tasks, seed, settings, folder)
+        single = {t: fbnetv5_search([t], seed, settings, folder) for t in tasks}
+        rng = np.random.default_rng([seed, 99])
+        run = {"seed": seed, "multi_wall_s": multi["wall_s"],
+               "single_wall_s": sum(s["wall_s"] for s in single.values()),
+               "multi_train_s": multi["train_s"],
+               "single_train_s": sum(s["train_s"] for s in single.values()),
+               "multi_passes": multi["supernet_passes"],
+               "single_passes": sum(s["supernet_passes"] for s in single.values()),
+               "tasks": {}}
+        for t in tasks:
+            found = {"multi": multi["archs"][t]["arch"], "single": single[t]["archs"][t]["arch"],
+                     "random": space.sample(rng)}
+            run["tasks"][t] = {m: {"key": space.key(a), "flops": space.flops(a),
+                                   "acc": statistics.fmean(fbnetv5_standalone(a, t, settings))}
+                               for m, a in found.items()}
+            r = run["tasks"][t]
+            print(f"  seed {seed} {t:<9} multi {r['multi']['acc']:6.2f}%  single "
+                  f"{r['single']['acc']:6.2f}%  random {r['random']['acc']:6.2f}%   "
+                  f"({r['multi']['key']} / {r['single']['key']})", flush=True)
+        print(f"  seed {seed} cost: one multi-task search {run['multi_wall_s']:.1f} s "
+              f"(training {run['multi_train_s']:.1f} s), {len(tasks)} single-task searches "
+              f"{run['single_wall_s']:.1f} s (training {run['single_train_s']:.1f} s)",
+              flush=True)
+        runs.append(run)
+    summary = {t: {m: {"acc": _fbnetv5_spread([r["tasks"][t][m]["acc"] for r in runs]),
+                       "flops": _fbnetv5_spread([r["tasks"][t][m]["flops"] for r in runs])}
+                   for m in ("multi", "single", "random")} for t in tasks}
+    for t in tasks:
+        summary[t]["multi_minus_single"] = _fbnetv5_spread(
+            [r["tasks"][t]["multi"]["acc"] - r["tasks"][t]["single"]["acc"] for r in runs])
+    summary["cost"] = {"multi_wall_s": _fbnetv5_spread([r["multi_wall_s"] for r in runs]),
+                       "single_wall_s": _fbnetv5_spread([r["single_wall_s"] for r in runs]),
+                       "wall_ratio": _fbnetv5_spread([r["single_wall_s"] / r["multi_wall_s"]
+                                                      for r in runs]),
+                       "multi_train_s": _fbnetv5_spread([r["multi_train_s"] for r in runs]),
+                       "single_train_s": _fbnetv5_spread([r["single_train_s"] for r in runs]),
+                       "train_ratio": _fbnetv5_spread([r["single_train_s"] / r["multi_train_s"]
+                                                       for r in runs]),
+                       "passes_ratio": runs[0]["single_passes"] / runs[0]["multi_passes"]}
+    return {"space_args": FBNETV5_SPACE, "settings": settings, "runs": runs,
+            "summary": summary}
+
+
+def print_fbnetv5(result: dict) -> None:
+    summary = result["summary"]
+    for t in result["settings"]["tasks"]:
+        s = summary[t]
+        line = "   ".join(f"{m} {s[m]['acc']['mean']:6.2f} +- {s[m]['acc']['sd']:.2f}% "
+                           f"({s[m]['flops']['mean'] / 1e3:.0f} kFLOPs)"
+                           for m in ("multi", "single", "random"))
+        d = s["multi_minus_single"]
+        print(f"  {t:<9} {line}   multi - single {d['mean']:+.2f} +- {d['sd']:.2f} pts "
+              f"(n={d['n']})")
+    c = summary["cost"]
+    print(f"  cost: one multi-task run {c['multi_wall_s']['median']:.1f} s wall "
+          f"({c['multi_train_s']['median']:.1f} s training) vs "
+          f"{len(result['settings']['tasks'])} single-task runs "
+          f"{c['single_wall_s']['median']:.1f} s ({c['single_train_s']['median']:.1f} s); "
+          f"ratio wall {c['wall_ratio']['median']:.2f}x, training "
+          f"{c['train_ratio']['median']:.2f}x, supernet passes {c['passes_ratio']:.2f}x "
+          f"(medians over seeds; a shared, loaded machine)")
+
+
+def main_fbnetv5(settings: dict, out: Path) -> dict:
+    """Section 6 alone: run, print, write `weight_sharing_fbnetv5.json`."""
+    started = time.perf_counter()
+    print(f"\n6. fbnetv5 on digits: tasks {settings['tasks']}, seeds {settings['seeds']}, "
+          f"{settings['epochs']} search epochs, stand-alone {settings['train_epochs']} epochs x "
+          f"{settings['train_seeds']} inits", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        result = bench_fbnetv5(settings, Path(scratch))
+    print_fbnetv5(result)
+    result["seconds"] = time.perf_counter() - started
+    record = {**result, "cpus": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(),
+              "torch": torch.__version__, "python": platform.python_version(),
+              "machine": platform.machine()}
+    path = out / "weight_sharing_fbnetv5.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"  {result['seconds']:.0f} s; wrote {path}")
+    return result
 
 
 if __name__ == "__main__":
