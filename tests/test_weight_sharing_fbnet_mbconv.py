@@ -119,6 +119,18 @@ def test_bad_arguments_name_the_field(kwargs, field):
         get_search("fbnet", _space(), **kwargs)
 
 
-def test_nb201_only_arguments_are_refused_on_mbconv():
-    with pytest.raises(ArgumentError, match="^latency_weight is for nb201"):
-        get_search("fbnet", _space(), max_latency_ms=5.0, latency_weight=0.5)
+def test_arguments_of_the_other_space_are_refused_in_one_line():
+    from search_spaces.validation import check_init_chain
+    from workers.weight_sharing import search_class
+
+    space = _space()
+    for field, value in (("latency_weight", 0.5), ("channels", 4)):
+        with pytest.raises(ArgumentError, match=f"^{field} is for nb201"):
+            get_search("fbnet", space, max_latency_ms=5.0, **{field: value})
+    with pytest.raises(ArgumentError, match="^samples is for fbnet on mbconv"):
+        get_search("fbnet", get_space("nb201"), max_latency_ms=5.0, samples=3)
+    # the service's argument check knows the mbconv arguments (and refuses unknown ones)
+    check_init_chain(search_class("fbnet"), space, max_latency_ms=5.0, latency_alpha=0.3,
+                     latency_beta=1.0, samples=4)
+    with pytest.raises(ArgumentError, match="^latency_gamma"):
+        check_init_chain(search_class("fbnet"), space, max_latency_ms=5.0, latency_gamma=1)

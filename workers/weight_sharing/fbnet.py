@@ -55,7 +55,8 @@ class FBNetSearch(DifferentiableSearch):
     """Gumbel-softmax DNAS with an expected-latency penalty and a latency budget."""
 
     name = "fbnet"
-    description = "FBNet: Gumbel-softmax DNAS with a per-op latency table and a budget"
+    description = ("FBNet: Gumbel-softmax DNAS with a per-op latency table and a budget "
+                   "(mbconv: the paper's CE*a*log(LAT)^b loss, archs sampled from the result)")
     spaces = ("nb201", "mbconv")
 
     def __new__(cls, space: SearchSpace | None = None, *args: Any, **kwargs: Any) -> Any:
@@ -70,7 +71,15 @@ class FBNetSearch(DifferentiableSearch):
                  latency_table: dict[str, Any] | None = None, latency_weight: float = 0.2,
                  temperature: float = 5.0, temperature_decay: float = 0.956,
                  arch_lr: float = 0.01, arch_weight_decay: float = 5e-4,
+                 latency_alpha: Any = None, latency_beta: Any = None, samples: Any = None,
                  **kwargs: Any) -> None:
+        # latency_alpha, latency_beta, samples: FBNet as published, on mbconv only (the
+        # subclass `__new__` gives there); named here so that argument checks know them
+        for field, value in (("latency_alpha", latency_alpha), ("latency_beta", latency_beta),
+                             ("samples", samples)):
+            if value is not None:
+                raise ArgumentError(field, "is for fbnet on mbconv (FBNet's loss and sampled "
+                                           "derivation); on nb201 use latency_weight")
         super().__init__(space, arch_lr=arch_lr, arch_weight_decay=arch_weight_decay, **kwargs)
         if max_latency_ms is None:
             raise ArgumentError("max_latency_ms", "must be given (the latency budget in ms)")

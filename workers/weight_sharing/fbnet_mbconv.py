@@ -320,11 +320,15 @@ class FBNetMBConvSearch(FBNetSearch):
                  temperature_decay: float = 0.956, lr: float = 0.025,
                  weight_decay: float = 3e-4, arch_lr: float = 0.01,
                  arch_weight_decay: float = 5e-4, top: int = 1, latency_weight: Any = None,
-                 **common: Any) -> None:
+                 channels: Any = None, cells: Any = None, **common: Any) -> None:
         WeightSharingSearch.__init__(self, space, **common)
         if latency_weight is not None:
             raise ArgumentError("latency_weight", "is for nb201's additive loss; on mbconv the "
                                 "loss is FBNet's CE * latency_alpha * log(LAT)^latency_beta")
+        for field, value in (("channels", channels), ("cells", cells)):
+            if value is not None:
+                raise ArgumentError(field, "is for nb201; on mbconv the space's own channels "
+                                           "and depths are the supernet's")
         if max_latency_ms is None:
             raise ArgumentError("max_latency_ms", "must be given (the latency budget in ms)")
         self.max_latency_ms = _float_arg("max_latency_ms", max_latency_ms, positive=True)
