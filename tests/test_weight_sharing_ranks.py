@@ -54,6 +54,8 @@ METHODS = {
                                      "latency_table": TABLE}),
     "oneshot": ("oneshot", "mbconv", MBCONV, {"population": 4, "generations": 1, "top_k": 2,
                                               "latency": "none", "bn_samples": 32}),
+    "fbnetv5": ("fbnetv5", "mbconv", MBCONV, {"tasks": ["class", "parity"], "bn_samples": 32,
+                                              "derive_samples": 2}),
 }
 
 
