@@ -259,6 +259,9 @@ def test_proxy_evaluator_on_a_digits_shaped_space():
     wider = get_evaluator("proxy", get_space("nb201", channels=8, cells_per_stage=1,
                                              input_size=8, input_channels=1))
     assert wider.network_key() != evaluator.network_key()  # another network, another cache
+    shallow, deep = (get_evaluator("proxy", get_space("nb201", cells_per_stage=n)).network_key()
+                     for n in (1, 5))
+    assert shallow != deep  # their all-none and all-pooling cells have equal params
     assert {(m.device, m.metric, m.source) for m in result.measurements} == \
         {(evaluator.cache_device(), p, "measured") for p in DEFAULT_PROXIES if p != "params"}
     cached = {m.metric: m.value + 1.0 for m in result.measurements}  # marked: reused, not redone

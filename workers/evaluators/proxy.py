@@ -77,6 +77,10 @@ def _check_proxy(i: int, name: Any) -> None:
         raise ArgumentError(f"proxies[{i}]", f"is wrong: {text}") from None
 
 
+#: Seeded architectures whose parameter counts fingerprint the network a space builds.
+FINGERPRINT_SAMPLES = 4
+
+
 @register_evaluator
 class ProxyEvaluator(Evaluator):
     """Scores an untrained architecture with training-free proxies (see the module doc)."""
@@ -251,13 +255,22 @@ class ProxyEvaluator(Evaluator):
     def network_key(self) -> str:
         """What the scores depend on in the network besides the architecture: the space's
         construction arguments (channels, depth, input shape, classes), fingerprinted by the
-        input shape and the parameter counts of its first- and last-choice architectures."""
+        input shape and the parameter counts of its first- and last-choice architectures and
+        of `FINGERPRINT_SAMPLES` seeded samples (the two ends alone can agree across
+        constructions: NB201's all-`none` and all-pooling cells have no parameters, so
+        `cells_per_stage` 1 and 5 looked alike), hashed to keep the key short."""
+        import hashlib
+
+        import numpy as np
+
         counts = self.space.choice_counts()
         ends = [self.space.from_dna(self.space.canonical_dna(dna))
                 for dna in ([0] * len(counts), [c - 1 for c in counts])]
+        rng = np.random.default_rng(0)
+        archs = ends + [self.space.sample(rng) for _ in range(FINGERPRINT_SAMPLES)]
         shape = "x".join(str(d) for d in self.space.input_shape())
-        params = "-".join(str(int(self.space.params(a))) for a in ends)
-        return f"{self.space.name}:{shape}:{params}"
+        params = "-".join(str(int(self.space.params(a))) for a in archs)
+        return f"{self.space.name}:{shape}:{hashlib.sha1(params.encode()).hexdigest()[:12]}"
 
     def evaluate(self, arch: Arch, key: str) -> Evaluation:
         return self.evaluate_cached(arch, key, {})
