@@ -51,32 +51,20 @@ from .evolution import RegularizedEvolution
 from .gbdt import ENUMERATE_MAX, _Features, _quantiles, _seed
 from .preparation import Evaluations
 from .proxy import ProxySearch
+from .proxy_features import (
+    MISSING,
+    ProxyScorer,
+    complete_keys,
+    pool_base,
+    proxy_columns,
+    scorable,
+)
 
 #: The pool when the space is larger than ENUMERATE_MAX and `pool` is not given.
 SAMPLED_POOL = 2000
 #: Fewest pool members with every proxy for the predictor mode (else evolution).
 MIN_SCORED = 10
 MODES = ("predictor", "evolution")
-#: A proxy feature not known (scoring failed, or outside the pool): below every score, so
-#: that trees treat it as one more value (the predictor refuses NaN).
-MISSING = float(np.finfo(np.float32).min)
-
-
-class _Scorer(ProxySearch):
-    """The `proxy` strategy's pool, argument checks and preparation, keeping each pool
-    member's raw scores (not a registered strategy)."""
-
-    raw: dict[str, dict[str, float]]
-
-    def set_scores(self, scores: dict[str, dict[str, float]]) -> None:
-        self.raw = scores
-        super().set_scores(scores)
-
-
-#: Base feature rows of recent pools (`AutoSearch._pool_base`), oldest first.
-_POOL_ROWS: dict[tuple, tuple[list[str], np.ndarray]] = {}
-
-
 @register_strategy
 class AutoSearch(Strategy):
     """Proxy-scored pool + an uncertainty-aware GBDT ensemble; evolution where it cannot
@@ -109,9 +97,9 @@ class AutoSearch(Strategy):
                            "learning_rate": number_in("learning_rate", learning_rate,
                                                        1e-4, 1.0)}
         self.evolution = RegularizedEvolution(space, seed, population, sample)
-        self.scorer: _Scorer | None = None
-        if _scorable(space):  # else evolution (the proxy arguments are not used)
-            self.scorer = _Scorer(space, seed=seed, pool=pool, proxies=proxies,
+        self.scorer: ProxyScorer | None = None
+        if scorable(space):  # else evolution (the proxy arguments are not used)
+            self.scorer = ProxyScorer(space, seed=seed, pool=pool, proxies=proxies,
                                   dataset=dataset, batch_size=batch_size,
                                   proxy_seed=proxy_seed, proxy_space_args=proxy_space_args)
         self.features = _Features(space, cost=True, counts=True)
@@ -158,45 +146,17 @@ class AutoSearch(Strategy):
         decide the mode, unless a restored state decided it already."""
         assert self.scorer is not None
         proxies = self.scorer.proxies
-        complete = [k for k, v in scores.items() if all(p in v for p in proxies)]
         if self.mode is None:
-            self.mode = "predictor" if len(complete) >= MIN_SCORED else "evolution"
+            enough = len(complete_keys(scores, proxies)) >= MIN_SCORED
+            self.mode = "predictor" if enough else "evolution"
         if self.mode == "evolution":
             return
-        keys, base = self._pool_base(dict(self.scorer.pool_candidates()))
-        extra = np.full((len(keys), len(proxies) + 1), MISSING, dtype=np.float32)
-        row = {k: i for i, k in enumerate(keys)}
-        for k in complete:
-            extra[row[k], :len(proxies)] = [_finite(scores[k][p]) for p in proxies]
-        if complete:
-            from predictors.combine import mean_rank
-
-            combined = mean_rank({p: [scores[k][p] for k in complete] for p in proxies})
-            extra[[row[k] for k in complete], -1] = combined
-            order = sorted(range(len(complete)), key=lambda i: (-combined[i], complete[i]))
-            self._init_order = [row[complete[i]] for i in order]
-        self._keys, self._row = keys, row
-        self._X = np.concatenate([base, extra], axis=1)
-
-    def _pool_base(self, pool: dict[str, Arch]) -> tuple[list[str], np.ndarray]:
-        """The pool's keys (sorted) and their base feature rows, kept for the next job on
-        an equal space and pool (a benchmark runs many; the rows cost seconds)."""
-        keys = sorted(pool)
-        middle = pool[keys[len(keys) // 2]]
-        try:
-            size = (self.space.params(middle), self.space.flops(middle))
-        except NotImplementedError:
-            size = (self.space.params(middle), None)
-        tag = (type(self.space).__qualname__, self.space.name, self.features.kind, len(keys),
-               keys[0], keys[-1], size)
-        found = _POOL_ROWS.get(tag)
-        if found is None or found[0] != keys:
-            found = (keys, self.features.matrix([pool[k] for k in keys]))
-            _POOL_ROWS[tag] = found
-            while len(_POOL_ROWS) > 4:
-                del _POOL_ROWS[next(iter(_POOL_ROWS))]
+        pool = dict(self.scorer.pool_candidates())
+        keys, base = pool_base(self.space, self.features, pool)
         self._archs.update(pool)
-        return found
+        extra, self._init_order = proxy_columns(keys, scores, proxies)
+        self._keys, self._row = keys, {k: i for i, k in enumerate(keys)}
+        self._X = np.concatenate([base, extra], axis=1)
 
     # ---- ask / tell --------------------------------------------------------------------------
     def ask(self) -> Arch:
@@ -339,18 +299,3 @@ def _labels(scores: list[float | None]) -> np.ndarray:
     worst = min(values) if values else 0.0
     return _quantiles(np.asarray([worst if s is None else s for s in scores],
                                  dtype=np.float64))
-
-
-def _scorable(space: SearchSpace) -> bool:
-    """Whether the `proxy` evaluator can build and run the space's models."""
-    if not space.buildable:  # a PyGlove hyper value: no torch model
-        return False
-    try:
-        space.input_shape()
-    except NotImplementedError:
-        return False
-    return True
-
-
-def _finite(value: float) -> float:
-    return float(value) if math.isfinite(value) else MISSING

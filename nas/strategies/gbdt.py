@@ -34,16 +34,29 @@ is tried). A decision keeps at least one choice, and at most half of all removab
 are ever dropped. Pruned choices leave the ranking and the random/explore proposals (unless
 nothing acceptable remains).
 
+Proxy features (`proxies: [names]`, off by default): the candidate pool is scored training-free
+before the first trial, through the `proxy` strategy's preparation as `auto` does
+(`nas.strategies.proxy_features`: the scores are stored in the database and read back by any
+later job; `dataset`, `batch_size`, `proxy_seed` and `proxy_space_args` as for `proxy`). The
+pool is then fixed, as the `proxy` strategy's: the whole space when it has at most `pool`
+architectures, else `pool` uniform samples (without `pool`: the whole space up to
+`ENUMERATE_MAX`, else `POOL` samples); each feature row gains one column per proxy and their
+combined rank (mean rank over the pool), unknown values (failed scoring, a told trial outside
+the pool) below every score.
+
 Pretraining (`pretrain: true`): before the first label, the predictor is fitted on
 `PRETRAIN_SIZE` unlabeled architectures against `pretrain_target` (`flops` or `params`,
-computed by the space, or any metric `SearchContext.value_of` knows, e.g. a proxy score);
-fewer than `PRETRAIN_MIN` known values means no pretraining. The labelled fits then continue
+computed by the space, `proxy`: the combined proxy score of the pool, with `proxies`, or any
+metric `SearchContext.value_of` knows); fewer than `PRETRAIN_MIN` known values means no
+pretraining. The labelled fits then continue
 the pretrained booster (XGBoost continued training, `pretrain_mode: continue`) or correct its
 linearly calibrated prediction used as a base margin (`pretrain_mode: margin`).
 
 State (`state_dict`): the rng state, counters, the told (key, score) list, the trial count of
 the last fit and the pruned choices. Models and pools are recomputed on load: every fit is
-seeded from (seed, trial count), so the refit gives the same model and ranking.
+seeded from (seed, trial count), so the refit gives the same model and ranking. The pool's
+proxy scores are not in the snapshot: a resumed job's preparation reads them back from the
+database.
 """
 
 from __future__ import annotations
@@ -59,7 +72,8 @@ from predictors.gbdt import GBDTPredictor
 from search_spaces import Arch, SearchSpace
 from search_spaces.validation import ArgumentError, flag, int_at_least, number_in, one_of
 
-from ._base import Strategy, TrialView, register_strategy
+from ._base import SearchContext, Strategy, TrialView, register_strategy
+from .preparation import Evaluations
 
 #: Spaces up to this size are ranked in full (their encoded matrix is cached).
 ENUMERATE_MAX = 20000
@@ -67,6 +81,8 @@ ENUMERATE_MAX = 20000
 PRUNE_START, PRUNE_EVERY, PROTECT = 30, 10, 3
 #: Pretraining: unlabeled architectures and the fewest known target values it needs.
 PRETRAIN_SIZE, PRETRAIN_MIN = 2000, 20
+#: Candidates of a generated pool (or a proxy-scored pool's samples) when `pool` is not given.
+POOL = 2000
 #: Best told architectures whose mutants seed a generated pool; predicted best that breed.
 POOL_PARENTS, POOL_ELITE = 10, 50
 
@@ -205,7 +221,7 @@ class GBDTSearch(Strategy):
         batch: int = 5,
         explore: float = 0.1,
         explore_random: float = 0.5,
-        pool: int = 2000,
+        pool: int | None = None,
         prune: bool = False,
         pretrain: bool = False,
         pretrain_target: str = "flops",
@@ -215,6 +231,11 @@ class GBDTSearch(Strategy):
         trees: int = 100,
         depth: int = 4,
         learning_rate: float = 0.1,
+        proxies: Any = None,
+        dataset: Any = None,
+        batch_size: Any = 20,
+        proxy_seed: Any = 0,
+        proxy_space_args: Any = None,
     ) -> None:
         super().__init__(space, seed)
         self.seed = seed if isinstance(seed, int) else int(seed)
@@ -222,7 +243,7 @@ class GBDTSearch(Strategy):
         self.batch = int_at_least("batch", batch, 1)
         self.explore = number_in("explore", explore, 0.0, 1.0)
         self.explore_random = number_in("explore_random", explore_random, 0.0, 1.0)
-        self.pool_size = int_at_least("pool", pool, 10)
+        self.pool_size = int_at_least("pool", POOL if pool is None else pool, 10)
         self.prune = flag("prune", prune)
         self.pretrain = flag("pretrain", pretrain)
         if not isinstance(pretrain_target, str) or not pretrain_target:
@@ -245,6 +266,11 @@ class GBDTSearch(Strategy):
         self.features = _Features(space, flag("cost_features", cost_features),
                                   flag("count_features", count_features))
         self.enumerable = space.size() <= self.enumerate_max
+        self.scorer = self._proxy_scorer(pool, proxies, dataset, batch_size, proxy_seed,
+                                         proxy_space_args)
+        if self.pretrain_target == "proxy" and self.scorer is None:
+            raise ArgumentError("pretrain_target", "'proxy' needs proxies (the pool's "
+                                                   "training-free scores)")
         # persistent state
         self.asked = 0
         self.told: list[tuple[str, float | None]] = []
@@ -256,9 +282,84 @@ class GBDTSearch(Strategy):
         self._ranking: np.ndarray | None = None
         self._cursor = 0
         self._pretrained: GBDTPredictor | None | bool = None  # False: none possible
+        self._proxy_pool: _Pool | None = None  # with proxies: the scored pool
+        self._proxy_row: dict[str, int] = {}
+
+    def _proxy_scorer(self, pool: int | None, proxies: Any, dataset: Any, batch_size: Any,
+                      proxy_seed: Any, proxy_space_args: Any) -> Any:
+        """The `proxy` strategy's scorer of the pool, or None without `proxies`."""
+        from .proxy_features import ProxyScorer, scorable
+
+        if proxies is None:
+            for field, value in (("dataset", dataset), ("proxy_space_args", proxy_space_args)):
+                if value is not None:
+                    raise ArgumentError(field, "is used only with proxies")
+            return None
+        if not scorable(self.space):
+            raise ArgumentError("proxies", f"need a space that builds models; {self.space.name!r}"
+                                           " has no model builder")
+        if pool is None:
+            pool = self.space.size() if self.enumerable else self.pool_size
+        return ProxyScorer(self.space, seed=self.seed, pool=pool, proxies=proxies,
+                           dataset=dataset, batch_size=batch_size, proxy_seed=proxy_seed,
+                           proxy_space_args=proxy_space_args)
+
+    @classmethod
+    def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
+        from .proxy import ProxySearch
+
+        return ProxySearch.canonical_args(args) if args.get("proxies") is not None \
+            else dict(args)
+
+    def bind(self, context: SearchContext) -> None:
+        super().bind(context)
+        if self.scorer is not None:
+            self.scorer.bind(context)
+
+    # ---- preparation (with proxies): the pool's scores ----------------------------------------
+    def preparation(self) -> Evaluations | None:
+        """With `proxies`, score the pool (stored scores are read back, not recomputed)."""
+        if self.scorer is None or self._proxy_pool is not None:
+            return None
+        return self.scorer.preparation()
+
+    def prepared(self, result: dict[str, dict[str, float]]) -> None:
+        assert self.scorer is not None
+        self.scorer.prepared(result)
+        self.set_scores(self.scorer.raw)
+
+    def set_scores(self, scores: dict[str, dict[str, float]]) -> None:
+        """Take the pool's proxy scores (key -> proxy -> value; missing values allowed): the
+        pool's feature rows gain the proxy columns."""
+        from .proxy_features import pool_base, proxy_columns
+
+        assert self.scorer is not None
+        pool = dict(self.scorer.pool_candidates())
+        keys, base = pool_base(self.space, self.features, pool)
+        self._archs.update(pool)
+        extra, _ = proxy_columns(keys, scores, self.scorer.proxies)
+        dtype = np.float64 if self.space.float_decisions() else np.int64
+        dna = np.asarray([self.space.to_dna(pool[k]) for k in keys], dtype=dtype)
+        self._proxy_pool = _Pool(dna, np.concatenate([base, extra], axis=1))
+        self._proxy_row = {k: i for i, k in enumerate(keys)}
+
+    def _row(self, key: str) -> np.ndarray:
+        """A told trial's feature row (with proxies: its pool row, or MISSING proxies)."""
+        if self._proxy_pool is None:
+            return self.features.row(self._arch(key), key)
+        i = self._proxy_row.get(key)
+        if i is not None:
+            return self._proxy_pool.X[i]
+        from .proxy_features import MISSING
+
+        base = self.features.row(self._arch(key), key)
+        width = self._proxy_pool.X.shape[1] - len(base)
+        return np.concatenate([base, np.full(width, MISSING, dtype=np.float32)])
 
     # ---- ask / tell ------------------------------------------------------------------------
     def ask(self) -> Arch:
+        if self.scorer is not None and self._proxy_pool is None:
+            raise RuntimeError("gbdt: ask() before the pool's proxy scores were restored")
         self.asked += 1
         if self.asked <= self.init or self._scored() < 2:
             return self._random()
@@ -359,7 +460,7 @@ class GBDTSearch(Strategy):
 
     def _fit_and_rank(self, n: int, update_pruning: bool) -> None:
         keys = [k for k, _ in self.told[:n]]
-        X = np.stack([self.features.row(self._arch(k), k) for k in keys])
+        X = np.stack([self._row(k) for k in keys])
         y = self.labels([s for _, s in self.told[:n]])
         pretrained = self._pretrained_model()
         model = GBDTPredictor(seed=_seed(self.seed, 1, n), init_model=(
@@ -401,6 +502,8 @@ class GBDTSearch(Strategy):
 
     def _make_pool(self, n: int, model: GBDTPredictor, margin: tuple[float, float] | None,
                    pretrained: GBDTPredictor | None) -> _Pool:
+        if self._proxy_pool is not None:
+            return self._proxy_pool
         if self.enumerable:
             return _enumerated_pool(self.space, self.features)
         rng = np.random.default_rng(_seed(self.seed, 2, n))
@@ -434,6 +537,8 @@ class GBDTSearch(Strategy):
 
     def _pretrain(self) -> GBDTPredictor | None:
         rng = np.random.default_rng(_seed(self.seed, 3, 0))
+        if self._proxy_pool is not None:
+            return self._pretrain_on(self._proxy_pool, rng)
         if self.enumerable:
             pool = _enumerated_pool(self.space, self.features)
             rows = rng.choice(len(pool), size=min(PRETRAIN_SIZE, len(pool)), replace=False)
@@ -449,6 +554,25 @@ class GBDTSearch(Strategy):
         y = self.labels([v for _, v in kept])
         model = GBDTPredictor(seed=_seed(self.seed, 4, 0), **self.model_args).fit(X, y)
         return model
+
+    def _pretrain_on(self, pool: _Pool, rng: np.random.Generator) -> GBDTPredictor | None:
+        """Pretraining on `PRETRAIN_SIZE` members of the proxy-scored pool (their rows carry
+        the proxy columns); `proxy` is their combined score (the last column)."""
+        from .proxy_features import MISSING
+
+        rows = rng.choice(len(pool), size=min(PRETRAIN_SIZE, len(pool)), replace=False)
+        rows.sort()
+        if self.pretrain_target == "proxy":
+            values = [None if pool.X[i, -1] == MISSING else float(pool.X[i, -1]) for i in rows]
+        else:
+            values = [self._free_value(self.space.from_dna(_dna_of_row(self.space, pool.dna[i])))
+                      for i in rows]
+        kept = [(int(i), v) for i, v in zip(rows, values, strict=True) if v is not None]
+        if len(kept) < PRETRAIN_MIN:
+            return None
+        X = pool.X[[i for i, _ in kept]]
+        y = self.labels([v for _, v in kept])
+        return GBDTPredictor(seed=_seed(self.seed, 4, 0), **self.model_args).fit(X, y)
 
     def _free_value(self, arch: Arch) -> float | None:
         target = self.pretrain_target
