@@ -37,10 +37,7 @@ import torch  # noqa: E402
 from search_spaces import get_space  # noqa: E402
 from workers.latency import measure_latency_ms  # noqa: E402
 from workers.weight_sharing import get_search  # noqa: E402
-from workers.weight_sharing.fbnet_mbconv import (  # noqa: E402
-    arch_of,
-    layer_choices,
-)
+from workers.weight_sharing.fbnet_mbconv import arch_of, layer_choices  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SPACE = {"input_channels": 1, "input_size": 8, "stage_channels": [32, 64, 96],
@@ -75,13 +72,14 @@ def standalone(space, arch: dict, settings: dict) -> float:
 
 
 def random_within(space, budget: float, seed: int, tries: int = 40) -> tuple[dict, float]:
-    """A uniformly random layer-wise architecture that measures within the budget here (the
-    fastest tried when none does)."""
+    """A uniformly random architecture of the space (its depths, kernels, ratios; the search's
+    width and resolution) that measures within the budget here (the fastest tried when none
+    does)."""
     rng = np.random.default_rng([seed, 7])
-    choices = layer_choices(space)
     best = None
     for _ in range(tries):
-        arch = arch_of(space, [int(rng.integers(len(c))) for c in choices])
+        arch = {**space.sample(rng), "resolution": space.input_size,
+                "width": max(space.width_mults)}
         ms = measured_ms(space, arch)
         if ms <= budget:
             return arch, ms

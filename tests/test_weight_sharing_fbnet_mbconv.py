@@ -84,6 +84,13 @@ def test_the_loss_uses_the_table(tmp_path):
     tight = get_search("fbnet", space, max_latency_ms=5.0, **kwargs).run(tmp_path / "tight")
     assert tight.metrics[0]["table_latency_ms"] <= 5.0 and tight.metrics[0]["meets_budget"]
     assert tight.metrics[0]["table_latency_ms"] < loose.metrics[0]["table_latency_ms"]
+    # only the mode sampled, a budget only the smallest arch meets (1 + 1 + 0 + 1 + 0 ms):
+    # the greedy most probable arch under the budget is derived
+    search = get_search("fbnet", space, max_latency_ms=3.0, **{**kwargs, "samples": 0})
+    least = search.run(tmp_path / "least")
+    assert least.metrics[0]["table_latency_ms"] == 3.0 and least.metrics[0]["meets_budget"]
+    assert space.key(least.archs[0]) == space.key(space.min_arch())
+    assert space.key(search.current_arch()) != space.key(space.min_arch())
 
 
 @pytest.mark.integration

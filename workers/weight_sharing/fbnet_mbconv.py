@@ -24,8 +24,11 @@ its `input_size` (FBNet searches only the per-layer blocks).
   (`samples` draws per layer categorical, plus its mode), deduplicated, ranked by
   log-probability; those whose table latency fits `max_latency_ms` (and, with a table
   measured here, whose whole network measures within it on this worker) are the derived
-  archs, best first (`top` of them). The paper then trains the samples from scratch and keeps
-  the best; here that is left to the job's evaluation of the derived archs.
+  archs, best first (`top` of them). When no sample fits (a distribution concentrated on
+  slow blocks), the greedy most probable architectures under 1.0, 0.9 and 0.8 x the budget
+  by the table join the candidates (`within_budget`, our addition). The paper then trains
+  the samples from scratch and keeps the best; here that is left to the job's evaluation of
+  the derived archs.
 """
 
 from __future__ import annotations
@@ -241,9 +244,10 @@ def picks_of(space: Any, arch: Arch) -> list[int]:
 def calibrate_mbconv_lut(lut: dict[str, Any], space: Any, *, samples: int = 6, seed: int = 0,
                          threads: int = 1, repeats: int = 20,
                          warmup: int = 5) -> dict[str, Any]:
-    """The table with a `scale` on the operators' sum, fitted (least squares through the
-    skeleton) to `samples` random whole networks measured here (blocks timed alone run
-    faster than inside a network)."""
+    """The table with a `scale` on the operators' sum: the median over `samples` random whole
+    networks measured here of (measured - skeleton) / (operators' sum). Blocks timed alone
+    run faster than inside a network; the median, not a least-squares fit, because one
+    timing taken while another process holds the core would set a least-squares scale."""
     from workers.latency import measure_latency_ms
 
     rng = np.random.default_rng(seed)
@@ -256,8 +260,8 @@ def calibrate_mbconv_lut(lut: dict[str, Any], space: Any, *, samples: int = 6, s
         t = measure_latency_ms(space.build(arch), space.input_shape(arch), threads=threads,
                                repeats=repeats, warmup=warmup)["median_ms"]
         ys.append(t - lut["skeleton_ms"])
-    x, y = np.asarray(xs), np.asarray(ys)
-    scale = float(x @ y / (x @ x)) if float(x @ x) > 0 else 0.0
+    ratios = [y / x for x, y in zip(xs, ys, strict=True) if x > 0]
+    scale = float(np.median(ratios)) if ratios else 0.0
     return {**lut, "scale": scale if scale > 0 else 1.0, "calibration_samples": samples}
 
 
@@ -460,12 +464,45 @@ class FBNetMBConvSearch(FBNetSearch):
             self.measured_ms[key] = float(timing["median_ms"])
         return self.measured_ms[key]
 
+    def within_budget(self, slack: tuple[float, ...] = (1.0, 0.9, 0.8)
+                      ) -> list[tuple[Arch, float]]:
+        """Greedy most-probable architectures under `slack` x the budget by the table: from
+        the mode, repeatedly swap a layer's block for the one losing the least
+        log-probability per ms saved until the table latency fits (the slack leaves room for
+        the table's error on this worker)."""
+        probs = self.arch.op_weights()["layers"].detach().cpu().numpy().astype(np.float64)
+        logp = np.log(np.clip(probs, 1e-30, None))
+        mask = self.arch.mask.cpu().numpy()
+        costs = self.costs.detach().cpu().numpy().astype(np.float64)
+        skeleton = self._ensure_lut()["skeleton_ms"]
+        rows = np.arange(len(probs))
+        out = []
+        for factor in slack:
+            picks = np.where(mask, probs, -1.0).argmax(axis=1)
+            while skeleton + costs[rows, picks].sum() > factor * self.max_latency_ms:
+                saved = costs[rows, picks][:, None] - costs
+                lost = logp[rows, picks][:, None] - logp
+                ratio = np.where(mask & (saved > 1e-12), lost / np.maximum(saved, 1e-12),
+                                 np.inf)
+                if not np.isfinite(ratio).any():
+                    break
+                layer, op = np.unravel_index(int(np.argmin(ratio)), ratio.shape)
+                picks[layer] = op
+            out.append((arch_of(self.space, [int(i) for i in picks]),
+                        float(logp[rows, picks].sum())))
+        return out
+
     def _ranked_archs(self) -> list[tuple[Arch, float]]:
         """The `top` sampled archs, best first, that fit the budget by the table (and,
         with a table measured here, by a measurement here); the fastest candidate,
         flagged, when none does."""
         cands = self.candidates()
         fits = [c for c in cands if self.table_latency(c[0]) <= self.max_latency_ms]
+        if not fits:  # a distribution concentrated on slow blocks: its most probable
+            known = {self.space.key(a) for a, _ in cands}  # archs under the budget
+            extra = [c for c in self.within_budget() if self.space.key(c[0]) not in known]
+            cands = sorted(cands + extra, key=lambda c: -c[1])
+            fits = [c for c in cands if self.table_latency(c[0]) <= self.max_latency_ms]
         if self.latency_table is None:  # the device decides
             fits = [c for c in (fits or cands)[:VERIFY_MAX]
                     if self._measured(c[0]) <= self.max_latency_ms]
