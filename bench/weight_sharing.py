@@ -319,7 +319,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CI smoke test (< 60 s)")
     parser.add_argument("--out", type=Path, help="folder for the JSON (default bench/results; "
                                                  "quick: a temporary folder)")
-    parser.add_argument("--only", choices=["tas", "ranks", "fbnetv5"],
+    parser.add_argument("--only", choices=["tas", "ranks", "fbnetv5", "fbnet-mbconv"],
                         help="run only this section (its own JSON)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -334,6 +334,11 @@ def main() -> None:
         return
     if args.only == "fbnetv5":
         main_fbnetv5(FBNETV5_QUICK if args.quick else FBNETV5_FULL, out)
+        return
+    if args.only == "fbnet-mbconv":  # its own script: bench/weight_sharing_fbnet_mbconv.py
+        from weight_sharing_fbnet_mbconv import main_section
+
+        main_section(args.quick, out)
         return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:

@@ -151,17 +151,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CI smoke test (< 20 s)")
     parser.add_argument("--out", type=Path, help="folder for the JSON")
     args = parser.parse_args()
-    torch.set_num_threads(1)
     out = args.out or (Path(tempfile.mkdtemp(prefix="nas-bench-")) if args.quick else RESULTS)
+    main_section(args.quick, out)
+
+
+def main_section(quick: bool, out: Path) -> dict:
+    """The section (also `python bench/weight_sharing.py --only fbnet-mbconv`)."""
+    torch.set_num_threads(1)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        result = bench_fbnet_mbconv(QUICK if args.quick else FULL, Path(scratch))
+        result = bench_fbnet_mbconv(QUICK if quick else FULL, Path(scratch))
     result.update(seconds=time.perf_counter() - started, torch=torch.__version__,
                   python=platform.python_version(), machine=platform.machine())
     path = out / "weight_sharing_fbnet_mbconv.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{result['seconds']:.0f} s; wrote {path}")
+    return result
 
 
 if __name__ == "__main__":
