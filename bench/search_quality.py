@@ -19,6 +19,8 @@ loads those scores from bench/.cache (`bench/nb201_proxy_cache.py` computes them
 40 ms per cell on one core) into each job's database, as a second job in a shared database
 would find them; its time per job is then the search's own. `--quick` (CI, no cache) gives
 auto a pool of `QUICK_POOL` sampled cells scored live on a small network instead.
+`gbdt+proxies` and `gbdt+proxies+pretrain` (gbdt with auto's proxies as features, and as its
+pretraining target) read the same cache; they are not in `--quick`.
 
 Writes search_quality.json and search_quality.png to bench/results/ (`--out` to change;
 `--quick` writes to a fresh temporary folder, so it never overwrites the reference figures).
@@ -64,6 +66,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                       "dataset": "npz:../shared/data/cifar10-test-first20.npz",
                       "proxy_space_args": {"cells_per_stage": 1}}),
 }
+#: gbdt with auto's proxy scores as features (issue 20), alone and as pretraining target.
+VARIANTS["gbdt+proxies"] = ("gbdt", {k: VARIANTS["auto"][1][k]
+                                     for k in ("proxies", "dataset", "proxy_space_args")})
+VARIANTS["gbdt+proxies+pretrain"] = ("gbdt", {**VARIANTS["gbdt+proxies"][1], "pretrain": True,
+                                              "pretrain_target": "proxy"})
 QUICK_VARIANTS = ("random", "evolution", "gbdt", "tpe", "auto")
 #: --quick: auto's pool (sampled, scored live: CI has no bench/.cache) and scoring network.
 QUICK_POOL = 24
@@ -128,7 +135,7 @@ def proxy_cache_rows(variant: str, quick: bool) -> list:
 
     strategy_name = VARIANTS[variant][0]
     args = variant_args(variant, quick)
-    if strategy_name != "auto" or quick:
+    if "proxies" not in args or quick:
         return []
     space_args = args.get("proxy_space_args", {})
     if space_args != nb201_proxy_cache.SPACE_ARGS or \
@@ -278,7 +285,7 @@ def main() -> None:
     for strategy in variants if not args.merge else []:
         curves[strategy], found[strategy], seconds[strategy] = [], [], []
         preload = proxy_cache_rows(strategy, args.quick)
-        if VARIANTS[strategy][0] == "auto" and not args.quick:
+        if "proxies" in VARIANTS[strategy][1] and not args.quick:
             if len({r.key for r in preload}) < len(table):
                 raise SystemExit(f"{strategy}: the proxy cache holds "
                                  f"{len({r.key for r in preload})} of {len(table)} cells; run "

@@ -210,7 +210,8 @@ class GBDTSearch(Strategy):
 
     name = "gbdt"
     description = ("GBDT-NAS: XGBoost predictor ranks candidates (whole space when small); "
-                   "optional search-space pruning and predictor pretraining")
+                   "optional search-space pruning, predictor pretraining and training-free "
+                   "proxy scores as features")
     enumerate_max: ClassVar[int] = ENUMERATE_MAX
 
     def __init__(
