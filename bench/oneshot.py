@@ -34,11 +34,12 @@ Samplers and mixture section (issue 19, `bench_mixture_space`, `--mixture`): on 
 balanced mixture of K=2 supernets (`supernets: 2`) with either sampler, one supernet seed
 each (20 epochs), over 12 uniform subnets (`--full`: 40); ground truth stand-alone accuracy
 averaged over 4 seeds (4 epochs), the tau of its two halves and FLOPs' tau beside.
-`--quick` runs a 4-subnet version of it (< 20 s).
+`--quick` runs a 4-subnet version of it (< 20 s). The variant "elasticvit walk only"
+(`bank_prob: 0`) separates the level walk from the memory banks.
 
 Writes bench/results/oneshot.json (`--bossnas`: oneshot_bossnas.json, `--mixture`:
-oneshot_mixture.json; `--out` to change; `--quick` writes to a fresh temporary folder, so it
-never overwrites the reference figures).
+oneshot_mixture.json, with `--full` oneshot_mixture_full.json; `--out` to change; `--quick`
+writes to a fresh temporary folder, so it never overwrites the reference figures).
 """
 
 from __future__ import annotations
@@ -302,6 +303,7 @@ def bench_bossnas(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 MIXTURE_VARIANTS: dict[str, dict[str, Any]] = {
     "single, default sampler": {},
     "single, elasticvit sampler": {"sampler": "elasticvit"},
+    "single, elasticvit walk only": {"sampler": "elasticvit", "bank_prob": 0.0},
     "mixture K=2, default sampler": {"supernets": 2},
     "mixture K=2, elasticvit sampler": {"supernets": 2, "sampler": "elasticvit"},
 }
@@ -422,7 +424,8 @@ def main() -> None:
         "machine": platform.machine(), "threads": 1,
     }
     path = out / ("oneshot_bossnas.json" if args.bossnas else
-                  "oneshot_mixture.json" if args.mixture else "oneshot.json")
+                  ("oneshot_mixture_full.json" if args.full else "oneshot_mixture.json")
+                  if args.mixture else "oneshot.json")
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\ntotal {record['seconds']:.0f} s; wrote {path}")
 
