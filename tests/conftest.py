@@ -189,6 +189,63 @@ def nb201_table_subset(path: Path, rows: int, seed: int = 0) -> Path:
     return path
 
 
+def kill_search_after_epoch(folder: Path, method: str, space: str, space_args: dict[str, Any],
+                            args: dict[str, Any], epoch: int = 1, timeout: float = 120.0) -> None:
+    """Run a weight-sharing search in a child process that stops for a minute once `epoch`
+    is reported, wait until its checkpoint holds that epoch, then kill -9 it (the crash a
+    resume must survive)."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    import torch
+
+    script = textwrap.dedent(f"""
+        import time, torch
+        torch.set_num_threads(1)
+        from search_spaces import get_space
+        from workers.weight_sharing import get_search
+        space = get_space({space!r}, **{space_args!r})
+        search = get_search({method!r}, space, **{args!r})
+        search.run({str(folder)!r},
+                   progress=lambda record: record["epoch"] == {epoch} and time.sleep(60))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env)
+    checkpoint = folder / "checkpoint.pt"
+
+    def saved_epoch() -> int | None:
+        try:
+            return torch.load(checkpoint, weights_only=False)["epoch"]
+        except (FileNotFoundError, EOFError, RuntimeError):  # not there, or being replaced
+            return None
+
+    try:
+        deadline = time.monotonic() + timeout
+        while process.poll() is None and time.monotonic() < deadline:
+            if saved_epoch() == epoch:
+                break
+            time.sleep(0.1)
+        assert saved_epoch() == epoch, f"{method}: no checkpoint of epoch {epoch}"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def assert_same_outcome(outcome: Any, reference: Any) -> None:
+    """Two weight-sharing search outcomes alike: derived architectures, their metrics and the
+    per-epoch history (wall-clock seconds aside)."""
+    assert outcome.archs == reference.archs
+    assert outcome.metrics == reference.metrics
+
+    def timeless(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+    assert timeless(outcome.history) == timeless(reference.history)
+
+
 def ask_unseen(strategy, space, seen: set[str], tries: int = 2000):  # noqa: ANN001, ANN201
     """The strategy's next proposal not in `seen`, asking up to `tries` times as the driver
     discards duplicates; returns (arch, key), the last proposal when every one was seen."""

@@ -6,12 +6,6 @@ checkpoint/resume (stop and kill -9) and bad arguments."""
 from __future__ import annotations
 
 import itertools
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +15,9 @@ import yaml
 
 from search_spaces import check_space, get_space
 from search_spaces.validation import ArgumentError, UnsupportedSpaceError
+from tests.conftest import assert_same_outcome, kill_search_after_epoch
 from workers.weight_sharing import BossNASSearch, get_search
 
-ROOT = Path(__file__).resolve().parents[1]
 #: A tiny HyTra on 8x8 digits: 3 scales (8, 4, 2 px), ResAtt at the last two.
 HYTRA_ARGS = {"input_channels": 1, "input_size": 8, "stem_stride": 1, "widths": [8, 16, 32],
               "layers": 4, "head_dim": 4}
@@ -106,11 +100,7 @@ def assert_same_run(search: BossNASSearch, outcome: Any, reference: dict[str, An
         state = getattr(search, net).state_dict()
         for name, tensor in reference[net].items():
             assert torch.equal(state[name], tensor), (net, name)
-    assert outcome.archs == reference["outcome"].archs
-    assert outcome.metrics == reference["outcome"].metrics
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in outcome.history]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"}
-                     for r in reference["outcome"].history]
+    assert_same_outcome(outcome, reference["outcome"])
 
 
 @pytest.mark.integration
@@ -180,30 +170,8 @@ def test_stop_mid_search_and_resume_equals_an_uninterrupted_run(reference: dict[
 @pytest.mark.system
 def test_kill_9_between_blocks_then_resume_equals_an_uninterrupted_run(
         reference: dict[str, Any], tmp_path: Path) -> None:
-    script = textwrap.dedent(f"""
-        import time, torch
-        torch.set_num_threads(1)
-        from search_spaces import get_space
-        from workers.weight_sharing import get_search
-        space = get_space("hytra", **{HYTRA_ARGS!r})
-        search = get_search("bossnas", space, **{REFERENCE!r})
-        search.run({str(tmp_path)!r},
-                   progress=lambda record: record["epoch"] == 1 and time.sleep(60))
-    """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env)
-    checkpoint = tmp_path / "checkpoint.pt"
-    try:
-        deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline:
-            if checkpoint.exists() and torch.load(checkpoint, weights_only=False)["epoch"] == 1:
-                break
-            time.sleep(0.1)
-        assert torch.load(checkpoint, weights_only=False)["epoch"] == 1
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_search_after_epoch(tmp_path, "bossnas", "hytra", HYTRA_ARGS, REFERENCE,
+                            epoch=1)
     search = get_search("bossnas", hytra(), **REFERENCE)
     outcome = search.run(tmp_path)
     assert outcome.resumed_from_epoch == 1

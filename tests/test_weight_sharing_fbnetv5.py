@@ -5,12 +5,6 @@ resume (stop and kill -9) and bad arguments."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +15,9 @@ import yaml
 
 from search_spaces import get_space
 from search_spaces.validation import ArgumentError, UnsupportedSpaceError
+from tests.conftest import assert_same_outcome, kill_search_after_epoch
 from workers.weight_sharing import FBNetV5Search, get_search
 
-ROOT = Path(__file__).resolve().parents[1]
 #: A tiny mbconv on 8x8 digits; two resolutions, so subnets see resized inputs too.
 MBCONV_ARGS = {"input_channels": 1, "input_size": 8, "stage_channels": [16, 24],
                "stage_strides": [2, 2], "stem_channels": 8, "head_channels": 32,
@@ -148,11 +142,7 @@ def assert_same_run(search: FBNetV5Search, outcome: Any, reference: dict[str, An
     for name, tensor in reference["supernet"].items():
         assert torch.equal(state[name], tensor), name
     assert torch.equal(search.theta.detach(), reference["theta"])
-    assert outcome.archs == reference["outcome"].archs
-    assert outcome.metrics == reference["outcome"].metrics
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in outcome.history]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"}
-                     for r in reference["outcome"].history]
+    assert_same_outcome(outcome, reference["outcome"])
 
 
 @pytest.mark.integration
@@ -194,30 +184,8 @@ def test_stop_mid_search_and_resume_equals_an_uninterrupted_run(reference: dict[
 @pytest.mark.system
 def test_kill_9_after_an_epoch_then_resume_equals_an_uninterrupted_run(
         reference: dict[str, Any], tmp_path: Path) -> None:
-    script = textwrap.dedent(f"""
-        import time, torch
-        torch.set_num_threads(1)
-        from search_spaces import get_space
-        from workers.weight_sharing import get_search
-        space = get_space("mbconv", **{MBCONV_ARGS!r})
-        search = get_search("fbnetv5", space, **{REFERENCE!r})
-        search.run({str(tmp_path)!r},
-                   progress=lambda record: record["epoch"] == 1 and time.sleep(60))
-    """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env)
-    checkpoint = tmp_path / "checkpoint.pt"
-    try:
-        deadline = time.monotonic() + 120
-        while process.poll() is None and time.monotonic() < deadline:
-            if checkpoint.exists() and torch.load(checkpoint, weights_only=False)["epoch"] == 1:
-                break
-            time.sleep(0.1)
-        assert torch.load(checkpoint, weights_only=False)["epoch"] == 1
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_search_after_epoch(tmp_path, "fbnetv5", "mbconv", MBCONV_ARGS, REFERENCE,
+                            epoch=1)
     search = get_search("fbnetv5", mbconv(), **REFERENCE)
     outcome = search.run(tmp_path)
     assert outcome.resumed_from_epoch == 1

@@ -4,12 +4,6 @@ hybrid supernet, the constrained evolutionary search, exported weights, checkpoi
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +14,12 @@ import torch
 from nas.export import split_weights
 from search_spaces import get_space
 from search_spaces.validation import ArgumentError, UnsupportedSpaceError
+from tests.conftest import assert_same_outcome, kill_search_after_epoch
 from workers.weight_sharing import OneShotSearch, get_search
 from workers.weight_sharing.hybrid_supernet import HybridSupernet, extreme_archs
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
 MBCONV_ARGS = {"input_channels": 1, "input_size": 8, "stage_channels": [16, 24],
                "stage_strides": [2, 2], "stem_channels": 8, "head_channels": 32,
                "depths": [1, 2], "kernel_sizes": [3, 5], "expand_ratios": [2, 4],
@@ -65,12 +59,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def assert_same_run(search: OneShotSearch, outcome: Any, reference: dict[str, Any]) -> None:
     for name, tensor in reference["weights"].items():
         assert torch.equal(search.supernet.state_dict()[name], tensor), name
-    assert outcome.archs == reference["outcome"].archs
-    assert outcome.metrics == reference["outcome"].metrics
     assert search.sample_log == reference["search"].sample_log
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in outcome.history]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"}
-                     for r in reference["outcome"].history]
+    assert_same_outcome(outcome, reference["outcome"])
 
 
 # ---- training and derivation ----
@@ -221,27 +211,8 @@ def test_stop_and_resume_equals_an_uninterrupted_run(reference: dict[str, Any],
 @pytest.mark.system
 def test_kill_9_then_resume_equals_an_uninterrupted_run(reference: dict[str, Any],
                                                         tmp_path: Path) -> None:
-    script = textwrap.dedent(f"""
-        import time, torch
-        torch.set_num_threads(1)
-        from search_spaces import get_space
-        from workers.weight_sharing import get_search
-        space = get_space("mbconv", **{MBCONV_ARGS!r})
-        search = get_search("oneshot", space, **{REFERENCE!r})
-        search.run({str(tmp_path)!r}, progress=lambda record: time.sleep(60))
-    """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env)
-    checkpoint = tmp_path / "checkpoint.pt"
-    try:
-        deadline = time.monotonic() + 60
-        while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert checkpoint.exists(), "the child wrote no checkpoint"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_search_after_epoch(tmp_path, "oneshot", "mbconv", MBCONV_ARGS, REFERENCE,
+                            epoch=1)
     search = get_search("oneshot", mbconv(), **REFERENCE)
     outcome = search.run(tmp_path)
     assert outcome.resumed_from_epoch == 1

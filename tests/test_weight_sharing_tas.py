@@ -5,12 +5,6 @@ network's exported weights, checkpoint/resume (stop and kill -9) and bad argumen
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +14,10 @@ import torch
 from nas.export import split_weights
 from search_spaces import get_space
 from search_spaces.validation import ArgumentError, UnsupportedSpaceError
+from tests.conftest import assert_same_outcome, kill_search_after_epoch
 from workers.weight_sharing import TASSearch, get_search
 from workers.weight_sharing.tas import TASNet, cwi, cwi_matrix
 
-ROOT = Path(__file__).resolve().parents[1]
 MBCONV_ARGS = {"input_channels": 1, "input_size": 8, "stage_channels": [16, 24],
                "stage_strides": [2, 2], "stem_channels": 8, "head_channels": 32,
                "depths": [1, 2], "kernel_sizes": [3, 5], "expand_ratios": [2, 3, 4],
@@ -61,11 +55,7 @@ def assert_same_run(search: TASSearch, outcome: Any, reference: dict[str, Any]) 
         assert torch.equal(search.searcher.state_dict()[name], tensor), name
     for name, tensor in reference["student"].items():
         assert torch.equal(search.student.state_dict()[name], tensor), name
-    assert outcome.archs == reference["outcome"].archs
-    assert outcome.metrics == reference["outcome"].metrics
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in outcome.history]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"}
-                     for r in reference["outcome"].history]
+    assert_same_outcome(outcome, reference["outcome"])
 
 
 # ---- the parts (unit) ----
@@ -151,30 +141,8 @@ def test_stop_mid_search_and_resume_equals_an_uninterrupted_run(reference: dict[
 @pytest.mark.system
 def test_kill_9_during_the_search_then_resume_equals_an_uninterrupted_run(
         reference: dict[str, Any], tmp_path: Path) -> None:
-    script = textwrap.dedent(f"""
-        import time, torch
-        torch.set_num_threads(1)
-        from search_spaces import get_space
-        from workers.weight_sharing import get_search
-        space = get_space("mbconv", **{MBCONV_ARGS!r})
-        search = get_search("tas", space, **{REFERENCE!r})
-        search.run({str(tmp_path)!r},
-                   progress=lambda record: record["epoch"] == 2 and time.sleep(60))
-    """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env)
-    history = tmp_path / "checkpoint.pt"
-    try:
-        deadline = time.monotonic() + 90
-        while process.poll() is None and time.monotonic() < deadline:
-            if history.exists() and torch.load(history, weights_only=False)["epoch"] == 2:
-                break
-            time.sleep(0.1)
-        assert torch.load(history, weights_only=False)["epoch"] == 2
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_search_after_epoch(tmp_path, "tas", "mbconv", MBCONV_ARGS, REFERENCE,
+                            epoch=2)
     search = get_search("tas", mbconv(), **REFERENCE)
     outcome = search.run(tmp_path)
     assert outcome.resumed_from_epoch == 2
