@@ -224,6 +224,34 @@ class WeightSharingSearch(abc.ABC):
         records after every epoch (default: the whole `_state()`)."""
         return self._state()
 
+    # ---- helpers for subclasses ----------------------------------------------------------------
+    def _check_input_shape(self) -> None:
+        """ArgumentError naming `dataset` when its inputs do not have the space's shape."""
+        from search_spaces.validation import ArgumentError
+
+        expected = tuple(self.space.input_shape())
+        if tuple(self.data.input_shape) != expected:
+            raise ArgumentError("dataset", f"has inputs of shape {self.data.input_shape}, the "
+                                           f"space expects {expected} (set space_args."
+                                           "input_channels / input_size)")
+
+    def _resize(self, x: Any, arch: Arch) -> Any:
+        """A batch at the input resolution `arch` chooses (elastic-resolution spaces)."""
+        import torch.nn.functional as F
+
+        side = self.space.input_shape(arch)[-1]
+        if x.shape[-1] == side:
+            return x
+        return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+
+    def _flops(self, arch: Arch) -> int:
+        """The space's FLOPs of `arch`, computed once per architecture."""
+        cache: dict[str, int] = self.__dict__.setdefault("_flops_cache", {})
+        key = self.space.key(arch)
+        if key not in cache:
+            cache[key] = int(self.space.flops(arch))
+        return cache[key]
+
     # ---- checkpoints ------------------------------------------------------------------------
     def _save_checkpoint(self, path: Path) -> None:
         import torch

@@ -205,11 +205,7 @@ class BossNASSearch(WeightSharingSearch):
         import torch
 
         data = self.data
-        expected = tuple(self.space.input_shape())
-        if tuple(data.input_shape) != expected:
-            raise ArgumentError("dataset", f"has inputs of shape {data.input_shape}, the space "
-                                           f"expects {expected} (set space_args.input_channels "
-                                           "/ input_size)")
+        self._check_input_shape()
         self.online = HyTraSupernet.build(self.space, self.block_layers, self.hidden_dim,
                                           self.projection_dim).to(self.device)
         self.target = copy.deepcopy(self.online)

@@ -370,11 +370,7 @@ class FBNetMBConvSearch(FBNetSearch):
                                    self.data.input_shape[0]).to(self.device)
 
     def _setup(self) -> None:
-        expected = tuple(self.space.input_shape())
-        if tuple(self.data.input_shape) != expected:
-            raise ArgumentError("dataset", f"has inputs of shape {self.data.input_shape}, "
-                                           f"the space expects {expected} (set space_args"
-                                           ".input_channels / input_size)")
+        self._check_input_shape()
         self._setup_data()
         self.net = self._new_net()
         self.arch = MaskedArchParameters(self.layout, choice_mask(self.space)).to(self.device)

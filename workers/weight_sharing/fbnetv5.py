@@ -149,7 +149,6 @@ class FBNetV5Search(WeightSharingSearch):
         self.top_k = int_at_least("top_k", top_k, 1)
         self.derive_samples = int_at_least("derive_samples", derive_samples, 0)
         self.bn_samples = int_at_least("bn_samples", bn_samples, 0)
-        self._flops_cache: dict[str, int] = {}
 
     def _config(self) -> dict[str, Any]:
         return {"tasks": list(self.tasks), "samples": self.samples, "arch_lr": self.arch_lr,
@@ -165,11 +164,7 @@ class FBNetV5Search(WeightSharingSearch):
         import torch
 
         data = self.data
-        expected = tuple(self.space.input_shape())
-        if tuple(data.input_shape) != expected:
-            raise ArgumentError("dataset", f"has inputs of shape {data.input_shape}, the space "
-                                           f"expects {expected} (set space_args.input_channels "
-                                           "/ input_size)")
+        self._check_input_shape()
         labels = [task_labels(t, data.y_train, data.num_classes) for t in self.tasks]
         val = [task_labels(t, data.y_val, data.num_classes)[0] for t in self.tasks]
         self.task_classes = [c for _, c in labels]
@@ -378,20 +373,6 @@ class FBNetV5Search(WeightSharingSearch):
                                        ).mean(dim=1).cpu()]
 
     # ---- helpers ------------------------------------------------------------------------------
-    def _resize(self, x: Any, arch: Arch) -> Any:
-        import torch.nn.functional as F
-
-        side = self.space.input_shape(arch)[-1]
-        if x.shape[-1] == side:
-            return x
-        return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-
-    def _flops(self, arch: Arch) -> int:
-        key = self.space.key(arch)
-        if key not in self._flops_cache:
-            self._flops_cache[key] = int(self.space.flops(arch))
-        return self._flops_cache[key]
-
     def mode(self, task: int) -> Arch:
         """The most probable architecture of task `task` (index into `tasks`) under P_task,
         exactly: the blocks a depth leaves inactive do not count, so the per-decision argmax

@@ -155,7 +155,6 @@ class OneShotSearch(WeightSharingSearch):
             raise _field("supernets", f"at most the space's {configs} downsampling "
                                       "configurations", supernets)
         self._folder: Path | None = None
-        self._flops_cache: dict[str, int] = {}
         self._latency_cache: dict[str, float] = {}
 
     def _config(self) -> dict[str, Any]:
@@ -221,11 +220,7 @@ class OneShotSearch(WeightSharingSearch):
         from .hybrid_supernet import HybridSupernet, extreme_archs
 
         data = self.data
-        expected = tuple(self.space.input_shape())
-        if tuple(data.input_shape) != expected:
-            raise ArgumentError("dataset", f"has inputs of shape {data.input_shape}, the space "
-                                           f"expects {expected} (set space_args.input_channels "
-                                           "/ input_size)")
+        self._check_input_shape()
         if self.space.name == "mbconv":
             members = [self.space.supernet() for _ in range(self.supernets)]
             self._largest, self._smallest = self.space.max_arch(), self.space.min_arch()
@@ -340,21 +335,7 @@ class OneShotSearch(WeightSharingSearch):
             for (_, arch), member, loss in zip(archs, members, means, strict=True):
                 self.supernet.record(arch, member, loss)
 
-    def _resize(self, x: Any, arch: Arch) -> Any:
-        import torch.nn.functional as F
-
-        side = self.space.input_shape(arch)[-1]
-        if x.shape[-1] == side:
-            return x
-        return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-
     # ---- sampling -----------------------------------------------------------------------------
-    def _flops(self, arch: Arch) -> int:
-        key = self.space.key(arch)
-        if key not in self._flops_cache:
-            self._flops_cache[key] = int(self.space.flops(arch))
-        return self._flops_cache[key]
-
     def _random_subnet(self) -> Arch:
         if self._elastic is not None:
             arch, level = self._elastic.draw(self._sampler)
