@@ -291,6 +291,9 @@ class GBDTSearch(Strategy):
         """The `proxy` strategy's scorer of the pool, or None without `proxies`."""
         from .proxy_features import ProxyScorer, scorable
 
+        # checked with or without proxies, as the evaluator would (a typo is refused at submit)
+        batch_size = int_at_least("batch_size", batch_size, 2)
+        proxy_seed = int_at_least("proxy_seed", proxy_seed, 0)
         if proxies is None:
             for field, value in (("dataset", dataset), ("proxy_space_args", proxy_space_args)):
                 if value is not None:
