@@ -15,6 +15,7 @@ evaluator (`workers.evaluators.proxy.ProxyEvaluator.compute`) with the settings 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -64,10 +65,15 @@ def _cells(part: int, parts: int) -> Iterator[tuple[str, object]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", default="0/1", help="i/n: this process's share of cells")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI smoke test: 6 cells into a temporary folder, read back")
     parser.add_argument("--reverse", action="store_true",
                         help="walk the share from its end (a second process on a share that "
                              "one is scoring from its start; stops where they meet)")
     args = parser.parse_args()
+    if args.quick:
+        quick()
+        return
     part, parts = (int(x) for x in args.part.split("/"))
     import torch
 
@@ -104,6 +110,36 @@ def main() -> None:
                 rate = count / (time.perf_counter() - start)
                 print(f"{count} cells, {rate:.1f}/s", flush=True)
     print(f"done: {count} new cells in {time.perf_counter() - start:.0f} s")
+
+
+def quick(cells: int = 6) -> None:
+    """Score the first `cells` cells as the full run does, into a temporary folder, and check
+    that every proxy of `SETTINGS` has a finite value for each (the cache is never touched)."""
+    import math
+    import tempfile
+
+    import torch
+
+    from search_spaces import get_space
+    from workers.evaluators.proxy import ProxyEvaluator
+
+    torch.set_num_threads(1)
+    evaluator = ProxyEvaluator(get_space("nb201", **SPACE_ARGS), **SETTINGS)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "part-0-of-1.jsonl"
+        with path.open("w") as fh:
+            for key, arch in itertools.islice(_cells(0, 1), cells):
+                values = evaluator.compute(arch, list(SETTINGS["proxies"]))
+                fh.write(json.dumps({"key": key, "values": values}) + "\n")
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == cells, rows
+    for row in rows:
+        assert set(row["values"]) == set(SETTINGS["proxies"]), row
+        assert all(math.isfinite(v) for v in row["values"].values()), row
+    seconds = time.perf_counter() - start
+    print(f"quick: {cells} cells scored by {', '.join(SETTINGS['proxies'])} in {seconds:.1f} s "
+          f"({1000 * seconds / cells:.0f} ms/cell, model builds and the data load included)")
 
 
 if __name__ == "__main__":
