@@ -605,13 +605,17 @@ def _print_trials(rows: list[dict[str, Any]], spec: dict[str, Any], device: str 
                   title: str) -> None:
     """A table of trials given as `nas.results.trial_json` objects."""
     metrics = [o["metric"] for o in spec["objectives"]]
-    columns = ["#", "trial", *metrics]
+    # the metrics of the job's constraints (not on a device) that no objective shows
+    limits = list(dict.fromkeys(c["metric"] for c in spec.get("constraints") or ()
+                                if c.get("device") is None and c["metric"] not in metrics))
+    columns = ["#", "trial", *metrics, *limits]
     if device:
         columns += [f"latency ms ({device})", "source"]
     table = Table(*columns, "params (M)", title=title)
     table.add_column("architecture", overflow="fold")
     for rank, r in enumerate(rows, 1):
         values = [_number(v, ".4g") for v in r["objectives"].values()]
+        values += [_number((r["metrics"] or {}).get(m), ".4g") for m in limits]
         extra = [_number(r["device_value"], ".3f"), r["device_source"] or "unknown"] \
             if device else []
         params = f"{r['params'] / 1e6:.3f}" if r["params"] is not None else "-"

@@ -141,6 +141,76 @@ def test_spec_names_a_cost_metric_the_space_lacks():
     assert parse_spec(quant).constraints[0].metric == "model_size_kb"
 
 
+#: Two one-block stages on digits: ~80% of its architectures are over `SIZE_BUDGET_KB`.
+SMALL_QUANT = {**DIGITS, "stages": 2, "layers_per_stage": 1}
+SIZE_BUDGET_KB = 3.0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("strategy", ["auto", "gbdt", "proxy"])
+def test_the_proxy_evaluator_reports_exact_costs_under_a_size_budget(sqlite_url, strategy):
+    """A quant job scored by the `proxy` evaluator (the strategies that score a pool
+    training-free use it too) objects on `bitops` and constrains `model_size_kb`: every
+    stored trial carries the space's exact `costs()`, none is over the budget, and `nas best`
+    and `nas trials --sort model_size_kb` show them."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from nas import api
+    from nas.cli import app
+    from nas.storage import Storage
+
+    space = QuantSpace(**SMALL_QUANT)
+    rng = np.random.default_rng(0)
+    assert np.mean([space.model_size_kb(space.sample(rng)) > SIZE_BUDGET_KB
+                    for _ in range(200)]) > 0.5
+    spec = {"name": f"quant-{strategy}", "space": "quant", "space_args": SMALL_QUANT,
+            "strategy": strategy, "evaluator": "proxy",
+            "evaluator_args": {"proxies": ["synflow"]},
+            "objectives": [{"metric": "score", "mode": "max"},
+                           {"metric": "bitops", "mode": "min"}],
+            "constraints": [{"metric": "model_size_kb", "max": SIZE_BUDGET_KB}],
+            "budget": {"trials": 5}, "executor": "local", "parallelism": 1, "seed": 0}
+    if strategy != "gbdt":
+        spec["strategy_args"] = {"pool": 16}
+    storage = Storage(sqlite_url)
+    job = api.submit(storage, spec)
+    assert api.run(storage, job) == "completed"
+    rows = storage.trials.load(job)
+    storage.close()
+    assert len(rows) == 5 and all(r.status == "completed" and r.feasible for r in rows)
+    for row in rows:
+        arch = space.from_key(row.key)
+        costs = space.costs(arch)
+        assert {m: row.metrics[m] for m in costs} == costs
+        assert costs["model_size_kb"] <= SIZE_BUDGET_KB
+        assert (row.metrics["params"], row.metrics["flops"]) == (space.params(arch),
+                                                                 space.flops(arch))
+
+    runner = CliRunner()
+    best = runner.invoke(app, ["--db", sqlite_url, "best", str(job), "--top", "5", "--json"])
+    assert best.exit_code == 0, best.stderr
+    shown = {r["key"]: r for r in json.loads(best.stdout)["results"]}
+    by_key = {r.key: r for r in rows}
+    assert shown and all(r["objectives"]["bitops"] == r["metrics"]["bitops"]
+                         == by_key[key].metrics["bitops"]
+                         and r["metrics"]["model_size_kb"] == by_key[key].metrics["model_size_kb"]
+                         for key, r in shown.items())
+    shown_text = runner.invoke(app, ["--db", sqlite_url, "best", str(job)], terminal_width=200)
+    assert shown_text.exit_code == 0, shown_text.stderr
+    assert "bitops" in shown_text.stdout and "model_size_kb" in shown_text.stdout  # constrained
+    table = runner.invoke(app, ["--db", sqlite_url, "trials", str(job), "--sort",
+                                "model_size_kb", "--asc", "--json"])
+    assert table.exit_code == 0, table.stderr
+    sizes = [r["metrics"]["model_size_kb"] for r in json.loads(table.stdout)["rows"]]
+    assert sizes == sorted(r.metrics["model_size_kb"] for r in rows)
+    text = runner.invoke(app, ["--db", sqlite_url, "trials", str(job), "--sort",
+                               "model_size_kb"], terminal_width=200)
+    assert text.exit_code == 0, text.stderr
+    assert "model_size_kb" in text.stdout and f"{max(sizes):.4g}" in text.stdout
+
+
 # ---- packed export ---------------------------------------------------------------------------
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_codes_pack_several_per_byte_and_unpack(bits):

@@ -5,8 +5,11 @@ from ._base import (
     Evaluation,
     EvaluationError,
     Evaluator,
+    ExactCosts,
     Measurement,
+    cost_metric_names,
     evaluator_class,
+    exact_costs,
     get_evaluator,
     list_evaluators,
     register_evaluator,
@@ -19,7 +22,8 @@ from .train import TrainEvaluator
 
 __all__ = [
     "AnalyticEvaluator", "BenchmarkEvaluator", "Evaluation", "EvaluationError", "Evaluator",
-    "FunctionEvaluator", "TrialContext",
-    "Measurement", "ProxyEvaluator", "TrainEvaluator", "evaluator_class", "get_evaluator",
+    "ExactCosts", "FunctionEvaluator", "TrialContext",
+    "Measurement", "ProxyEvaluator", "TrainEvaluator", "cost_metric_names", "evaluator_class",
+    "exact_costs", "get_evaluator",
     "list_evaluators", "register_evaluator",
 ]

@@ -45,6 +45,38 @@ class Evaluation:
     pruned: str | None = None
 
 
+def cost_metric_names(space: SearchSpace) -> set[str]:
+    """The metrics `exact_costs` reports for the space: `params`, `flops` and its
+    `cost_metrics`."""
+    return {"params", "flops", *space.cost_metrics}
+
+
+@dataclass(frozen=True)
+class ExactCosts:
+    """What `exact_costs` counts for one architecture."""
+
+    params: int
+    flops: int
+    #: `params`, `flops` and the space's `cost_metrics` (quant: `bitops`, `model_size_kb`),
+    #: as floats: the trial's metrics of those names
+    metrics: dict[str, float]
+
+
+def exact_costs(space: SearchSpace, arch: Arch) -> ExactCosts:
+    """The space's exact costs of `arch`, counted from the architecture (no training).
+
+    Every built-in evaluator that runs or looks up a model (analytic, benchmark, proxy,
+    train) reports them through this one function, so an objective or a constraint on any of
+    them works whichever of those evaluators a job uses, and the stored values are the ones
+    the driver knows before evaluating (`nas.driver.KnownValues`, which strategies read to
+    skip a candidate over a constraint). The `function` evaluator reports what the user's
+    function returns."""
+    params, flops = int(space.params(arch)), int(space.flops(arch))
+    metrics = {"params": float(params), "flops": float(flops)}
+    metrics.update((name, float(value)) for name, value in space.costs(arch).items())
+    return ExactCosts(params, flops, metrics)
+
+
 class Evaluator(abc.ABC):
     """Built once per worker process from (space, evaluator_args); `evaluate` per trial."""
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from search_spaces import Arch, SearchSpace
 
-from ._base import Evaluation, Evaluator, register_evaluator
-
-METRICS = ("params", "flops")
+from ._base import Evaluation, Evaluator, cost_metric_names, exact_costs, register_evaluator
 
 
 @register_evaluator
@@ -35,10 +33,8 @@ class AnalyticEvaluator(Evaluator):
         super().__init__(space)
 
     def metric_names(self) -> set[str]:
-        return set(METRICS) | set(self.space.cost_metrics)
+        return cost_metric_names(self.space)
 
     def evaluate(self, arch: Arch, key: str) -> Evaluation:
-        params = int(self.space.params(arch))
-        flops = int(self.space.flops(arch))
-        metrics = {"params": float(params), "flops": float(flops), **self.space.costs(arch)}
-        return Evaluation(metrics, [], params, flops)
+        costs = exact_costs(self.space, arch)
+        return Evaluation(dict(costs.metrics), [], costs.params, costs.flops)

@@ -11,7 +11,15 @@ from search_spaces.validation import ArgumentError
 from ..files import with_checksums
 from ..latency import device_key, measure_latency_ms
 from ..tables import BUILTIN_TABLES, Table, load_table, resolve_table
-from ._base import Evaluation, EvaluationError, Evaluator, Measurement, register_evaluator
+from ._base import (
+    Evaluation,
+    EvaluationError,
+    Evaluator,
+    Measurement,
+    cost_metric_names,
+    exact_costs,
+    register_evaluator,
+)
 
 DEFAULT_TABLES = {"nb201": "nb201-cifar10"}
 _DEVICE_SUFFIXES = {"_latency_ms": "latency_ms", "_energy_mj": "energy_mj"}
@@ -74,7 +82,7 @@ class BenchmarkEvaluator(Evaluator):
         return with_checksums(out, files, "evaluator_args")
 
     def metric_names(self) -> set[str]:
-        return set(self.table.columns) | {"params", "flops"}
+        return set(self.table.columns) | cost_metric_names(self.space)
 
     def devices(self) -> set[str]:
         found = set()
@@ -99,12 +107,9 @@ class BenchmarkEvaluator(Evaluator):
         row = self.table.rows.get(key)
         if row is None:
             raise EvaluationError(f"architecture {key} is not in table {self.table.source}")
-        metrics = dict(row)
-        params = self.space.params(arch)
-        flops = self.space.flops(arch)
-        metrics["params"] = float(params)
-        metrics["flops"] = float(flops)
-        return Evaluation(metrics, self._measurements(arch, key), params, flops)
+        costs = exact_costs(self.space, arch)
+        metrics = {**row, **costs.metrics}
+        return Evaluation(metrics, self._measurements(arch, key), costs.params, costs.flops)
 
     def _measurements(self, arch: Arch, key: str) -> list[Measurement]:
         found = []

@@ -23,8 +23,9 @@ Speed: one network is built per architecture and shared by its proxies (`SharedM
 built weights, buffers, gradient flags and modes are put back between proxies, so each proxy
 sees exactly the network a fresh build gives); the minibatch is loaded once per worker.
 
-Metrics: `proxy.<name>` for each proxy, `score` (below), `params`, `flops` (analytic, from
-the space) and `proxy_time_s` (seconds spent computing the proxies).
+Metrics: `proxy.<name>` for each proxy, `score` (below), the space's exact costs (`params`,
+`flops` and its `cost_metrics`, e.g. quant's `bitops` and `model_size_kb`:
+`exact_costs`) and `proxy_time_s` (seconds spent computing the proxies).
 
 `score` needs no population: the mean over the requested proxies of each one's percentile
 in a reference distribution measured on NAS-Bench-201 (`predictors.combine.fixed_score`),
@@ -52,7 +53,14 @@ from search_spaces.validation import ArgumentError, UnsupportedSpaceError, int_a
 
 from ..datasets import DatasetSpec, parse_dataset, pin_dataset
 from ..torch_device import check_device, resolve_device
-from ._base import Evaluation, EvaluationError, Evaluator, register_evaluator
+from ._base import (
+    Evaluation,
+    EvaluationError,
+    Evaluator,
+    cost_metric_names,
+    exact_costs,
+    register_evaluator,
+)
 
 #: `predictors.combine.DEFAULT_BATTERY`: chosen by `bench/proxies.py` within the throughput
 #: budget on NB201 cells disjoint from those it is reported on (bench/results/proxies.json).
@@ -246,8 +254,8 @@ class ProxyEvaluator(Evaluator):
         return self.compute(arch, [name])[name]
 
     def metric_names(self) -> set[str]:
-        return {f"proxy.{p}" for p in self.proxies} | {"score", "params", "flops",
-                                                       "proxy_time_s", "proxy_cached"}
+        return {f"proxy.{p}" for p in self.proxies} | {"score", "proxy_time_s", "proxy_cached"} \
+            | cost_metric_names(self.space)
 
     def cache_device(self) -> str:
         return f"proxy:{self.network_key()}|{self.data_key()}"
@@ -289,14 +297,13 @@ class ProxyEvaluator(Evaluator):
         device = self.cache_device()
         stored = [Measurement(device, p, v, "measured") for p, v in computed.items()
                   if p not in _ANALYTIC]
-        params, flops = self.space.params(arch), self.space.flops(arch)
+        costs = exact_costs(self.space, arch)
         metrics = {f"proxy.{name}": value for name, value in values.items()}
         metrics["score"] = fixed_score({p: values[p] for p in self.score_proxies})
-        metrics["params"] = float(params)
-        metrics["flops"] = float(flops)
+        metrics.update(costs.metrics)
         metrics["proxy_time_s"] = float(sum(timings.values()))
         metrics["proxy_cached"] = float(len(reuse))
-        return Evaluation(metrics, stored, params, flops)
+        return Evaluation(metrics, stored, costs.params, costs.flops)
 
 
 class SharedModel:

@@ -11,7 +11,15 @@ from ..datasets import Dataset, DatasetSpec, parse_dataset, pin_dataset
 from ..latency import device_key, measure_latency_ms
 from ..torch_device import gpu_device_key, resolve_device
 from ..training import TrainConfig, TrainingDiverged, evaluate_model, train_model
-from ._base import Evaluation, EvaluationError, Evaluator, Measurement, register_evaluator
+from ._base import (
+    Evaluation,
+    EvaluationError,
+    Evaluator,
+    Measurement,
+    cost_metric_names,
+    exact_costs,
+    register_evaluator,
+)
 
 _CONFIG_FIELDS = set(TrainConfig.__dataclass_fields__)
 #: Training examples the INT8 conversion calibrates its activation ranges on.
@@ -87,8 +95,8 @@ class TrainEvaluator(Evaluator):
         return {"num_classes": parse_dataset(args.get("dataset")).info().num_classes}
 
     def metric_names(self) -> set[str]:
-        names = {"val_acc", "val_loss", "train_loss", "train_time_s", "params", "flops",
-                 *self.space.cost_metrics}
+        names = {"val_acc", "val_loss", "train_loss", "train_time_s",
+                 *cost_metric_names(self.space)}
         return names | ({"test_acc"} if self.dataset_info.has_test else set()) | \
             ({"int8_val_acc"} if self.int8 else set())
 
@@ -135,10 +143,10 @@ class TrainEvaluator(Evaluator):
             result = train_model(model, data, self.config)
         except TrainingDiverged as exc:
             raise EvaluationError(str(exc)) from None
-        params, flops = self.space.params(arch), self.space.flops(arch)
+        costs = exact_costs(self.space, arch)
         metrics = {"val_acc": result.val_acc, "val_loss": result.val_loss,
                    "train_loss": result.train_loss, "train_time_s": result.train_time_s,
-                   "params": float(params), "flops": float(flops), **self.space.costs(arch)}
+                   **costs.metrics}
         if result.test_acc is not None:
             metrics["test_acc"] = result.test_acc
         measurements = []
@@ -153,7 +161,7 @@ class TrainEvaluator(Evaluator):
             if int8_latency is not None:
                 measurements.append(int8_latency)
         weights = _serialise(net, data.normalisation) if self.save_weights else None
-        return Evaluation(metrics, measurements, params, flops, weights)
+        return Evaluation(metrics, measurements, costs.params, costs.flops, weights)
 
     def _latency(self, model: Any, input_shape: tuple[int, ...], device: str,
                  on: str = "cpu") -> Measurement:
