@@ -49,10 +49,10 @@ from search_spaces.validation import (
 from ._base import SearchContext, Strategy, TrialView, register_strategy
 from .evolution import RegularizedEvolution
 from .gbdt import ENUMERATE_MAX, _Features, _quantiles, _seed
-from .preparation import Evaluations
 from .proxy import ProxySearch
 from .proxy_features import (
     MISSING,
+    PoolScoring,
     ProxyScorer,
     complete_keys,
     pool_base,
@@ -66,7 +66,7 @@ SAMPLED_POOL = 2000
 MIN_SCORED = 10
 MODES = ("predictor", "evolution")
 @register_strategy
-class AutoSearch(Strategy):
+class AutoSearch(PoolScoring, Strategy):
     """Proxy-scored pool + an uncertainty-aware GBDT ensemble; evolution where it cannot
     score."""
 
@@ -123,23 +123,13 @@ class AutoSearch(Strategy):
         return ProxySearch.canonical_args(args)
 
     def bind(self, context: SearchContext) -> None:
-        super().bind(context)
+        super().bind(context)  # and the scorer's (`PoolScoring`)
         self.evolution.bind(context)
-        if self.scorer is not None:
-            self.scorer.bind(context)
 
-    # ---- preparation: the pool's scores ------------------------------------------------------
-    def preparation(self) -> Evaluations | None:
-        """Score the pool (stored scores are read back, not recomputed), unless in evolution
-        mode or already scored in this session."""
-        if self.mode == "evolution" or self.scorer is None or self._X is not None:
-            return None
-        return self.scorer.preparation()
-
-    def prepared(self, result: dict[str, dict[str, float]]) -> None:
-        assert self.scorer is not None
-        self.scorer.prepared(result)
-        self.set_scores(self.scorer.raw)
+    # ---- preparation: the pool's scores (`PoolScoring`) --------------------------------------
+    def pool_scored(self) -> bool:
+        """In evolution mode, or scored already in this session."""
+        return self.mode == "evolution" or self._X is not None
 
     def set_scores(self, scores: dict[str, dict[str, float]]) -> None:
         """Take the pool's proxy scores (key -> proxy -> value; missing values allowed) and

@@ -72,8 +72,16 @@ from predictors.gbdt import GBDTPredictor
 from search_spaces import Arch, SearchSpace
 from search_spaces.validation import ArgumentError, flag, int_at_least, number_in, one_of
 
-from ._base import SearchContext, Strategy, TrialView, register_strategy
-from .preparation import Evaluations
+from ._base import Strategy, TrialView, register_strategy
+from .proxy import ProxySearch
+from .proxy_features import (
+    MISSING,
+    PoolScoring,
+    ProxyScorer,
+    pool_base,
+    proxy_columns,
+    scorable,
+)
 
 #: Spaces up to this size are ranked in full (their encoded matrix is cached).
 ENUMERATE_MAX = 20000
@@ -205,7 +213,7 @@ def _enumerated_pool(space: SearchSpace, features: _Features) -> _Pool:
 
 
 @register_strategy
-class GBDTSearch(Strategy):
+class GBDTSearch(PoolScoring, Strategy):
     """GBDT-NAS: rank candidates with gradient-boosted trees fitted on the told trials."""
 
     name = "gbdt"
@@ -287,10 +295,8 @@ class GBDTSearch(Strategy):
         self._proxy_row: dict[str, int] = {}
 
     def _proxy_scorer(self, pool: int | None, proxies: Any, dataset: Any, batch_size: Any,
-                      proxy_seed: Any, proxy_space_args: Any) -> Any:
+                      proxy_seed: Any, proxy_space_args: Any) -> ProxyScorer | None:
         """The `proxy` strategy's scorer of the pool, or None without `proxies`."""
-        from .proxy_features import ProxyScorer, scorable
-
         # checked with or without proxies, as the evaluator would (a typo is refused at submit)
         batch_size = int_at_least("batch_size", batch_size, 2)
         proxy_seed = int_at_least("proxy_seed", proxy_seed, 0)
@@ -310,33 +316,16 @@ class GBDTSearch(Strategy):
 
     @classmethod
     def canonical_args(cls, args: dict[str, Any]) -> dict[str, Any]:
-        from .proxy import ProxySearch
-
         return ProxySearch.canonical_args(args) if args.get("proxies") is not None \
             else dict(args)
 
-    def bind(self, context: SearchContext) -> None:
-        super().bind(context)
-        if self.scorer is not None:
-            self.scorer.bind(context)
-
-    # ---- preparation (with proxies): the pool's scores ----------------------------------------
-    def preparation(self) -> Evaluations | None:
-        """With `proxies`, score the pool (stored scores are read back, not recomputed)."""
-        if self.scorer is None or self._proxy_pool is not None:
-            return None
-        return self.scorer.preparation()
-
-    def prepared(self, result: dict[str, dict[str, float]]) -> None:
-        assert self.scorer is not None
-        self.scorer.prepared(result)
-        self.set_scores(self.scorer.raw)
+    # ---- preparation (with proxies): the pool's scores (`PoolScoring`) ------------------------
+    def pool_scored(self) -> bool:
+        return self._proxy_pool is not None
 
     def set_scores(self, scores: dict[str, dict[str, float]]) -> None:
         """Take the pool's proxy scores (key -> proxy -> value; missing values allowed): the
         pool's feature rows gain the proxy columns."""
-        from .proxy_features import pool_base, proxy_columns
-
         assert self.scorer is not None
         pool = dict(self.scorer.pool_candidates())
         keys, base = pool_base(self.space, self.features, pool)
@@ -354,8 +343,6 @@ class GBDTSearch(Strategy):
         i = self._proxy_row.get(key)
         if i is not None:
             return self._proxy_pool.X[i]
-        from .proxy_features import MISSING
-
         base = self.features.row(self._arch(key), key)
         width = self._proxy_pool.X.shape[1] - len(base)
         return np.concatenate([base, np.full(width, MISSING, dtype=np.float32)])
@@ -562,8 +549,6 @@ class GBDTSearch(Strategy):
     def _pretrain_on(self, pool: _Pool, rng: np.random.Generator) -> GBDTPredictor | None:
         """Pretraining on `PRETRAIN_SIZE` members of the proxy-scored pool (their rows carry
         the proxy columns); `proxy` is their combined score (the last column)."""
-        from .proxy_features import MISSING
-
         rows = rng.choice(len(pool), size=min(PRETRAIN_SIZE, len(pool)), replace=False)
         rows.sort()
         if self.pretrain_target == "proxy":

@@ -17,6 +17,8 @@ import numpy as np
 
 from search_spaces import Arch, SearchSpace
 
+from ._base import SearchContext
+from .preparation import Evaluations
 from .proxy import ProxySearch
 
 #: A proxy feature not known: below every score (see the module docstring).
@@ -32,6 +34,40 @@ class ProxyScorer(ProxySearch):
     def set_scores(self, scores: dict[str, dict[str, float]]) -> None:
         self.raw = scores
         super().set_scores(scores)
+
+
+class PoolScoring:
+    """The strategy hooks of `auto` and `gbdt` around their `ProxyScorer` (`scorer`, None
+    when the strategy scores no pool): `bind` binds the scorer too, `preparation` asks the
+    driver to score the pool unless `pool_scored()`, and `prepared` hands the scores to the
+    scorer and the scorer's raw scores to `set_scores`. Mixed in before `Strategy`."""
+
+    scorer: ProxyScorer | None
+
+    def bind(self, context: SearchContext) -> None:
+        super().bind(context)  # type: ignore[misc]
+        if self.scorer is not None:
+            self.scorer.bind(context)
+
+    def pool_scored(self) -> bool:
+        """Whether this session needs no scores (already taken, or not used)."""
+        raise NotImplementedError
+
+    def set_scores(self, scores: dict[str, dict[str, float]]) -> None:
+        """Take the pool's proxy scores (key -> proxy -> value; missing values allowed)."""
+        raise NotImplementedError
+
+    def preparation(self) -> Evaluations | None:
+        """Score the pool (stored scores are read back, not recomputed), unless
+        `pool_scored()`."""
+        if self.scorer is None or self.pool_scored():
+            return None
+        return self.scorer.preparation()
+
+    def prepared(self, result: dict[str, dict[str, float]]) -> None:
+        assert self.scorer is not None
+        self.scorer.prepared(result)
+        self.set_scores(self.scorer.raw)
 
 
 def scorable(space: SearchSpace) -> bool:
