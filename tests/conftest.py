@@ -234,6 +234,41 @@ def kill_search_after_epoch(folder: Path, method: str, space: str, space_args: d
     assert process.returncode == -signal.SIGKILL
 
 
+def stop_then_resume(folder: Path, make_search: Callable[[], Any],
+                     epochs: int = 1) -> tuple[Any, Any, Any]:
+    """The stop-then-resume shape of the weight-sharing tests: a fresh search from
+    `make_search` stops itself after `epochs` epochs (its `stop` hook), then another fresh one
+    resumes the folder to the end. Checks that the first stopped early after exactly `epochs`
+    epochs and that the second finished resuming from there; returns (the first outcome, the
+    resuming search, its outcome) for the test's own comparison with an uninterrupted run."""
+    polls = 0
+
+    def stop() -> bool:
+        nonlocal polls
+        polls += 1
+        return polls == epochs
+
+    first = make_search().run(folder, stop=stop)
+    assert not first.finished and len(first.history) == epochs
+    search = make_search()
+    outcome = search.run(folder)
+    assert outcome.finished and outcome.resumed_from_epoch == epochs
+    return first, search, outcome
+
+
+def stored_proxy_scores(storage: Any, metric: str = "synflow") -> int:
+    """How many `metric` scores a job's proxy evaluations stored in the measurements table
+    (the device of every proxy evaluator's cache is named `proxy:...`)."""
+    from sqlalchemy import func, select
+
+    from nas.storage.schema import measurements
+
+    with storage.read() as conn:
+        return conn.execute(select(func.count()).select_from(measurements).where(
+            measurements.c.device.like("proxy:%"), measurements.c.metric == metric)
+        ).scalar_one()
+
+
 def assert_same_outcome(outcome: Any, reference: Any) -> None:
     """Two weight-sharing search outcomes alike: derived architectures, their metrics and the
     per-epoch history (wall-clock seconds aside)."""

@@ -9,13 +9,11 @@ import json
 import numpy as np
 import pyglove as pg
 import pytest
-from sqlalchemy import func, select
 
 from nas import api
 from nas.errors import SpecError
 from nas.spec import DEFAULT_STRATEGY, parse_spec
 from nas.storage import Storage
-from nas.storage.schema import measurements
 from nas.strategies import (
     AutoSearch,
     RegularizedEvolution,
@@ -25,6 +23,7 @@ from nas.strategies import (
 )
 from search_spaces import NB201Space
 from search_spaces.pyglove_space import PyGloveSpace
+from tests.conftest import stored_proxy_scores
 
 SPACE = NB201Space()
 #: A small NB201 network on 8x8 digits: proxies in milliseconds.
@@ -139,10 +138,7 @@ def test_a_job_without_a_strategy_runs_auto_with_real_proxies_stored_and_reused(
     first = [t.key for t in storage.trials.load(job)]
     assert len(set(first)) == 6
     # the pool's synflow scores are stored under the proxy evaluator's cache device
-    with storage.read() as conn:
-        stored = conn.execute(select(func.count()).select_from(measurements).where(
-            measurements.c.device.like("proxy:%"), measurements.c.metric == "synflow")).scalar_one()
-    assert stored == 12
+    assert stored_proxy_scores(storage, "synflow") == 12
     # a second job with the same seed reads them back and proposes the same trials
     again = api.submit(storage, _spec(name="auto-again"))
     assert api.run(storage, again) == "completed"

@@ -11,19 +11,18 @@ import numpy as np
 import pyglove as pg
 import pytest
 from scipy.stats import spearmanr
-from sqlalchemy import func, select
 
 from nas import api
 from nas.errors import SpecError
 from nas.spec import parse_spec
 from nas.storage import Storage
-from nas.storage.schema import measurements
 from nas.strategies import SearchContext, TrialView, check_strategy
 from nas.strategies.gbdt import GBDTSearch
 from nas.strategies.proxy_features import MISSING
 from search_spaces import NB201Space, get_space
 from search_spaces.pyglove_space import PyGloveSpace
 from search_spaces.validation import ArgumentError
+from tests.conftest import stored_proxy_scores
 from workers.evaluators.proxy import ProxyEvaluator
 
 SPACE = NB201Space()
@@ -154,10 +153,7 @@ def test_a_job_scores_its_pool_once_and_a_second_job_reuses_the_scores():
     assert api.run(storage, job) == "completed"
     first = [t.key for t in storage.trials.load(job)]
     assert len(set(first)) == 6
-    with storage.read() as conn:
-        stored = conn.execute(select(func.count()).select_from(measurements).where(
-            measurements.c.device.like("proxy:%"), measurements.c.metric == "synflow")).scalar_one()
-    assert stored == 12
+    assert stored_proxy_scores(storage, "synflow") == 12
     again = api.submit(storage, _spec(pretrain=True, pretrain_target="proxy"))
     assert api.run(storage, again) == "completed"
     assert [t.key for t in storage.trials.load(again)] == first

@@ -15,7 +15,7 @@ import yaml
 
 from search_spaces import check_space, get_space
 from search_spaces.validation import ArgumentError, UnsupportedSpaceError
-from tests.conftest import assert_same_outcome, kill_search_after_epoch
+from tests.conftest import assert_same_outcome, kill_search_after_epoch, stop_then_resume
 from workers.weight_sharing import BossNASSearch, get_search
 
 #: A tiny HyTra on 8x8 digits: 3 scales (8, 4, 2 px), ResAtt at the last two.
@@ -139,8 +139,9 @@ def test_blockwise_evaluation_is_the_loss_against_the_candidates_ensemble(
     views = search._views(search._x_val, 2, torch.Generator().manual_seed(search.seed * 1000
                                                                           + block))
     with torch.no_grad():
-        def run(net: Any, path: Any, v: int) -> torch.Tensor:
-            return search._block(net, search._prefix(net, views[v], block), block, start, path)
+        def run(net: Any, path: Any, v: int) -> torch.Tensor:  # the target's prefix
+            return search._block(net, search._prefix(search.target, views[v], block), block,
+                                 start, path)
 
         ensemble = [torch.stack([F.normalize(run(search.target, p, v), dim=1)
                                  for p in pool]).mean(0) for v in (0, 1)]
@@ -158,12 +159,9 @@ def test_blockwise_evaluation_is_the_loss_against_the_candidates_ensemble(
 @pytest.mark.integration
 def test_stop_mid_search_and_resume_equals_an_uninterrupted_run(reference: dict[str, Any],
                                                                  tmp_path: Path) -> None:
-    first = get_search("bossnas", hytra(), **REFERENCE).run(tmp_path, stop=lambda: True)
-    assert not first.finished and len(first.history) == 1
+    first, search, outcome = stop_then_resume(
+        tmp_path, lambda: get_search("bossnas", hytra(), **REFERENCE), epochs=1)
     assert len(first.archs) == 1 and hytra().validate(first.archs[0])  # the prefix, completed
-    search = get_search("bossnas", hytra(), **REFERENCE)
-    outcome = search.run(tmp_path)
-    assert outcome.finished and outcome.resumed_from_epoch == 1
     assert_same_run(search, outcome, reference)
 
 

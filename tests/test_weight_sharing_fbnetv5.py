@@ -15,7 +15,7 @@ import yaml
 
 from search_spaces import get_space
 from search_spaces.validation import ArgumentError, UnsupportedSpaceError
-from tests.conftest import assert_same_outcome, kill_search_after_epoch
+from tests.conftest import assert_same_outcome, kill_search_after_epoch, stop_then_resume
 from workers.weight_sharing import FBNetV5Search, get_search
 
 #: A tiny mbconv on 8x8 digits; two resolutions, so subnets see resized inputs too.
@@ -173,11 +173,9 @@ def test_search_derives_its_architectures_per_task_most_probable_first(
 @pytest.mark.integration
 def test_stop_mid_search_and_resume_equals_an_uninterrupted_run(reference: dict[str, Any],
                                                                  tmp_path: Path) -> None:
-    first = get_search("fbnetv5", mbconv(), **REFERENCE).run(tmp_path, stop=lambda: True)
-    assert not first.finished and len(first.history) == 1 and len(first.archs) == 4
-    search = get_search("fbnetv5", mbconv(), **REFERENCE)
-    outcome = search.run(tmp_path)
-    assert outcome.finished and outcome.resumed_from_epoch == 1
+    first, search, outcome = stop_then_resume(
+        tmp_path, lambda: get_search("fbnetv5", mbconv(), **REFERENCE), epochs=1)
+    assert len(first.archs) == 4
     assert_same_run(search, outcome, reference)
 
 

@@ -14,7 +14,7 @@ import torch
 from nas.export import split_weights
 from search_spaces import get_space
 from search_spaces.validation import ArgumentError, UnsupportedSpaceError
-from tests.conftest import assert_same_outcome, kill_search_after_epoch
+from tests.conftest import assert_same_outcome, kill_search_after_epoch, stop_then_resume
 from workers.weight_sharing import OneShotSearch, get_search
 from workers.weight_sharing.hybrid_supernet import HybridSupernet, extreme_archs
 
@@ -197,11 +197,8 @@ def test_complexity_aware_sampling_bounds_consecutive_flops_gaps(aware: bool,
 # ---- checkpoint / resume ----
 def test_stop_and_resume_equals_an_uninterrupted_run(reference: dict[str, Any],
                                                      tmp_path: Path) -> None:
-    first = get_search("oneshot", mbconv(), **REFERENCE).run(tmp_path, stop=lambda: True)
-    assert not first.finished and len(first.history) == 1
-    search = get_search("oneshot", mbconv(), **REFERENCE)
-    outcome = search.run(tmp_path)
-    assert outcome.finished and outcome.resumed_from_epoch == 1
+    _, search, outcome = stop_then_resume(
+        tmp_path, lambda: get_search("oneshot", mbconv(), **REFERENCE), epochs=1)
     assert_same_run(search, outcome, reference)
     # a finished folder: run again derives the same (the evolution is deterministic)
     again = get_search("oneshot", mbconv(), **REFERENCE).run(tmp_path)

@@ -14,7 +14,7 @@ import torch
 from nas.export import split_weights
 from search_spaces import get_space
 from search_spaces.validation import ArgumentError, UnsupportedSpaceError
-from tests.conftest import assert_same_outcome, kill_search_after_epoch
+from tests.conftest import assert_same_outcome, kill_search_after_epoch, stop_then_resume
 from workers.weight_sharing import TASSearch, get_search
 from workers.weight_sharing.tas import TASNet, cwi, cwi_matrix
 
@@ -128,13 +128,9 @@ def test_exported_weights_reload_to_the_same_outputs(reference: dict[str, Any]) 
 @pytest.mark.integration
 def test_stop_mid_search_and_resume_equals_an_uninterrupted_run(reference: dict[str, Any],
                                                                  tmp_path: Path) -> None:
-    calls = []
-    first = get_search("tas", mbconv(), **REFERENCE).run(
-        tmp_path, stop=lambda: calls.append(1) or len(calls) == 2)
-    assert not first.finished and [r["phase"] for r in first.history] == ["teacher", "search"]
-    search = get_search("tas", mbconv(), **REFERENCE)
-    outcome = search.run(tmp_path)
-    assert outcome.finished and outcome.resumed_from_epoch == 2
+    first, search, outcome = stop_then_resume(
+        tmp_path, lambda: get_search("tas", mbconv(), **REFERENCE), epochs=2)
+    assert [r["phase"] for r in first.history] == ["teacher", "search"]
     assert_same_run(search, outcome, reference)
 
 
