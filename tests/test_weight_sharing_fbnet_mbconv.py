@@ -1,4 +1,5 @@
-"""FBNet as published on the layer-wise `mbconv` space: tiny real runs on `digits`."""
+"""FBNet as published on the layer-wise `mbconv` space: tiny real runs on `digits`, and
+checkpoint/resume (stop, and kill -9) equal to an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from search_spaces import get_space
 from search_spaces.validation import ArgumentError
+from tests.conftest import assert_same_outcome, kill_search_after_epoch, stop_then_resume
 from workers.weight_sharing import get_search
 from workers.weight_sharing.fbnet_mbconv import (
     FBNetMBConvSearch,
@@ -26,16 +28,14 @@ TINY = {"dataset": {"kind": "digits", "limit": 128}, "batch_size": 32, "seed": 3
 TABLE = {"skeleton_ms": 1.0, "layers_ms": [[1.0 + 3 * i for i in range(len(c) - (c[-1] == "skip"))]
                                            + ([0.0] if c[-1] == "skip" else [])
                                            for c in layer_choices(get_space("mbconv", **MBCONV))]}
+#: The search of the resume tests (also run in a subprocess: plain JSON values only).
+RESUME = {**TINY, "epochs": 2, "max_latency_ms": 8.0, "latency_table": TABLE, "top": 2}
 
 torch.set_num_threads(1)
 
 
 def _space():
     return get_space("mbconv", **MBCONV)
-
-
-def _strip(history):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
 
 def test_layer_view_round_trips():
@@ -93,22 +93,37 @@ def test_the_loss_uses_the_table(tmp_path):
     assert space.key(search.current_arch()) != space.key(space.min_arch())
 
 
-@pytest.mark.integration
-def test_resume_after_stop_is_bit_identical(tmp_path):
-    space = _space()
-    kwargs = {**TINY, "epochs": 2, "max_latency_ms": 8.0, "latency_table": TABLE, "top": 2}
-    whole = get_search("fbnet", space, **kwargs)
-    full = whole.run(tmp_path / "whole")
-    partial = get_search("fbnet", space, **kwargs).run(tmp_path / "cut", stop=lambda: True)
-    assert not partial.finished and len(partial.history) == 1
-    resumed = get_search("fbnet", space, **kwargs)
-    outcome = resumed.run(tmp_path / "cut")
-    assert outcome.resumed_from_epoch == 1 and outcome.finished
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run of the resume tests' search: the search and its outcome."""
+    whole = get_search("fbnet", _space(), **RESUME)
+    return whole, whole.run(tmp_path_factory.mktemp("fbnet-mbconv"))
+
+
+def assert_same_run(resumed, outcome, reference):
+    whole, full = reference
+    state = resumed.net.state_dict()
+    for name, tensor in whole.net.state_dict().items():
+        assert torch.equal(state[name], tensor), name
     for key, value in whole.alphas().items():
         assert np.array_equal(resumed.alphas()[key], value), key
-    assert [space.key(a) for a in outcome.archs] == [space.key(a) for a in full.archs]
-    assert _strip(outcome.history) == _strip(full.history)
-    assert outcome.metrics == full.metrics
+    assert_same_outcome(outcome, full)  # archs, metrics, history (seconds aside)
+
+
+@pytest.mark.integration
+def test_resume_after_stop_is_bit_identical(reference, tmp_path):
+    _, resumed, outcome = stop_then_resume(
+        tmp_path, lambda: get_search("fbnet", _space(), **RESUME), epochs=1)
+    assert_same_run(resumed, outcome, reference)
+
+
+@pytest.mark.system
+def test_kill_9_after_an_epoch_then_resume_is_bit_identical(reference, tmp_path):
+    kill_search_after_epoch(tmp_path, "fbnet", "mbconv", MBCONV, RESUME, epoch=1)
+    resumed = get_search("fbnet", _space(), **RESUME)
+    outcome = resumed.run(tmp_path)
+    assert outcome.resumed_from_epoch == 1 and outcome.finished
+    assert_same_run(resumed, outcome, reference)
 
 
 @pytest.mark.parametrize("kwargs,field", [

@@ -1,7 +1,7 @@
 """Issue 19's `oneshot` options: ElasticViT's sampler (`sampler: elasticvit`) and the balanced
 mixture of supernets (`supernets: K`). Unit: the level walk stays adjacent, the banks keep the
 best, the mixture's assignment is balanced, bad arguments. Integration: each option trains a
-tiny supernet and resumes bit-identically."""
+tiny supernet and resumes bit-identically after a stop; system: and after kill -9."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 
 from search_spaces import get_space
 from search_spaces.validation import ArgumentError
+from tests.conftest import assert_same_outcome, kill_search_after_epoch, stop_then_resume
 from workers.weight_sharing import get_search
 from workers.weight_sharing.hybrid_supernet import HybridSupernet
 from workers.weight_sharing.oneshot_sampling import (
@@ -138,19 +139,24 @@ def _same(a: Any, b: Any, outcome_a: Any, outcome_b: Any) -> None:
     assert outcome_a.archs == outcome_b.archs and outcome_a.metrics == outcome_b.metrics
 
 
+@pytest.fixture(scope="module", params=[{"sampler": "elasticvit", "flops_buckets": 4},
+                                        {"supernets": 2}], ids=["elasticvit", "mixture"])
+def uninterrupted(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Any, Any]:
+    """(the option, the search, its outcome) of an uninterrupted run with each option."""
+    torch.set_num_threads(1)
+    options = request.param
+    search = get_search("oneshot", mbconv(), **RUN, **options)
+    return options, search, search.run(tmp_path_factory.mktemp("full"))
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("options", [{"sampler": "elasticvit", "flops_buckets": 4},
-                                     {"supernets": 2}], ids=["elasticvit", "mixture"])
-def test_option_trains_and_resumes_bit_identically(options: dict[str, Any],
-                                                   tmp_path: Path) -> None:
-    full = get_search("oneshot", mbconv(), **RUN, **options)
-    outcome = full.run(tmp_path / "full")
+def test_option_trains_and_resumes_bit_identically(
+        uninterrupted: tuple[dict[str, Any], Any, Any], tmp_path: Path) -> None:
+    options, full, outcome = uninterrupted
     assert outcome.finished and outcome.metrics[0]["supernet_acc"] > 15.0  # above chance
-    first = get_search("oneshot", mbconv(), **RUN, **options)
-    assert not first.run(tmp_path / "resumed", stop=lambda: True).finished
-    resumed = get_search("oneshot", mbconv(), **RUN, **options)
-    again = resumed.run(tmp_path / "resumed")
-    assert again.resumed_from_epoch == 1
+    _, resumed, again = stop_then_resume(
+        tmp_path, lambda: get_search("oneshot", mbconv(), **RUN, **options), epochs=1)
     _same(full, resumed, outcome, again)
     log = full.sample_log
     if "sampler" in options:
@@ -170,6 +176,27 @@ def test_option_trains_and_resumes_bit_identically(options: dict[str, Any],
         member.eval()
         with torch.no_grad():
             assert torch.allclose(member.extract(arch).eval()(x), member(x, arch), atol=1e-5)
+
+
+@pytest.mark.system
+def test_option_survives_kill_9_bit_identically(
+        uninterrupted: tuple[dict[str, Any], Any, Any], tmp_path: Path) -> None:
+    """kill -9 once epoch 1 is checkpointed, then resume: the sampler's levels and banks or
+    the mixture's assignment statistics come back with the weights."""
+    options, full, outcome = uninterrupted
+    kill_search_after_epoch(tmp_path, "oneshot", "mbconv", MBCONV_ARGS, {**RUN, **options},
+                            epoch=1)
+    resumed = get_search("oneshot", mbconv(), **RUN, **options)
+    again = resumed.run(tmp_path)
+    assert again.finished and again.resumed_from_epoch == 1
+    _same(full, resumed, outcome, again)
+    assert_same_outcome(again, outcome)
+    if "sampler" in options:
+        assert full._elastic.state() == resumed._elastic.state()
+    else:
+        for name in ("loss_ema", "visits"):
+            assert torch.equal(getattr(full.supernet, name), getattr(resumed.supernet, name))
+        assert full.supernet.assignment() == resumed.supernet.assignment()
 
 
 @pytest.mark.integration
