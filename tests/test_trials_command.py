@@ -360,3 +360,36 @@ def test_one_cause_over_many_architectures_counts_once(sqlite_url, tmp_path):
     assert data["failures"] == [
         {"error": f"architecture <architecture> is not in table {table}",
          "count": failed}]
+
+
+@pytest.mark.parametrize("width", [40, 80, 220])
+def test_a_page_of_rows_prints_as_rows_added_one_by_one(width):
+    """`Table.add_page` (one row of joined columns when every row fits on one line, else row
+    by row) prints exactly what adding the rows one by one prints, at any console width:
+    a long error folds and keeps its row together, wide characters count double, control
+    characters are escaped and an emoji code stays text."""
+    from nas.cli import SafeConsole, Table
+
+    rows = [["7", "completed", "91.87", "2-4-2-0-3-2-2-0-1"],
+            ["12", "failed", "-", "error: " + "boom :x: " * 6],
+            ["1234", "漢字", "0.5", "evil\x1b[2J"]]
+
+    def printed(page: list[list[str]], fast: bool) -> tuple[str, int]:
+        buffer = io.StringIO()
+        console = SafeConsole(highlight=False, soft_wrap=True, markup=False, width=width,
+                              file=buffer)
+        table = Table("trial", "status", "score", title="job 1: trials")
+        table.add_column("architecture / error", overflow="fold")
+        if fast:
+            table.add_page(page, console)
+        else:
+            for row in page:
+                table.add_row(*row)
+        console.print(table)
+        return buffer.getvalue(), table.row_count
+
+    for page in (rows, rows[:1], rows[::2], []):
+        assert printed(page, True)[0] == printed(page, False)[0]
+    text, joined_rows = printed(rows, True)
+    assert joined_rows == (1 if width == 220 else 3)  # 40 and 80 columns: the error folds
+    assert ":x:" in text and "\\x1b" in text and "\x1b" not in text
