@@ -3,7 +3,8 @@
 Unit: the `workers` argument (bad values: one line naming `strategy_args.workers`, exit 2,
 nothing written), the resource check, the shard split and the global-batch BatchNorm (on a
 1-process gloo group: it must equal `F.batch_norm`, outputs, gradients and running stats).
-Integration: a 2-rank search of every method on digits completes, its ranks hold the same
+Integration: a 2-rank search of every method on digits (oneshot also with the mixture and
+the ElasticViT sampler, fbnet also on mbconv) completes, its ranks hold the same
 architecture after every epoch (the hashes in the history, compared by the search itself and
 again here), it derives what one rank derives with the same global batch, and one rank
 resumes its checkpoint (saying that the rank count changed).
@@ -35,6 +36,7 @@ from search_spaces.validation import ArgumentError
 from tests.conftest import ROOT, wait_until
 from workers.weight_sharing import CHECKPOINT, get_search
 from workers.weight_sharing.distributed import RANKS_DIR, DataParallel, check_fits
+from workers.weight_sharing.fbnet_mbconv import layer_choices
 from workers.weight_sharing.task import SearchTask, run_search
 
 DIGITS = {"kind": "digits", "limit": 96}
@@ -44,6 +46,10 @@ MBCONV = {"input_channels": 1, "input_size": 8, "num_classes": 10, "stage_channe
           "kernel_sizes": [3, 5], "expand_ratios": [2, 4], "width_mults": [0.5, 1.0]}
 TABLE = {"none": 0.0, "skip_connect": 0.1, "nor_conv_1x1": 0.6, "nor_conv_3x3": 1.5,
          "avg_pool_3x3": 0.3, "skeleton_ms": 1.0}
+#: FBNet's per-layer table on MBCONV: block i of a layer costs 1 + i ms, skip 0.
+MBCONV_TABLE = {"skeleton_ms": 1.0, "layers_ms": [
+    [1.0 + i for i in range(len(c) - (c[-1] == "skip"))] + [0.0] * (c[-1] == "skip")
+    for c in layer_choices(get_space("mbconv", **MBCONV))]}
 #: method label -> (method, space, space_args, strategy_args): tiny, 2 epochs on 96 digits
 METHODS = {
     "darts-2nd": ("darts", "nb201", {}, {"order": 2, "channels": 4}),
@@ -56,6 +62,13 @@ METHODS = {
                                               "latency": "none", "bn_samples": 32}),
     "fbnetv5": ("fbnetv5", "mbconv", MBCONV, {"tasks": ["class", "parity"], "bn_samples": 32,
                                               "derive_samples": 2}),
+    # issue 19's two options in one run (a case costs ~27 s of CPU, mostly Ray Train's
+    # start): the mixture routes by global losses, the ElasticViT walk and banks follow them
+    "oneshot-mixture-elasticvit": ("oneshot", "mbconv", MBCONV, {
+        "population": 4, "generations": 1, "top_k": 2, "latency": "none", "bn_samples": 32,
+        "supernets": 2, "sampler": "elasticvit", "flops_buckets": 4}),
+    "fbnet-mbconv": ("fbnet", "mbconv", MBCONV, {"max_latency_ms": 8.0, "samples": 4, "top": 2,
+                                                 "latency_table": MBCONV_TABLE}),
 }
 
 
