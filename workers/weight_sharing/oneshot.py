@@ -23,6 +23,12 @@ architecture routed by its downsampling configuration with a learned, Sinkhorn-b
 assignment (evaluation and export use the hard balanced assignment). Both learn only from
 global-batch losses and draw with the shared seeded generator, so N ranks stay identical.
 
+Fine-tuned scoring (issue 19): `finetune_steps: N` (default 0, off) gives every extracted
+subnet N SGD steps on training batches (lr `finetune_lr` decayed to zero, momentum 0.9, the
+batch order seeded by the search's seed and the subnet's key) before its BN recalibration,
+both when the evolution scores it and in the exported weights; the supernet is not changed,
+so training and its checkpoints are as without it.
+
 Search. After training, an evolutionary search (population `population`, `generations`
 rounds; the best quarter are parents, children by `space.mutate` or by uniform crossover of
 two parents' DNA) scores subnets by inherited-weight top-1 accuracy on the validation split,
@@ -52,6 +58,7 @@ import json
 import math
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +113,8 @@ class OneShotSearch(WeightSharingSearch):
                  max_params: float | None = None, max_latency_ms: float | None = None,
                  latency: str = "measured", latency_repeats: int = 10, sampler: str = "default",
                  flops_buckets: int = 8, bank_size: int = 4, bank_prob: float = 0.5,
-                 supernets: int = 1, **common: Any) -> None:
+                 supernets: int = 1, finetune_steps: int = 0, finetune_lr: float = 0.01,
+                 **common: Any) -> None:
         super().__init__(space, **common)
         self.sandwich = int_at_least("sandwich", sandwich, 0)
         if not isinstance(complexity_aware, bool):
@@ -154,6 +162,8 @@ class OneShotSearch(WeightSharingSearch):
         if self.supernets > 1 and self.supernets > configs:
             raise _field("supernets", f"at most the space's {configs} downsampling "
                                       "configurations", supernets)
+        self.finetune_steps = int_at_least("finetune_steps", finetune_steps, 0)
+        self.finetune_lr = positive_number("finetune_lr", finetune_lr)
         self._folder: Path | None = None
         self._latency_cache: dict[str, float] = {}
 
@@ -168,7 +178,10 @@ class OneShotSearch(WeightSharingSearch):
                 "latency": self.latency, "latency_repeats": self.latency_repeats,
                 "sampler": self.sampler, "flops_buckets": self.flops_buckets,
                 "bank_size": self.bank_size, "bank_prob": self.bank_prob,
-                "supernets": self.supernets}
+                "supernets": self.supernets,
+                # only when on, so checkpoints written before the option still resume
+                **({"finetune_steps": self.finetune_steps, "finetune_lr": self.finetune_lr}
+                   if self.finetune_steps else {})}
 
     # ---- public extras ----------------------------------------------------------------------
     def run(self, checkpoint_dir: str | Path, **kwargs: Any) -> SearchOutcome:
@@ -202,10 +215,40 @@ class OneShotSearch(WeightSharingSearch):
             raise RuntimeError("export_subnet needs a supernet: call run() or restore() first")
         arch = self.space.validate(arch)
         net = self.supernet.extract(arch).to(self.device)
+        if self.finetune_steps:
+            self._finetune(net, arch)
         with self.ranks.local():  # on N ranks, each recalibrates alike on the same examples
             recalibrate_batchnorm(net, self._x_train[:self.bn_samples], self.batch_size,
                                   transform=lambda batch: self._resize(batch, arch))
         return net.eval()
+
+    def _finetune(self, net: Any, arch: Arch) -> None:
+        """`finetune_steps` SGD steps (momentum 0.9, lr `finetune_lr` decayed to zero by a
+        cosine) of the extracted subnet on training batches drawn by a generator seeded from
+        the search's seed and the subnet's key: the same subnet always gets the same
+        fine-tune, and the supernet itself is not touched (`extract` copies its weights)."""
+        import torch
+        import torch.nn.functional as F
+
+        key = self.space.key(arch)
+        order = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{key}".encode()))
+        optimizer = torch.optim.SGD(net.parameters(), lr=self.finetune_lr, momentum=0.9,
+                                    nesterov=True, weight_decay=self.weight_decay)
+        batch = min(self.batch_size, len(self._x_train))
+        net.train()
+        with self.ranks.local():
+            for step in range(self.finetune_steps):
+                for group in optimizer.param_groups:
+                    group["lr"] = 0.5 * self.finetune_lr * (
+                        1 + math.cos(math.pi * step / self.finetune_steps))
+                index = torch.randperm(len(self._x_train), generator=order)[:batch]
+                index = index.to(self.device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(net(self._resize(self._x_train[index], arch)),
+                                       self._y_train[index])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+                optimizer.step()
 
     def sandwich_archs(self) -> list[tuple[str, Arch]]:
         """The (role, arch) pairs of the next training step: `largest`, `smallest`, then
