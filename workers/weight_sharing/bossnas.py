@@ -14,18 +14,24 @@ fixed to their searched best paths and frozen (no gradient). Every step samples 
 distinct candidate paths of block b (uniformly, without replacement, among the paths that
 start at the scale where the fixed prefix ends) and two augmented views per path (random
 scale and shift, contrast, brightness, noise, cutout; the reference's multi-view pairs).
-Each path's target output (global pooling, then the block's projector MLP, L2-normalised)
-is averaged over the sampled paths: the ensemble target of a view. Each path's online
-prediction (projector, then the block's predictor MLP) of one view regresses the ensemble
-target of the other view (2 - 2 cos, both directions): ensemble bootstrapping, so every
-path learns towards what the candidates agree on, not towards itself.
+Each path's target output (the block's adapter from the scale the path ends at to the
+fabric's last scale, then global pooling and the block's projector MLP, L2-normalised) is
+averaged over the sampled paths: the ensemble target of a view. As in the reference code,
+every candidate of a block, whatever scale it ends at, is brought to the last scale's width
+and side (a strided depthwise conv, a 1x1 conv, BatchNorm) and feeds the block's one
+projector, so the candidates' targets, their mean and their losses are in one space and
+comparable. Each path's online prediction (adapter, projector, then the block's predictor
+MLP) of one view regresses the ensemble target of the other view (2 - 2 cos, both
+directions): ensemble bootstrapping, so every path learns towards what the candidates agree
+on, not towards itself.
 
 Block-wise evaluation (the paper's ranking, at the end of each block). On `eval_samples`
-validation images (two fixed augmented views), every candidate path of the block is run
-by the online and the target network; the ensemble target is the mean of all candidates'
-target outputs; a path's score is its online prediction's loss against that ensemble
-target (lower is better). The best path is fixed for the following blocks, and the table of
-every candidate's loss is kept (`block_losses`).
+validation images (two fixed augmented views, through the target network's fixed prefix, as
+the reference's), every candidate path of the block is run by the online and the target
+network; the ensemble target is the mean of all candidates' target outputs; a path's
+score is its online prediction's loss against that ensemble target (lower is better). The
+best path is fixed for the following blocks, and the table of every candidate's loss is
+kept (`block_losses`).
 
 Derivation: the best path of every block, then the next `top_k - 1` architectures by the
 sum of block losses among those whose blocks start and end at the searched scales (the
@@ -84,8 +90,9 @@ def _byol_loss(prediction: Any, target: Any) -> Any:
 
 
 class HyTraSupernet:
-    """The candidates of every layer of a `hytra` space, one projector per (block, output
-    scale) and one predictor per block; a torch `nn.Module` built by `build()`."""
+    """The candidates of every layer of a `hytra` space; per block an adapter per output
+    scale to the last scale, one projector and one predictor; a torch `nn.Module` built by
+    `build()`."""
 
     @staticmethod
     def build(space: Any, blocks: list[list[int]], hidden: int, projection: int) -> Any:
@@ -116,17 +123,41 @@ class HyTraSupernet:
                         cand["shortcut"] = make_shortcut(space.widths[s - 1], c, True)
                     cands[f"{s}_{op}"] = cand
             net.layers.append(cands)
+        net.adapters = nn.ModuleList()
         net.projectors = nn.ModuleList()
         net.predictors = nn.ModuleList()
         for layers in blocks:
             end = min(layers[-1] + 1, last)
-            net.projectors.append(nn.ModuleDict({
-                str(s): nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                      _mlp(space.widths[s], hidden, projection))
-                for s in range(end + 1)}))
+            net.adapters.append(nn.ModuleDict({
+                str(s): HyTraSupernet.to_last_scale(space, s) for s in range(min(end + 1, last))}))
+            net.projectors.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                                _mlp(space.widths[last], hidden, projection)))
             net.predictors.append(_mlp(projection, hidden, projection))
         _no_running_stats(net)
         return net
+
+    @staticmethod
+    def to_last_scale(space: Any, scale: int) -> Any:
+        """The reference's channel fix in front of a block's projector: a feature map of
+        `scale` to the fabric's last scale, its width and side (zero padding to a multiple
+        of the stride, a depthwise conv with kernel = stride = 2^(scales below), a 1x1 conv,
+        BatchNorm), so every candidate of a block, whatever scale it ends at, feeds one
+        projector: the candidates' targets live in one space and their ensemble is their
+        mean there."""
+        from torch import nn
+
+        from search_spaces.hytra import half
+
+        sides = [space.stem_side()]
+        for _ in range(space.scales - 1):
+            sides.append(half(sides[-1]))
+        last = space.scales - 1
+        stride = 2 ** (last - scale)
+        pad = sides[last] * stride - sides[scale]
+        c, out = space.widths[scale], space.widths[last]
+        return nn.Sequential(nn.ZeroPad2d((0, pad, 0, pad)),
+                             nn.Conv2d(c, c, stride, stride=stride, groups=c, bias=False),
+                             nn.Conv2d(c, out, 1, bias=False), nn.BatchNorm2d(out))
 
 
 @register_search
@@ -282,12 +313,15 @@ class BossNASSearch(WeightSharingSearch):
         return x
 
     def _block(self, net: Any, x: Any, block: int, start: int, path: Path) -> Any:
-        """The block's path on the prefix output `x`, then the block's projector."""
+        """The block's path on the prefix output `x`, brought to the last scale (unless it
+        ends there), then the block's projector."""
         scale = start
         for i, (down, op) in zip(self.block_layers[block], path, strict=True):
             x = self._layer(net, i, scale, down, op, x)
             scale += down
-        return net.projectors[block][str(scale)](x)
+        if scale < self.space.scales - 1:
+            x = net.adapters[block][str(scale)](x)
+        return net.projectors[block](x)
 
     # ---- training ----------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -384,16 +418,14 @@ class BossNASSearch(WeightSharingSearch):
         pool = self.candidates(block, start)
         generator = torch.Generator().manual_seed(self.seed * 1000 + block)
         views = self._views(self._x_val, 2, generator)
-        with torch.no_grad():
-            inputs = {name: [self._prefix(net, v, block) for v in views]
-                      for name, net in (("online", self.online), ("target", self.target))}
+        with torch.no_grad():  # both networks read the target's prefix (the reference's)
+            inputs = [self._prefix(self.target, v, block) for v in views]
             targets, predictions = [], []
             for path in pool:
                 targets.append([torch.nn.functional.normalize(
-                    self._block(self.target, x, block, start, path), dim=1)
-                    for x in inputs["target"]])
+                    self._block(self.target, x, block, start, path), dim=1) for x in inputs])
                 predictions.append([self.online.predictors[block](
-                    self._block(self.online, x, block, start, path)) for x in inputs["online"]])
+                    self._block(self.online, x, block, start, path)) for x in inputs])
             ensemble = [torch.stack([t[v] for t in targets]).mean(0) for v in (0, 1)]
             return {self.path_key(path): float((_byol_loss(p[0], ensemble[1])
                                                 + _byol_loss(p[1], ensemble[0])).mean())
