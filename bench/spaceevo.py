@@ -1,17 +1,27 @@
 """SpaceEvo on this CPU: design a quant space for INT8 latency, then compare it with the
 default quant space on digits.
 
-1. INT8 latency predictor: random networks of the hyperspace (`search_spaces.spaceevo`,
-   every operation, widths 8..48 x 2^stage) converted to real INT8 models and timed (batch
-   1, 1 thread, the fastest of the repeats); the FBNet LUT or the GBDT predictor, whichever
-   ranks better in cross-validation, is fitted on most and checked on the rest.
-2. Space evolution: Q-T score = the quantization-aware accuracy estimate (the `emq` proxy on
-   the fake-quantized network, standardised over the hyperspace sample) of the best sampled
-   networks within each of two INT8 latency budgets (the 30% and 60% quantiles of the
-   hyperspace's), averaged.
-3. Check: random networks within the tighter budget (predicted) drawn from the found space
-   and from the default quant space, trained briefly with quantization-aware training on
-   digits (several networks each: mean and spread of accuracy and measured INT8 latency).
+Latency is that of the networks at a `side` x `side` input (64 in the full run: on this CPU
+a network then costs 1.5-4 ms, mostly its operators' compute, where at digits' own 8 x 8 it
+was mostly per-operator overhead); accuracy is trained at digits' 8 x 8 (the networks are
+fully convolutional, the same architecture at either side).
+
+1. INT8 latency predictor (`search_spaces.spaceevo.BlockLatencyPredictor`, nn-Meter's
+   kernel-level method): hyperspace blocks timed alone as INT8 modules, one random forest
+   per operation, a network = its blocks' sum, per operation scaled, + an offset, fitted
+   on whole networks. Timing:
+   median of interleaved repeats of the thread's CPU time. Checked on held-out networks
+   against a fresh measurement, beside whole-network LUT / GBDT predictors and the previous
+   setup (8 x 8 input, fastest wall-clock pass, whole-network LUT).
+2. Loss estimate: random INT8 hyperspace networks trained briefly with QAT on digits; the
+   additive per-stage loss model (5-fold CV) and the `emq` proxy, by Spearman with the
+   measured validation loss; the additive model scores the spaces (emq is too slow for
+   the ~10^5 networks the Q-T scores sample).
+3. Space evolution: SpaceEvo's Q-T score over two latency targets (the 25% and 50%
+   quantiles of the hyperspace's measured latencies).
+4. Check: the best predicted networks within the tighter target of the found space and of
+   the default quant space, trained with QAT on digits (several seeds) and timed as INT8
+   models (all interleaved in one measurement).
 
     python bench/spaceevo.py           # full: writes bench/results/spaceevo.json
     python bench/spaceevo.py --quick   # CI smoke (< 30 s), temporary folder
@@ -20,12 +30,15 @@ default quant space on digits.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
+import random
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +48,17 @@ import numpy as np  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 BASE_ARGS = {"num_classes": 10, "input_channels": 1, "input_size": 8}
-FULL = {"measured": 80, "held_out": 20, "repeats": 30, "samples": 10, "population": 6,
-        "steps": 12, "check_nets": 4, "epochs": 3}
-QUICK = {"measured": 12, "held_out": 4, "repeats": 3, "samples": 3, "population": 2,
-         "steps": 1, "check_nets": 1, "epochs": 1}
+FULL = {"side": 64, "blocks": 360, "nets": 80, "held_out": 32, "repeats": 15, "trees": 200,
+        "gbdt_trees": 400, "qat_nets": 60, "qat_epochs": 2, "train_subset": None,
+        "samples": 1000, "top": 10, "population": 16, "steps": 120, "check_nets": 3,
+        "check_seeds": 3, "check_epochs": 3}
+QUICK = {"side": 16, "blocks": 12, "nets": 6, "held_out": 3, "repeats": 3, "trees": 10,
+         "gbdt_trees": 20, "qat_nets": 5, "qat_epochs": 1, "train_subset": 128,
+         "samples": 40, "top": 3, "population": 2, "steps": 2, "check_nets": 1,
+         "check_seeds": 1, "check_epochs": 1}
+#: The previous setup's measurements (bench/results/spaceevo.json of 2026-12-05, first run).
+PREVIOUS = {"side": 8, "timing": "fastest of 30 wall-clock passes", "predictor": "lut",
+            "held_out_spearman": 0.389}
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -46,123 +66,244 @@ def _spread(values: list[float]) -> dict[str, float]:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
-def _within(space, predictor, budget: float, n: int, rng) -> tuple[list[dict], int]:
-    """`n` random networks of `space` predicted within `budget` (the fastest predicted of
-    400 draws when fewer are), and how many of the 400 were within it."""
-    draws = [space.sample(rng) for _ in range(400)]
-    predicted = predictor.predict(draws)
-    order = np.argsort(predicted, kind="stable")
-    within = [i for i in range(len(draws)) if predicted[i] <= budget]
-    picks = list(rng.permutation(within)[:n]) if len(within) >= n else list(order[:n])
-    return [draws[int(i)] for i in picks], len(within)
-
-
-def _latency_predictor(space, archs, lat, test_archs, test_lat):
-    """The FBNet LUT or the GBDT predictor, whichever ranks better in 5-fold
-    cross-validation on the fitting networks; both also scored on the held-out ones."""
+def _rank_fit(pred, true) -> dict[str, float]:
     from scipy.stats import spearmanr
 
+    pred, true = np.asarray(pred, float), np.asarray(true, float)
+    return {"spearman": float(spearmanr(pred, true).statistic),
+            "rmse_ms": float(np.sqrt(np.mean((pred - true) ** 2)))}
+
+
+def _stratified_blocks(se, hyper, n: int, rng) -> list:
+    """`n` distinct hyperspace blocks, as many of each operation (nn-Meter samples each
+    kernel type on its own), drawn from the blocks of random networks."""
+    pool = sorted({b for a in se.sample_int8(hyper, rng, 400) for b in se.blocks_of(hyper, a)},
+                  key=repr)
+    random.Random(0).shuffle(pool)
+    per_op = {op: [b for b in pool if b.op == op] for op in sorted({b.op for b in pool})}
+    out = [b for blocks in per_op.values() for b in blocks[: n // len(per_op)]]
+    random.Random(1).shuffle(out)
+    return out
+
+
+def _wall_fastest(space, archs, repeats: int) -> list[float]:
+    """The previous setup's timing: fastest of `repeats` wall-clock passes, network after
+    network."""
+    import torch
+
+    out = []
+    for i, arch in enumerate(archs):
+        torch.manual_seed(i)
+        model = space.int8_model(arch, torch.randn(8, *space.input_shape()))
+        x = torch.randn(1, *space.input_shape())
+        with torch.inference_mode():
+            model(x)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(x)
+                times.append((time.perf_counter() - start) * 1000.0)
+        out.append(min(times))
+    return out
+
+
+def latency_section(se, cfg, rng) -> tuple:
     from predictors.latency import AdditiveLUT, GBDTLatency
 
-    kinds = {"lut": lambda: AdditiveLUT(space), "gbdt": lambda: GBDTLatency(space)}
-    folds = np.array_split(np.arange(len(archs)), 5)
-    cv, held = {}, {}
-    for name, make in kinds.items():
-        rhos = []
-        for fold in folds:
-            rest = [i for i in range(len(archs)) if i not in set(fold)]
-            model = make().fit([archs[i] for i in rest], [lat[i] for i in rest])
-            rhos.append(spearmanr(model.predict([archs[i] for i in fold]),
-                                  [lat[i] for i in fold]).statistic)
-        cv[name] = float(np.nan_to_num(np.nanmean(rhos))) if rhos else 0.0
-        held[name] = float(spearmanr(make().fit(archs, lat).predict(test_archs),
-                                     test_lat).statistic)
-    best = max(cv, key=cv.get)
-    return kinds[best]().fit(archs, lat), cv, held
+    base = {**BASE_ARGS, "input_size": cfg["side"]}
+    hyper = se.hyperspace(base)
+    blocks = _stratified_blocks(se, hyper, cfg["blocks"], rng)
+    start = time.process_time()
+    block_ms = se.measure_block_latencies(blocks, repeats=cfg["repeats"])
+    held_blocks = [i % 5 == 4 for i in range(len(blocks))]  # one in five held out
+    part = {flag: ([b for b, h in zip(blocks, held_blocks, strict=True) if h == flag],
+                   [m for m, h in zip(block_ms, held_blocks, strict=True) if h == flag])
+            for flag in (False, True)}
+    block_check = se.BlockLatencyPredictor(hyper, trees=cfg["trees"]).fit_blocks(*part[False])
+    block_fit = _rank_fit(block_check.block_latency(part[True][0]), part[True][1])
+    nets = se.sample_int8(hyper, rng, cfg["nets"])
+    measured = se.measure_int8_latencies(hyper, nets, repeats=cfg["repeats"])
+    n_fit = cfg["nets"] - cfg["held_out"]
+    fit_nets, held = nets[:n_fit], nets[n_fit:]
+    fresh = se.measure_int8_latencies(hyper, held, repeats=cfg["repeats"], seed=1000)
+    predictor = se.BlockLatencyPredictor(hyper, trees=cfg["trees"]).fit_blocks(blocks,
+                                                                             block_ms)
+    predictor.fit_overhead(fit_nets, measured[:n_fit])
+    lut = AdditiveLUT(hyper).fit(fit_nets, measured[:n_fit])
+    gbdt = GBDTLatency(hyper, trees=cfg["gbdt_trees"]).fit(fit_nets, measured[:n_fit])
+    held_fit = {"blocks (kernel-level) + overhead": _rank_fit(predictor.predict(held), fresh),
+                "blocks, sum only": _rank_fit(predictor.block_sum(held), fresh),
+                "lut (whole networks)": _rank_fit(lut.predict(held), fresh),
+                "gbdt (whole networks)": _rank_fit(gbdt.predict(held), fresh),
+                "retest (first measurement)": _rank_fit(measured[n_fit:], fresh)}
+    # the previous setup on the same networks: 8 x 8, fastest wall-clock pass, LUT
+    small = se.hyperspace(BASE_ARGS)
+    old = _wall_fastest(small, nets, 2 * cfg["repeats"])
+    old_fresh = _wall_fastest(small, held, 2 * cfg["repeats"])
+    old_lut = AdditiveLUT(small).fit(fit_nets, old[:n_fit])
+    before = {"lut at 8x8, fastest wall-clock pass": _rank_fit(old_lut.predict(held),
+                                                               old_fresh),
+              "retest at 8x8": _rank_fit(old[n_fit:], old_fresh)}
+    info = {"side": cfg["side"], "blocks_timed": len(blocks),
+            "block_held_out": block_fit, "networks_fit": n_fit,
+            "networks_held_out": cfg["held_out"], "overhead_line": {
+                "scales": predictor.scales, "offset_ms": predictor.offset},
+            "held_out_vs_fresh_measurement": held_fit, "before_same_networks": before,
+            "previous_run": PREVIOUS, "measured_ms": measured, "fresh_ms": fresh,
+            "measured_range_ms": [min(measured), max(measured)],
+            "cpu_seconds": time.process_time() - start}
+    return hyper, predictor, measured, info
+
+
+def loss_section(se, cfg, data, rng) -> tuple:
+    """Short QAT of random INT8 hyperspace networks; the per-block loss model and the emq
+    proxy against their validation loss (5-fold CV)."""
+    import torch
+    from scipy.stats import spearmanr
+
+    from workers.training import TrainConfig, train_model
+
+    hyper = se.hyperspace(BASE_ARGS)
+    nets = se.sample_int8(hyper, rng, cfg["qat_nets"])
+    start = time.process_time()
+    losses, accs = [], []
+    for arch in nets:
+        torch.manual_seed(0)
+        result = train_model(hyper.build(arch), data, TrainConfig(
+            epochs=cfg["qat_epochs"], bn_recalibration=0, seed=0))
+        losses.append(float(result.val_loss))
+        accs.append(float(result.val_acc))
+    batch = (torch.as_tensor(data.x_train[:32], dtype=torch.float32),
+             torch.as_tensor(data.y_train[:32], dtype=torch.long))
+    emq = se.proxy_quality(hyper, "emq", batch)
+    emq_scores = np.array([emq(a) for a in nets])
+    folds = np.array_split(np.arange(len(nets)), 5)
+    out_of_fold = np.zeros(len(nets))
+    for fold in folds:
+        rest = [i for i in range(len(nets)) if i not in set(fold)]
+        model = se.StageLoss().fit([nets[i] for i in rest], [losses[i] for i in rest])
+        out_of_fold[fold] = model.predict([nets[i] for i in fold])
+    rho = {"stage_loss_cv_vs_val_loss": float(spearmanr(out_of_fold, losses).statistic),
+           "stage_loss_cv_vs_val_acc": float(spearmanr(-out_of_fold, accs).statistic),
+           "emq_vs_val_loss": float(spearmanr(-emq_scores, losses).statistic),
+           "emq_vs_val_acc": float(spearmanr(emq_scores, accs).statistic)}
+    # The Q-T score predicts the loss of ~10^5 networks (1000 per candidate space): only the
+    # additive model is cheap enough (emq costs ~0.3 s CPU a network); emq is measured here
+    # as the alternative.
+    model = se.StageLoss().fit(nets, losses)
+    info = {"networks": len(nets), "epochs": cfg["qat_epochs"], "val_loss": losses,
+            "val_acc": accs, "val_acc_range": [min(accs), max(accs)],
+            "keys": [hyper.key(a) for a in nets], "emq": emq_scores.tolist(),
+            "spearman": rho, "used": "stage",
+            "emq_ranks_better": rho["emq_vs_val_loss"] > rho["stage_loss_cv_vs_val_loss"],
+            "cpu_seconds": time.process_time() - start}
+    return model.predict, info
+
+
+def check_section(se, cfg, data, spaces: dict, latency, loss, budget: float, lat_space,
+                  rng) -> dict:
+    """Per space: the `check_nets` networks of least predicted loss among 2000 draws
+    predicted within `budget`, trained with QAT (`check_seeds` seeds) and timed (every
+    space's networks interleaved in one measurement)."""
+    import torch
+
+    from search_spaces.quant import QuantSpace
+    from workers.training import TrainConfig, train_model
+
+    picked, out = {}, {}
+    for name, args in spaces.items():
+        space = QuantSpace(**args)
+        draws = se.sample_int8(space, rng, 2000 if cfg is FULL else 100)
+        predicted, pred_loss = latency(draws), loss(draws)
+        within = np.flatnonzero(predicted <= budget)
+        order = within[np.argsort(pred_loss[within], kind="stable")] if len(within) else \
+            np.argsort(predicted, kind="stable")
+        picked[name] = [draws[int(i)] for i in order[: cfg["check_nets"]]]
+        out[name] = {"predicted_within_budget_of_draws": [int(len(within)), len(draws)],
+                     "predicted_ms": [float(predicted[int(i)])
+                                      for i in order[: cfg["check_nets"]]],
+                     "keys": [space.key(a) for a in picked[name]]}
+    every = [a for name in spaces for a in picked[name]]
+    measured = se.measure_int8_latencies(lat_space, every, repeats=cfg["repeats"], seed=2000)
+    for name, args in spaces.items():
+        space = QuantSpace(**args)
+        ms = [measured.pop(0) for _ in picked[name]]
+        accs = []
+        for arch in picked[name]:
+            for seed in range(cfg["check_seeds"]):
+                torch.manual_seed(seed)
+                accs.append(float(train_model(space.build(arch), data, TrainConfig(
+                    epochs=cfg["check_epochs"], bn_recalibration=0, seed=seed)).val_acc))
+        out[name].update({"val_acc": _spread(accs), "val_acc_all": accs,
+                          "int8_latency_ms": _spread(ms), "int8_latency_all_ms": ms,
+                          "measured_within_budget": sum(m <= budget for m in ms)})
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke run (< 30 s)")
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=UserWarning)
     import torch
 
-    from predictors.proxies import compute_proxies
-    from search_spaces import spaceevo
-    from search_spaces.quant import QuantSpace
+    from search_spaces import spaceevo as se
     from workers.datasets import parse_dataset
-    from workers.training import TrainConfig, train_model
 
     torch.set_num_threads(1)
     cfg = QUICK if args.quick else FULL
     out_dir = Path(tempfile.mkdtemp(prefix="spaceevo_")) if args.quick else RESULTS
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     data = parse_dataset("digits").load()
-    batch = (torch.as_tensor(data.x_train[:32], dtype=torch.float32),
-             torch.as_tensor(data.y_train[:32], dtype=torch.long))
-    hyper = spaceevo.hyperspace(BASE_ARGS)
+    if cfg["train_subset"]:  # quick: a slice of digits, enough to run every step
+        n = cfg["train_subset"]
+        data = dataclasses.replace(data, x_train=data.x_train[:n], y_train=data.y_train[:n],
+                                   x_val=data.x_val[:n], y_val=data.y_val[:n])
     rng = np.random.default_rng(0)
-    sample = [hyper.sample(rng) for _ in range(cfg["measured"])]
-    start = time.perf_counter()
-    lat = spaceevo.measure_int8_latencies(hyper, sample, repeats=cfg["repeats"])
-    measure_s = time.perf_counter() - start
-    fit, test = slice(0, cfg["measured"] - cfg["held_out"]), slice(-cfg["held_out"], None)
-    predictor, cv, held_rho = _latency_predictor(hyper, sample[fit], lat[fit], sample[test],
-                                                 lat[test])
-    pred_rho = held_rho[predictor.name]
+    lat_space, predictor, measured, lat_info = latency_section(se, cfg, rng)
+    fits = lat_info["held_out_vs_fresh_measurement"]
+    print(f"INT8 latency at {cfg['side']}x{cfg['side']} ({lat_info['measured_range_ms'][0]:.2f}"
+          f"-{lat_info['measured_range_ms'][1]:.2f} ms), held-out vs a fresh measurement:")
+    for name, fit in {**fits, **lat_info["before_same_networks"]}.items():
+        print(f"  {name:38s} Spearman {fit['spearman']:.3f}  RMSE {fit['rmse_ms']:.3f} ms")
+    loss, loss_info = loss_section(se, cfg, data, rng)
+    print("loss estimate (5-fold CV, Spearman): "
+          + "  ".join(f"{k} {v:.3f}" for k, v in loss_info["spearman"].items()))
+    budgets = [float(np.quantile(measured, q)) for q in (0.25, 0.5)]
 
-    def raw_quality(arch) -> float:
-        return compute_proxies(lambda: hyper.build(arch), batch, ["emq"], seed=0)["emq"]
+    def latency(archs):
+        return predictor.predict(archs)
 
-    ref = np.array([raw_quality(a) for a in sample])
-    mean, std = float(ref.mean()), float(ref.std()) or 1.0
-    budgets = [float(np.quantile(lat, q)) for q in (0.3, 0.6)]
-    scorer = spaceevo.SpaceScorer(BASE_ARGS, lambda archs: predictor.predict(archs),
-                                  lambda a: (raw_quality(a) - mean) / std, budgets,
-                                  samples=cfg["samples"])
-    start = time.perf_counter()
-    result = spaceevo.evolve_space(scorer, hyper.stages, population=cfg["population"],
-                                   steps=cfg["steps"], seed=0)
-    evolve_s = time.perf_counter() - start
-    found_args = spaceevo.space_args(result.best, BASE_ARGS)
-    found = QuantSpace(**found_args)
-    default = QuantSpace(**BASE_ARGS)
-    print(f"INT8 latency predictor {predictor.name} (5-fold CV Spearman "
-          f"{', '.join(f'{k} {v:.3f}' for k, v in cv.items())}): Spearman {pred_rho:.3f} on "
-          f"{cfg['held_out']} held-out "
-          f"networks; budgets {budgets[0]:.3f} / {budgets[1]:.3f} ms")
-    print(f"found space (Q-T {result.best_score:.3f}, {result.evaluated} spaces scored): "
-          f"ops {found_args['stage_ops']}, widths {found_args['stage_widths']}")
-    check = {}
-    train_rng = np.random.default_rng(1)
-    for name, space in (("spaceevo", found), ("default_quant", default)):
-        archs, within = _within(space, predictor, budgets[0], cfg["check_nets"], train_rng)
-        accs = []
-        for i, arch in enumerate(archs):
-            torch.manual_seed(i)
-            accs.append(float(train_model(space.build(arch), data, TrainConfig(
-                epochs=cfg["epochs"], bn_recalibration=0, seed=i)).val_acc))
-        measured = spaceevo.measure_int8_latencies(space, archs, repeats=cfg["repeats"])
-        check[name] = {"val_acc": _spread(accs), "int8_latency_ms": _spread(measured),
-                       "predicted_within_budget_of_400": within,
-                       "keys": [space.key(a) for a in archs]}
-        print(f"  {name:14s} acc {check[name]['val_acc']['mean']:.2f} +- "
-              f"{check[name]['val_acc']['std']:.2f}   INT8 "
-              f"{check[name]['int8_latency_ms']['mean']:.3f} ms measured "
-              f"({within}/400 random networks predicted within the budget)")
+    scorer = se.SpaceScorer(BASE_ARGS, latency, loss, budgets, samples=cfg["samples"],
+                            top=cfg["top"])
+    start = time.process_time()
+    result = se.evolve_space(scorer, 3, population=cfg["population"], steps=cfg["steps"],
+                             seed=0)
+    evolve_cpu = time.process_time() - start
+    found_args = se.space_args(result.best, BASE_ARGS)
+    spaces = {"spaceevo": found_args, "default_quant": dict(BASE_ARGS)}
+    qt = {name: scorer.details(a) for name, a in spaces.items()}
+    print(f"found space (Q-T {result.best_score:.3f}, default {scorer.score_args(BASE_ARGS):.3f};"
+          f" {result.evaluated} spaces scored): ops {found_args['stage_ops']}, widths "
+          f"{found_args['stage_widths']}; targets {budgets[0]:.2f} / {budgets[1]:.2f} ms")
+    check = check_section(se, cfg, data, spaces, latency, loss, budgets[0], lat_space, rng)
+    for name, c in check.items():
+        print(f"  {name:14s} acc {c['val_acc']['mean']:.2f} +- {c['val_acc']['std']:.2f}   "
+              f"INT8 {c['int8_latency_ms']['mean']:.3f} +- {c['int8_latency_ms']['std']:.3f} ms"
+              f" measured ({c['measured_within_budget']}/{len(c['keys'])} within "
+              f"{budgets[0]:.2f} ms)")
     out = {"mode": "quick" if args.quick else "full", "date": "2026-12-05", "config": cfg,
-           "latency_predictor": predictor.name, "latency_predictor_cv_spearman": cv,
-           "latency_predictor_spearman_held_out": held_rho, "budgets_ms": budgets,
-           "measured_latencies_ms": lat, "measured_keys": [hyper.key(a) for a in sample],
-           "measure_seconds": measure_s, "evolution_seconds": evolve_s,
+           "latency": lat_info, "loss_estimate": loss_info, "budgets_ms": budgets,
            "found_space_args": found_args, "qt_score": result.best_score,
-           "qt_history": result.history, "spaces_scored": result.evaluated, "check": check,
-           "seconds": time.perf_counter() - began,
+           "qt_details": qt, "qt_history": result.history,
+           "spaces_scored": result.evaluated, "evolution_cpu_seconds": evolve_cpu,
+           "check": check, "seconds": time.perf_counter() - began,
+           "cpu_seconds": time.process_time() - cpu_began,
            "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread, CPU "
-                      "shared with other jobs"}
+                      "shared with other jobs; latency = thread CPU time"}
     path = out_dir / "spaceevo.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path} in {out['seconds']:.1f} s")
+    print(f"wrote {path} in {out['seconds']:.1f} s ({out['cpu_seconds']:.1f} s CPU)")
 
 
 if __name__ == "__main__":

@@ -350,13 +350,133 @@ def test_space_evolution_is_deterministic_and_finds_the_best_space_of_a_known_sc
     def scorer() -> spaceevo.SpaceScorer:
         return spaceevo.SpaceScorer(
             DIGITS, lambda archs: np.array([hyper.flops(a) for a in archs], dtype=float),
-            lambda a: hyper.params(a) / 1e4, [budget], samples=6)
+            lambda archs: np.array([1e4 / hyper.params(a) for a in archs]), [budget],
+            samples=6, top=2)
 
     first = spaceevo.evolve_space(scorer(), 3, population=4, steps=12, seed=3)
     again = spaceevo.evolve_space(scorer(), 3, population=4, steps=12, seed=3)
     assert (first.best, first.history) == (again.best, again.history)
     assert first.history == sorted(first.history)  # the best so far never gets worse
-    assert first.best_score == scorer().score(first.best) > -3.0
+    assert first.best_score == scorer().score(first.best) > 1.0 / spaceevo.NO_NETWORK_LOSS
+
+
+def test_qt_score_is_the_reference_formula():
+    """Per target: 1 / (max(1, (0.1 / p)^0.01) * mean loss of the `top` best within), p the
+    share within; a target no sampled network meets counts the reference's loss 1e5."""
+    from search_spaces import spaceevo
+
+    latency = lambda archs: np.arange(1, len(archs) + 1, dtype=float)  # noqa: E731
+    loss = lambda archs: np.linspace(2.0, 1.0, len(archs))  # noqa: E731
+    scorer = spaceevo.SpaceScorer(DIGITS, latency, loss, [2.5, 100.0, 0.5], samples=20, top=3)
+    tight, loose, none = scorer.details(DIGITS)
+    p = 2 / 20 + 1e-5  # latencies 1 and 2 are within 2.5
+    assert tight["share_within"] == pytest.approx(p)
+    assert tight["top_loss"] == pytest.approx(np.mean(np.linspace(2.0, 1.0, 20)[:2]))
+    assert tight["score"] == pytest.approx(1 / ((0.1 / p) ** 0.01 * tight["top_loss"]))
+    assert loose["top_loss"] == pytest.approx(np.mean(np.linspace(2.0, 1.0, 20)[-3:]))
+    assert loose["score"] == pytest.approx(1 / loose["top_loss"])  # p = 1: no penalty
+    assert none["top_loss"] == spaceevo.NO_NETWORK_LOSS
+    assert scorer.score_args(DIGITS) == pytest.approx(sum(
+        d["score"] for d in (tight, loose, none)))
+    sampled = scorer.sample(DIGITS)
+    assert all(la["bits"] == la["abits"] == 8 for a in sampled for la in a["layers"])
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("samples", 0), ("samples", 2.5), ("top", 0), ("top", True), ("min_loss", 0.0),
+    ("min_loss", -1), ("seed", -1), ("budgets_ms", []), ("budgets_ms", [1.0, 0.0]),
+    ("budgets_ms", 3.0), ("budgets_ms", [float("nan")])])
+def test_space_scorer_refuses_bad_arguments_naming_the_field(field, value):
+    from search_spaces import spaceevo
+    from search_spaces.validation import ArgumentError
+
+    args = {"budgets_ms": [1.0], field: value}
+    with pytest.raises(ArgumentError, match=f"^{field} must be") as err:
+        spaceevo.SpaceScorer(DIGITS, lambda archs: np.ones(len(archs)),
+                             lambda archs: np.ones(len(archs)), **args)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda se, h: se.evolve_space(None, 0), "stages"),
+    (lambda se, h: se.evolve_space(None, 3, population=0), "population"),
+    (lambda se, h: se.evolve_space(None, 3, tournament=0), "tournament"),
+    (lambda se, h: se.evolve_space(None, 3, steps=-1), "steps"),
+    (lambda se, h: se.BlockLatencyPredictor(h, trees=0), "trees"),
+    (lambda se, h: se.BlockLatencyPredictor(h, seed=-2), "seed"),
+    (lambda se, h: se.StageLoss(alpha=-1.0), "alpha"),
+    (lambda se, h: se.StageLoss(layers_per_stage=0), "layers_per_stage"),
+    (lambda se, h: se.measure_int8_latencies(h, [], repeats=0), "repeats"),
+    (lambda se, h: se.measure_block_latencies([], repeats=1.5), "repeats")])
+def test_spaceevo_parts_refuse_bad_arguments_naming_the_field(call, field):
+    from search_spaces import spaceevo
+    from search_spaces.validation import ArgumentError
+
+    with pytest.raises(ArgumentError, match=f"^{field} must be") as err:
+        call(spaceevo, spaceevo.hyperspace(DIGITS))
+    assert err.value.field == field
+
+
+def test_blocks_see_the_right_shapes_and_count_the_networks_macs():
+    from search_spaces import spaceevo
+
+    hyper = spaceevo.hyperspace({**DIGITS, "input_size": 16})
+    arch = spaceevo.int8_arch(hyper.sample(np.random.default_rng(4)))
+    blocks = spaceevo.blocks_of(hyper, arch)
+    widths = [la["width"] for la in arch["layers"]]
+    assert [b.cin for b in blocks] == [hyper.stem_width] + widths[:-1]
+    assert [b.cout for b in blocks] == widths
+    assert [b.side for b in blocks] == [16, 16, 16, 8, 8, 4]
+    searched = hyper.weighted_layers(arch)[1:-1]  # without the stem and the classifier
+    assert sum(b.macs() for b in blocks) == sum(u.macs for u in searched)
+
+
+def test_block_latency_predictor_sums_blocks_and_fits_the_overhead_line():
+    """Block latencies given (not timed): per-op forests fitted on them, then whole
+    networks defined as (2 x ir6 blocks + 1 x the others, predicted) + 0.5 ms give back
+    those per-operation scales and the offset."""
+    from search_spaces import spaceevo
+
+    hyper = spaceevo.hyperspace(DIGITS)
+    rng = np.random.default_rng(0)
+    nets = spaceevo.sample_int8(hyper, rng, 30)
+    blocks = sorted({b for a in nets for b in spaceevo.blocks_of(hyper, a)}, key=repr)
+    truth = [1e-5 * b.macs() + (0.05 if b.act == "relu6" else 0.0) for b in blocks]
+    predictor = spaceevo.BlockLatencyPredictor(hyper, trees=20).fit_blocks(blocks, truth)
+    per_op = predictor.op_sums(nets)
+    assert np.allclose(per_op.sum(axis=1), predictor.block_sum(nets))
+    target = per_op @ np.array([1.0, 1.0, 1.0, 2.0]) + 0.5  # OPS: conv, dwsep, ir3, ir6
+    predictor.fit_overhead(nets, target)
+    assert predictor.scales == {op: pytest.approx(2.0 if op == "ir6" else 1.0)
+                                for op in spaceevo.OPS}
+    assert predictor.offset == pytest.approx(0.5)
+    assert np.allclose(predictor.predict(nets), target)
+    from scipy.stats import spearmanr
+    assert spearmanr(predictor.block_latency(blocks), truth).statistic > 0.9
+
+
+def test_int8_block_and_network_timings_are_positive_medians():
+    from search_spaces import spaceevo
+
+    hyper = spaceevo.hyperspace(DIGITS)
+    nets = spaceevo.sample_int8(hyper, np.random.default_rng(1), 2)
+    blocks = spaceevo.blocks_of(hyper, nets[0])[:2]
+    for values in (spaceevo.measure_int8_latencies(hyper, nets, repeats=3),
+                   spaceevo.measure_block_latencies(blocks, repeats=3)):
+        assert len(values) == 2 and all(0 < v < 1000 for v in values)
+
+
+def test_stage_loss_recovers_a_per_stage_multiplicative_loss():
+    from search_spaces import spaceevo
+
+    hyper = spaceevo.hyperspace(DIGITS)
+    nets = spaceevo.sample_int8(hyper, np.random.default_rng(2), 60)
+    per_stage = [np.exp(sum(0.3 * (la["op"] == "ir6") - 0.1 * np.log2(la["width"])
+                            for la in a["layers"])) for a in nets]
+    model = spaceevo.StageLoss(alpha=1e-6).fit(nets[:40], per_stage[:40])
+    assert np.allclose(model.predict(nets[40:]), per_stage[40:], rtol=1e-4)
+    with pytest.raises(ValueError, match="positive loss"):
+        spaceevo.StageLoss().fit(nets[:2], [0.1, -0.2])
 
 
 def test_emq_rerank_scores_whole_configurations_with_the_proxy():
