@@ -19,12 +19,19 @@ The method, as in the paper:
    accuracy over the labelled configurations (`evolve_emq`, the aging evolution of
    `predictors.evolved` seeded with the hand-made proxies; a program that is not finite on
    every configuration is discarded, EMQ's compatibility check).
-4. Bit allocation with the found proxy (`allocate_bits`): the proxy's gain when one block
+4. Bit allocation with the found proxy (`allocate`): the proxy's gain when one block
    takes a bit-width pair and the others stay at 8/8 is the block's sensitivity, and the
    configurations maximising the summed sensitivities under the model-size and BitOPs
-   budgets are found exactly (all configurations enumerated; the paper solves the same
-   integer programme with an ILP solver); the best few are then re-scored by the proxy on
-   the whole configuration (`rerank`), which the additive model only approximates.
+   budgets are found exactly (`allocate_bits`: all configurations enumerated; the paper
+   solves the same integer programme with an ILP solver); the best few are then re-scored
+   by the proxy on the whole configuration (`rerank`), which the additive model only
+   approximates. As in EMQ and most mixed-precision work, the first and the last searched
+   block keep >= 4 bits (`edge_min_bits`; the stem and classifier are 8-bit anyway), 2-bit
+   activations are used only when the budget forces them, and only configurations that use
+   the budget (no block could take more bits and still fit) are shortlisted. The budget's
+   uniform network can be added to the shortlist (`include`): then the allocation is never
+   a configuration the proxy ranks below the uniform one, but it still picks the uniform
+   network only when the proxy ranks it first, not by construction.
 
 The proxy found by `bench/mixed_precision.py` is stored in `predictors/data/emq_proxies.json`
 and registered as proxy `emq` (`predictors/proxies/emq.py`).
@@ -46,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from search_spaces.quant import BITS, QuantSpace
+from search_spaces.validation import ArgumentError
 
 from . import evolved
 
@@ -197,46 +205,152 @@ def sensitivities(formula: evolved.Formula, space: QuantSpace, arch: dict[str, A
     return out / len(seeds)
 
 
+#: Default floor on the weight and the activation bits of the first and the last searched
+#: block (`allocate_bits`' `edge_min_bits`): mixed-precision practice (HAWQ, EMQ) keeps the
+#: layers next to the input and the classifier at >= 4 bits; the stem and classifier
+#: themselves are always 8-bit in this space.
+EDGE_MIN_BITS = 4
+
+
+def check_allocator_args(edge_min_bits: Any, avoid_2bit_activations: Any, maximal: Any
+                         ) -> None:
+    """ArgumentError (naming the field) for a bad allocator option."""
+    if isinstance(edge_min_bits, bool) or edge_min_bits not in BITS:
+        raise ArgumentError("edge_min_bits", f"must be one of {', '.join(map(str, BITS))}, "
+                                             f"got {edge_min_bits!r}")
+    for field, value in (("avoid_2bit_activations", avoid_2bit_activations),
+                         ("maximal", maximal)):
+        if not isinstance(value, bool):
+            raise ArgumentError(field, f"must be true or false, got {value!r}")
+
+
+def block_pairs(blocks: int, edge_min_bits: int = EDGE_MIN_BITS, min_abits: int = min(BITS)
+                ) -> list[list[int]]:
+    """Per block, the indices into `bit_pairs()` it may take: activations >= `min_abits`,
+    and both bit-widths >= `edge_min_bits` in the first and the last block."""
+    pairs = bit_pairs()
+    out = []
+    for i in range(blocks):
+        floor = edge_min_bits if i in (0, blocks - 1) else min(BITS)
+        out.append([j for j, (w, a) in enumerate(pairs)
+                    if a >= min_abits and min(w, a) >= floor])
+    return out
+
+
+def _fits(space: QuantSpace, arch: dict[str, Any], max_size_kb: float | None,
+          max_bitops: float | None) -> bool:
+    return ((max_size_kb is None or space.model_size_kb(arch) <= max_size_kb + 1e-9)
+            and (max_bitops is None or space.bitops(arch) <= max_bitops))
+
+
+def _is_maximal(space: QuantSpace, config: list[tuple[int, int]], allowed: list[list[int]],
+                fits: Any) -> bool:
+    """No block can take the next higher weight or activation bit-width (among its allowed
+    pairs) and stay within the budgets: the configuration leaves no usable budget idle."""
+    pairs = bit_pairs()
+    for i, (w, a) in enumerate(config):
+        for up in ((w * 2, a), (w, a * 2)):
+            if up in pairs and pairs.index(up) in allowed[i]:
+                if fits(config[:i] + [up] + config[i + 1:]):
+                    return False
+    return True
+
+
 def allocate_bits(space: QuantSpace, arch: dict[str, Any], gains: np.ndarray, *,
                   max_size_kb: float | None = None, max_bitops: float | None = None,
-                  top: int = 1) -> Any:
+                  top: int = 1, edge_min_bits: int = EDGE_MIN_BITS,
+                  avoid_2bit_activations: bool = True, maximal: bool = True) -> Any:
     """The bit configuration of `arch` with the largest summed `gains` (from
     `sensitivities`) whose `model_size_kb` and `bitops` are within the budgets (exact:
     every configuration is costed by the space); with `top` > 1, the `top` best in order
-    (a list). ValueError when none fits."""
-    pairs = bit_pairs()
+    (a list). ValueError when none fits.
+
+    The search follows mixed-precision practice:
+    - `edge_min_bits` (default 4): the first and the last searched block keep weights and
+      activations at >= this many bits (2 turns the rule off);
+    - `avoid_2bit_activations` (default on): configurations with a 2-bit activation are
+      considered only when none without fits the budgets (2-bit activations collapse
+      accuracy far more than the proxy's additive block model predicts);
+    - `maximal` (default on): only configurations that use the budget are kept, those where
+      no block could take more weight or activation bits and still fit.
+    """
+    check_allocator_args(edge_min_bits, avoid_2bit_activations, maximal)
     blocks = len(arch["layers"])
-    total = len(pairs) ** blocks
+    floors = [4, 2] if avoid_2bit_activations else [2]
+    for min_abits in floors:
+        found = _allocate(space, arch, gains, block_pairs(blocks, edge_min_bits, min_abits),
+                          max_size_kb, max_bitops, top, maximal)
+        if found:
+            return found if top > 1 else found[0]
+    raise ValueError("no bit configuration fits the budgets"
+                     + (f" with the first and last blocks at >= {edge_min_bits} bits"
+                        if edge_min_bits > min(BITS) else ""))
+
+
+def _allocate(space: QuantSpace, arch: dict[str, Any], gains: np.ndarray,
+              allowed: list[list[int]], max_size_kb: float | None, max_bitops: float | None,
+              top: int, maximal: bool) -> list[dict[str, Any]]:
+    pairs = bit_pairs()
+    total = math.prod(len(a) for a in allowed)
     if total > MAX_CONFIGS:
         raise ValueError(f"{total} configurations exceed MAX_CONFIGS={MAX_CONFIGS}")
+
+    def fits(config: list[tuple[int, int]]) -> bool:
+        return _fits(space, with_bits(arch, config), max_size_kb, max_bitops)
+
     summed = np.zeros(())
-    for i in range(blocks):  # summed[j0, j1, ...] = sum_i gains[i, j_i]
-        summed = np.add.outer(summed, gains[i])
+    for i, idx in enumerate(allowed):  # summed[j0, j1, ...] = sum_i gains[i, allowed[i][j_i]]
+        summed = np.add.outer(summed, gains[i, idx])
     order = np.argsort(-summed.reshape(-1), kind="stable")
     found = []
     for flat in order:
         choice = np.unravel_index(flat, summed.shape)
-        candidate = with_bits(arch, [pairs[int(j)] for j in choice])
-        if max_size_kb is not None and space.model_size_kb(candidate) > max_size_kb + 1e-9:
+        config = [pairs[allowed[i][int(j)]] for i, j in enumerate(choice)]
+        if not fits(config) or (maximal and not _is_maximal(space, config, allowed, fits)):
             continue
-        if max_bitops is not None and space.bitops(candidate) > max_bitops:
-            continue
-        found.append(candidate)
+        found.append(with_bits(arch, config))
         if len(found) == top:
             break
-    if not found:
-        raise ValueError("no bit configuration fits the budgets")
-    return found if top > 1 else found[0]
+    return found
+
+
+def rank_candidates(formula: evolved.Formula, space: QuantSpace,
+                    candidates: Sequence[dict[str, Any]], batch: tuple[Any, Any],
+                    seeds: Sequence[int] = (0, 1, 2)) -> list[tuple[float, dict[str, Any]]]:
+    """(proxy score, candidate) pairs, best first; the score is the proxy on the whole
+    configuration, mean over initialisation `seeds` (ties keep the given order)."""
+    scored = [(float(np.mean([proxy_score(formula, space, arch, batch, s) for s in seeds])),
+               arch) for arch in candidates]
+    return sorted(scored, key=lambda pair: -pair[0])
 
 
 def rerank(formula: evolved.Formula, space: QuantSpace, candidates: Sequence[dict[str, Any]],
            batch: tuple[Any, Any], seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Any]:
     """The candidate whose whole configuration the proxy scores highest (mean over
     initialisation `seeds`): the sensitivities assume the blocks add up, this does not."""
-    def score(arch: dict[str, Any]) -> float:
-        return float(np.mean([proxy_score(formula, space, arch, batch, s) for s in seeds]))
+    return rank_candidates(formula, space, candidates, batch, seeds)[0][1]
 
-    return max(candidates, key=score)
+
+def allocate(formula: evolved.Formula, space: QuantSpace, arch: dict[str, Any],
+             gains: np.ndarray, batch: tuple[Any, Any], *, max_size_kb: float | None = None,
+             max_bitops: float | None = None, shortlist: int = 48,
+             seeds: Sequence[int] = (0, 1, 2), include: Sequence[dict[str, Any]] = (),
+             **rules: Any) -> dict[str, Any]:
+    """EMQ's allocation: the `shortlist` best configurations by the summed sensitivities
+    (`allocate_bits` with `rules`), plus the `include` configurations that fit the budgets
+    (e.g. the uniform network of the budget, so the search is never below it *by
+    construction*; it still wins only if the proxy ranks it first), re-scored by the proxy
+    on the whole configuration. Returns {"arch", "candidates", "ranking": [(key, score)]}."""
+    found = allocate_bits(space, arch, gains, max_size_kb=max_size_kb, max_bitops=max_bitops,
+                          top=max(shortlist, 2), **rules)
+    keys = {space.key(a) for a in found}
+    for extra in include:
+        if _fits(space, extra, max_size_kb, max_bitops) and space.key(extra) not in keys:
+            found.append(extra)
+            keys.add(space.key(extra))
+    ranked = rank_candidates(formula, space, found, batch, seeds)
+    return {"arch": ranked[0][1], "candidates": len(found),
+            "ranking": [(space.key(a), score) for score, a in ranked]}
 
 
 # ---- the stored proxies ---------------------------------------------------------------------

@@ -271,7 +271,9 @@ def test_emq_allocation_respects_budgets_and_follows_the_gains():
     gains[:, pairs.index((2, 8))] = 1.0  # 2-bit weights with 8-bit activations preferred
     uniform4 = emq.with_bits(base, [(4, 4)] * 4)
     size, bitops = space.model_size_kb(uniform4), space.bitops(uniform4)
-    chosen = emq.allocate_bits(space, base, gains, max_size_kb=size, max_bitops=bitops)
+    plain = {"edge_min_bits": 2, "avoid_2bit_activations": False, "maximal": False}
+    chosen = emq.allocate_bits(space, base, gains, max_size_kb=size, max_bitops=bitops,
+                               **plain)
     assert space.model_size_kb(chosen) <= size and space.bitops(chosen) <= bitops
     brute = max((emq.with_bits(base, [pairs[j] for j in c]) for c in
                  np.ndindex(*(len(pairs),) * 4)),
@@ -282,7 +284,74 @@ def test_emq_allocation_respects_budgets_and_follows_the_gains():
                  for i, la in enumerate(a["layers"])) for a in (chosen, brute)]
     assert score[0] == score[1]
     with pytest.raises(ValueError, match="no bit configuration"):
-        emq.allocate_bits(space, base, gains, max_size_kb=0.1)
+        emq.allocate_bits(space, base, gains, max_size_kb=0.1, **plain)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("edge_min_bits", 3), ("edge_min_bits", "4"), ("edge_min_bits", True),
+    ("edge_min_bits", None), ("avoid_2bit_activations", "yes"), ("maximal", 1)])
+def test_emq_allocator_refuses_bad_options_naming_the_field(field, value):
+    from predictors import emq
+    from search_spaces.validation import ArgumentError
+
+    space = QuantSpace(**emq.SPACE_ARGS)
+    base = space.from_key(emq.BASE_KEY)
+    with pytest.raises(ArgumentError, match=f"^{field} must be") as err:
+        emq.allocate_bits(space, base, np.zeros((4, 9)), max_size_kb=10.0, **{field: value})
+    assert err.value.field == field
+
+
+def test_emq_allocation_keeps_edge_blocks_and_activations_up_and_uses_the_budget():
+    """Gains that reward 2 bits everywhere: by default the first and last blocks still keep
+    >= 4 bits, no activation drops to 2 bits while the budget allows, and no block could
+    take more bits within the budget; 2-bit activations come only when the budget forces
+    them, and an impossible edge floor is refused."""
+    from predictors import emq, evolved
+
+    space = QuantSpace(**emq.SPACE_ARGS)
+    base = space.from_key(emq.BASE_KEY)
+    pairs = emq.bit_pairs()
+    gains = np.zeros((4, len(pairs)))
+    gains[:, pairs.index((2, 2))] = 1.0
+    uniform4 = emq.with_bits(base, [(4, 4)] * 4)
+    size, bitops = space.model_size_kb(uniform4), space.bitops(uniform4)
+    plain = emq.allocate_bits(space, base, gains, max_size_kb=size, max_bitops=bitops,
+                              edge_min_bits=2, avoid_2bit_activations=False, maximal=False)
+    assert all((la["bits"], la["abits"]) == (2, 2) for la in plain["layers"])
+    found = emq.allocate_bits(space, base, gains, max_size_kb=size, max_bitops=bitops, top=5)
+    assert found
+    for arch in found:
+        layers = arch["layers"]
+        assert min(layers[0]["bits"], layers[0]["abits"], layers[-1]["bits"],
+                   layers[-1]["abits"]) >= emq.EDGE_MIN_BITS == 4
+        assert all(la["abits"] > 2 for la in layers)
+        assert space.model_size_kb(arch) <= size and space.bitops(arch) <= bitops
+        for i, la in enumerate(layers):  # maximal: one more step on any block overflows
+            for field in ("bits", "abits"):
+                if la[field] < 8:
+                    up = {"layers": [dict(x) for x in layers]}
+                    up["layers"][i][field] *= 2
+                    assert (space.model_size_kb(up) > size or space.bitops(up) > bitops)
+    assert uniform4 not in found  # its last block's 8-bit activations cost nothing here
+    # the uniform 2-bit budget: only 2-bit activations fit, so they are taken
+    uniform2 = emq.with_bits(base, [(2, 2)] * 4)
+    forced = emq.allocate_bits(space, base, gains, max_size_kb=space.model_size_kb(uniform2),
+                               max_bitops=space.bitops(uniform2), edge_min_bits=2)
+    assert any(la["abits"] == 2 for la in forced["layers"])
+    with pytest.raises(ValueError, match="first and last blocks at >= 8 bits"):
+        emq.allocate_bits(space, base, gains, max_size_kb=size, max_bitops=bitops,
+                          edge_min_bits=8)
+    # allocate(): the uniform network joins the shortlist and the proxy ranks them all
+    g = torch.Generator().manual_seed(1)
+    batch = (torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))
+    result = emq.allocate(evolved.SEED_FORMULAS["params"], space, base, gains, batch,
+                          max_size_kb=size, max_bitops=bitops, shortlist=3, seeds=[0],
+                          include=[uniform4])
+    keys = [key for key, _ in result["ranking"]]
+    assert result["candidates"] == len(keys) == 4 and space.key(uniform4) in keys
+    assert space.key(result["arch"]) == keys[0]
+    assert [s for _, s in result["ranking"]] == sorted((s for _, s in result["ranking"]),
+                                                       reverse=True)
 
 
 def test_emq_statistics_see_the_bits():
