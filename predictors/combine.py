@@ -157,9 +157,9 @@ NB201_QUANTILES: dict[str, list[float]] = {
     # emq (predictors/data/emq_proxies.json, evolved on quant-space bit configurations):
     # 200 random NB201 cells, bench/proxies.py's network, 20 test images, seed 0
     "emq": [
-        -1434.16, -787.655, -700.217, -373.197, -307.392, -203.298, 41.2584, 124.212, 129.392,
-        171.557, 208.962, 212.177, 217.786, 294.617, 296.096, 300.242, 301.074, 375.909, 382.682,
-        459.99, 555.332,
+        15.2541, 30.1054, 45.0435, 45.2982, 45.3191, 53.3883, 74.2172, 74.2512, 74.6907, 74.8894,
+        75.1486, 89.0849, 103.321, 103.71, 103.803, 103.86, 104.942, 132.733, 132.869, 161.916,
+        191.465,
     ],
     # linear_regions (log): 200 cells of bench/training_free.py's asvit_nb201 (the same
     # network and 20 test images, seed 0)
