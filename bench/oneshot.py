@@ -644,6 +644,22 @@ def ranking_settings(args: argparse.Namespace) -> dict[str, Any]:
 #: cross entropy on the 1,197 held-out images after a 50-step fine-tune (dev tau +0.469, FLOPs
 #: +0.444); seed 0 with BN recalibration alone and the 359-image accuracy is the old score.
 RANKING_TEST_SUPERNETS = {"single 20ep": ["bn256", "bn600", "ft50"]}
+RANKING_CHOSEN = "single 20ep mean of 3 seeds / ft50 / eval_ce"
+
+
+def bootstrap_gain(score: list[float], baseline: list[float], truth: list[float],
+                   resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap over the subnets of tau(score) - tau(baseline) against `truth`: mean,
+    95% interval and the share of resamples where the score wins."""
+    rng = np.random.default_rng(seed)
+    a, b, t = (np.asarray(v, dtype=float) for v in (score, baseline, truth))
+    gains = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(t), len(t))
+        gains.append(kendall_tau(a[i], t[i]) - kendall_tau(b[i], t[i]))
+    low, high = np.percentile(gains, [2.5, 97.5])
+    return {"mean": float(np.mean(gains)), "low": float(low), "high": float(high),
+            "share_positive": float(np.mean(np.asarray(gains) > 0))}
 RANKING_TEST_TRUTHS = ["12ep", "4ep"]
 
 
@@ -728,6 +744,9 @@ def bench_ranking(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 "seed_vs_seed_tau": seed_agreement(truth["per_seed"]),
                 "flops": _taus(flops, truth), "params": _taus(params, truth),
                 "scores": {label: _taus(score, truth) for label, score in scores.items()}}
+            if RANKING_CHOSEN in scores and not args.quick:
+                table[key]["chosen_minus_flops_bootstrap"] = bootstrap_gain(
+                    scores[RANKING_CHOSEN], [float(f) for f in flops], truth["mean"])
     result = {"stage": stage, "settings": settings, "subnets": len(archs),
               "seconds": time.perf_counter() - started,
               "subnet_keys": [space.key(a) for a in archs], "flops": flops, "params": params,
