@@ -25,6 +25,7 @@ fully convolutional, the same architecture at either side).
 
     python bench/spaceevo.py           # full: writes bench/results/spaceevo.json
     python bench/spaceevo.py --quick   # CI smoke (< 30 s), temporary folder
+    python bench/spaceevo.py --evolution-seed 1   # writes bench/results/spaceevo_seed1.json
 """
 
 from __future__ import annotations
@@ -243,6 +244,9 @@ def check_section(se, cfg, data, spaces: dict, latency, loss, budget: float, lat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke run (< 30 s)")
+    parser.add_argument("--evolution-seed", type=int, default=0,
+                        help="seed of the space evolution (full run: not 0 writes "
+                             "spaceevo_seed<N>.json)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     import torch
@@ -278,7 +282,7 @@ def main() -> None:
                             top=cfg["top"])
     start = time.process_time()
     result = se.evolve_space(scorer, 3, population=cfg["population"], steps=cfg["steps"],
-                             seed=0)
+                             seed=args.evolution_seed)
     evolve_cpu = time.process_time() - start
     found_args = se.space_args(result.best, BASE_ARGS)
     spaces = {"spaceevo": found_args, "default_quant": dict(BASE_ARGS)}
@@ -293,6 +297,7 @@ def main() -> None:
               f" measured ({c['measured_within_budget']}/{len(c['keys'])} within "
               f"{budgets[0]:.2f} ms)")
     out = {"mode": "quick" if args.quick else "full", "date": "2026-12-05", "config": cfg,
+           "evolution_seed": args.evolution_seed,
            "latency": lat_info, "loss_estimate": loss_info, "budgets_ms": budgets,
            "found_space_args": found_args, "qt_score": result.best_score,
            "qt_details": qt, "qt_history": result.history,
@@ -301,7 +306,8 @@ def main() -> None:
            "cpu_seconds": time.process_time() - cpu_began,
            "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread, CPU "
                       "shared with other jobs; latency = thread CPU time"}
-    path = out_dir / "spaceevo.json"
+    suffix = f"_seed{args.evolution_seed}" if args.evolution_seed else ""
+    path = out_dir / f"spaceevo{suffix}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path} in {out['seconds']:.1f} s ({out['cpu_seconds']:.1f} s CPU)")
 
