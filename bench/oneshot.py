@@ -52,7 +52,7 @@ score), accuracy on all 1,197, or cross entropy on them. Supernets: single (20 e
 0-2, their mean), single 60 epochs, mixtures K=2 and K=3 (seeds 0-1); each scored four ways:
 BN recalibrated on 256 or 600 examples, or a 25- or 50-step fine-tune of the inherited weights
 (`finetune_steps`). Ground truths: stand-alone 4 epochs (dev and test) and 12 epochs (test),
-4 seeds each, with the tau of their two halves. Settings are chosen on the `dev` subnets
+4 seeds each, and on test 4 epochs with 8 seeds, with the tau of their two halves. Settings are chosen on the `dev` subnets
 (sample seed 2) against the 4-epoch ground truth and reported unchanged on 40 fresh `test`
 subnets (sample seed 3, none of dev's): `RANKING_TEST_*`. `--jobs 2` runs two processes;
 `--cache FILE` keeps finished trainings so a long run resumes. `--quick` runs a 4-subnet
@@ -491,7 +491,8 @@ RANKING_SCORERS: dict[str, dict[str, Any]] = {
 }
 #: Stand-alone ground truths measured (label -> epochs, seeds).
 RANKING_TRUTHS: dict[str, dict[str, int]] = {"4ep": {"epochs": 4, "seeds": 4},
-                                             "12ep": {"epochs": 12, "seeds": 4}}
+                                             "12ep": {"epochs": 12, "seeds": 4},
+                                             "4ep x8": {"epochs": 4, "seeds": 8}}
 _RANKING_DATA: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
 
 
@@ -660,7 +661,7 @@ def bootstrap_gain(score: list[float], baseline: list[float], truth: list[float]
     low, high = np.percentile(gains, [2.5, 97.5])
     return {"mean": float(np.mean(gains)), "low": float(low), "high": float(high),
             "share_positive": float(np.mean(np.asarray(gains) > 0))}
-RANKING_TEST_TRUTHS = ["12ep", "4ep"]
+RANKING_TEST_TRUTHS = ["12ep", "4ep", "4ep x8"]  # x8: added after the test run (seeds 4-7)
 
 
 def ranking_subnets(space: Any, stage: str, count: int) -> list[dict[str, Any]]:
@@ -696,12 +697,13 @@ def bench_ranking(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     archs = ranking_subnets(space, stage, settings["subnets"])
     limit = settings["limit"]
     tasks: dict[str, tuple[Any, dict[str, Any]]] = {}
-    for label, truth in settings["truths"].items():
+    for truth in settings["truths"].values():
         for arch in archs:
             for seed in range(truth["seeds"]):
-                tasks[f"truth/{label}/{space.key(arch)}/{seed}"] = (ranking_truth_task, {
-                    "space": space_name, "arch": arch, "epochs": truth["epochs"],
-                    "seed": seed, "limit": limit})
+                tasks[f"truth/{truth['epochs']}ep/{space.key(arch)}/{seed}"] = (
+                    ranking_truth_task, {"space": space_name, "arch": arch,
+                                         "epochs": truth["epochs"], "seed": seed,
+                                         "limit": limit})
     for label, spec in settings["supernets"].items():
         for seed in spec["seeds"]:
             tasks[f"supernet/{label}/{seed}/{stage}/{len(archs)}"] = (ranking_supernet_task, {
@@ -717,7 +719,7 @@ def bench_ranking(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         per_metric = {}
         for metric in metrics:
             sign = -1.0 if metric == "eval_ce" else 1.0
-            per_seed = [[sign * done[f"truth/{label}/{space.key(a)}/{s}"][metric]
+            per_seed = [[sign * done[f"truth/{truth['epochs']}ep/{space.key(a)}/{s}"][metric]
                          for s in range(truth["seeds"])] for a in archs]
             per_metric[metric] = {**two_ground_truths(per_seed), "per_seed": per_seed}
         truths[label] = per_metric
