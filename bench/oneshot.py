@@ -52,10 +52,11 @@ score), accuracy on all 1,197, or cross entropy on them. Supernets: single (20 e
 0-2, their mean), single 60 epochs, mixtures K=2 and K=3 (seeds 0-1); each scored four ways:
 BN recalibrated on 256 or 600 examples, or a 25- or 50-step fine-tune of the inherited weights
 (`finetune_steps`). Ground truths: stand-alone 4 epochs (dev and test) and 12 epochs (test),
-4 seeds each, and on test 4 epochs with 8 seeds, with the tau of their two halves. Settings are chosen on the `dev` subnets
-(sample seed 2) against the 4-epoch ground truth and reported unchanged on 40 fresh `test`
-subnets (sample seed 3, none of dev's): `RANKING_TEST_*`. `--jobs 2` runs two processes;
-`--cache FILE` keeps finished trainings so a long run resumes. `--quick` runs a 4-subnet
+4 seeds each, and on test 4 epochs with 8 seeds, with the tau of their two halves. Settings
+are chosen on the `dev` subnets (sample seed 2) against the 4-epoch ground truth and reported
+unchanged on 40 fresh `test` subnets (sample seed 3, none of dev's): `RANKING_TEST_*`.
+`--jobs 2` runs two processes; `--cache FILE` keeps finished trainings so a long run
+resumes; `--part` runs only the trainings or only the supernets. `--quick` runs a 4-subnet
 version (< 10 s).
 
 Writes bench/results/oneshot.json (`--bossnas`: oneshot_bossnas.json, `--mixture`:
