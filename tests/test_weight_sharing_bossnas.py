@@ -5,6 +5,7 @@ checkpoint/resume (stop and kill -9) and bad arguments."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 from pathlib import Path
 from typing import Any
@@ -126,18 +127,80 @@ def test_search_derives_the_blockwise_best_path_first(reference: dict[str, Any])
     assert all(0 <= v <= 8 for table in search.block_losses for v in table.values())
 
 
+def _loss(pred: list[torch.Tensor], ensemble: list[torch.Tensor]) -> float:
+    import torch.nn.functional as F
+
+    cos = [(F.normalize(pred[v], dim=1) * F.normalize(ensemble[1 - v], dim=1)).sum(1)
+           for v in (0, 1)]
+    return float((4 - 2 * cos[0] - 2 * cos[1]).mean())
+
+
+def _val_views(search: BossNASSearch, block: int) -> list[torch.Tensor]:
+    return search._views(search._x_val, 2, torch.Generator().manual_seed(search.seed * 1000
+                                                                         + block))
+
+
 @pytest.mark.integration
 def test_blockwise_evaluation_is_the_loss_against_the_candidates_ensemble(
         reference: dict[str, Any]) -> None:
-    """Recomputed here from the definition: every candidate's target output on the two fixed
-    views, averaged; a path's loss is its prediction of one view against the other's."""
+    """Recomputed here from the definition, on copies of the networks: per candidate, every
+    BatchNorm reset (mean 0, variance 1) with momentum 1, the calibration batch's two views
+    through the target's prefix and the candidate of both networks in train mode, then eval
+    mode on the two fixed validation views; the ensemble is the mean of the candidates'
+    target outputs; a path's loss is its prediction of one view against the other's."""
     import torch.nn.functional as F
 
     search = reference["search"]
     block, start = 1, search._start(1)
     pool = search.candidates(block, start)
-    views = search._views(search._x_val, 2, torch.Generator().manual_seed(search.seed * 1000
-                                                                          + block))
+    views, calibration = _val_views(search, block), search.calibration_views()
+    assert len(calibration) == 2 and len(calibration[0]) == REFERENCE["batch_size"]
+    before = {k: v.clone() for k, v in search.online.state_dict().items()}
+    targets, predictions = [], []
+    with torch.no_grad():
+        for path in pool:
+            target, online = copy.deepcopy(search.target), copy.deepcopy(search.online)
+            for m in [*target.modules(), *online.modules()]:
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.track_running_stats, m.momentum = True, 1.0
+                    m.running_mean = torch.zeros(m.num_features)
+                    m.running_var = torch.ones(m.num_features)
+                    m.num_batches_tracked = torch.tensor(0)
+            target.train(), online.train()
+            for net in (target, online):
+                for v in calibration:
+                    search._block(net, search._prefix(target, v, block), block, start, path)
+            target.eval(), online.eval()
+            inputs = [search._prefix(target, v, block) for v in views]
+            targets.append([F.normalize(search._block(target, x, block, start, path), dim=1)
+                            for x in inputs])
+            predictions.append([online.predictors[block](search._block(online, x, block,
+                                                                       start, path))
+                                for x in inputs])
+    ensemble = [torch.stack([t[v] for t in targets]).mean(0) for v in (0, 1)]
+    table = search.evaluate_block(block)
+    for path, pred in zip(pool, predictions, strict=True):
+        assert table[search.path_key(path)] == pytest.approx(_loss(pred, ensemble), abs=1e-5)
+    assert table == pytest.approx(search.block_losses[block])
+    # nothing is left behind: no running statistics, the same weights, train mode kept
+    assert search.online.state_dict().keys() == before.keys()
+    assert all(torch.equal(search.online.state_dict()[k], v) for k, v in before.items())
+    assert all(m.running_mean is None and not m.track_running_stats
+               for m in search.online.modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+
+
+@pytest.mark.integration
+def test_without_recalibration_the_evaluation_uses_batch_statistics(
+        reference: dict[str, Any]) -> None:
+    """`calibration_samples: 0`: every network in train mode on the validation views (the
+    evaluation before the recalibration), which gives another table."""
+    import torch.nn.functional as F
+
+    search = reference["search"]
+    block, start = 1, search._start(1)
+    pool = search.candidates(block, start)
+    views = _val_views(search, block)
     with torch.no_grad():
         def run(net: Any, path: Any, v: int) -> torch.Tensor:  # the target's prefix
             return search._block(net, search._prefix(search.target, views[v], block), block,
@@ -145,15 +208,16 @@ def test_blockwise_evaluation_is_the_loss_against_the_candidates_ensemble(
 
         ensemble = [torch.stack([F.normalize(run(search.target, p, v), dim=1)
                                  for p in pool]).mean(0) for v in (0, 1)]
-        for path in pool:
-            pred = [search.online.predictors[block](run(search.online, path, v)) for v in (0, 1)]
-            cos = [(F.normalize(pred[v], dim=1) * F.normalize(ensemble[1 - v], dim=1)).sum(1)
-                   for v in (0, 1)]
-            expected = float((4 - 2 * cos[0] - 2 * cos[1]).mean())
-            assert search.evaluate_block(block)[search.path_key(path)] == \
-                pytest.approx(expected, abs=1e-5)
-            break  # one path suffices; the whole table is compared below
-    assert search.evaluate_block(block) == pytest.approx(search.block_losses[block])
+        path = pool[0]
+        expected = _loss([search.online.predictors[block](run(search.online, path, v))
+                          for v in (0, 1)], ensemble)
+    search.calibration_samples = 0
+    try:
+        table = search.evaluate_block(block)
+    finally:
+        search.calibration_samples = REFERENCE["batch_size"]
+    assert table[search.path_key(path)] == pytest.approx(expected, abs=1e-5)
+    assert table != pytest.approx(search.block_losses[block], abs=1e-4)
 
 
 @pytest.mark.integration
@@ -204,7 +268,8 @@ def test_bossnas_strategy_passes_check_strategy_once_searched(reference: dict[st
 @pytest.mark.parametrize("field, value", [
     ("blocks", 0), ("blocks", 5), ("paths", 0), ("lr", 0), ("momentum", 1.0),
     ("base_momentum", 1.5), ("eval_samples", 1), ("top_k", 0), ("hidden_dim", "big"),
-    ("epochs", 0),
+    ("epochs", 0), ("calibration_samples", 1), ("calibration_samples", -1),
+    ("calibration_samples", 2.5),
 ])
 def test_bad_arguments_name_the_field(field: str, value: Any) -> None:
     with pytest.raises(ArgumentError, match=rf"^{field} must") as info:

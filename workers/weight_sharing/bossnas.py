@@ -31,7 +31,16 @@ the reference's), every candidate path of the block is run by the online and the
 network; the ensemble target is the mean of all candidates' target outputs; a path's
 score is its online prediction's loss against that ensemble target (lower is better). The
 best path is fixed for the following blocks, and the table of every candidate's loss is
-kept (`block_losses`).
+kept (`block_losses`). BatchNorm in the evaluation, as the reference's `update_bn_stats`
+before each candidate: every BatchNorm's statistics are reset, then set (momentum 1) by one
+batch of `calibration_samples` training images (drawn once per run, two augmented views,
+each view's forward overwriting the last one's statistics: the second view's stay) run
+through the target's prefix and the candidate path of both networks up to the projector;
+the evaluation then normalises with those statistics (eval mode), so a path's outputs no
+longer depend on which validation images share its batch. As in the reference, the
+predictor is not part of that forward, so its BatchNorm evaluates with the reset
+statistics (mean 0, variance 1). `calibration_samples: 0` keeps batch statistics in the
+evaluation (the behaviour before the recalibration).
 
 Derivation: the best path of every block, then the next `top_k - 1` architectures by the
 sum of block losses among those whose blocks start and end at the searched scales (the
@@ -39,19 +48,23 @@ architectures the block-wise evaluation ranks; `score` gives that sum for any of
 Metrics: `bossnas_loss` (the sum), `flops`, `params`. The found network is retrained from
 scratch by the job's evaluator, as in the paper.
 
-BatchNorm in the supernet always uses batch statistics (no running averages: a shared
-layer sees different paths' features), in training and evaluation alike. Determinism: data
-order, path sampler and augmentation have their own seeded generators (checkpointed), the
-evaluation views a generator seeded by (seed, block), so on CPU a resumed run equals an
+In training, BatchNorm in the supernet always uses batch statistics (no running averages
+are kept: a shared layer sees different paths' features); running statistics exist only
+while a candidate is evaluated (above) and are dropped after the block's evaluation.
+Determinism: data order, path sampler and augmentation have their own seeded generators
+(checkpointed), the evaluation views a generator seeded by (seed, block) and the
+recalibration batch one seeded by the seed, so on CPU a resumed run equals an
 uninterrupted one. On N ranks (`workers`) each rank trains on its shard of every batch and
 the evaluation runs whole on every rank (`ranks.local`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -73,6 +86,44 @@ def _no_running_stats(module: Any) -> None:
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.track_running_stats = False
             m.running_mean = m.running_var = m.num_batches_tracked = None
+
+
+def _batch_norms(*modules: Any) -> list[Any]:
+    import torch
+
+    return [m for module in modules for m in module.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def _reset_statistics(norms: list[Any]) -> None:
+    """The reference's reset before a candidate's recalibration: running mean 0, variance 1,
+    momentum 1 (the next batch's statistics replace them)."""
+    import torch
+
+    for m in norms:
+        m.running_mean = torch.zeros(m.num_features, device=m.weight.device)
+        m.running_var = torch.ones(m.num_features, device=m.weight.device)
+        m.num_batches_tracked = torch.tensor(0, device=m.weight.device)
+        m.track_running_stats = True
+        m.momentum = 1.0
+
+
+@contextlib.contextmanager
+def _running_statistics(*nets: Any) -> Iterator[None]:
+    """Inside: the nets' BatchNorms keep running statistics (reset with `_reset_statistics`);
+    afterwards back to batch statistics only, the old momentum and train/eval mode."""
+    norms = _batch_norms(*nets)
+    momenta = [m.momentum for m in norms]
+    modes = [net.training for net in nets]
+    try:
+        _reset_statistics(norms)
+        yield
+    finally:
+        for net, mode in zip(nets, modes, strict=True):
+            _no_running_stats(net)
+            net.train(mode)
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
 
 
 def _mlp(c_in: int, hidden: int, out: int) -> Any:
@@ -176,7 +227,8 @@ class BossNASSearch(WeightSharingSearch):
                  lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 1e-5,
                  base_momentum: float = 0.99, hidden_dim: int = 128,
                  projection_dim: int = 64, eval_samples: int = 256, top_k: int = 5,
-                 grad_clip: float = 5.0, **common: Any) -> None:
+                 grad_clip: float = 5.0, calibration_samples: int | None = None,
+                 **common: Any) -> None:
         super().__init__(space, **common)
         layers = getattr(space, "layers", 1)
         self.n_blocks = int_at_least("blocks", blocks, 1)
@@ -193,6 +245,12 @@ class BossNASSearch(WeightSharingSearch):
         self.eval_samples = int_at_least("eval_samples", eval_samples, 2)
         self.top_k = int_at_least("top_k", top_k, 1)
         self.grad_clip = positive_number("grad_clip", grad_clip)
+        if calibration_samples is None:  # the reference: one training batch
+            calibration_samples = self.batch_size
+        self.calibration_samples = int_at_least("calibration_samples", calibration_samples, 0)
+        if self.calibration_samples == 1:
+            raise ArgumentError("calibration_samples", "must be 0 (no recalibration) or at "
+                                                       "least 2 (BatchNorm statistics), got 1")
         self.epochs_per_block = self.epochs
         self.epochs = self.epochs_per_block * self.n_blocks
         sizes = [layers // self.n_blocks + (b < layers % self.n_blocks)
@@ -207,7 +265,7 @@ class BossNASSearch(WeightSharingSearch):
                 "weight_decay": self.weight_decay, "base_momentum": self.base_momentum,
                 "hidden_dim": self.hidden_dim, "projection_dim": self.projection_dim,
                 "eval_samples": self.eval_samples, "top_k": self.top_k,
-                "grad_clip": self.grad_clip}
+                "grad_clip": self.grad_clip, "calibration_samples": self.calibration_samples}
 
     # ---- paths -------------------------------------------------------------------------------
     def candidates(self, block: int, start: int) -> list[Path]:
@@ -411,7 +469,8 @@ class BossNASSearch(WeightSharingSearch):
     # ---- block-wise evaluation ---------------------------------------------------------------
     def evaluate_block(self, block: int) -> dict[str, float]:
         """Every candidate path's loss against the ensemble target of all candidates (the
-        paper's block-wise evaluation), by path key."""
+        paper's block-wise evaluation), by path key; each candidate with BatchNorm
+        statistics recalibrated on one training batch (unless `calibration_samples` is 0)."""
         import torch
 
         start = self._start(block)
@@ -419,17 +478,70 @@ class BossNASSearch(WeightSharingSearch):
         generator = torch.Generator().manual_seed(self.seed * 1000 + block)
         views = self._views(self._x_val, 2, generator)
         with torch.no_grad():  # both networks read the target's prefix (the reference's)
-            inputs = [self._prefix(self.target, v, block) for v in views]
-            targets, predictions = [], []
-            for path in pool:
-                targets.append([torch.nn.functional.normalize(
-                    self._block(self.target, x, block, start, path), dim=1) for x in inputs])
-                predictions.append([self.online.predictors[block](
-                    self._block(self.online, x, block, start, path)) for x in inputs])
+            if self.calibration_samples:
+                targets, predictions = self._calibrated_outputs(block, start, pool, views)
+            else:
+                inputs = [self._prefix(self.target, v, block) for v in views]
+                targets = [[self._target_output(x, block, start, p) for x in inputs]
+                           for p in pool]
+                predictions = [[self._prediction(x, block, start, p) for x in inputs]
+                               for p in pool]
             ensemble = [torch.stack([t[v] for t in targets]).mean(0) for v in (0, 1)]
             return {self.path_key(path): float((_byol_loss(p[0], ensemble[1])
                                                 + _byol_loss(p[1], ensemble[0])).mean())
                     for path, p in zip(pool, predictions, strict=True)}
+
+    def _target_output(self, x: Any, block: int, start: int, path: Path) -> Any:
+        import torch
+
+        return torch.nn.functional.normalize(self._block(self.target, x, block, start, path),
+                                             dim=1)
+
+    def _prediction(self, x: Any, block: int, start: int, path: Path) -> Any:
+        return self.online.predictors[block](self._block(self.online, x, block, start, path))
+
+    def calibration_views(self) -> list[Any]:
+        """The recalibration batch: `calibration_samples` training images drawn once per run
+        (a generator seeded by the search's seed), two augmented views."""
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed * 1000 + 999)
+        n = min(self.calibration_samples, len(self._x_train))
+        index = torch.randperm(len(self._x_train), generator=generator)[:n]
+        return self._views(self._x_train[index.to(self._x_train.device)], 2, generator)
+
+    def _calibrated_outputs(self, block: int, start: int, pool: list[Path],
+                            views: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Each candidate's target outputs and online predictions on `views`, BatchNorm
+        recalibrated per candidate as the reference's `update_bn_stats`: all statistics
+        reset, momentum 1, train mode; the calibration batch's two views through the
+        target's prefix, then the candidate and the block's adapter and projector of the
+        target and of the online network (not the predictor); then eval mode."""
+        nets = (self.target, self.online)
+        calibration = self.calibration_views()
+        targets, predictions = [], []
+        with _running_statistics(*nets):
+            for net in nets:
+                net.train()
+            prefixed = [self._prefix(self.target, v, block) for v in calibration]
+            for net in nets:
+                net.eval()
+            inputs = [self._prefix(self.target, v, block) for v in views]
+            own = [m for net in nets for m in _batch_norms(
+                *(net.layers[i] for i in self.block_layers[block]), net.adapters[block],
+                net.projectors[block], net.predictors[block])]
+            for path in pool:
+                _reset_statistics(own)
+                for net in nets:
+                    net.train()
+                for net in nets:
+                    for x in prefixed:
+                        self._block(net, x, block, start, path)
+                for net in nets:
+                    net.eval()
+                targets.append([self._target_output(x, block, start, path) for x in inputs])
+                predictions.append([self._prediction(x, block, start, path) for x in inputs])
+        return targets, predictions
 
     # ---- ranking and derivation --------------------------------------------------------------
     def block_paths(self, arch: Arch) -> list[Path]:
