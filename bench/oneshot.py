@@ -33,7 +33,9 @@ means of the first and of the second six seeds (two independent ground truths) s
 reliable it is; the 359-image validation accuracy (the old ground truth) beside it. Taus
 over all subnets and within each end scale; FLOPs' and params' beside. The searched best
 architectures of search seeds 0-2 at 3 and at 20 epochs per block are trained stand-alone
-too (`searched_best`).
+too (`searched_best`). `--bossnas-epochs N --bossnas-seed S` ranks with another search
+(N epochs per block, seed S; written to oneshot_bossnas_e<N>s<S>.json), for instance one
+trained longer whose prefix still leaves the last block a choice of end scales.
 `--jobs`/`--cache` as in the ranking section.
 
 Samplers and mixture section (issue 19, `bench_mixture_space`, `--mixture`): on mbconv (or
@@ -242,7 +244,9 @@ def bossnas_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"space": BOSSNAS_SPACE, "subnets": args.subnets if args.bossnas_subnets else
             (40 if args.full else 16), "blocks": 4, "epochs_per_block": 3,
             "long_epochs_per_block": 20, "search_seeds": [0, 1, 2], "limit": args.limit,
-            "train_epochs": 4, "train_seeds": 12, "eval_samples": 256}
+            "train_epochs": 4, "train_seeds": 12, "eval_samples": 256,
+            "ranker": {"epochs_per_block": args.bossnas_epochs or 3,
+                       "seed": args.bossnas_seed or 0}}
 
 
 def bossnas_search(space: Any, settings: dict[str, Any], folder: Path,
@@ -316,7 +320,10 @@ def bench_bossnas(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     evaluation ranks, beside FLOPs and params; over all subnets and within each end scale."""
     settings = bossnas_settings(args)
     space = get_space("hytra", **settings["space"])
-    search, search_cpu = bossnas_search(space, settings, folder / "bossnas")
+    ranker = settings.get("ranker", {"epochs_per_block": settings["epochs_per_block"],
+                                     "seed": 0})
+    search, search_cpu = bossnas_search(space, {**settings, **ranker}, folder / "bossnas",
+                                        ranker["seed"])
     best = search.ranked(1)[0][1]
     archs = {space.key(best): best}
     for arch in search.sample_rankable(4 * settings["subnets"], seed=1):
@@ -325,10 +332,11 @@ def bench_bossnas(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         archs.setdefault(space.key(arch), arch)
     population = list(archs.values())
     keys = [space.key(a) for a in population]
-    searched = [bossnas_searched(search, search_cpu, 0, settings["epochs_per_block"])]
+    searched = [bossnas_searched(search, search_cpu, ranker["seed"],
+                                 ranker["epochs_per_block"])]
     for epochs_per_block in (settings["epochs_per_block"], settings["long_epochs_per_block"]):
         for seed in settings["search_seeds"] if epochs_per_block else []:
-            if (seed, epochs_per_block) != (0, settings["epochs_per_block"]):
+            if (seed, epochs_per_block) != (ranker["seed"], ranker["epochs_per_block"]):
                 other, cpu = bossnas_search(space, {**settings, "epochs_per_block":
                                                     epochs_per_block},
                                             folder / f"bossnas-{seed}-{epochs_per_block}", seed)
@@ -383,7 +391,8 @@ def bench_bossnas(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "history": [{k: v for k, v in r.items() if k != "seconds"} for r in search.history],
     }
     print(f"bossnas (hytra): search {search_cpu:.0f} CPU s ({settings['blocks']} blocks x "
-          f"{settings['epochs_per_block']} epochs); {len(population)} subnets stand-alone "
+          f"{ranker['epochs_per_block']} epochs, seed {ranker['seed']}); {len(population)} "
+          f"subnets stand-alone "
           f"({epochs} epochs x {seeds} seeds, {result['standalone_cpu_seconds']:.0f} CPU s), "
           f"held-out accuracy {min(truth['mean']):.1f}..{max(truth['mean']):.1f}%; searched "
           f"best {keys[0]} ranks {result['best_standalone_rank']}/{len(population)}",
@@ -789,6 +798,11 @@ def main() -> None:
                         help="only the BossNAS section (hytra space); writes oneshot_bossnas.json")
     parser.add_argument("--full", action="store_true",
                         help="BossNAS section at the issue's size (40 subnets; default 16)")
+    parser.add_argument("--bossnas-epochs", type=int,
+                        help="BossNAS section: epochs per block of the ranking search "
+                             "(default 3; writes oneshot_bossnas_e<N>s<seed>.json otherwise)")
+    parser.add_argument("--bossnas-seed", type=int,
+                        help="BossNAS section: seed of the ranking search (default 0)")
     parser.add_argument("--mixture", action="store_true",
                         help="only the ElasticViT-sampler / mixture-of-supernets section "
                              "(12 subnets; --full: 40); writes oneshot_mixture.json")
@@ -849,7 +863,9 @@ def main() -> None:
         "machine": platform.machine(), "threads": 1,
     }
     path = out / (f"oneshot_ranking_{args.ranking}.json" if args.ranking else
-                  "oneshot_bossnas.json" if args.bossnas else
+                  (f"oneshot_bossnas_e{args.bossnas_epochs or 3}s{args.bossnas_seed or 0}.json"
+                   if args.bossnas_epochs or args.bossnas_seed else "oneshot_bossnas.json")
+                  if args.bossnas else
                   ("oneshot_mixture_full.json" if args.full else "oneshot_mixture.json")
                   if args.mixture else "oneshot.json")
     path.write_text(json.dumps(record, indent=2) + "\n")
