@@ -320,6 +320,21 @@ def test_an_empty_token_file_is_refused(sqlite_url, tmp_path):
     assert code == 2 and output.strip() == f"error: --token-file: {str(empty)!r} is empty"
 
 
+def drain_output(proc: subprocess.Popen) -> None:
+    """Keep reading the server's output into `proc.output` (a list of lines) in a daemon
+    thread: a full pipe would block the server, and a failing browser test shows what the
+    server logged (an exception behind a 500)."""
+    import threading
+
+    proc.output = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            proc.output.append(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+
+
 def start_dashboard(url: str, *args: str, env: dict[str, str] | None = None,
                     procs: list | None = None) -> tuple[subprocess.Popen, str, list[str]]:
     """A `nas dashboard` process on a free port; returns it, its base URL and its first
@@ -340,6 +355,7 @@ def start_dashboard(url: str, *args: str, env: dict[str, str] | None = None,
         lines.append(line.rstrip("\n"))
         if line.startswith("nas dashboard at "):
             base = line.split(" at ", 1)[1].split(" ", 1)[0].rstrip("/")
+            drain_output(proc)
             return proc, base, lines
     proc.kill()
     raise AssertionError(f"nas dashboard did not start: {lines}")

@@ -54,11 +54,16 @@ def site(tmp_path_factory):
     done = nas(url, "submit", str(spec), "--wait", "--json", env=env)
     job = json.loads(done.stdout)["id"]
     procs: list[subprocess.Popen] = []
-    _, base, _ = start_dashboard(url, env=env, procs=procs)
-    yield {"url": url, "base": base, "job": job, "env": env, "folder": folder}
+    server, base, _ = start_dashboard(url, env=env, procs=procs)
+    yield {"url": url, "base": base, "job": job, "env": env, "folder": folder,
+           "server": server}
     for proc in procs:
         proc.kill()
         proc.wait()
+    # the pages tolerate a failed request (they retry), so a server exception would pass
+    # unseen: none may have happened while the browser tests ran
+    logged = "\n".join(server.output)
+    assert "Traceback" not in logged, logged[-6000:]
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +79,16 @@ def browser():
 
 
 @pytest.fixture
-def page(browser):
+def page(browser, site):
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     tab = context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    logged = len(site["server"].output)
     yield tab
     context.close()
-    assert errors == []  # no script error on any page
+    # no script error on any page; if there is one, what the server logged meanwhile
+    assert errors == [], "\n".join(site["server"].output[logged:][-80:])
 
 
 def test_the_jobs_list_renders(site, page):

@@ -31,6 +31,10 @@ function row(cells) {
 
 async function getJSON(url) {
   const response = await fetch(url, { credentials: "same-origin" });
+  const type = response.headers.get("content-type") || "";
+  if (!type.includes("json")) {  // a proxy's or the server's plain-text error page
+    throw new Error(url + ": " + response.status + " " + (await response.text()).slice(0, 200));
+  }
   const data = await response.json();
   if (!response.ok) throw new Error(data.error || response.statusText);
   return data;
@@ -132,7 +136,13 @@ function jobPage() {
     }
     heavy.busy = true; heavy.pending = false;
     const start = Date.now();
-    try { await Promise.all([refreshCharts(), pareto.refresh()]); } finally {
+    try {
+      await Promise.all([refreshCharts(), pareto.refresh()]);
+    } catch (e) {  // the server failed one figure: say so, and try again at the next tick
+      heavy.pending = true;
+      setLive(false);
+      console.error(e);
+    } finally {
       heavy.busy = false; heavy.last = Date.now(); heavy.took = heavy.last - start;
     }
   }
