@@ -159,6 +159,9 @@ CHEAP_BATCH = 4
 #: trial at the budget's end themselves; this only catches one stuck where no thread can
 #: be abandoned (a worker whose native code holds the interpreter).
 BUDGET_GRACE_S = 10.0
+#: How long the driver waits for a finished search's last progress records (a remote actor
+#: holds them; a loaded cluster can take seconds to answer).
+FINAL_PROGRESS_S = 10.0
 
 
 def default_batch_size(spec: JobSpec) -> int:
@@ -646,9 +649,12 @@ class _Run:
             stop = self._beat(elapsed)
             if stop is not None:
                 executor.stop_search()
+                # the epochs it finished while stopping (all of them, if it was at its last)
+                epochs.take(executor.search_progress(timeout=FINAL_PROGRESS_S), final=True)
                 self._commit(elapsed)
                 return stop, None
-        epochs.take(executor.search_progress(), final=True)
+        # the search has returned, so every record it sent is held: wait for them
+        epochs.take(executor.search_progress(timeout=FINAL_PROGRESS_S), final=True)
         for kind, path in preparation.artifacts:
             self.storage.jobs.add_artifact(self.job_id, kind, path)
         return None, result

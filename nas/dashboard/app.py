@@ -13,6 +13,7 @@ import hmac
 import json
 import math
 import tempfile
+import threading
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
@@ -133,6 +134,11 @@ class Dashboard:
         self.storage = storage
         self.allow_actions = allow_actions
         self.cache: OrderedDict[tuple[Any, ...], tuple[Any, str]] = OrderedDict()
+        # figures are computed one at a time: they are pure Python under the GIL (threads
+        # would not run them faster), and a figure's first call imports numpy, plotly's
+        # classes or a space's module, which plotly reads from sys.modules half imported
+        # when two threads race ("partially initialized module 'numpy'", seen under load)
+        self.figures = threading.Lock()
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                      autoescape=select_autoescape(["html"]))
 
@@ -185,11 +191,15 @@ class Dashboard:
         if hit is not None and hit[0] == signature:
             self.cache.move_to_end(key)
             return hit[1]
-        body = await asyncio.to_thread(compute)
+        body = await asyncio.to_thread(self._locked, compute)
         self.cache[key] = (signature, body)
         while len(self.cache) > CACHED_CHARTS:
             self.cache.popitem(last=False)
         return body
+
+    def _locked(self, compute: Any) -> str:
+        with self.figures:
+            return compute()
 
     async def api_chart(self, request: Request) -> Response:
         job_id, kind = _path_int(request, "job"), request.path_params["kind"]
@@ -341,10 +351,21 @@ def _query_float(request: Request, name: str) -> float | None:
     return value
 
 
+def _import_figure_libraries() -> None:
+    """Import numpy and plotly's figure classes (lazily loaded on first attribute access) in
+    the main thread before serving, so no request thread ever sees them half imported."""
+    import numpy  # noqa: F401
+    import plotly.graph_objects as go
+
+    for name in ("Figure", "Scatter", "Bar", "Parcoords"):
+        getattr(go, name)
+
+
 def create_app(storage: Storage, *, allow_actions: bool = False, token: str | None = None,
                allowed_hosts: list[str] | None = None) -> Starlette:
     """The dashboard over `storage`. `allowed_hosts`: the Host headers accepted (bound to
     localhost, only local names: a web page elsewhere cannot reach it by DNS rebinding)."""
+    _import_figure_libraries()
     board = Dashboard(storage, allow_actions)
     routes = [
         Route("/", board.jobs_page),

@@ -60,8 +60,9 @@ class Executor(abc.ABC):
         raises the search's error if it failed."""
         raise NotImplementedError(f"{type(self).__name__} cannot run a weight-sharing search")
 
-    def search_progress(self) -> list[dict[str, Any]]:
-        """The search's progress records (`run_search`'s `progress`) since the last call."""
+    def search_progress(self, timeout: float = 1.0) -> list[dict[str, Any]]:
+        """The search's progress records (`run_search`'s `progress`) since the last call,
+        waiting up to `timeout` seconds for an executor that must ask a remote holder."""
         return []
 
     def stop_search(self) -> None:  # noqa: B027 - optional hook

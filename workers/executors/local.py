@@ -65,7 +65,7 @@ class LocalExecutor(Executor):
             raise out
         return out
 
-    def search_progress(self) -> list[dict[str, Any]]:
+    def search_progress(self, timeout: float = 1.0) -> list[dict[str, Any]]:
         records = []
         while self._search_records:  # deque: appends and pops are thread-safe
             records.append(self._search_records.popleft())

@@ -245,13 +245,13 @@ class RayExecutor(Executor):
         progress = _SendRecord(self._search_records)
         self._search = (_avoiding(remote, self._dead_nodes).remote(task, None, progress), task)
 
-    def search_progress(self) -> list[dict[str, Any]]:
+    def search_progress(self, timeout: float = 1.0) -> list[dict[str, Any]]:
         """The records the search sent its `_Records` actor since the last call (none when
-        the actor does not answer within a second: progress is only for showing)."""
+        the actor does not answer within `timeout`: progress is only for showing)."""
         if self._search_records is None:
             return []
         try:
-            return self.ray.get(self._search_records.drain.remote(), timeout=1.0)
+            return self.ray.get(self._search_records.drain.remote(), timeout=timeout)
         except Exception:  # noqa: BLE001
             return []
 
@@ -313,11 +313,21 @@ class _Records:
 
 
 class _SendRecord:
-    """`run_search`'s `progress` on a worker: sends each record to the `_Records` actor,
-    without waiting (a record lost with the driver is only a record not shown)."""
+    """`run_search`'s `progress` on a worker: sends each record to the `_Records` actor and
+    waits until it holds it (at most `ACK_S`), so that every record of a search that has
+    returned is there for the driver's last drain (without the wait, the last epoch's
+    record could land after it under load and the job's progress stopped one epoch short).
+    A record the actor does not take is only a record not shown."""
+
+    ACK_S = 10.0
 
     def __init__(self, actor: Any) -> None:
         self.actor = actor
 
     def __call__(self, record: dict[str, Any]) -> None:
-        self.actor.add.remote(record)
+        import ray
+
+        try:
+            ray.get(self.actor.add.remote(record), timeout=self.ACK_S)
+        except Exception:  # noqa: BLE001 - progress never fails a search
+            pass

@@ -70,6 +70,10 @@ def run_search(task: SearchTask, stop: Callable[[], bool] | None = None,
             progress({**record, "epochs": search.epochs})
 
     outcome = search.run(task.checkpoint_dir, stop=stop, progress=report)
+    if progress is not None and outcome.history:
+        # the epoch it ended at once more: a search resumed from a checkpoint of its last
+        # epoch trains nothing and would otherwise report no epoch at all
+        progress({**outcome.history[-1], "epochs": search.epochs})
     return SearchResult(
         [space.key(a) for a in outcome.archs], [dict(a) for a in outcome.archs],
         [dict(m) for m in outcome.metrics], outcome.history, outcome.finished,
