@@ -265,10 +265,16 @@ def bossnas_search(space: Any, settings: dict[str, Any], folder: Path,
 def bossnas_truth_task(task: dict[str, Any]) -> dict[str, Any]:
     """One stand-alone training of a hytra subnet (key, epochs, seed): accuracy on the 359
     validation digits and on the whole held-out set (`heldout_examples`)."""
-    torch.set_num_threads(1)
     space = get_space("hytra", **task["space_args"])
+    return standalone_scores(space, space.from_key(task["key"]), task)
+
+
+def standalone_scores(space: Any, arch: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    """Train `arch` from scratch (`task`'s epochs, seed and training limit) and score it on
+    the validation digits and the whole held-out set, with the CPU seconds it took."""
+    torch.set_num_threads(1)
     data, x_eval, y_eval = heldout_examples(task["limit"])
-    arch, seed = space.from_key(task["key"]), task["seed"]
+    seed = task["seed"]
     torch.manual_seed(seed)
     net = Resized(space.build(arch), space.input_shape(arch)[-1])
     config = TrainConfig(epochs=task["epochs"], batch_size=64, lr=0.05, seed=seed, threads=1,
@@ -557,18 +563,8 @@ def _scores(net: torch.nn.Module, side: int, x_eval: np.ndarray, y_eval: np.ndar
 
 def ranking_truth_task(task: dict[str, Any]) -> dict[str, Any]:
     """One stand-alone training (subnet, epochs, seed) and its figures."""
-    torch.set_num_threads(1)
-    space = get_space(task["space"], **SPACES[task["space"]])
-    data, x_eval, y_eval = heldout_examples(task["limit"])
-    arch, seed = task["arch"], task["seed"]
-    torch.manual_seed(seed)
-    net = Resized(space.build(arch), space.input_shape(arch)[-1])
-    config = TrainConfig(epochs=task["epochs"], batch_size=64, lr=0.05, seed=seed, threads=1,
-                         bn_recalibration=512)
-    started = time.process_time()
-    train_model(net, data, config)
-    return {**_scores(net.net, net.side, x_eval, y_eval, len(data.x_val)),
-            "cpu_seconds": time.process_time() - started}
+    return standalone_scores(get_space(task["space"], **SPACES[task["space"]]), task["arch"],
+                             task)
 
 
 def ranking_supernet_task(task: dict[str, Any]) -> dict[str, Any]:
